@@ -1,0 +1,5 @@
+"""fwdmail: self-hosted, privacy-first email forwarding."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

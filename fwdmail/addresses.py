@@ -1,0 +1,136 @@
+"""Parsing and normalising mail addresses, domains and alias specs.
+
+Handles untrusted input (SMTP envelope addresses, CLI arguments). Anything that is not a plain
+`local@domain` with a dot-atom local part is refused: no quoted locals, no source routes, no second `@`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import idna
+
+# RFC 5322 atext, plus any non-ASCII character (RFC 6531 SMTPUTF8).
+_ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff"
+_DOT_ATOM = re.compile(rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*")
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+class AddressError(ValueError):
+    """An address, domain or alias spec that fwdmail will not accept; the message says why."""
+
+
+@dataclass(frozen=True)
+class Address:
+    local: str
+    domain: str
+
+    def __str__(self) -> str:
+        return f"{self.local}@{self.domain}"
+
+
+def normalize_domain(value: str) -> str:
+    """Lowercase A-label form of a domain name (IDN accepted); raise AddressError if invalid."""
+    name = value.strip()
+    if name.endswith("."):
+        name = name[:-1]
+    if not name:
+        raise AddressError("empty domain")
+    if not name.isascii():
+        try:
+            name = idna.encode(name, uts46=True).decode("ascii")
+        except idna.IDNAError as exc:
+            raise AddressError(f"invalid domain {value!r}: {exc}") from None
+    name = name.lower()
+    labels = name.split(".")
+    if len(name) > 253 or len(labels) < 2 or not all(_LABEL.fullmatch(label) for label in labels):
+        raise AddressError(f"invalid domain {value!r}")
+    if labels[-1].isdigit():
+        raise AddressError(f"invalid domain {value!r}: numeric top-level label")
+    return name
+
+
+def parse_address(value: str) -> Address:
+    """Parse `local@domain`; the domain is normalised, the local part kept as written."""
+    text = value.strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1]
+    if not text or "@" not in text:
+        raise AddressError(f"invalid address {value!r}: no domain")
+    if text.startswith("@"):
+        raise AddressError(f"invalid address {value!r}: source routes are not accepted")
+    if text.startswith('"') or "\\" in text:
+        raise AddressError(f"invalid address {value!r}: quoted local parts are not accepted")
+    local, _, domain = text.rpartition("@")
+    if "@" in local:
+        raise AddressError(f"invalid address {value!r}: more than one @")
+    if any(c in text for c in " \t\r\n\x00<>()[],;:"):
+        raise AddressError(f"invalid address {value!r}")
+    if len(local.encode()) > 64 or not _DOT_ATOM.fullmatch(local):
+        raise AddressError(f"invalid address {value!r}: bad local part")
+    if domain.endswith("."):
+        raise AddressError(f"invalid address {value!r}: trailing dot in domain")
+    return Address(local, normalize_domain(domain))
+
+
+def normalize_address(value: str) -> str:
+    """`parse_address` as a string."""
+    return str(parse_address(value))
+
+
+@dataclass(frozen=True)
+class AliasSpec:
+    kind: str  # exact | catch-all | regex
+    local: str  # lowercase local part, "*", or the regex pattern
+    domain: str
+
+    @property
+    def address(self) -> str:
+        if self.kind == "regex":
+            return f"/{self.local}/@{self.domain}"
+        return f"{self.local}@{self.domain}"
+
+
+def parse_alias_spec(value: str) -> AliasSpec:
+    """Parse an alias as the admin writes it: `user@dom`, `*@dom` (catch-all) or `/regex/@dom`."""
+    text = value.strip()
+    if text.startswith("/"):
+        end = text.rfind("/@")
+        if end <= 0:
+            raise AddressError(f"invalid regex alias {value!r}: write it as /pattern/@domain")
+        pattern = text[1:end]
+        if not pattern:
+            raise AddressError(f"invalid regex alias {value!r}: empty pattern")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise AddressError(f"invalid regex alias {value!r}: {exc}") from None
+        return AliasSpec("regex", pattern, normalize_domain(text[end + 2:]))
+    if text.startswith("*@"):
+        return AliasSpec("catch-all", "*", normalize_domain(text[2:]))
+    addr = parse_address(text)
+    if "+" in addr.local:
+        raise AddressError(f"invalid alias {value!r}: '+' is kept for plus-addressing (user+tag@)")
+    return AliasSpec("exact", addr.local.lower(), addr.domain)
+
+
+def parse_destinations(values: list[str] | tuple[str, ...]) -> list[str]:
+    """Validate 1-10 destination addresses, de-duplicated (case-insensitively), order kept.
+
+    A destination may contain `$1`..`$9` (regex alias substitutions); it is validated with
+    the placeholders standing in for a plain local part.
+    """
+    out: list[str] = []
+    seen: set[str] = set()
+    for value in values:
+        probe = re.sub(r"\$\d", "x", value)
+        parse_address(probe)
+        local, _, domain = value.strip().rpartition("@")
+        norm = f"{local}@{normalize_domain(domain)}" if "$" not in domain else value.strip()
+        if norm.lower() not in seen:
+            seen.add(norm.lower())
+            out.append(norm)
+    if not 1 <= len(out) <= 10:
+        raise AddressError(f"an alias needs 1 to 10 destinations, got {len(out)}")
+    return out

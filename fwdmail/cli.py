@@ -1,0 +1,419 @@
+"""The `fwdmail` command: thin click commands, each one library call; rich tables, or --json."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__, admin, datadir, store
+from .addresses import AddressError
+from .config import Config, ConfigError, as_dict, load
+
+
+class ConfigProblem(click.ClickException):
+    exit_code = 2
+
+
+_USER_ERRORS = (AddressError, ValueError, LookupError, store.StoreError, store.DatabaseFailure)
+
+
+class FwdmailGroup(click.Group):
+    """Turns expected failures into one-line errors instead of tracebacks."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            raise ConfigProblem(str(exc)) from None
+        except _USER_ERRORS as exc:
+            raise click.ClickException(str(exc) or exc.__class__.__name__) from None
+
+
+@dataclass
+class State:
+    config_path: str | None
+    _config: Config | None = field(default=None, repr=False)
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load(self.config_path)
+        return self._config
+
+    def open(self) -> datadir.Runtime:
+        """Load the config and open the store (creating the data dir on first use)."""
+        return datadir.prepare(self.config)
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+def console() -> Console:
+    width = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "200"))
+    return Console(width=width, soft_wrap=False)
+
+
+def now() -> dt.datetime:
+    return store.utcnow()
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+
+
+def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    t = Table(title=title, title_justify="left")
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(*("" if v is None else str(v) for v in r))
+    console().print(t)
+
+
+def confirm_or_abort(yes: bool, question: str) -> None:
+    if not yes and not click.confirm(question, default=False):
+        raise click.ClickException("aborted, nothing was changed")
+
+
+def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(f)
+
+
+@click.group(cls=FwdmailGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="FWDMAIL_CONFIG",
+              help="TOML config file (env FWDMAIL_CONFIG). Without it, embedded defaults are used.")
+@click.version_option(__version__, prog_name="fwdmail")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """fwdmail: self-hosted, privacy-first email forwarding."""
+    ctx.obj = State(config_path)
+
+
+@cli.command()
+@pass_state
+def init(state: State) -> None:
+    """Create the data dir, secrets, TLS certificate and database (serve does it too)."""
+    rt = state.open()
+    click.echo(f"data dir ready: {rt.config.data_path.resolve()}")
+
+
+@cli.command("check-config")
+@json_option
+@pass_state
+def check_config(state: State, as_json: bool) -> None:
+    """Validate the configuration and print the effective values."""
+    data = as_dict(state.config)
+    if as_json:
+        emit_json(data)
+        return
+    rows = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            rows.extend((f"{key}.{k}", json.dumps(v)) for k, v in value.items())
+        else:
+            rows.append((key, json.dumps(value)))
+    table("effective configuration (valid)", ["key", "value"], rows)
+
+
+@cli.command()
+@pass_state
+def serve(state: State) -> None:
+    """Run the MX, submission, outbound queue and retention jobs in one process."""
+    from . import logsetup
+    from .daemon import serve as daemon
+
+    rt = state.open()
+    store.close_store()
+    logsetup.setup(rt.config.log_level)
+    try:
+        import uvloop  # type: ignore[import-not-found]
+        runner: Callable[..., int] = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    sys.exit(runner(daemon.run(rt)))
+
+
+# accounts
+
+@cli.group()
+def account() -> None:
+    """Accounts: the people who own domains."""
+
+
+@account.command("add")
+@click.argument("email")
+@json_option
+@pass_state
+def account_add(state: State, email: str, as_json: bool) -> None:
+    """Add an account identified by EMAIL."""
+    state.open()
+    rec = admin.add_account(email)
+    if as_json:
+        emit_json({"email": rec.email, "created_at": rec.created_at})
+    else:
+        click.echo(f"account {rec.email} added")
+
+
+@account.command("list")
+@json_option
+@pass_state
+def account_list(state: State, as_json: bool) -> None:
+    """List accounts and their domains."""
+    state.open()
+    rows = store.list_accounts()
+    if as_json:
+        emit_json([{"email": a.email, "domains": list(a.domains), "created_at": a.created_at} for a in rows])
+    else:
+        table("accounts", ["email", "domains", "created"],
+              [(a.email, ", ".join(a.domains), f"{a.created_at:%Y-%m-%d %H:%M}") for a in rows])
+
+
+@account.command("delete")
+@click.argument("email")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@pass_state
+def account_delete(state: State, email: str, yes: bool, as_json: bool) -> None:
+    """Delete an account with all its domains, aliases, keys, passwords, mail and logs."""
+    state.open()
+    rec = admin.get_account(email)
+    confirm_or_abort(yes, f"Delete account {rec.email} and everything it owns?")
+    counts = admin.delete_account(rec.email)
+    if as_json:
+        emit_json({"deleted": rec.email, **counts})
+    else:
+        click.echo(f"account {rec.email} deleted: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+
+
+# domains
+
+@cli.group()
+def domain() -> None:
+    """Hosted domains."""
+
+
+def _domain_json(d: store.DomainRecord) -> dict[str, Any]:
+    return {
+        "name": d.name, "account": d.account_email, "dkim_selector": d.dkim_selector,
+        "retention_days": d.retention_days, "verified_at": d.verified_at, "auth_policy": d.auth_policy,
+        "friendly_from": d.friendly_from, "require_tls_inbound": d.require_tls_inbound,
+        "created_at": d.created_at,
+    }
+
+
+@domain.command("add")
+@click.argument("name")
+@click.option("--account", "account_email", required=True, help="Owner's account email.")
+@json_option
+@pass_state
+def domain_add(state: State, name: str, account_email: str, as_json: bool) -> None:
+    """Add domain NAME with a new DKIM key; prints the DNS records to publish."""
+    rt = state.open()
+    rec = admin.add_domain(name, account_email, now())
+    records = admin.dns_records(rt.config, rec)
+    if as_json:
+        emit_json({**_domain_json(rec), "dns": [r.as_json() for r in records]})
+        return
+    click.echo(f"domain {rec.name} added for {rec.account_email}; publish these records:")
+    _print_records(records)
+
+
+def _print_records(records: list[admin.DnsRecord]) -> None:
+    table("DNS records", ["type", "name", "value", "for"],
+          [(r.type, r.name, r.value, r.purpose) for r in records])
+
+
+@domain.command("list")
+@json_option
+@pass_state
+def domain_list(state: State, as_json: bool) -> None:
+    """List domains."""
+    state.open()
+    rows = store.list_domains()
+    if as_json:
+        emit_json([_domain_json(d) for d in rows])
+    else:
+        table("domains", ["domain", "account", "verified", "retention days", "auth policy"],
+              [(d.name, d.account_email, f"{d.verified_at:%Y-%m-%d}" if d.verified_at else "no",
+                d.retention_days, d.auth_policy) for d in rows])
+
+
+@domain.command("remove")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@pass_state
+def domain_remove(state: State, name: str, yes: bool, as_json: bool) -> None:
+    """Remove a domain with its aliases, DKIM key, outbound mail and logs."""
+    state.open()
+    rec = admin.get_domain(name)
+    confirm_or_abort(yes, f"Remove domain {rec.name} with all its aliases and mail?")
+    counts = admin.remove_domain(rec.name)
+    if as_json:
+        emit_json({"removed": rec.name, **counts})
+    else:
+        click.echo(f"domain {rec.name} removed: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+
+
+@domain.command("dns")
+@click.argument("name")
+@json_option
+@pass_state
+def domain_dns(state: State, name: str, as_json: bool) -> None:
+    """Print the DNS records to publish for NAME."""
+    rt = state.open()
+    records = admin.dns_records(rt.config, admin.get_domain(name))
+    if as_json:
+        emit_json([r.as_json() for r in records])
+    else:
+        _print_records(records)
+
+
+@domain.command("verify")
+@click.argument("name")
+@json_option
+@pass_state
+def domain_verify(state: State, name: str, as_json: bool) -> None:
+    """Check the published DNS records of NAME; exit 1 if any is missing or wrong."""
+    rt = state.open()
+    rec, checks = admin.verify_domain(rt.config, name, now())
+    if as_json:
+        emit_json({"domain": rec.name, "verified_at": rec.verified_at,
+                   "records": [{**c.record.as_json(), "ok": c.ok, "found": c.found} for c in checks]})
+    else:
+        table(f"DNS check for {rec.name}", ["for", "name", "status", "expected", "found"],
+              [(c.record.purpose, c.record.name, "ok" if c.ok else "MISSING", c.record.value, c.found)
+               for c in checks])
+    missing = [c.record.purpose for c in checks if not c.ok]
+    if missing:
+        if not as_json:
+            click.echo(f"missing or wrong: {', '.join(missing)}", err=True)
+        sys.exit(1)
+
+
+@domain.command("set")
+@click.argument("name")
+@click.option("--retention-days", type=int, help="Keep delivered outbound bodies this many days (0-30).")
+@click.option("--auth-policy", type=click.Choice(admin.AUTH_POLICIES),
+              help="Inbound SPF/DKIM/DMARC policy.")
+@click.option("--friendly-from/--no-friendly-from", default=None,
+              help="Rewrite From for senders whose DMARC would fail after forwarding.")
+@click.option("--require-tls-inbound/--no-require-tls-inbound", default=None,
+              help="Refuse inbound mail sent without TLS.")
+@json_option
+@pass_state
+def domain_set(state: State, name: str, retention_days: int | None, auth_policy: str | None,
+               friendly_from: bool | None, require_tls_inbound: bool | None, as_json: bool) -> None:
+    """Change a domain's settings."""
+    state.open()
+    rec = admin.set_domain(name, retention_days, auth_policy, friendly_from, require_tls_inbound)
+    if as_json:
+        emit_json(_domain_json(rec))
+    else:
+        click.echo(f"domain {rec.name}: retention_days={rec.retention_days} auth_policy={rec.auth_policy} "
+                   f"friendly_from={rec.friendly_from} require_tls_inbound={rec.require_tls_inbound}")
+
+
+# aliases
+
+@cli.group()
+def alias() -> None:
+    """Aliases: addresses that forward to destinations."""
+
+
+def _alias_json(a: store.AliasRecord) -> dict[str, Any]:
+    return {"address": a.address, "kind": a.kind, "destinations": list(a.destinations), "state": a.state,
+            "has_password": a.has_password, "account": a.account_email, "created_at": a.created_at}
+
+
+@alias.command("add")
+@click.argument("address")
+@click.argument("destinations", nargs=-1, required=True)
+@json_option
+@pass_state
+def alias_add(state: State, address: str, destinations: tuple[str, ...], as_json: bool) -> None:
+    """Add ADDRESS (user@dom, *@dom, /regex/@dom) forwarding to 1-10 DESTINATIONS."""
+    state.open()
+    rec = admin.add_alias(address, list(destinations))
+    if as_json:
+        emit_json(_alias_json(rec))
+    else:
+        click.echo(f"alias {rec.address} -> {', '.join(rec.destinations)}")
+
+
+@alias.command("list")
+@click.option("--domain", "domain_name", help="Only this domain.")
+@json_option
+@pass_state
+def alias_list(state: State, domain_name: str | None, as_json: bool) -> None:
+    """List aliases."""
+    state.open()
+    rows = store.list_aliases(admin.get_domain(domain_name).name if domain_name else None)
+    if as_json:
+        emit_json([_alias_json(a) for a in rows])
+    else:
+        table("aliases", ["alias", "kind", "destinations", "state", "password"],
+              [(a.address, a.kind, ", ".join(a.destinations), a.state, "yes" if a.has_password else "no")
+               for a in rows])
+
+
+@alias.command("remove")
+@click.argument("address")
+@pass_state
+def alias_remove(state: State, address: str) -> None:
+    """Remove an alias."""
+    state.open()
+    admin.remove_alias(address)
+    click.echo(f"alias {address} removed")
+
+
+@alias.command("disable")
+@click.argument("address")
+@click.option("--mode", type=click.Choice(["quiet", "tempfail", "reject"]), default="reject",
+              show_default=True, help="quiet: accept and discard; tempfail: 4xx; reject: 5xx.")
+@pass_state
+def alias_disable(state: State, address: str, mode: str) -> None:
+    """Disable an alias."""
+    state.open()
+    rec = admin.set_alias_state(address, mode)
+    click.echo(f"alias {rec.address} disabled ({mode})")
+
+
+@alias.command("enable")
+@click.argument("address")
+@pass_state
+def alias_enable(state: State, address: str) -> None:
+    """Enable an alias again."""
+    state.open()
+    rec = admin.set_alias_state(address, "enabled")
+    click.echo(f"alias {rec.address} enabled")
+
+
+@alias.command("password")
+@click.argument("address")
+@json_option
+@pass_state
+def alias_password(state: State, address: str, as_json: bool) -> None:
+    """Generate a new SMTP password for ADDRESS and print it once."""
+    state.open()
+    rec, password = admin.new_alias_password(address)
+    if as_json:
+        emit_json({"address": rec.address, "password": password})
+    else:
+        click.echo(f"SMTP login for {rec.address} (shown once, store it now):")
+        click.echo(f"  username: {rec.address}")
+        click.echo(f"  password: {password}")
+
+
+def main() -> None:
+    cli(prog_name="fwdmail")

@@ -1,0 +1,333 @@
+"""Configuration: a TOML file read into frozen dataclasses, with defaults and validation.
+
+Every key has a default, so fwdmail runs with no file at all. Unknown keys, wrong types and bad values
+raise `ConfigError` with a one-line message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DATA_DIR = "./fwdmail-data"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for the administrator."""
+
+
+def _host_port(key: str, value: str) -> tuple[str, int]:
+    """Split "host:port" or "[v6]:port"; raise ConfigError naming `key` if malformed."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f'{key}: expected "host:port", got {value!r}')
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """Split an already validated "host:port" string."""
+    return _host_port("address", value)
+
+
+def _positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key}: must be greater than 0, got {value}")
+
+
+@dataclass(frozen=True)
+class MxConfig:
+    listen: tuple[str, ...] = ("127.0.0.1:2525",)
+    max_message_size: int = 50 * 1024 * 1024
+    max_recipients: int = 100
+    max_received_headers: int = 25
+    dedup_ttl: float = 3600.0
+    dedup_max_entries: int = 100_000
+    partial_failure_notice_interval: float = 3600.0
+
+    def validate(self, key: str) -> None:
+        for addr in self.listen:
+            _host_port(f"{key}.listen", addr)
+        _positive(f"{key}.max_message_size", self.max_message_size)
+        _positive(f"{key}.max_recipients", self.max_recipients)
+        _positive(f"{key}.max_received_headers", self.max_received_headers)
+        _positive(f"{key}.dedup_ttl", self.dedup_ttl)
+        _positive(f"{key}.dedup_max_entries", self.dedup_max_entries)
+
+
+@dataclass(frozen=True)
+class SubmissionConfig:
+    listen: tuple[str, ...] = ("127.0.0.1:2587",)
+    listen_tls: tuple[str, ...] = ("127.0.0.1:2465",)
+    max_message_size: int = 50 * 1024 * 1024
+    max_recipients: int = 50
+    auth_failures_per_hour: int = 10
+    auth_lockout: float = 3600.0
+    max_future_date_days: int = 30
+
+    def validate(self, key: str) -> None:
+        for addr in (*self.listen, *self.listen_tls):
+            _host_port(f"{key}.listen", addr)
+        _positive(f"{key}.max_message_size", self.max_message_size)
+        _positive(f"{key}.max_recipients", self.max_recipients)
+        _positive(f"{key}.auth_failures_per_hour", self.auth_failures_per_hour)
+        _positive(f"{key}.auth_lockout", self.auth_lockout)
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert: str = ""
+    key: str = ""
+
+    def validate(self, key: str) -> None:
+        if bool(self.cert) != bool(self.key):
+            raise ConfigError(f"{key}: set both cert and key, or neither (a self-signed pair is generated)")
+
+
+@dataclass(frozen=True)
+class SrsConfig:
+    domain: str = ""
+    secret: str = ""
+    max_age_days: int = 21
+
+    def validate(self, key: str) -> None:
+        if not 1 <= self.max_age_days <= 1023:
+            raise ConfigError(f"{key}.max_age_days: must be between 1 and 1023, got {self.max_age_days}")
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    nameservers: tuple[str, ...] = ()
+    timeout: float = 5.0
+
+    def validate(self, key: str) -> None:
+        for ns in self.nameservers:
+            _host_port(f"{key}.nameservers", ns)
+        _positive(f"{key}.timeout", self.timeout)
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    routes: dict[str, str] = field(default_factory=dict)
+    connect_timeout: float = 30.0
+    command_timeout: float = 60.0
+    data_timeout: float = 180.0
+    starttls: str = "opportunistic"
+    max_connections_per_host: int = 10
+    idle_timeout: float = 30.0
+    port: int = 25
+
+    def validate(self, key: str) -> None:
+        for dom, target in self.routes.items():
+            _host_port(f"{key}.routes.{dom}", target)
+        for name in ("connect_timeout", "command_timeout", "data_timeout", "idle_timeout"):
+            _positive(f"{key}.{name}", getattr(self, name))
+        _positive(f"{key}.max_connections_per_host", self.max_connections_per_host)
+        if self.starttls not in ("opportunistic", "off"):
+            raise ConfigError(f'{key}.starttls: must be "opportunistic" or "off", got {self.starttls!r}')
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(f"{key}.port: must be a TCP port, got {self.port}")
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    min_backoff: float = 300.0
+    max_backoff: float = 4000.0
+    max_lifetime: float = 5 * 86400.0
+    delay_notice_after: float = 4 * 3600.0
+    concurrency: int = 20
+    poll_interval: float = 1.0
+    claim_timeout: float = 600.0
+    max_crashes: int = 3
+
+    def validate(self, key: str) -> None:
+        for name in ("min_backoff", "max_backoff", "max_lifetime", "delay_notice_after", "poll_interval",
+                     "claim_timeout"):
+            _positive(f"{key}.{name}", getattr(self, name))
+        if self.max_backoff < self.min_backoff:
+            raise ConfigError(f"{key}.max_backoff: must not be less than min_backoff ({self.min_backoff})")
+        _positive(f"{key}.concurrency", self.concurrency)
+        _positive(f"{key}.max_crashes", self.max_crashes)
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    interval: float = 3600.0
+    error_log_days: int = 7
+    outbound_record_days: int = 30
+    batch_size: int = 500
+
+    def validate(self, key: str) -> None:
+        _positive(f"{key}.interval", self.interval)
+        _positive(f"{key}.error_log_days", self.error_log_days)
+        _positive(f"{key}.outbound_record_days", self.outbound_record_days)
+        _positive(f"{key}.batch_size", self.batch_size)
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: str = DEFAULT_DATA_DIR
+    hostname: str = ""
+    log_level: str = "info"
+    shutdown_timeout: float = 30.0
+    mx: MxConfig = field(default_factory=MxConfig)
+    submission: SubmissionConfig = field(default_factory=SubmissionConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    srs: SrsConfig = field(default_factory=SrsConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+
+    def validate(self, key: str = "") -> None:
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"log_level: must be debug, info, warning or error, got {self.log_level!r}")
+        if not self.data_dir:
+            raise ConfigError("data_dir: must not be empty")
+        _positive("shutdown_timeout", self.shutdown_timeout)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_path / "fwdmail.db"
+
+    @property
+    def server_hostname(self) -> str:
+        return self.hostname or socket.gethostname()
+
+    @property
+    def srs_domain(self) -> str:
+        return (self.srs.domain or self.server_hostname).lower().rstrip(".")
+
+    @property
+    def cert_path(self) -> Path:
+        return Path(self.tls.cert) if self.tls.cert else self.data_path / "tls" / "cert.pem"
+
+    @property
+    def key_path(self) -> Path:
+        return Path(self.tls.key) if self.tls.key else self.data_path / "tls" / "key.pem"
+
+
+def _type_name(tp: Any) -> str:
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        return "a list of strings"
+    if origin is dict:
+        return "a table of strings"
+    return str(tp)
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    """Check `value` against the annotated type `tp`; convert lists to tuples."""
+    bad = ConfigError(f"{key}: must be {_type_name(tp)}, got {value!r}")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad
+        return tuple(value)
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise bad
+        return {str(k).lower().rstrip("."): v for k, v in value.items()}
+    raise bad
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        if name not in known:
+            raise ConfigError(f"{key}: unknown key")
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}: must be a table [{key}]")
+            kwargs[name] = _build(tp, value, f"{key}.")
+        else:
+            kwargs[name] = _coerce(key, tp, value)
+    obj = cls(**kwargs)
+    obj.validate(prefix.rstrip("."))
+    return obj
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Build and validate a Config from parsed TOML."""
+    cfg: Config = _build(Config, data, "")
+    for f in dataclasses.fields(cfg):
+        sub = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(sub):
+            sub.validate(f.name)
+    return cfg
+
+
+def load(path: str | Path | None) -> Config:
+    """Read the TOML file at `path`, or return the defaults when `path` is None."""
+    if path is None:
+        return from_dict({})
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+    return from_dict(data)
+
+
+def as_dict(cfg: Config) -> dict[str, Any]:
+    """The effective configuration as plain data (tuples as lists), secrets masked."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return list(v)
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    out = {k: plain(v) for k, v in dataclasses.asdict(cfg).items()}
+    if out["srs"]["secret"]:
+        out["srs"]["secret"] = "********"
+    out["hostname"] = cfg.server_hostname
+    return out
+

@@ -1,0 +1,85 @@
+"""SMTP replies in one place, and the one error type that carries them.
+
+An `SmtpError` is what a handler answers, what the delivery client reports per recipient, what the
+queue stores and what a DSN describes.
+"""
+
+from __future__ import annotations
+
+import re
+
+_REPLY = re.compile(r"^([2-5]\d\d)[ -]?(?:([245]\.\d{1,3}\.\d{1,3})\s*)?(.*)$", re.DOTALL)
+
+
+class SmtpError(Exception):
+    """An SMTP reply that is not a success: code, enhanced code, text; anything unknown is temporary."""
+
+    def __init__(self, code: int, enhanced_code: str, text: str) -> None:
+        super().__init__(f"{code} {enhanced_code} {text}")
+        self.code = code
+        self.enhanced_code = enhanced_code
+        self.text = text
+
+    @property
+    def permanent(self) -> bool:
+        return 500 <= self.code < 600
+
+    @property
+    def temporary(self) -> bool:
+        return not self.permanent
+
+    @property
+    def reply(self) -> str:
+        """The reply line as aiosmtpd handlers return it."""
+        return f"{self.code} {self.enhanced_code} {self.text}".replace("\r", " ").replace("\n", " ")
+
+    def with_text(self, text: str) -> SmtpError:
+        return SmtpError(self.code, self.enhanced_code, text)
+
+    @classmethod
+    def parse(cls, reply: str, default_code: int = 451) -> SmtpError:
+        """Read "550 5.1.1 text" (or a bare "text"); unparsable input becomes a temporary error."""
+        m = _REPLY.match(reply.strip())
+        if not m:
+            return cls(default_code, f"{str(default_code)[0]}.0.0", reply.strip()[:500])
+        code = int(m.group(1))
+        enhanced = m.group(2) or f"{str(code)[0]}.0.0"
+        return cls(code, enhanced, m.group(3).strip()[:500])
+
+    @classmethod
+    def unknown(cls, text: str = "Temporary failure, try again later") -> SmtpError:
+        return cls(451, "4.3.0", text)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SmtpError) and (self.code, self.enhanced_code, self.text) == (
+            other.code, other.enhanced_code, other.text)
+
+    def __hash__(self) -> int:
+        return hash((self.code, self.enhanced_code, self.text))
+
+
+OK = "250 2.0.0 OK"
+OK_SENDER = "250 2.1.0 Sender OK"
+OK_RECIPIENT = "250 2.1.5 Recipient OK"
+QUEUED = "250 2.0.0 Queued as {queue_id}"
+FORWARDED = "250 2.0.0 Forwarded"
+AUTH_OK = "235 2.7.0 Authentication successful"
+
+RELAY_DENIED = SmtpError(550, "5.7.1", "Relaying denied")
+NO_SUCH_USER = SmtpError(550, "5.1.1", "No such user here")
+BAD_ADDRESS = SmtpError(553, "5.1.3", "Bad address syntax")
+ALIAS_REJECTED = SmtpError(550, "5.7.1", "Recipient rejected")
+ALIAS_TEMPFAIL = SmtpError(450, "4.2.1", "Mailbox temporarily unavailable, try again later")
+TOO_MANY_RECIPIENTS = SmtpError(452, "4.5.3", "Too many recipients")
+MESSAGE_TOO_BIG = SmtpError(552, "5.3.4", "Message too big")
+LOOP_DETECTED = SmtpError(554, "5.4.6", "Mail loop detected")
+BAD_SRS = SmtpError(550, "5.1.1", "Invalid or expired bounce address")
+SENDER_NOT_ALLOWED = SmtpError(550, "5.7.1", "Sender address not allowed for this login")
+AUTH_REQUIRED = SmtpError(530, "5.7.0", "Authentication required")
+TLS_REQUIRED = SmtpError(530, "5.7.0", "Must issue a STARTTLS command first")
+AUTH_FAILED = SmtpError(535, "5.7.8", "Authentication credentials invalid")
+AUTH_RATE_LIMITED = SmtpError(421, "4.7.0", "Too many failed logins, try again later")
+DATE_TOO_FAR = SmtpError(550, "5.7.1", "Date header too far in the future")
+STORE_UNAVAILABLE = SmtpError(451, "4.3.0", "Temporary local problem, try again later")
+SHUTTING_DOWN = SmtpError(421, "4.3.2", "Service shutting down, try again later")
+TRY_LATER = SmtpError(451, "4.3.0", "Temporary failure, try again later")

@@ -1,0 +1,91 @@
+"""`fwdmail serve`: one asyncio loop running the MX, submission, queue workers and retention jobs.
+
+Start order: store -> queue recovery -> workers -> listeners -> scheduler; stop in reverse.
+SIGTERM/SIGINT drain in-flight work; a second signal forces the stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from collections.abc import Callable
+from typing import Protocol
+
+from ..config import parse_host_port
+from ..datadir import Runtime
+from .context import Context
+
+log = logging.getLogger("fwdmail.serve")
+
+
+class Service(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+async def listen(addresses: tuple[str, ...], factory: Callable[[], asyncio.Protocol],
+                 tls: ssl.SSLContext | None = None) -> list[asyncio.Server]:
+    """Open one server per "host:port" on the running loop."""
+    loop = asyncio.get_running_loop()
+    servers = []
+    for addr in addresses:
+        host, port = parse_host_port(addr)
+        servers.append(await loop.create_server(
+            factory, host, port, ssl=tls, backlog=1024, reuse_address=True, start_serving=True,
+        ))
+    return servers
+
+
+async def close_servers(servers: list[asyncio.Server]) -> None:
+    for s in servers:
+        s.close()
+    for s in servers:
+        await s.wait_closed()
+
+
+def build_services(ctx: Context) -> list[Service]:
+    """The daemon's services in start order."""
+    services: list[Service] = []
+    return services
+
+
+async def run(runtime: Runtime) -> int:
+    """Run until a stop signal; return the process exit code."""
+    ctx = Context(runtime)
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signame: str) -> None:
+        if ctx.stopping.is_set():
+            log.warning("second %s: forcing stop", signame)
+            ctx.force_stop.set()
+        else:
+            log.info("%s: draining and stopping", signame)
+            ctx.stopping.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+
+    services = build_services(ctx)
+    started: list[Service] = []
+    try:
+        for service in services:
+            await service.start()
+            started.append(service)
+        log.info("fwdmail ready: %s", ", ".join(s.name for s in started) or "no services")
+        await ctx.stopping.wait()
+    finally:
+        for service in reversed(started):
+            try:
+                await service.stop()
+            except Exception:
+                log.exception("error while stopping %s", service.name)
+        ctx.blocking.shutdown()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("fwdmail stopped")
+    return 0

@@ -1,0 +1,12 @@
+"""The store: SQLite through peewee, and the only code that writes queries.
+
+Everything else calls these verbs; time-dependent verbs take `now` (naive UTC) as an argument.
+"""
+
+from __future__ import annotations
+
+from peewee import DatabaseError as DatabaseFailure
+
+from .db import SCHEMA_VERSION, StoreError, checkpoint, close_store, data_version, open_store
+from .directory import *
+from .models import utcnow

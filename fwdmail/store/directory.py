@@ -1,0 +1,316 @@
+"""Verbs on accounts, domains and aliases (the directory the MX and submission resolve against).
+
+Every change bumps `directory_version`, so a running daemon notices CLI edits and reloads its cache.
+Callers get plain records, never peewee objects.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+
+from .db import checkpoint
+from .models import (
+    AbuseEvent,
+    Account,
+    Alias,
+    Domain,
+    Meta,
+    OutboundEmail,
+    SmtpErrorLog,
+    database,
+)
+
+__all__ = [
+    "AccountRecord", "AliasRecord", "AlreadyExists", "DomainRecord", "NotFound",
+    "add_account", "add_alias", "add_domain", "alias_password_hash", "delete_account", "directory_version",
+    "get_account", "get_alias", "get_domain", "list_accounts", "list_aliases", "list_domains",
+    "load_directory", "mark_domain_verified", "remove_alias", "remove_domain", "set_alias_password",
+    "set_alias_state", "update_domain",
+]
+
+
+class NotFound(LookupError):
+    """The named account, domain, alias or email does not exist."""
+
+
+class AlreadyExists(ValueError):
+    """The account, domain or alias exists already."""
+
+
+@dataclass(frozen=True)
+class AccountRecord:
+    id: int
+    email: str
+    created_at: dt.datetime
+    domains: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DomainRecord:
+    id: int
+    name: str
+    account_email: str
+    verification_token: str
+    dkim_selector: str
+    dkim_private_key: str
+    retention_days: int
+    verified_at: dt.datetime | None
+    auth_policy: str
+    friendly_from: bool
+    require_tls_inbound: bool
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class AliasRecord:
+    id: int
+    domain: str
+    kind: str
+    local: str
+    destinations: tuple[str, ...]
+    state: str
+    has_password: bool
+    account_email: str
+    created_at: dt.datetime
+
+    @property
+    def address(self) -> str:
+        """The address as an admin writes it: user@dom, *@dom or /regex/@dom."""
+        if self.kind == "regex":
+            return f"/{self.local}/@{self.domain}"
+        return f"{self.local}@{self.domain}"
+
+
+def _bump_directory() -> None:
+    """Called inside the caller's transaction."""
+    Meta.insert(key="directory_version", value=str(directory_version() + 1)).on_conflict_replace().execute()
+
+
+def directory_version() -> int:
+    """A counter bumped by every directory change; cheap to poll."""
+    row = Meta.get_or_none(Meta.key == "directory_version")
+    return int(row.value) if row else 0
+
+
+def _account_record(a: Account) -> AccountRecord:
+    names = tuple(d.name for d in a.domains.order_by(Domain.name))
+    return AccountRecord(a.id, a.email, a.created_at, names)
+
+
+def _domain_record(d: Domain) -> DomainRecord:
+    return DomainRecord(
+        d.id, d.name, d.account.email, d.verification_token, d.dkim_selector, d.dkim_private_key,
+        d.retention_days, d.verified_at, d.auth_policy, d.friendly_from, d.require_tls_inbound,
+        d.created_at,
+    )
+
+
+def _alias_record(a: Alias, domain: Domain | None = None, account_email: str | None = None) -> AliasRecord:
+    domain = domain or a.domain
+    return AliasRecord(
+        a.id, domain.name, a.kind, a.local, tuple(json.loads(a.destinations)), a.state,
+        a.password_hash is not None, account_email or domain.account.email, a.created_at,
+    )
+
+
+def _account(email: str) -> Account:
+    row = Account.get_or_none(Account.email == email)
+    if row is None:
+        raise NotFound(f"no account {email}")
+    return row
+
+
+def _domain(name: str) -> Domain:
+    row = Domain.get_or_none(Domain.name == name)
+    if row is None:
+        raise NotFound(f"no domain {name}")
+    return row
+
+
+def _alias(domain: str, kind: str, local: str) -> Alias:
+    row = (
+        Alias.select().join(Domain)
+        .where(Domain.name == domain, Alias.kind == kind, Alias.local == local)
+        .first()
+    )
+    if row is None:
+        shown = f"/{local}/@{domain}" if kind == "regex" else f"{local}@{domain}"
+        raise NotFound(f"no alias {shown}")
+    return row
+
+
+# accounts
+
+def add_account(email: str) -> AccountRecord:
+    with database.atomic():
+        if Account.get_or_none(Account.email == email):
+            raise AlreadyExists(f"account {email} exists already")
+        row = Account.create(email=email)
+        _bump_directory()
+    return _account_record(row)
+
+
+def get_account(email: str) -> AccountRecord:
+    return _account_record(_account(email))
+
+
+def list_accounts() -> list[AccountRecord]:
+    return [_account_record(a) for a in Account.select().order_by(Account.email)]
+
+
+def delete_account(email: str) -> dict[str, int]:
+    """Remove an account and everything that hangs off it, then checkpoint the WAL."""
+    with database.atomic():
+        acct = _account(email)
+        domain_ids = [d.id for d in acct.domains]
+        domain_names = [d.name for d in acct.domains]
+        counts = {
+            "domains": len(domain_ids),
+            "aliases": Alias.select().where(Alias.domain.in_(domain_ids)).count(),
+            "emails": OutboundEmail.select().where(OutboundEmail.domain.in_(domain_ids)).count(),
+            "smtp_error_logs": SmtpErrorLog.delete().where(
+                SmtpErrorLog.domain.in_(domain_ids) | SmtpErrorLog.domain_name.in_(domain_names)
+            ).execute(),
+        }
+        AbuseEvent.delete().where(AbuseEvent.domain.in_(domain_ids)).execute()
+        acct.delete_instance()
+        _bump_directory()
+    checkpoint()
+    return counts
+
+
+# domains
+
+def add_domain(name: str, account_email: str, dkim_selector: str, dkim_private_key: str,
+               verification_token: str) -> DomainRecord:
+    with database.atomic():
+        acct = _account(account_email)
+        if Domain.get_or_none(Domain.name == name):
+            raise AlreadyExists(f"domain {name} exists already")
+        row = Domain.create(
+            name=name, account=acct, dkim_selector=dkim_selector, dkim_private_key=dkim_private_key,
+            verification_token=verification_token,
+        )
+        _bump_directory()
+    return _domain_record(row)
+
+
+def get_domain(name: str) -> DomainRecord:
+    return _domain_record(_domain(name))
+
+
+def list_domains(account_email: str | None = None) -> list[DomainRecord]:
+    q = Domain.select(Domain, Account).join(Account).order_by(Domain.name)
+    if account_email is not None:
+        q = q.where(Account.email == account_email)
+    return [_domain_record(d) for d in q]
+
+
+def update_domain(name: str, **changes: object) -> DomainRecord:
+    """Set domain settings: retention_days, auth_policy, friendly_from, require_tls_inbound."""
+    allowed = {"retention_days", "auth_policy", "friendly_from", "require_tls_inbound"}
+    unknown = set(changes) - allowed
+    if unknown:
+        raise ValueError(f"cannot set {', '.join(sorted(unknown))} on a domain")
+    with database.atomic():
+        row = _domain(name)
+        for k, v in changes.items():
+            setattr(row, k, v)
+        row.save()
+        _bump_directory()
+    return _domain_record(row)
+
+
+def mark_domain_verified(name: str, now: dt.datetime) -> DomainRecord:
+    with database.atomic():
+        row = _domain(name)
+        row.verified_at = now
+        row.save()
+    return _domain_record(row)
+
+
+def remove_domain(name: str) -> dict[str, int]:
+    """Remove a domain with its aliases, key, outbound mail and logs, then checkpoint the WAL."""
+    with database.atomic():
+        row = _domain(name)
+        counts = {
+            "aliases": row.aliases.count(),
+            "emails": row.outbound.count(),
+            "smtp_error_logs": SmtpErrorLog.delete().where(
+                (SmtpErrorLog.domain == row.id) | (SmtpErrorLog.domain_name == name)
+            ).execute(),
+        }
+        row.delete_instance()
+        _bump_directory()
+    checkpoint()
+    return counts
+
+
+# aliases
+
+def add_alias(domain: str, kind: str, local: str, destinations: list[str]) -> AliasRecord:
+    with database.atomic():
+        dom = _domain(domain)
+        exists = Alias.get_or_none(Alias.domain == dom, Alias.kind == kind, Alias.local == local)
+        if exists:
+            raise AlreadyExists(f"alias {_alias_record(exists, dom).address} exists already")
+        row = Alias.create(domain=dom, kind=kind, local=local, destinations=json.dumps(destinations))
+        _bump_directory()
+    return _alias_record(row, dom)
+
+
+def get_alias(domain: str, kind: str, local: str) -> AliasRecord:
+    return _alias_record(_alias(domain, kind, local))
+
+
+def list_aliases(domain: str | None = None) -> list[AliasRecord]:
+    q = (
+        Alias.select(Alias, Domain, Account).join(Domain).join(Account)
+        .order_by(Domain.name, Alias.kind, Alias.local)
+    )
+    if domain is not None:
+        q = q.where(Domain.name == domain)
+    return [_alias_record(a, a.domain, a.domain.account.email) for a in q]
+
+
+def remove_alias(domain: str, kind: str, local: str) -> None:
+    with database.atomic():
+        _alias(domain, kind, local).delete_instance()
+        _bump_directory()
+    checkpoint()
+
+
+def set_alias_state(domain: str, kind: str, local: str, state: str) -> AliasRecord:
+    with database.atomic():
+        row = _alias(domain, kind, local)
+        row.state = state
+        row.save()
+        _bump_directory()
+    return _alias_record(row)
+
+
+def set_alias_password(domain: str, kind: str, local: str, password_hash: str) -> AliasRecord:
+    with database.atomic():
+        row = _alias(domain, kind, local)
+        row.password_hash = password_hash
+        row.save()
+        _bump_directory()
+    return _alias_record(row)
+
+
+def alias_password_hash(domain: str, kind: str, local: str) -> str | None:
+    """The stored password hash of an alias, or None (for the submission login check)."""
+    row = (
+        Alias.select(Alias.password_hash).join(Domain)
+        .where(Domain.name == domain, Alias.kind == kind, Alias.local == local)
+        .first()
+    )
+    return row.password_hash if row else None
+
+
+def load_directory() -> tuple[list[DomainRecord], list[AliasRecord]]:
+    """Every domain and alias, for the daemon's in-memory resolver."""
+    domains = list_domains()
+    return domains, list_aliases()

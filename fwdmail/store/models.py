@@ -1,0 +1,121 @@
+"""peewee models. Only modules inside `fwdmail.store` import this."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import peewee as pw
+
+database = pw.DatabaseProxy()
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC now; every timestamp in the store is naive UTC."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+class Meta(BaseModel):
+    """Key/value facts about the store itself: schema version, directory version."""
+
+    key = pw.CharField(primary_key=True)
+    value = pw.TextField()
+
+
+class Account(BaseModel):
+    email = pw.CharField(unique=True)
+    created_at = pw.DateTimeField(default=utcnow)
+
+
+class Domain(BaseModel):
+    name = pw.CharField(unique=True)
+    account = pw.ForeignKeyField(Account, backref="domains", on_delete="CASCADE")
+    verification_token = pw.CharField()
+    dkim_selector = pw.CharField()
+    dkim_private_key = pw.TextField()
+    retention_days = pw.IntegerField(default=0)
+    verified_at = pw.DateTimeField(null=True)
+    auth_policy = pw.CharField(default="enforce")
+    friendly_from = pw.BooleanField(default=False)
+    require_tls_inbound = pw.BooleanField(default=False)
+    created_at = pw.DateTimeField(default=utcnow)
+
+
+class Alias(BaseModel):
+    domain = pw.ForeignKeyField(Domain, backref="aliases", on_delete="CASCADE")
+    kind = pw.CharField()  # exact | catch-all | regex
+    local = pw.CharField()  # local part, "*", or the regex pattern
+    destinations = pw.TextField()  # JSON list of addresses
+    state = pw.CharField(default="enabled")  # enabled | quiet | tempfail | reject
+    password_hash = pw.CharField(null=True)
+    created_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("domain", "kind", "local"), True),)
+
+
+class OutboundEmail(BaseModel):
+    queue_id = pw.CharField(unique=True)
+    domain = pw.ForeignKeyField(Domain, backref="outbound", on_delete="CASCADE")
+    alias = pw.ForeignKeyField(Alias, null=True, backref="outbound", on_delete="SET NULL")
+    mail_from = pw.CharField()
+    headers = pw.BlobField()
+    body = pw.BlobField(null=True)
+    size = pw.IntegerField()
+    subject = pw.TextField(default="")
+    date_header = pw.DateTimeField(null=True)
+    status = pw.CharField(default="queued", index=True)  # queued|deferred|delivered|bounced|partial|held
+    created_at = pw.DateTimeField(default=utcnow)
+    next_attempt_at = pw.DateTimeField(index=True)
+    claimed_at = pw.DateTimeField(null=True)
+    claim_token = pw.CharField(null=True)
+    attempts = pw.IntegerField(default=0)
+    crash_count = pw.IntegerField(default=0)
+    final_at = pw.DateTimeField(null=True)
+    redacted_at = pw.DateTimeField(null=True)
+    delay_notified = pw.BooleanField(default=False)
+    dsn_sent = pw.BooleanField(default=False)
+
+
+class OutboundRecipient(BaseModel):
+    email = pw.ForeignKeyField(OutboundEmail, backref="recipients", on_delete="CASCADE")
+    address = pw.CharField()
+    status = pw.CharField(default="queued")  # queued | deferred | delivered | bounced
+    attempts = pw.IntegerField(default=0)
+    code = pw.IntegerField(null=True)
+    enhanced_code = pw.CharField(null=True)
+    text = pw.TextField(null=True)
+    updated_at = pw.DateTimeField(default=utcnow)
+
+
+class SmtpErrorLog(BaseModel):
+    """An inbound or outbound 4xx/5xx: never a client IP, never a body."""
+
+    created_at = pw.DateTimeField(default=utcnow, index=True)
+    direction = pw.CharField()  # inbound | outbound
+    domain = pw.ForeignKeyField(Domain, null=True, backref="error_logs", on_delete="CASCADE")
+    domain_name = pw.CharField(default="")
+    alias = pw.CharField(default="")
+    code = pw.IntegerField()
+    enhanced_code = pw.CharField(default="")
+    text = pw.TextField(default="")
+
+
+class AbuseEvent(BaseModel):
+    """Spam or malicious activity, with what is needed to act on it (kept 7 days)."""
+
+    created_at = pw.DateTimeField(default=utcnow, index=True)
+    kind = pw.CharField()
+    client_ip = pw.CharField(null=True)
+    domain = pw.ForeignKeyField(Domain, null=True, backref="abuse_events", on_delete="CASCADE")
+    detail = pw.TextField(default="")
+
+
+ALL_MODELS: list[type[BaseModel]] = [
+    Meta, Account, Domain, Alias, OutboundEmail, OutboundRecipient, SmtpErrorLog, AbuseEvent,
+]
