@@ -1,0 +1,62 @@
+"""Shared fixtures: a loopback DNS server, a real downstream SMTP sink, and `fwdmail serve` itself."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.daemon import Daemon, merge
+from tests.support.dns_server import LoopbackDNS
+from tests.support.smtp_sink import SmtpSink
+
+
+@pytest.fixture(scope="session")
+def dns_server() -> Iterator[LoopbackDNS]:
+    """One authoritative DNS server on loopback for the session; tests use their own names."""
+    with LoopbackDNS() as server:
+        yield server
+
+
+@pytest.fixture
+def sink() -> Iterator[SmtpSink]:
+    """A real SMTP server on loopback standing in for the destinations' mail servers."""
+    with SmtpSink() as s:
+        yield s
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path, dns_server: LoopbackDNS) -> Iterator[Callable[..., Daemon]]:
+    """Factory: `make_daemon(overrides, start=True)` -> a running `fwdmail serve`; stopped at teardown.
+
+    The daemon resolves through `dns_server` unless overrides say otherwise.
+    """
+    daemons: list[Daemon] = []
+
+    def factory(overrides: dict[str, Any] | None = None, start: bool = True) -> Daemon:
+        base = {"dns": {"nameservers": [dns_server.address]}}
+        sub = tmp_path / f"d{len(daemons)}"
+        sub.mkdir()
+        d = Daemon(sub, merge(base, overrides or {}))
+        daemons.append(d)
+        if start:
+            d.start()
+        return d
+
+    yield factory
+    for d in daemons:
+        try:
+            d.stop()
+        except AssertionError:
+            d.kill()
+
+
+def require_tool(name: str) -> str:
+    """Path of a Debian tool the test drives; skip with a reason when it is not installed."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin")
+    if path is None:
+        pytest.skip(f"{name} is not installed (.ci/run installs it with apt-get)")
+    return path
