@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import ssl
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..config import Config
 from ..datadir import Runtime
 from .executor import Blocking
+
+if TYPE_CHECKING:
+    from .delivery import Delivery
 
 
 def server_tls_context(runtime: Runtime) -> ssl.SSLContext:
@@ -26,10 +30,16 @@ class Context:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     force_stop: asyncio.Event = field(default_factory=asyncio.Event)
     tls: ssl.SSLContext | None = None
+    delivery: Delivery = field(init=False)
 
     @property
     def config(self) -> Config:
         return self.runtime.config
+
+    def __post_init__(self) -> None:
+        from .delivery import Delivery
+
+        self.delivery = Delivery(self.runtime.config)
 
     def server_tls(self) -> ssl.SSLContext:
         if self.tls is None:

@@ -84,6 +84,7 @@ async def run(runtime: Runtime) -> int:
                 await service.stop()
             except Exception:
                 log.exception("error while stopping %s", service.name)
+        await ctx.delivery.close()
         ctx.blocking.shutdown()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
