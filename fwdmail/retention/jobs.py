@@ -1,0 +1,187 @@
+"""The retention jobs: plain functions of (store seam, now) that return counts.
+
+`db` is how a job reaches the store: in `serve` it is `ctx.blocking.db` (the daemon's one database
+thread), in `fwdmail purge` it is `inline` (call the verb right here). A job works in batches of
+`batch_size` rows, one short transaction each, and yields to the event loop between batches, so the MX
+and submission stay responsive during a large purge. Every job is idempotent: running two at once, or
+running one again after a failure, removes each row once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from .. import store
+from ..config import RetentionConfig
+
+log = logging.getLogger("fwdmail.retention")
+
+T = TypeVar("T")
+
+CHECKPOINT_ATTEMPTS = 5
+
+
+class DbSeam(Protocol):
+    def __call__(self, fn: Callable[..., T], *args: Any) -> Awaitable[T]: ...
+
+
+async def inline(fn: Callable[..., T], *args: Any) -> T:
+    """The seam for a process that owns its thread: run the store verb here and now."""
+    return fn(*args)
+
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One retention rule: `count` for dry runs, `run` to apply it (returns rows changed)."""
+
+    key: str
+    title: str
+    rule: Callable[[RetentionConfig], str]
+    count: Callable[[DbSeam, dt.datetime, RetentionConfig], Awaitable[int]]
+    run: Callable[..., Awaitable[int]]
+
+
+async def _batches(db: DbSeam, verb: Callable[..., int], args: tuple[Any, ...], batch: int,
+                   progress: Progress | None, stop: asyncio.Event | None) -> int:
+    total = 0
+    while True:
+        n = await db(verb, *args, batch)
+        total += n
+        if progress is not None and n:
+            progress(n)
+        if n < batch or (stop is not None and stop.is_set()):
+            return total
+        await asyncio.sleep(0)
+
+
+def _days(now: dt.datetime, days: int) -> dt.datetime:
+    return now - dt.timedelta(days=days)
+
+
+async def purge_error_logs(db: DbSeam, now: dt.datetime, cfg: RetentionConfig,
+                           progress: Progress | None = None, stop: asyncio.Event | None = None) -> int:
+    """Delete SMTP error logs `error_log_days` or more days old."""
+    cutoff = _days(now, cfg.error_log_days)
+    return await _batches(db, store.purge_error_logs_before, (cutoff,), cfg.batch_size, progress, stop)
+
+
+async def purge_abuse_events(db: DbSeam, now: dt.datetime, cfg: RetentionConfig,
+                             progress: Progress | None = None, stop: asyncio.Event | None = None) -> int:
+    """Delete spam/abuse records `error_log_days` or more days old."""
+    cutoff = _days(now, cfg.error_log_days)
+    return await _batches(db, store.purge_abuse_events_before, (cutoff,), cfg.batch_size, progress, stop)
+
+
+async def redact_bodies(db: DbSeam, now: dt.datetime, cfg: RetentionConfig,
+                        progress: Progress | None = None, stop: asyncio.Event | None = None) -> int:
+    """Drop the bodies of final outbound mail past its domain's retention_days."""
+    return await _batches(db, store.redact_bodies_due, (now,), cfg.batch_size, progress, stop)
+
+
+async def delete_emails(db: DbSeam, now: dt.datetime, cfg: RetentionConfig,
+                        progress: Progress | None = None, stop: asyncio.Event | None = None) -> int:
+    """Delete final outbound records `outbound_record_days` after their Date (or acceptance)."""
+    return await _batches(db, store.delete_emails_due, (now, cfg.outbound_record_days), cfg.batch_size,
+                          progress, stop)
+
+
+async def _count_error_logs(db: DbSeam, now: dt.datetime, cfg: RetentionConfig) -> int:
+    return await db(store.count_error_logs_before, _days(now, cfg.error_log_days))
+
+
+async def _count_abuse_events(db: DbSeam, now: dt.datetime, cfg: RetentionConfig) -> int:
+    return await db(store.count_abuse_events_before, _days(now, cfg.error_log_days))
+
+
+async def _count_bodies(db: DbSeam, now: dt.datetime, cfg: RetentionConfig) -> int:
+    return await db(store.count_bodies_due, now)
+
+
+async def _count_emails(db: DbSeam, now: dt.datetime, cfg: RetentionConfig) -> int:
+    return await db(store.count_emails_due, now, cfg.outbound_record_days)
+
+
+JOBS: tuple[Job, ...] = (
+    Job("smtp_error_logs", "SMTP error logs deleted",
+        lambda c: f"created {c.error_log_days}+ days ago", _count_error_logs, purge_error_logs),
+    Job("abuse_events", "spam/abuse records deleted",
+        lambda c: f"created {c.error_log_days}+ days ago", _count_abuse_events, purge_abuse_events),
+    Job("emails_redacted", "outbound bodies redacted",
+        lambda c: "final, domain retention_days passed", _count_bodies, redact_bodies),
+    Job("emails_deleted", "outbound records deleted",
+        lambda c: f"final, Date {c.outbound_record_days}+ days ago", _count_emails, delete_emails),
+)
+
+
+async def checkpoint(db: DbSeam, attempts: int = CHECKPOINT_ATTEMPTS) -> bool:
+    """Checkpoint and truncate the WAL, retrying while a reader holds an old snapshot."""
+    for attempt in range(attempts):
+        if await db(store.wal_checkpoint):
+            return True
+        await asyncio.sleep(0.05 * 2**attempt)
+    return False
+
+
+@dataclass
+class Report:
+    """What one run of all jobs did (or, for a dry run, would do)."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    checkpointed: bool | None = None  # None: nothing removed, no checkpoint needed
+
+    @property
+    def removed(self) -> int:
+        return sum(self.counts.values())
+
+
+async def count_all(db: DbSeam, now: dt.datetime, cfg: RetentionConfig) -> Report:
+    """What `run_all` would change at `now`, changing nothing."""
+    report = Report()
+    for job in JOBS:
+        try:
+            report.counts[job.key] = await job.count(db, now, cfg)
+        except store.DatabaseFailure as exc:
+            report.failed[job.key] = str(exc)
+    return report
+
+
+async def run_all(db: DbSeam, now: dt.datetime, cfg: RetentionConfig, *,
+                  progress: Callable[[str, int], None] | None = None, stop: asyncio.Event | None = None,
+                  force_checkpoint: bool = False) -> Report:
+    """Run every job once; a failing job is logged and skipped, the others still run.
+
+    After anything was removed (or when `force_checkpoint`), the WAL is checkpointed and truncated.
+    """
+    report = Report()
+    for job in JOBS:
+        if stop is not None and stop.is_set():
+            break
+        step = None if progress is None else _bind(progress, job.key)
+        try:
+            report.counts[job.key] = await job.run(db, now, cfg, step, stop)
+        except Exception as exc:
+            log.exception("retention job %s failed; it runs again next period", job.key)
+            report.failed[job.key] = str(exc) or exc.__class__.__name__
+    if report.removed or force_checkpoint:
+        try:
+            report.checkpointed = await checkpoint(db)
+        except Exception:
+            log.exception("WAL checkpoint failed")
+            report.checkpointed = False
+        if not report.checkpointed:
+            log.warning("WAL checkpoint blocked by a reader: removed rows may linger in the -wal file "
+                        "until the next run")
+    return report
+
+
+def _bind(progress: Callable[[str, int], None], key: str) -> Progress:
+    return lambda n: progress(key, n)

@@ -1,0 +1,91 @@
+"""The retention scheduler: APScheduler's AsyncIOScheduler on the serve loop, running `run_all` every
+`[retention] interval` seconds. Handles no untrusted input; it reads and deletes stored rows only.
+
+Runs never overlap (one instance at a time, late runs coalesced into one); a run missed while the daemon
+was down happens once at start. A failing job is logged and tried again next period; it never stops the
+loop. A checkpoint a reader blocked is retried on the next run even if that run removes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from .. import store
+from ..daemon.context import Context
+from .jobs import Report, run_all
+
+log = logging.getLogger("fwdmail.retention")
+
+JOB_ID = "retention"
+
+
+def _wall_now() -> dt.datetime:
+    """Aware local time, as APScheduler computes its schedule."""
+    return dt.datetime.now().astimezone()
+
+
+class RetentionScheduler:
+    """The serve service that runs the retention jobs; starts last, stops first."""
+
+    name = "retention"
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.runs = 0
+        self.last_report: Report | None = None
+        self._scheduler: AsyncIOScheduler | None = None
+        self._running = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._checkpoint_owed = False
+
+    async def start(self) -> None:
+        interval = self.ctx.config.retention.interval
+        last = await self.ctx.blocking.db(store.last_retention_run)
+        delay = 0.0
+        if last is not None:
+            delay = max(0.0, (last + dt.timedelta(seconds=interval) - store.utcnow()).total_seconds())
+        first = _wall_now() + dt.timedelta(seconds=min(delay, interval))
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
+        self._scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
+        self._scheduler.add_job(
+            self.run_once, IntervalTrigger(seconds=interval), id=JOB_ID, name="retention jobs",
+            next_run_time=first, max_instances=1, coalesce=True, misfire_grace_time=None,
+        )
+        self._scheduler.start()
+        log.info("retention jobs every %ss, next in %.1fs", interval, min(delay, interval))
+
+    async def run_once(self) -> Report | None:
+        """One run of every job as of now; None if a run is still going (runs never overlap)."""
+        if self._running.locked() or self._stop.is_set():
+            return None
+        async with self._running:
+            now = store.utcnow()
+            try:
+                await self.ctx.blocking.db(store.set_last_retention_run, now)
+            except Exception:
+                log.exception("cannot record the retention run; running the jobs anyway")
+            report = await run_all(self.ctx.blocking.db, now, self.ctx.config.retention, stop=self._stop,
+                                   force_checkpoint=self._checkpoint_owed)
+            self._checkpoint_owed = report.checkpointed is False
+            self.runs += 1
+            self.last_report = report
+            if report.removed or report.failed:
+                summary = ", ".join(f"{k}={v}" for k, v in report.counts.items())
+                failed = f"; failed: {', '.join(report.failed)}" if report.failed else ""
+                log.info("retention run: %s%s", summary, failed)
+            return report
+
+    async def stop(self) -> None:
+        """Stop scheduling; let a run in progress finish its current batch."""
+        self._stop.set()
+        async with self._running:
+            pass
+        if self._scheduler is not None and self._scheduler.running:
+            self._scheduler.remove_all_jobs()
+            self._scheduler.shutdown(wait=False)
+            await asyncio.sleep(0)

@@ -1,0 +1,135 @@
+"""Retention verbs: delete old logs, redact and delete outbound mail, in short batches.
+
+Each purge verb changes at most `batch` rows in one transaction and returns how many it changed, so a
+caller loops until a batch comes back short. Each has a `count_*` twin for dry runs. A row is due once
+its deadline is reached (deadline <= now), never before.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import peewee as pw
+
+from .models import AbuseEvent, Domain, Meta, OutboundEmail, SmtpErrorLog, database
+
+__all__ = [
+    "ACTIVE_STATUSES", "count_abuse_events_before", "count_bodies_due", "count_emails_due",
+    "count_error_logs_before", "delete_emails_due", "last_retention_run", "purge_abuse_events_before",
+    "purge_error_logs_before", "redact_bodies_due", "set_last_retention_run", "wal_checkpoint",
+]
+
+ACTIVE_STATUSES = ("queued", "deferred", "held")
+"""Outbound statuses that are not final: their mail is never redacted or deleted by retention."""
+
+_LAST_RUN_KEY = "retention_last_run"
+
+
+def _delete_ids(model: type[pw.Model], ids: list[int]) -> int:
+    if not ids:
+        return 0
+    return model.delete().where(model.id.in_(ids)).execute()
+
+
+def _error_logs_before(cutoff: dt.datetime) -> pw.ModelSelect:
+    return SmtpErrorLog.select(SmtpErrorLog.id).where(SmtpErrorLog.created_at <= cutoff)
+
+
+def purge_error_logs_before(cutoff: dt.datetime, batch: int) -> int:
+    """Delete up to `batch` SMTP error logs created at or before `cutoff`."""
+    with database.atomic():
+        ids = [r.id for r in _error_logs_before(cutoff).order_by(SmtpErrorLog.id).limit(batch)]
+        return _delete_ids(SmtpErrorLog, ids)
+
+
+def count_error_logs_before(cutoff: dt.datetime) -> int:
+    return _error_logs_before(cutoff).count()
+
+
+def _abuse_events_before(cutoff: dt.datetime) -> pw.ModelSelect:
+    return AbuseEvent.select(AbuseEvent.id).where(AbuseEvent.created_at <= cutoff)
+
+
+def purge_abuse_events_before(cutoff: dt.datetime, batch: int) -> int:
+    """Delete up to `batch` spam/abuse records created at or before `cutoff`."""
+    with database.atomic():
+        ids = [r.id for r in _abuse_events_before(cutoff).order_by(AbuseEvent.id).limit(batch)]
+        return _delete_ids(AbuseEvent, ids)
+
+
+def count_abuse_events_before(cutoff: dt.datetime) -> int:
+    return _abuse_events_before(cutoff).count()
+
+
+def _final() -> pw.Expression:
+    return OutboundEmail.final_at.is_null(False) & OutboundEmail.status.not_in(ACTIVE_STATUSES)
+
+
+def _bodies_due(now: dt.datetime) -> pw.ModelSelect | None:
+    """Final mail whose body is still there and whose domain's retention_days have passed since final_at."""
+    days = [r.retention_days for r in Domain.select(Domain.retention_days).distinct()]
+    if not days:
+        return None
+    window: pw.Expression | None = None
+    for d in days:
+        clause = (Domain.retention_days == d) & (OutboundEmail.final_at <= now - dt.timedelta(days=d))
+        window = clause if window is None else window | clause
+    return (
+        OutboundEmail.select(OutboundEmail.id).join(Domain)
+        .where(_final() & OutboundEmail.body.is_null(False) & window)
+    )
+
+
+def redact_bodies_due(now: dt.datetime, batch: int) -> int:
+    """Drop the body of up to `batch` final messages with final_at + domain.retention_days <= now."""
+    with database.atomic():
+        q = _bodies_due(now)
+        if q is None:
+            return 0
+        ids = [r.id for r in q.order_by(OutboundEmail.id).limit(batch)]
+        if not ids:
+            return 0
+        return (
+            OutboundEmail.update(body=None, redacted_at=now)
+            .where(OutboundEmail.id.in_(ids)).execute()
+        )
+
+
+def count_bodies_due(now: dt.datetime) -> int:
+    q = _bodies_due(now)
+    return 0 if q is None else q.count()
+
+
+def _emails_due(now: dt.datetime, days: int) -> pw.ModelSelect:
+    """Final mail whose Date header (or, without one, its acceptance) is `days` or more days old."""
+    cutoff = now - dt.timedelta(days=days)
+    dated = OutboundEmail.date_header.is_null(False) & (OutboundEmail.date_header <= cutoff)
+    undated = OutboundEmail.date_header.is_null() & (OutboundEmail.created_at <= cutoff)
+    return OutboundEmail.select(OutboundEmail.id).where(_final() & (dated | undated))
+
+
+def delete_emails_due(now: dt.datetime, days: int, batch: int) -> int:
+    """Delete up to `batch` outbound records (with their recipients) due by `_emails_due`."""
+    with database.atomic():
+        ids = [r.id for r in _emails_due(now, days).order_by(OutboundEmail.id).limit(batch)]
+        return _delete_ids(OutboundEmail, ids)
+
+
+def count_emails_due(now: dt.datetime, days: int) -> int:
+    return _emails_due(now, days).count()
+
+
+def wal_checkpoint() -> bool:
+    """Checkpoint the WAL and truncate it to zero bytes; False if a reader kept it from completing."""
+    busy, _log, _done = database.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    return busy == 0
+
+
+def last_retention_run() -> dt.datetime | None:
+    """When the scheduled retention jobs last started, if ever."""
+    row = Meta.get_or_none(Meta.key == _LAST_RUN_KEY)
+    return dt.datetime.fromisoformat(row.value) if row else None
+
+
+def set_last_retention_run(now: dt.datetime) -> None:
+    Meta.insert(key=_LAST_RUN_KEY, value=now.isoformat()).on_conflict_replace().execute()
