@@ -415,5 +415,53 @@ def alias_password(state: State, address: str, as_json: bool) -> None:
         click.echo(f"  password: {password}")
 
 
+# retention
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Only count what would be removed; change nothing.")
+@click.option("--now", "at", metavar="ISO-8601", help="Evaluate as of this time (no offset = UTC).")
+@json_option
+@pass_state
+def purge(state: State, dry_run: bool, at: str | None, as_json: bool) -> None:
+    """Run the retention jobs once: old logs, outbound bodies past retention, old outbound records."""
+    from .retention import jobs
+
+    try:
+        when = jobs.parse_instant(at) if at is not None else now()
+    except ValueError as exc:
+        raise ConfigProblem(f"--now: {exc}") from None
+    cfg = state.open().config.retention
+    if dry_run or as_json:
+        report = jobs.purge_now(when, cfg, dry_run=dry_run)
+    else:
+        report = _purge_with_progress(when, cfg)
+    if as_json:
+        emit_json(report.counts)
+    else:
+        table(f"retention as of {when:%Y-%m-%d %H:%M:%S} UTC" + (" (dry run)" if dry_run else ""),
+              ["category", "rule", "would remove" if dry_run else "removed"],
+              [(j.title, j.rule(cfg), report.counts.get(j.key, "FAILED")) for j in jobs.JOBS])
+    for key, err in report.failed.items():
+        click.echo(f"error: {key}: {err}", err=True)
+    if report.checkpointed is False:
+        click.echo("warning: a reader kept the WAL from being truncated; run purge again", err=True)
+    if report.failed:
+        sys.exit(1)
+
+
+def _purge_with_progress(when: dt.datetime, cfg: Any) -> Any:
+    """Purge with a progress bar on stderr when there is more than one batch to do."""
+    from rich.progress import Progress
+
+    from .retention import jobs
+
+    totals = jobs.purge_now(when, cfg, dry_run=True).counts
+    if sum(totals.values()) <= cfg.batch_size:
+        return jobs.purge_now(when, cfg)
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        tasks = {j.key: bar.add_task(j.title, total=totals.get(j.key) or None) for j in jobs.JOBS}
+        return jobs.purge_now(when, cfg, progress=lambda key, n: bar.advance(tasks[key], n))
+
+
 def main() -> None:
     cli(prog_name="fwdmail")

@@ -110,9 +110,9 @@ async def _count_emails(db: DbSeam, now: dt.datetime, cfg: RetentionConfig) -> i
 
 
 JOBS: tuple[Job, ...] = (
-    Job("smtp_error_logs", "SMTP error logs deleted",
+    Job("smtp_error_logs", "SMTP error logs",
         lambda c: f"created {c.error_log_days}+ days ago", _count_error_logs, purge_error_logs),
-    Job("abuse_events", "spam/abuse records deleted",
+    Job("abuse_events", "spam/abuse records",
         lambda c: f"created {c.error_log_days}+ days ago", _count_abuse_events, purge_abuse_events),
     Job("emails_redacted", "outbound bodies redacted",
         lambda c: "final, domain retention_days passed", _count_bodies, redact_bodies),
@@ -149,8 +149,8 @@ async def count_all(db: DbSeam, now: dt.datetime, cfg: RetentionConfig) -> Repor
     for job in JOBS:
         try:
             report.counts[job.key] = await job.count(db, now, cfg)
-        except store.DatabaseFailure as exc:
-            report.failed[job.key] = str(exc)
+        except Exception as exc:
+            report.failed[job.key] = str(exc) or exc.__class__.__name__
     return report
 
 
@@ -185,3 +185,22 @@ async def run_all(db: DbSeam, now: dt.datetime, cfg: RetentionConfig, *,
 
 def _bind(progress: Callable[[str, int], None], key: str) -> Progress:
     return lambda n: progress(key, n)
+
+
+def parse_instant(text: str) -> dt.datetime:
+    """An ISO-8601 time as naive UTC (a time without an offset is taken as UTC)."""
+    try:
+        value = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"not an ISO-8601 time: {text!r} (e.g. 2024-05-01T12:00:00Z)") from None
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC).replace(tzinfo=None)
+    return value
+
+
+def purge_now(now: dt.datetime, cfg: RetentionConfig, *, dry_run: bool = False,
+              progress: Callable[[str, int], None] | None = None) -> Report:
+    """`fwdmail purge`: every job once, in this process, as of `now`; only counts when `dry_run`."""
+    if dry_run:
+        return asyncio.run(count_all(inline, now, cfg))
+    return asyncio.run(run_all(inline, now, cfg, progress=progress))

@@ -2,7 +2,8 @@
 
 Each purge verb changes at most `batch` rows in one transaction and returns how many it changed, so a
 caller loops until a batch comes back short. Each has a `count_*` twin for dry runs. A row is due once
-its deadline is reached (deadline <= now), never before.
+its deadline is reached (deadline <= now), never before. Writes begin IMMEDIATE, so a purge from the CLI
+waits for the daemon's writes (busy timeout) instead of failing on a stale read snapshot.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def _error_logs_before(cutoff: dt.datetime) -> pw.ModelSelect:
 
 def purge_error_logs_before(cutoff: dt.datetime, batch: int) -> int:
     """Delete up to `batch` SMTP error logs created at or before `cutoff`."""
-    with database.atomic():
+    with database.atomic("IMMEDIATE"):
         ids = [r.id for r in _error_logs_before(cutoff).order_by(SmtpErrorLog.id).limit(batch)]
         return _delete_ids(SmtpErrorLog, ids)
 
@@ -52,7 +53,7 @@ def _abuse_events_before(cutoff: dt.datetime) -> pw.ModelSelect:
 
 def purge_abuse_events_before(cutoff: dt.datetime, batch: int) -> int:
     """Delete up to `batch` spam/abuse records created at or before `cutoff`."""
-    with database.atomic():
+    with database.atomic("IMMEDIATE"):
         ids = [r.id for r in _abuse_events_before(cutoff).order_by(AbuseEvent.id).limit(batch)]
         return _delete_ids(AbuseEvent, ids)
 
@@ -82,7 +83,7 @@ def _bodies_due(now: dt.datetime) -> pw.ModelSelect | None:
 
 def redact_bodies_due(now: dt.datetime, batch: int) -> int:
     """Drop the body of up to `batch` final messages with final_at + domain.retention_days <= now."""
-    with database.atomic():
+    with database.atomic("IMMEDIATE"):
         q = _bodies_due(now)
         if q is None:
             return 0
@@ -110,7 +111,7 @@ def _emails_due(now: dt.datetime, days: int) -> pw.ModelSelect:
 
 def delete_emails_due(now: dt.datetime, days: int, batch: int) -> int:
     """Delete up to `batch` outbound records (with their recipients) due by `_emails_due`."""
-    with database.atomic():
+    with database.atomic("IMMEDIATE"):
         ids = [r.id for r in _emails_due(now, days).order_by(OutboundEmail.id).limit(batch)]
         return _delete_ids(OutboundEmail, ids)
 
