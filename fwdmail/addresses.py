@@ -15,6 +15,7 @@ import idna
 _ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff"
 _DOT_ATOM = re.compile(rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*")
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+SUBSTITUTION = re.compile(r"\$[1-9]")
 
 
 class AddressError(ValueError):
@@ -46,6 +47,12 @@ def normalize_domain(value: str) -> str:
     labels = name.split(".")
     if len(name) > 253 or len(labels) < 2 or not all(_LABEL.fullmatch(label) for label in labels):
         raise AddressError(f"invalid domain {value!r}")
+    for label in labels:
+        if label.startswith("xn--"):
+            try:
+                idna.decode(label)
+            except (idna.IDNAError, UnicodeError):
+                raise AddressError(f"invalid domain {value!r}: bad IDN label {label!r}") from None
     if labels[-1].isdigit():
         raise AddressError(f"invalid domain {value!r}: numeric top-level label")
     return name
@@ -58,8 +65,10 @@ def parse_address(value: str) -> Address:
         text = text[1:-1]
     if not text or "@" not in text:
         raise AddressError(f"invalid address {value!r}: no domain")
-    if text.startswith("@"):
+    if text.startswith("@") and ":" in text:
         raise AddressError(f"invalid address {value!r}: source routes are not accepted")
+    if text.startswith("@"):
+        raise AddressError(f"invalid address {value!r}: empty local part")
     if text.startswith('"') or "\\" in text:
         raise AddressError(f"invalid address {value!r}: quoted local parts are not accepted")
     local, _, domain = text.rpartition("@")
@@ -118,16 +127,16 @@ def parse_alias_spec(value: str) -> AliasSpec:
 def parse_destinations(values: list[str] | tuple[str, ...]) -> list[str]:
     """Validate 1-10 destination addresses, de-duplicated (case-insensitively), order kept.
 
-    A destination may contain `$1`..`$9` (regex alias substitutions); it is validated with
-    the placeholders standing in for a plain local part.
+    A destination's local part may contain `$1`..`$9` (regex alias substitutions); it is validated
+    with the placeholders standing in for plain characters. Domains are kept in A-label form.
     """
     out: list[str] = []
     seen: set[str] = set()
     for value in values:
-        probe = re.sub(r"\$\d", "x", value)
-        parse_address(probe)
-        local, _, domain = value.strip().rpartition("@")
-        norm = f"{local}@{normalize_domain(domain)}" if "$" not in domain else value.strip()
+        addr = parse_address(value)
+        if SUBSTITUTION.search(addr.domain):
+            raise AddressError(f"invalid destination {value!r}: $1..$9 are allowed in the local part only")
+        norm = str(addr)
         if norm.lower() not in seen:
             seen.add(norm.lower())
             out.append(norm)

@@ -7,13 +7,21 @@ Arguments arrive as the admin typed them; they are validated here and raise `Add
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
 
 import dns.exception
 import dns.resolver
 
 from . import keys, store
-from .addresses import AliasSpec, normalize_address, normalize_domain, parse_alias_spec, parse_destinations
+from .addresses import (
+    SUBSTITUTION,
+    AliasSpec,
+    normalize_address,
+    normalize_domain,
+    parse_alias_spec,
+    parse_destinations,
+)
 from .config import Config
 from .resolver import sync_resolver
 
@@ -38,6 +46,8 @@ def add_domain(name: str, account_email: str, now: dt.datetime) -> store.DomainR
     domain = normalize_domain(name)
     account = normalize_address(account_email).lower()
     store.get_account(account)
+    if any(d.name == domain for d in store.list_domains()):
+        raise store.AlreadyExists(f"domain {domain} exists already")
     return store.add_domain(domain, account, keys.new_selector(now), keys.generate_dkim_key(),
                             keys.new_token())
 
@@ -107,15 +117,25 @@ def _lookup(resolver: dns.resolver.Resolver, name: str, rtype: str) -> list[str]
         answer = resolver.resolve(name, rtype)
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
         return []
-    except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
+    except dns.exception.DNSException as exc:
         raise ValueError(f"DNS lookup of {name} {rtype} failed: {exc}") from None
     if rtype == "TXT":
         return [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
     return [r.to_text() for r in answer]
 
 
-def _txt_key(value: str) -> str:
-    return "".join(value.split()).lower()
+def _dkim_key(value: str) -> str:
+    """The p= tag of a DKIM key record, whitespace removed ("" if absent)."""
+    tags = dict(t.split("=", 1) for t in "".join(value.split()).split(";") if "=" in t)
+    return tags.get("p", "")
+
+
+def _spf_allows(records: list[str], host: str) -> bool:
+    """One SPF record (two are a permerror) that lists `a:host` or `mx` (our MX host)."""
+    if len(records) != 1:
+        return False
+    terms = {t.lstrip("+") for t in records[0].lower().split()[1:]}
+    return f"a:{host.lower()}" in terms or "mx" in terms
 
 
 def verify_domain(cfg: Config, name: str, now: dt.datetime) -> tuple[store.DomainRecord, list[RecordCheck]]:
@@ -129,16 +149,15 @@ def verify_domain(cfg: Config, name: str, now: dt.datetime) -> tuple[store.Domai
             want = rec.value.split()[1].lower()
             ok = any(f.split()[-1].lower() == want for f in found)
         elif rec.purpose == "SPF":
-            spf = [f for f in found if f.lower().startswith("v=spf1")]
-            ok = any(_txt_key(f) == _txt_key(rec.value) for f in spf)
-            found = spf
+            found = [f for f in found if f.lower().split()[:1] == ["v=spf1"]]
+            ok = _spf_allows(found, cfg.server_hostname.rstrip("."))
         elif rec.purpose == "DMARC":
             ok = any(f.lower().startswith("v=dmarc1") for f in found)
         elif rec.purpose == "verification":
             found = [f for f in found if f.startswith("fwdmail-verification=")]
             ok = rec.value in found
         else:
-            ok = any(_txt_key(f) == _txt_key(rec.value) for f in found)
+            ok = any(_dkim_key(f) == _dkim_key(rec.value) for f in found)
         checks.append(RecordCheck(rec, ok, "; ".join(found)))
     if checks[0].ok and checks[-1].ok:
         domain = store.mark_domain_verified(domain.name, now)
@@ -146,10 +165,18 @@ def verify_domain(cfg: Config, name: str, now: dt.datetime) -> tuple[store.Domai
 
 
 def add_alias(address: str, destinations: list[str]) -> store.AliasRecord:
+    """Add an alias; refuses a forward to itself and `$N` beyond the regex's groups."""
     spec = parse_alias_spec(address)
     dests = parse_destinations(destinations)
-    if spec.kind != "regex" and any("$" in d for d in dests):
-        raise ValueError("$1..$9 substitutions are only for /regex/ aliases")
+    groups = re.compile(spec.local).groups if spec.kind == "regex" else 0
+    for dest in dests:
+        used = [int(m[1:]) for m in SUBSTITUTION.findall(dest)]
+        if used and spec.kind != "regex":
+            raise ValueError("$1..$9 substitutions are only for /regex/ aliases")
+        if used and max(used) > groups:
+            raise ValueError(f"{dest} uses ${max(used)} but the pattern has {groups} group(s)")
+        if spec.kind == "exact" and dest.lower() == spec.address:
+            raise ValueError(f"alias {spec.address} cannot forward to itself")
     return store.add_alias(spec.domain, spec.kind, spec.local, dests)
 
 
@@ -157,9 +184,11 @@ def _spec(address: str) -> AliasSpec:
     return parse_alias_spec(address)
 
 
-def remove_alias(address: str) -> None:
+def remove_alias(address: str) -> str:
+    """Remove an alias; return its address as stored."""
     spec = _spec(address)
     store.remove_alias(spec.domain, spec.kind, spec.local)
+    return spec.address
 
 
 def set_alias_state(address: str, state: str) -> store.AliasRecord:

@@ -373,8 +373,7 @@ def alias_list(state: State, domain_name: str | None, as_json: bool) -> None:
 def alias_remove(state: State, address: str) -> None:
     """Remove an alias."""
     state.open()
-    admin.remove_alias(address)
-    click.echo(f"alias {address} removed")
+    click.echo(f"alias {admin.remove_alias(address)} removed")
 
 
 @alias.command("disable")

@@ -7,12 +7,18 @@ raise `ConfigError` with a one-line message naming the key.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import ipaddress
+import math
+import re
 import socket
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import idna
 
 DEFAULT_DATA_DIR = "./fwdmail-data"
 
@@ -21,14 +27,51 @@ class ConfigError(ValueError):
     """A configuration problem, worded for the administrator."""
 
 
-def _host_port(key: str, value: str) -> tuple[str, int]:
+def _host_port(key: str, value: str, *, min_port: int = 0) -> tuple[str, int]:
     """Split "host:port" or "[v6]:port"; raise ConfigError naming `key` if malformed."""
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f'{key}: expected "host:port", got {value!r}')
+    bad = ConfigError(f'{key}: expected "host:port" (IPv6 as "[addr]:port"), got {value!r}')
+    if not sep or not host or not port.isascii() or not port.isdigit():
+        raise bad
+    if not min_port <= int(port) <= 65535:
+        raise ConfigError(f"{key}: port must be between {min_port} and 65535, got {value!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise bad from None
+    elif not all(_HOST_LABEL.fullmatch(label) for label in host.removesuffix(".").split(".")):
+        raise bad
     return host, int(port)
+
+
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def _ip_port(key: str, value: str) -> None:
+    """A "host:port" whose host is an IP address (DNS servers cannot be named by name)."""
+    host, _ = _host_port(key, value, min_port=1)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f'{key}: expected "ip:port" (IPv6 as "[addr]:port"), got {value!r}') from None
+
+
+def _hostname(key: str, value: str) -> str:
+    """Validate a host or domain name (IDN accepted); return its lowercase A-label form."""
+    bad = ConfigError(f"{key}: not a valid host name: {value!r}")
+    name = value.strip().removesuffix(".")
+    if not name:
+        raise bad
+    try:
+        ascii_name = name.lower() if name.isascii() else idna.encode(name, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError):
+        raise bad from None
+    if len(ascii_name) > 253 or not all(_LABEL.fullmatch(label) for label in ascii_name.split(".")):
+        raise bad
+    return ascii_name
 
 
 def parse_host_port(value: str) -> tuple[str, int]:
@@ -59,6 +102,7 @@ class MxConfig:
         _positive(f"{key}.max_received_headers", self.max_received_headers)
         _positive(f"{key}.dedup_ttl", self.dedup_ttl)
         _positive(f"{key}.dedup_max_entries", self.dedup_max_entries)
+        _positive(f"{key}.partial_failure_notice_interval", self.partial_failure_notice_interval)
 
 
 @dataclass(frozen=True)
@@ -72,12 +116,15 @@ class SubmissionConfig:
     max_future_date_days: int = 30
 
     def validate(self, key: str) -> None:
-        for addr in (*self.listen, *self.listen_tls):
+        for addr in self.listen:
             _host_port(f"{key}.listen", addr)
+        for addr in self.listen_tls:
+            _host_port(f"{key}.listen_tls", addr)
         _positive(f"{key}.max_message_size", self.max_message_size)
         _positive(f"{key}.max_recipients", self.max_recipients)
         _positive(f"{key}.auth_failures_per_hour", self.auth_failures_per_hour)
         _positive(f"{key}.auth_lockout", self.auth_lockout)
+        _positive(f"{key}.max_future_date_days", self.max_future_date_days)
 
 
 @dataclass(frozen=True)
@@ -97,6 +144,8 @@ class SrsConfig:
     max_age_days: int = 21
 
     def validate(self, key: str) -> None:
+        if self.domain:
+            _hostname(f"{key}.domain", self.domain)
         if not 1 <= self.max_age_days <= 1023:
             raise ConfigError(f"{key}.max_age_days: must be between 1 and 1023, got {self.max_age_days}")
 
@@ -108,7 +157,7 @@ class DnsConfig:
 
     def validate(self, key: str) -> None:
         for ns in self.nameservers:
-            _host_port(f"{key}.nameservers", ns)
+            _ip_port(f"{key}.nameservers", ns)
         _positive(f"{key}.timeout", self.timeout)
 
 
@@ -125,7 +174,9 @@ class DeliveryConfig:
 
     def validate(self, key: str) -> None:
         for dom, target in self.routes.items():
-            _host_port(f"{key}.routes.{dom}", target)
+            if dom != "*":
+                _hostname(f"{key}.routes", dom)
+            _host_port(f'{key}.routes."{dom}"', target, min_port=1)
         for name in ("connect_timeout", "command_timeout", "data_timeout", "idle_timeout"):
             _positive(f"{key}.{name}", getattr(self, name))
         _positive(f"{key}.max_connections_per_host", self.max_connections_per_host)
@@ -190,6 +241,8 @@ class Config:
             raise ConfigError(f"log_level: must be debug, info, warning or error, got {self.log_level!r}")
         if not self.data_dir:
             raise ConfigError("data_dir: must not be empty")
+        if self.hostname:
+            _hostname("hostname", self.hostname)
         _positive("shutdown_timeout", self.shutdown_timeout)
 
     @property
@@ -202,11 +255,12 @@ class Config:
 
     @property
     def server_hostname(self) -> str:
-        return self.hostname or socket.gethostname()
+        """`hostname` in lowercase A-label form, or this machine's name."""
+        return _hostname("hostname", self.hostname) if self.hostname else socket.gethostname()
 
     @property
     def srs_domain(self) -> str:
-        return (self.srs.domain or self.server_hostname).lower().rstrip(".")
+        return _hostname("srs.domain", self.srs.domain) if self.srs.domain else self.server_hostname.lower()
 
     @property
     def cert_path(self) -> Path:
@@ -234,6 +288,17 @@ def _type_name(tp: Any) -> str:
     return str(tp)
 
 
+def _domain_key(name: str) -> str:
+    """A table key that names a domain, in the lowercase A-label form the code looks up."""
+    name = name.strip().lower().removesuffix(".")
+    if not name.isascii():
+        try:
+            name = idna.encode(name, uts46=True).decode("ascii")
+        except (idna.IDNAError, UnicodeError):
+            pass  # left as written; validate() names it
+    return name
+
+
 def _coerce(key: str, tp: Any, value: Any) -> Any:
     """Check `value` against the annotated type `tp`; convert lists to tuples."""
     bad = ConfigError(f"{key}: must be {_type_name(tp)}, got {value!r}")
@@ -246,7 +311,7 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
             raise bad
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise bad
         return float(value)
     if tp is str:
@@ -263,7 +328,7 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
     if origin is dict:
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             raise bad
-        return {str(k).lower().rstrip("."): v for k, v in value.items()}
+        return {_domain_key(k): v for k, v in value.items()}
     raise bad
 
 
@@ -274,7 +339,9 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     for name, value in data.items():
         key = f"{prefix}{name}"
         if name not in known:
-            raise ConfigError(f"{key}: unknown key")
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            raise ConfigError(f"{key}: unknown key{hint}")
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
@@ -287,18 +354,31 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     return obj
 
 
-def from_dict(data: dict[str, Any]) -> Config:
-    """Build and validate a Config from parsed TOML."""
+def from_dict(data: dict[str, Any], base: Path | None = None) -> Config:
+    """Build and validate a Config from parsed TOML; relative paths are taken relative to `base`."""
     cfg: Config = _build(Config, data, "")
     for f in dataclasses.fields(cfg):
         sub = getattr(cfg, f.name)
         if dataclasses.is_dataclass(sub):
             sub.validate(f.name)
+    if base is not None:
+
+        def anchored(value: str) -> str:
+            return str(base / value) if value and not Path(value).is_absolute() else value
+
+        cfg = dataclasses.replace(
+            cfg, data_dir=anchored(cfg.data_dir),
+            tls=dataclasses.replace(cfg.tls, cert=anchored(cfg.tls.cert), key=anchored(cfg.tls.key)),
+        )
     return cfg
 
 
 def load(path: str | Path | None) -> Config:
-    """Read the TOML file at `path`, or return the defaults when `path` is None."""
+    """Read the TOML file at `path`, or return the defaults when `path` is None.
+
+    Relative paths in a config file (data_dir, tls.cert, tls.key; the default data_dir too) are relative
+    to the file's directory, so every command finds the same data whatever its working directory.
+    """
     if path is None:
         return from_dict({})
     p = Path(path)
@@ -312,7 +392,7 @@ def load(path: str | Path | None) -> Config:
         raise ConfigError(f"{p}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: invalid TOML: {exc}") from None
-    return from_dict(data)
+    return from_dict(data, p.absolute().parent)
 
 
 def as_dict(cfg: Config) -> dict[str, Any]:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import keys, store
-from .config import Config
+from .config import Config, ConfigError
 
 
 @dataclass(frozen=True)
@@ -23,11 +24,25 @@ class Runtime:
 def prepare(cfg: Config, *, open_db: bool = True) -> Runtime:
     """Create the data dir (0700), secrets and cert if missing; open and migrate the database."""
     data = cfg.data_path
-    data.mkdir(parents=True, exist_ok=True)
-    os.chmod(data, 0o700)
-    secret = cfg.srs.secret.encode() if cfg.srs.secret else keys.ensure_secret(data / "srs.secret")
-    if not cfg.tls.cert:
-        keys.ensure_self_signed_cert(cfg.cert_path, cfg.key_path, cfg.server_hostname)
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+        os.chmod(data, 0o700)
+        secret = cfg.srs.secret.encode() if cfg.srs.secret else keys.ensure_secret(data / "srs.secret")
+        if not cfg.tls.cert:
+            keys.ensure_self_signed_cert(cfg.cert_path, cfg.key_path, cfg.server_hostname)
+    except OSError as exc:
+        raise ConfigError(f"data_dir: cannot set up {data}: {exc.strerror or exc}") from None
+    for key, path in (("tls.cert", cfg.cert_path), ("tls.key", cfg.key_path)):
+        try:
+            path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{key}: cannot read {path}: {exc.strerror or exc}") from None
+    if cfg.tls.cert:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cfg.cert_path, cfg.key_path)
+        except ssl.SSLError as exc:
+            raise ConfigError(f"tls.cert: {cfg.cert_path} and tls.key {cfg.key_path} are not a PEM "
+                              f"certificate chain and its key ({exc.reason or exc})") from None
     if open_db:
         store.open_store(cfg.db_path)
     return Runtime(cfg, secret, cfg.cert_path, cfg.key_path)

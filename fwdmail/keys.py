@@ -68,7 +68,7 @@ def verify_password(password: str, encoded: str | None) -> bool:
         expected = base64.b64decode(digest)
         got = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
                              dklen=len(expected))
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError, MemoryError):
         return False
     return hmac.compare_digest(got, expected)
 
@@ -82,8 +82,8 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def ensure_secret(path: Path) -> bytes:
-    """Read the secret at `path`, creating a random one (mode 0600) if missing."""
-    if not path.exists():
+    """Read the secret at `path`, creating a random one (mode 0600) if missing or empty."""
+    if not path.exists() or not path.read_bytes().strip():
         _write_private(path, base64.b64encode(os.urandom(32)) + b"\n")
     return path.read_bytes().strip()
 

@@ -23,31 +23,33 @@ class StoreError(RuntimeError):
     """The store cannot be opened or used (locked, read-only, full, corrupt)."""
 
 
-def _v1(db: pw.SqliteDatabase) -> None:
-    db.create_tables(ALL_MODELS)
-
-
-MIGRATIONS: list[Callable[[pw.SqliteDatabase], None]] = [_v1]
-SCHEMA_VERSION = len(MIGRATIONS)
+# MIGRATIONS[i] brings an existing database from schema version i + 1 to i + 2. A new database is created
+# from the models straight at SCHEMA_VERSION, so changing models.py takes both: the model edit (new
+# databases) and a migration appended here (existing ones).
+MIGRATIONS: list[Callable[[pw.SqliteDatabase], None]] = []
+SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
 
 def open_store(path: str | Path) -> pw.SqliteDatabase:
     """Open (creating if needed) the database at `path`, apply pragmas and migrations."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fresh = not path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Created 0600 before SQLite opens it; SQLite gives the -wal and -shm files the same mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    except OSError as exc:
+        raise StoreError(f"cannot open database {path}: {exc.strerror or exc}") from None
     db = pw.SqliteDatabase(str(path), pragmas=PRAGMAS, check_same_thread=False)
     database.initialize(db)
     try:
         db.connect(reuse_if_open=True)
         migrate(db)
-    except pw.OperationalError as exc:
+    except pw.DatabaseError as exc:
+        db.close()
         raise StoreError(f"cannot open database {path}: {exc}") from None
-    if fresh:
-        for suffix in ("", "-wal", "-shm"):
-            f = Path(f"{path}{suffix}")
-            if f.exists():
-                os.chmod(f, 0o600)
+    except StoreError as exc:
+        db.close()
+        raise StoreError(f"cannot open database {path}: {exc}") from None
     return db
 
 
@@ -66,16 +68,27 @@ def schema_version(db: pw.SqliteDatabase) -> int:
 
 
 def migrate(db: pw.SqliteDatabase) -> None:
-    """Bring the schema forward to SCHEMA_VERSION, one migration per transaction."""
+    """Create a new database at SCHEMA_VERSION, or bring an older one forward, in one transaction.
+
+    A database written by a newer fwdmail is refused rather than guessed at.
+    """
     with db.atomic("IMMEDIATE"):
         current = schema_version(db)
         if current > SCHEMA_VERSION:
             raise StoreError(
-                f"database schema version {current} is newer than this fwdmail ({SCHEMA_VERSION})"
+                f"its schema version {current} is newer than this fwdmail supports ({SCHEMA_VERSION}); "
+                "upgrade fwdmail"
             )
-        for version in range(current, SCHEMA_VERSION):
-            MIGRATIONS[version](db)
-            Meta.insert(key="schema_version", value=str(version + 1)).on_conflict_replace().execute()
+        if current == SCHEMA_VERSION:
+            return
+        if current == 0:
+            if db.get_tables():
+                raise StoreError("it is not an fwdmail database (it has tables but no schema version)")
+            db.create_tables(ALL_MODELS)
+        else:
+            for version in range(current, SCHEMA_VERSION):
+                MIGRATIONS[version - 1](db)
+        Meta.insert(key="schema_version", value=str(SCHEMA_VERSION)).on_conflict_replace().execute()
 
 
 def checkpoint() -> None:

@@ -1,7 +1,9 @@
 """Verbs on accounts, domains and aliases (the directory the MX and submission resolve against).
 
 Every change bumps `directory_version`, so a running daemon notices CLI edits and reloads its cache.
-Callers get plain records, never peewee objects.
+Callers get plain records, never peewee objects. Writes begin IMMEDIATE: they take SQLite's write lock
+before reading, so a CLI write waits (busy timeout) for the running daemon's writes instead of failing
+on a stale read snapshot.
 """
 
 from __future__ import annotations
@@ -144,7 +146,7 @@ def _alias(domain: str, kind: str, local: str) -> Alias:
 # accounts
 
 def add_account(email: str) -> AccountRecord:
-    with database.atomic():
+    with database.atomic("IMMEDIATE"):
         if Account.get_or_none(Account.email == email):
             raise AlreadyExists(f"account {email} exists already")
         row = Account.create(email=email)
@@ -162,7 +164,7 @@ def list_accounts() -> list[AccountRecord]:
 
 def delete_account(email: str) -> dict[str, int]:
     """Remove an account and everything that hangs off it, then checkpoint the WAL."""
-    with database.atomic():
+    with database.atomic("IMMEDIATE"):
         acct = _account(email)
         domain_ids = [d.id for d in acct.domains]
         domain_names = [d.name for d in acct.domains]
@@ -185,7 +187,7 @@ def delete_account(email: str) -> dict[str, int]:
 
 def add_domain(name: str, account_email: str, dkim_selector: str, dkim_private_key: str,
                verification_token: str) -> DomainRecord:
-    with database.atomic():
+    with database.atomic("IMMEDIATE"):
         acct = _account(account_email)
         if Domain.get_or_none(Domain.name == name):
             raise AlreadyExists(f"domain {name} exists already")
@@ -214,7 +216,7 @@ def update_domain(name: str, **changes: object) -> DomainRecord:
     unknown = set(changes) - allowed
     if unknown:
         raise ValueError(f"cannot set {', '.join(sorted(unknown))} on a domain")
-    with database.atomic():
+    with database.atomic("IMMEDIATE"):
         row = _domain(name)
         for k, v in changes.items():
             setattr(row, k, v)
@@ -224,16 +226,17 @@ def update_domain(name: str, **changes: object) -> DomainRecord:
 
 
 def mark_domain_verified(name: str, now: dt.datetime) -> DomainRecord:
-    with database.atomic():
+    with database.atomic("IMMEDIATE"):
         row = _domain(name)
         row.verified_at = now
         row.save()
+        _bump_directory()
     return _domain_record(row)
 
 
 def remove_domain(name: str) -> dict[str, int]:
     """Remove a domain with its aliases, key, outbound mail and logs, then checkpoint the WAL."""
-    with database.atomic():
+    with database.atomic("IMMEDIATE"):
         row = _domain(name)
         counts = {
             "aliases": row.aliases.count(),
@@ -251,7 +254,7 @@ def remove_domain(name: str) -> dict[str, int]:
 # aliases
 
 def add_alias(domain: str, kind: str, local: str, destinations: list[str]) -> AliasRecord:
-    with database.atomic():
+    with database.atomic("IMMEDIATE"):
         dom = _domain(domain)
         exists = Alias.get_or_none(Alias.domain == dom, Alias.kind == kind, Alias.local == local)
         if exists:
@@ -276,14 +279,14 @@ def list_aliases(domain: str | None = None) -> list[AliasRecord]:
 
 
 def remove_alias(domain: str, kind: str, local: str) -> None:
-    with database.atomic():
+    with database.atomic("IMMEDIATE"):
         _alias(domain, kind, local).delete_instance()
         _bump_directory()
     checkpoint()
 
 
 def set_alias_state(domain: str, kind: str, local: str, state: str) -> AliasRecord:
-    with database.atomic():
+    with database.atomic("IMMEDIATE"):
         row = _alias(domain, kind, local)
         row.state = state
         row.save()
@@ -292,7 +295,7 @@ def set_alias_state(domain: str, kind: str, local: str, state: str) -> AliasReco
 
 
 def set_alias_password(domain: str, kind: str, local: str, password_hash: str) -> AliasRecord:
-    with database.atomic():
+    with database.atomic("IMMEDIATE"):
         row = _alias(domain, kind, local)
         row.password_hash = password_hash
         row.save()
