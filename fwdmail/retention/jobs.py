@@ -200,7 +200,10 @@ def parse_instant(text: str) -> dt.datetime:
 
 def purge_now(now: dt.datetime, cfg: RetentionConfig, *, dry_run: bool = False,
               progress: Callable[[str, int], None] | None = None) -> Report:
-    """`fwdmail purge`: every job once, in this process, as of `now`; only counts when `dry_run`."""
+    """`fwdmail purge`: every job once, in this process, as of `now`; only counts when `dry_run`.
+
+    It always checkpoints, so running it again clears a WAL that a reader kept from being truncated.
+    """
     if dry_run:
         return asyncio.run(count_all(inline, now, cfg))
-    return asyncio.run(run_all(inline, now, cfg, progress=progress))
+    return asyncio.run(run_all(inline, now, cfg, progress=progress, force_checkpoint=True))

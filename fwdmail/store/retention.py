@@ -120,9 +120,18 @@ def count_emails_due(now: dt.datetime, days: int) -> int:
     return _emails_due(now, days).count()
 
 
-def wal_checkpoint() -> bool:
-    """Checkpoint the WAL and truncate it to zero bytes; False if a reader kept it from completing."""
-    busy, _log, _done = database.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+def wal_checkpoint(wait_ms: int = 200) -> bool:
+    """Checkpoint the WAL and truncate it to zero bytes; False if a reader kept it from completing.
+
+    Waits at most `wait_ms` for readers (not the connection's long busy timeout), so the caller's
+    thread is not held up; the caller retries later.
+    """
+    saved = database.execute_sql("PRAGMA busy_timeout").fetchone()[0]
+    database.execute_sql(f"PRAGMA busy_timeout = {int(wait_ms)}")
+    try:
+        busy, _log, _done = database.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        database.execute_sql(f"PRAGMA busy_timeout = {int(saved)}")
     return busy == 0
 
 

@@ -1,0 +1,95 @@
+"""Test data written straight through the models, for rows whose app verbs belong to other modules.
+
+Also the byte-level probe the retention tests use: which files of a data dir contain a given token.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from pathlib import Path
+
+from fwdmail import store
+from fwdmail.store.models import AbuseEvent, Domain, OutboundEmail, OutboundRecipient, SmtpErrorLog, database
+
+T0 = dt.datetime(2024, 6, 1, 12, 0, 0)
+"""A fixed "now" for store-level tests."""
+
+
+def token(label: str = "tok") -> str:
+    """A unique marker that cannot occur by chance in a database file."""
+    return f"{label}{secrets.token_hex(12)}"
+
+
+def make_domain(name: str, account: str | None = None, retention_days: int = 0) -> store.DomainRecord:
+    """An account (created if missing) owning `name`, with a placeholder DKIM key (no RSA needed)."""
+    account = account or f"owner@{name}"
+    try:
+        store.add_account(account)
+    except store.AlreadyExists:
+        pass
+    store.add_domain(name, account, "sel", "placeholder-dkim-key", token("verify"))
+    return store.update_domain(name, retention_days=retention_days)
+
+
+def add_outbound(domain: str, *, body: bytes = b"hello\r\n", status: str = "delivered",
+                 created_at: dt.datetime = T0, final_at: dt.datetime | None = None,
+                 date_header: dt.datetime | None = None, headers: bytes = b"Subject: hi\r\n",
+                 recipients: tuple[str, ...] = ("rcpt@dest.test",)) -> int:
+    """An outbound message with its recipients; `final_at` defaults to `created_at` for final statuses."""
+    if final_at is None and status not in store.ACTIVE_STATUSES:
+        final_at = created_at
+    with database.atomic():
+        row = OutboundEmail.create(
+            queue_id=token("q"), domain=Domain.get(Domain.name == domain), mail_from=f"me@{domain}",
+            headers=headers, body=body, size=len(headers) + len(body), date_header=date_header,
+            status=status, created_at=created_at, next_attempt_at=created_at, final_at=final_at,
+        )
+        for rcpt in recipients:
+            OutboundRecipient.create(email=row, address=rcpt, status="delivered", updated_at=created_at)
+    return row.id
+
+
+def add_error_log(created_at: dt.datetime, domain: str | None = None, alias: str = "",
+                  text: str = "No such user") -> int:
+    dom = Domain.get_or_none(Domain.name == domain) if domain else None
+    return SmtpErrorLog.create(
+        created_at=created_at, direction="inbound", domain=dom, domain_name=domain or "", alias=alias,
+        code=550, enhanced_code="5.1.1", text=text,
+    ).id
+
+
+def add_abuse_event(created_at: dt.datetime, client_ip: str | None = "192.0.2.1", detail: str = "",
+                    domain: str | None = None) -> int:
+    dom = Domain.get_or_none(Domain.name == domain) if domain else None
+    return AbuseEvent.create(created_at=created_at, kind="spam", client_ip=client_ip, domain=dom,
+                             detail=detail).id
+
+
+def outbound(email_id: int) -> OutboundEmail | None:
+    return OutboundEmail.get_or_none(OutboundEmail.id == email_id)
+
+
+def recipient_count(email_id: int) -> int:
+    return OutboundRecipient.select().where(OutboundRecipient.email == email_id).count()
+
+
+def error_log_exists(log_id: int) -> bool:
+    return SmtpErrorLog.get_or_none(SmtpErrorLog.id == log_id) is not None
+
+
+def abuse_event_exists(event_id: int) -> bool:
+    return AbuseEvent.get_or_none(AbuseEvent.id == event_id) is not None
+
+
+def rename_table(old: str, new: str) -> None:
+    """Break (or mend) a table under the store's feet, to make a job fail for real."""
+    database.execute_sql(f'ALTER TABLE "{old}" RENAME TO "{new}"')
+
+
+def files_containing(root: Path, needle: str | bytes) -> list[str]:
+    """Every file under `root` whose raw bytes contain `needle`, as paths relative to `root`."""
+    raw = needle.encode() if isinstance(needle, str) else needle
+    return sorted(
+        str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and raw in p.read_bytes()
+    )
