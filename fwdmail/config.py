@@ -222,6 +222,24 @@ class RetentionConfig:
 
 
 @dataclass(frozen=True)
+class AbuseConfig:
+    max_connections_per_ip: int = 10
+    max_messages_per_ip_per_minute: int = 60
+    idle_timeout: float = 300.0
+    command_timeout: float = 600.0
+    max_errors_per_session: int = 10
+    dnsbl_zones: tuple[str, ...] = ()
+    sender_auth_timeout: float = 20.0
+
+    def validate(self, key: str) -> None:
+        for name in ("max_connections_per_ip", "max_messages_per_ip_per_minute", "idle_timeout",
+                     "command_timeout", "max_errors_per_session", "sender_auth_timeout"):
+            _positive(f"{key}.{name}", getattr(self, name))
+        for zone in self.dnsbl_zones:
+            _hostname(f"{key}.dnsbl_zones", zone)
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: str = DEFAULT_DATA_DIR
     hostname: str = ""
@@ -235,6 +253,7 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    abuse: AbuseConfig = field(default_factory=AbuseConfig)
 
     def validate(self, key: str = "") -> None:
         if self.log_level not in ("debug", "info", "warning", "error"):
