@@ -10,4 +10,5 @@ from peewee import DatabaseError as DatabaseFailure
 from .db import SCHEMA_VERSION, StoreError, checkpoint, close_store, data_version, open_store
 from .directory import *
 from .models import utcnow
+from .outbound import *
 from .retention import *

@@ -71,6 +71,7 @@ class OutboundEmail(BaseModel):
     date_header = pw.DateTimeField(null=True)
     status = pw.CharField(default="queued", index=True)  # queued|deferred|delivered|bounced|partial|held
     created_at = pw.DateTimeField(default=utcnow)
+    send_at = pw.DateTimeField(null=True)  # sending starts here (a future Date); lifetime counts from it
     next_attempt_at = pw.DateTimeField(index=True)
     claimed_at = pw.DateTimeField(null=True)
     claim_token = pw.CharField(null=True)
