@@ -133,10 +133,7 @@ def parse_destinations(values: list[str] | tuple[str, ...]) -> list[str]:
     out: list[str] = []
     seen: set[str] = set()
     for value in values:
-        addr = parse_address(value)
-        if SUBSTITUTION.search(addr.domain):
-            raise AddressError(f"invalid destination {value!r}: $1..$9 are allowed in the local part only")
-        norm = str(addr)
+        norm = normalize_address(value)
         if norm.lower() not in seen:
             seen.add(norm.lower())
             out.append(norm)
