@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from peewee import DatabaseError as DatabaseFailure
 
+from .abuse import *
 from .db import SCHEMA_VERSION, StoreError, checkpoint, close_store, data_version, open_store
 from .directory import *
 from .models import utcnow
