@@ -70,8 +70,11 @@ def schema_version(db: pw.SqliteDatabase) -> int:
 def migrate(db: pw.SqliteDatabase) -> None:
     """Create a new database at SCHEMA_VERSION, or bring an older one forward, in one transaction.
 
-    A database written by a newer fwdmail is refused rather than guessed at.
+    A database written by a newer fwdmail is refused rather than guessed at. An up-to-date database is
+    only read, so opening the store does not wait for the daemon's write lock.
     """
+    if schema_version(db) == SCHEMA_VERSION:
+        return
     with db.atomic("IMMEDIATE"):
         current = schema_version(db)
         if current > SCHEMA_VERSION:
