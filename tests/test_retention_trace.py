@@ -30,6 +30,7 @@ def d(tmp_path: Path) -> Daemon:
 
 
 def open_db(d: Daemon) -> None:
+    store.close_store()  # the CLI's connection: never two of ours open at once in this process
     store.open_store(d.data_dir / "fwdmail.db")
 
 

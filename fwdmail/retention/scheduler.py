@@ -59,6 +59,12 @@ class RetentionScheduler:
         self._scheduler.start()
         log.info("retention jobs every %ss, next in %.1fs", interval, min(delay, interval))
 
+    @property
+    def next_run(self) -> dt.datetime | None:
+        """When the next run is due (aware), or None when not scheduled."""
+        job = self._scheduler.get_job(JOB_ID) if self._scheduler is not None else None
+        return job.next_run_time if job is not None else None
+
     async def run_once(self) -> Report | None:
         """One run of every job as of now; None if a run is still going (runs never overlap)."""
         if self._running.locked() or self._stop.is_set():

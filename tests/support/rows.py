@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+import subprocess
 from pathlib import Path
 
 from fwdmail import store
@@ -87,9 +88,13 @@ def rename_table(old: str, new: str) -> None:
     database.execute_sql(f'ALTER TABLE "{old}" RENAME TO "{new}"')
 
 
-def files_containing(root: Path, needle: str | bytes) -> list[str]:
-    """Every file under `root` whose raw bytes contain `needle`, as paths relative to `root`."""
-    raw = needle.encode() if isinstance(needle, str) else needle
-    return sorted(
-        str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and raw in p.read_bytes()
-    )
+def files_containing(root: Path, needle: str) -> list[str]:
+    """Every file under `root` whose raw bytes contain `needle`, as paths relative to `root`.
+
+    The files are read by a separate process (grep): opening and closing the database file here would
+    drop this process's SQLite locks (POSIX locks belong to the process, not the descriptor).
+    """
+    found = subprocess.run(["grep", "-rlaF", "--", needle, str(root)], capture_output=True, check=False)
+    if found.returncode not in (0, 1):
+        raise RuntimeError(f"grep failed: {found.stderr.decode(errors='replace')}")
+    return sorted(str(Path(line).relative_to(root)) for line in found.stdout.decode().splitlines())
