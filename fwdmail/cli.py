@@ -462,5 +462,80 @@ def _purge_with_progress(when: dt.datetime, cfg: Any) -> Any:
         return jobs.purge_now(when, cfg, progress=lambda key, n: bar.advance(tasks[key], n))
 
 
+# outbound mail
+
+@cli.group()
+def emails() -> None:
+    """Outbound (submitted) mail: the queue and what became of each message."""
+
+
+@emails.command("list")
+@click.option("--status", help="Only messages in this state.",
+              type=click.Choice(["queued", "deferred", "delivered", "bounced", "partial", "held"]))
+@click.option("--domain", "domain_name", help="Only this domain.")
+@json_option
+@pass_state
+def emails_list(state: State, status: str | None, domain_name: str | None, as_json: bool) -> None:
+    """List outbound mail, newest first."""
+    from . import emails as outbound
+
+    state.open()
+    rows = outbound.list_emails(status, domain_name)
+    if as_json:
+        emit_json([outbound.as_json(e) for e in rows])
+    else:
+        outbound.print_list(console(), rows)
+
+
+@emails.command("show")
+@click.argument("email_id")
+@click.option("--raw", is_flag=True, help="Print the stored message itself (headers only once redacted).")
+@json_option
+@pass_state
+def emails_show(state: State, email_id: str, raw: bool, as_json: bool) -> None:
+    """Show message EMAIL_ID: status per recipient, headers, and its text (HTML rendered as text)."""
+    from . import emails as outbound
+
+    state.open()
+    rec = outbound.get_email(email_id)
+    if raw:
+        click.get_binary_stream("stdout").write(outbound.raw_message(rec))
+        if rec.redacted:
+            click.echo(f"(the body of {rec.queue_id} was redacted; headers only)", err=True)
+        return
+    pv = outbound.preview(rec)
+    if as_json:
+        emit_json({**outbound.as_json(rec), **pv.as_json()})
+    else:
+        outbound.print_email(console(), rec, pv)
+
+
+@emails.command("retry")
+@click.argument("email_id")
+@pass_state
+def emails_retry(state: State, email_id: str) -> None:
+    """Try a queued, deferred or held message again now."""
+    from . import emails as outbound
+
+    state.open()
+    rec = outbound.retry_email(email_id, now())
+    click.echo(f"email {rec.queue_id} ({rec.status}) will be tried again now")
+
+
+@emails.command("delete")
+@click.argument("email_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_state
+def emails_delete(state: State, email_id: str, yes: bool) -> None:
+    """Delete a message and its record (it is not sent if it has not been yet)."""
+    from . import emails as outbound
+
+    state.open()
+    rec = outbound.get_email(email_id)
+    confirm_or_abort(yes, f"Delete email {rec.queue_id} ({rec.status})?")
+    outbound.delete_email(rec.queue_id)
+    click.echo(f"email {rec.queue_id} deleted")
+
+
 def main() -> None:
     cli(prog_name="fwdmail")

@@ -7,6 +7,7 @@ read and then write begin IMMEDIATE, so they wait for another writer instead of 
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -20,13 +21,18 @@ from .models import Account, Alias, Domain, OutboundEmail, OutboundRecipient, Sm
 __all__ = [
     "EMAIL_STATUSES", "FINAL_STATUSES", "PENDING_STATUSES", "AttemptOutcome", "ClaimedEmail", "EmailRecord",
     "LoginRecord", "NewEmail", "RecipientRecord", "claim_due", "delete_email", "enqueue", "get_email",
-    "list_emails", "login_record", "record_attempt", "record_crash", "release_claims", "release_stale_claims",
-    "retry_email",
+    "list_emails", "login_record", "new_queue_id", "record_attempt", "record_crash", "release_claims",
+    "release_stale_claims", "retry_email",
 ]
 
 PENDING_STATUSES = ("queued", "deferred")
 FINAL_STATUSES = ("delivered", "bounced", "partial")
 EMAIL_STATUSES = (*PENDING_STATUSES, *FINAL_STATUSES, "held")
+
+
+def new_queue_id() -> str:
+    """A fresh queue id: 16 uppercase hex digits."""
+    return secrets.token_hex(8).upper()
 
 
 class Reply(Protocol):
@@ -197,14 +203,16 @@ def claim_due(now: dt.datetime, token: str, limit: int) -> list[ClaimedEmail]:
     """Claim up to `limit` unclaimed messages due at `now` (oldest due first) for the worker `token`."""
     if limit <= 0:
         return []
+    due = (
+        OutboundEmail.select(OutboundEmail.id)
+        .where(OutboundEmail.status.in_(PENDING_STATUSES), OutboundEmail.next_attempt_at <= now,
+               OutboundEmail.claimed_at.is_null())
+        .order_by(OutboundEmail.next_attempt_at, OutboundEmail.id)
+        .limit(limit)
+    )
+    if not due.exists():
+        return []  # the common idle poll: a read, no write lock
     with database.atomic("IMMEDIATE"):
-        due = (
-            OutboundEmail.select(OutboundEmail.id)
-            .where(OutboundEmail.status.in_(PENDING_STATUSES), OutboundEmail.next_attempt_at <= now,
-                   OutboundEmail.claimed_at.is_null())
-            .order_by(OutboundEmail.next_attempt_at, OutboundEmail.id)
-            .limit(limit)
-        )
         ids = [r.id for r in due]
         if not ids:
             return []

@@ -1,0 +1,215 @@
+"""The outbound queue worker: claims due messages, DKIM-signs and delivers them, records every outcome.
+
+Untrusted input: the stored submitted messages (signed and sent as they are) and the destinations'
+replies (already reduced to `SmtpError`s by the delivery client). Temporary failures are retried with
+a clamped exponential backoff until `max_lifetime`; permanent ones bounce at once with an RFC 3464 DSN
+to the domain's account (never for a null sender). Claims of a worker that died are taken back at start;
+a message that keeps crashing the worker is held, never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .. import store
+from ..config import QueueConfig
+from . import dkim, dsn
+from .context import Context
+from .replies import SmtpError
+
+__all__ = ["AttemptPlan", "QueueService", "backoff", "plan_attempt"]
+
+log = logging.getLogger("fwdmail.queue")
+
+NO_RESULT = SmtpError(451, "4.3.0", "No delivery result for this recipient, will retry")
+CHECKPOINT_EVERY = 1.0
+
+
+def backoff(attempts: int, cfg: QueueConfig) -> float:
+    """Seconds to wait after `attempts` failed attempts (1-based): doubling from min_backoff, clamped."""
+    raw = cfg.min_backoff * 2 ** min(max(attempts, 1) - 1, 40)
+    return min(cfg.max_backoff, max(cfg.min_backoff, raw))
+
+
+@dataclass(frozen=True)
+class AttemptPlan:
+    """What one delivery attempt means for each recipient, and what happens next."""
+
+    delivered: list[str] = field(default_factory=list)
+    deferred: dict[str, SmtpError] = field(default_factory=dict)
+    bounced: dict[str, SmtpError] = field(default_factory=dict)
+    retry_at: dt.datetime | None = None
+    expires_at: dt.datetime | None = None
+    bounce_report: bool = False
+    delay_notice: bool = False
+
+
+def plan_attempt(email: store.ClaimedEmail, results: Mapping[str, SmtpError | None], now: dt.datetime,
+                 cfg: QueueConfig) -> AttemptPlan:
+    """Sort recipients by result: accepted, permanent (bounce), temporary (retry, or bounce once the
+    message is `max_lifetime` old, counted from when sending could start)."""
+    expires_at = email.send_at + dt.timedelta(seconds=cfg.max_lifetime)
+    plan = AttemptPlan(expires_at=expires_at)
+    for address in email.recipients:
+        error = results.get(address, NO_RESULT)
+        if error is None:
+            plan.delivered.append(address)
+        elif error.permanent or now >= expires_at:
+            plan.bounced[address] = error
+        else:
+            plan.deferred[address] = error
+    retry_at = min(now + dt.timedelta(seconds=backoff(email.attempts + 1, cfg)), max(expires_at, now))
+    may_notify = email.mail_from != ""
+    delay_notice = (may_notify and bool(plan.deferred) and not email.delay_notified
+                    and now - email.send_at >= dt.timedelta(seconds=cfg.delay_notice_after))
+    return AttemptPlan(plan.delivered, plan.deferred, plan.bounced, retry_at, expires_at,
+                       may_notify and bool(plan.bounced), delay_notice)
+
+
+class QueueService:
+    """Runs the queue on the serve loop: recovery at start, then up to `concurrency` deliveries at once."""
+
+    name = "queue"
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.cfg = ctx.config.queue
+        self.token = secrets.token_hex(8)
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._runner: asyncio.Task[None] | None = None
+        self._checkpoint_owed = False
+        self._last_checkpoint = 0.0
+        self._last_sweep = time.monotonic()
+
+    def wake(self) -> None:
+        """Look for due messages now (a submission was just queued)."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        released, held = await self.ctx.blocking.db(store.release_stale_claims, store.utcnow(),
+                                                    self.cfg.max_crashes)
+        if released:
+            log.warning("took back %d message(s) claimed before a crash; %d now held", released, held)
+        self._runner = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._runner is not None:
+            await self._runner
+        if self._tasks:
+            log.info("waiting for %d delivery attempt(s) in flight", len(self._tasks))
+            _, pending = await asyncio.wait(list(self._tasks.values()),
+                                            timeout=self.ctx.config.shutdown_timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        await self.ctx.blocking.db(store.release_claims, self.token, store.utcnow())
+        await self.ctx.blocking.db(store.checkpoint)
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                await self._tick()
+            except Exception as exc:
+                log.error("queue worker: %s: %s", type(exc).__name__, exc)
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.cfg.poll_interval)
+            except TimeoutError:
+                pass
+
+    async def _tick(self) -> None:
+        free = self.cfg.concurrency - len(self._tasks)
+        if free > 0:
+            for email in await self.ctx.blocking.db(store.claim_due, store.utcnow(), self.token, free):
+                task = asyncio.get_running_loop().create_task(self._attempt(email))
+                self._tasks[email.id] = task
+                task.add_done_callback(lambda _t, i=email.id: self._done(i))
+        mono = time.monotonic()
+        if self._checkpoint_owed and mono - self._last_checkpoint >= CHECKPOINT_EVERY:
+            self._checkpoint_owed = False
+            self._last_checkpoint = mono
+            await self.ctx.blocking.db(store.checkpoint)
+        if mono - self._last_sweep >= self.cfg.claim_timeout:
+            self._last_sweep = mono
+            now = store.utcnow()
+            released, held = await self.ctx.blocking.db(
+                store.release_stale_claims, now, self.cfg.max_crashes,
+                now - dt.timedelta(seconds=self.cfg.claim_timeout), list(self._tasks))
+            if released:
+                log.warning("took back %d stale claim(s); %d now held", released, held)
+
+    def _done(self, email_id: int) -> None:
+        self._tasks.pop(email_id, None)
+        self._wake.set()
+
+    async def _attempt(self, email: store.ClaimedEmail) -> None:
+        try:
+            await self._deliver(email)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("queue worker failed on %s: %s: %s", email.queue_id, type(exc).__name__, exc)
+            now = store.utcnow()
+            retry_at = now + dt.timedelta(seconds=backoff(email.attempts + 1, self.cfg))
+            try:
+                status = await self.ctx.blocking.db(store.record_crash, email.id, email.token, now, retry_at,
+                                                    self.cfg.max_crashes)
+            except Exception as exc2:
+                log.error("could not record the failure of %s: %s", email.queue_id, type(exc2).__name__)
+                return
+            if status == "held":
+                log.warning("%s held after %d failed attempts to process it", email.queue_id,
+                            self.cfg.max_crashes)
+
+    async def _deliver(self, email: store.ClaimedEmail) -> None:
+        results: dict[str, SmtpError | None] = {}
+        if email.recipients:
+            message = await self.ctx.blocking.cpu(dkim.signed_message, email.message, email.domain,
+                                                  email.dkim_selector, email.dkim_private_key, store.utcnow())
+            results = await self.ctx.delivery.send(email.mail_from, email.recipients, message)
+        now = store.utcnow()
+        plan = plan_attempt(email, results, now, self.cfg)
+        notices: list[store.NewEmail] = []
+        if plan.bounce_report:
+            notices.append(self._report("failed", email, plan.bounced, now, None))
+        if plan.delay_notice:
+            notices.append(self._report("delayed", email, plan.deferred, now, plan.expires_at))
+        outcome = await self.ctx.blocking.db(
+            store.record_attempt, email.id, email.token, now, delivered=plan.delivered,
+            deferred=plan.deferred, bounced=plan.bounced, retry_at=plan.retry_at, notices=notices,
+            delay_notified=plan.delay_notice,
+        )
+        if outcome is None:
+            log.info("%s was removed or reclaimed during delivery", email.queue_id)
+            return
+        if outcome.redacted:
+            self._checkpoint_owed = True
+        if notices:
+            self._wake.set()
+        log.info("%s %s: %d delivered, %d deferred, %d bounced%s", email.queue_id, outcome.status,
+                 len(plan.delivered), len(plan.deferred), len(plan.bounced),
+                 ", report queued" if notices else "")
+
+    def _report(self, action: str, email: store.ClaimedEmail, failures: Mapping[str, SmtpError],
+                now: dt.datetime, retry_until: dt.datetime | None) -> store.NewEmail:
+        report = dsn.build_report(
+            action=action, domain=email.domain, hostname=self.ctx.config.server_hostname,
+            to=email.account_email, queue_id=email.queue_id, original_headers=email.headers,
+            arrival=email.created_at, failures=failures, now=now, retry_until=retry_until,
+        )
+        return store.NewEmail(
+            queue_id=store.new_queue_id(), domain=email.domain, mail_from="",
+            recipients=(email.account_email,), headers=report.headers, body=report.body,
+            subject=report.subject, date_header=now, send_at=now,
+        )
