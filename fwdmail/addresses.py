@@ -78,6 +78,8 @@ def parse_address(value: str) -> Address:
         raise AddressError(f"invalid address {value!r}")
     if len(local.encode()) > 64 or not _DOT_ATOM.fullmatch(local):
         raise AddressError(f"invalid address {value!r}: bad local part")
+    if not domain:
+        raise AddressError(f"invalid address {value!r}: no domain")
     if domain.endswith("."):
         raise AddressError(f"invalid address {value!r}: trailing dot in domain")
     return Address(local, normalize_domain(domain))
