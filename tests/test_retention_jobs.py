@@ -87,6 +87,20 @@ def test_retention_30_redacts_30_days_after_final_state(db: Path) -> None:
     assert rows.outbound(msg).body is None
 
 
+def test_mail_delivered_by_the_queue_verbs_is_redacted_then_deleted(db: Path) -> None:
+    rows.make_domain("keep.test", retention_days=2)
+    queue_id = rows.send_through_queue("keep.test", b"body", accepted=T0, delivered=T0 + DAY,
+                                       date_header=T0 - DAY)
+    assert purge(T0 + 3 * DAY - TICK).removed == 0
+    assert not store.get_email(queue_id).redacted
+    assert purge(T0 + 3 * DAY).counts["emails_redacted"] == 1
+    assert store.get_email(queue_id).redacted
+    assert purge(T0 + 29 * DAY - TICK).counts["emails_deleted"] == 0
+    assert purge(T0 + 29 * DAY).counts["emails_deleted"] == 1
+    with pytest.raises(store.NotFound):
+        store.get_email(queue_id)
+
+
 @pytest.mark.parametrize("status", ["queued", "deferred", "held"])
 def test_mail_not_in_a_final_state_is_never_touched(db: Path, status: str) -> None:
     rows.make_domain("a.test")

@@ -13,15 +13,13 @@ import datetime as dt
 import peewee as pw
 
 from .models import AbuseEvent, Domain, Meta, OutboundEmail, SmtpErrorLog, database
+from .outbound import FINAL_STATUSES
 
 __all__ = [
-    "ACTIVE_STATUSES", "count_abuse_events_before", "count_bodies_due", "count_emails_due",
+    "count_abuse_events_before", "count_bodies_due", "count_emails_due",
     "count_error_logs_before", "delete_emails_due", "last_retention_run", "purge_abuse_events_before",
     "purge_error_logs_before", "redact_bodies_due", "set_last_retention_run", "wal_checkpoint",
 ]
-
-ACTIVE_STATUSES = ("queued", "deferred", "held")
-"""Outbound statuses that are not final: their mail is never redacted or deleted by retention."""
 
 _LAST_RUN_KEY = "retention_last_run"
 
@@ -63,7 +61,8 @@ def count_abuse_events_before(cutoff: dt.datetime) -> int:
 
 
 def _final() -> pw.Expression:
-    return OutboundEmail.final_at.is_null(False) & OutboundEmail.status.not_in(ACTIVE_STATUSES)
+    """Delivered or permanently failed: mail that is queued, deferred or held is never touched."""
+    return OutboundEmail.final_at.is_null(False) & OutboundEmail.status.in_(FINAL_STATUSES)
 
 
 def _bodies_due(now: dt.datetime) -> pw.ModelSelect | None:

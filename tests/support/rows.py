@@ -38,7 +38,7 @@ def add_outbound(domain: str, *, body: bytes = b"hello\r\n", status: str = "deli
                  date_header: dt.datetime | None = None, headers: bytes = b"Subject: hi\r\n",
                  recipients: tuple[str, ...] = ("rcpt@dest.test",)) -> int:
     """An outbound message with its recipients; `final_at` defaults to `created_at` for final statuses."""
-    if final_at is None and status not in store.ACTIVE_STATUSES:
+    if final_at is None and status in store.FINAL_STATUSES:
         final_at = created_at
     with database.atomic():
         row = OutboundEmail.create(
@@ -62,9 +62,19 @@ def add_error_log(created_at: dt.datetime, domain: str | None = None, alias: str
 
 def add_abuse_event(created_at: dt.datetime, client_ip: str | None = "192.0.2.1", detail: str = "",
                     domain: str | None = None) -> int:
-    dom = Domain.get_or_none(Domain.name == domain) if domain else None
-    return AbuseEvent.create(created_at=created_at, kind="spam", client_ip=client_ip, domain=dom,
-                             detail=detail).id
+    return store.record_abuse(created_at, "spam", client_ip, domain, detail)
+
+
+def send_through_queue(domain: str, body: bytes, accepted: dt.datetime, delivered: dt.datetime,
+                       date_header: dt.datetime | None) -> str:
+    """A message enqueued, claimed and delivered by the queue's own verbs; returns its queue id."""
+    queue_id = token("q")
+    store.enqueue([store.NewEmail(queue_id, domain, f"me@{domain}", ("rcpt@dest.test",),
+                                  b"Subject: hi\r\n", body, date_header=date_header)], accepted)
+    (claimed,) = store.claim_due(accepted, "worker", 1)
+    outcome = store.record_attempt(claimed.id, claimed.token, delivered, delivered=["rcpt@dest.test"])
+    assert outcome is not None and outcome.final
+    return queue_id
 
 
 def outbound(email_id: int) -> OutboundEmail | None:
