@@ -1,0 +1,86 @@
+"""The installed `fwdmail` console script and `python -m fwdmail`, as real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(sys.executable).parent / "fwdmail"
+
+
+def fwdmail(*args: str, env: dict[str, str] | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    script = str(SCRIPT) if SCRIPT.exists() else shutil.which("fwdmail")
+    assert script, "the fwdmail console script is not installed (pip install -e .)"
+    return subprocess.run([script, *args], capture_output=True, text=True, timeout=60, cwd=cwd,
+                          env={**os.environ, "COLUMNS": "200", **(env or {})})
+
+
+def test_console_script_end_to_end(tmp_path: Path) -> None:
+    config = tmp_path / "fwdmail.toml"
+    config.write_text('data_dir = "data"\nhostname = "mx.example.net"\n')
+    steps = [
+        ("init",),
+        ("account", "add", "you@example.org"),
+        ("domain", "add", "example.com", "--account", "you@example.org"),
+        ("alias", "add", "hello@example.com", "you@example.org"),
+        ("alias", "add", "*@example.com", "you@example.org", "other@example.net"),
+    ]
+    for step in steps:
+        done = fwdmail("--config", str(config), *step, cwd=tmp_path)
+        assert done.returncode == 0, (step, done.stdout, done.stderr)
+    assert (tmp_path / "data" / "fwdmail.db").exists()
+
+    # From another directory, through the environment: same data (paths are relative to the config file).
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = fwdmail("alias", "list", "--json", env={"FWDMAIL_CONFIG": str(config)}, cwd=elsewhere)
+    assert done.returncode == 0, done.stderr
+    aliases = json.loads(done.stdout)
+    assert [(a["address"], a["destinations"]) for a in aliases] == [
+        ("*@example.com", ["you@example.org", "other@example.net"]),
+        ("hello@example.com", ["you@example.org"]),
+    ]
+    assert not (elsewhere / "fwdmail-data").exists() and not (elsewhere / "data").exists()
+
+    done = fwdmail("--config", str(config), "domain", "dns", "example.com", "--json")
+    assert json.loads(done.stdout)[0] == {"type": "MX", "name": "example.com", "value": "10 mx.example.net."}
+
+
+@pytest.mark.parametrize("args,code,needle", [
+    (("alias", "add", "x@unknown.example", "you@example.org"), 1, "Error: no domain unknown.example"),
+    (("account", "add", "nonsense"), 1, "Error: invalid address 'nonsense': no domain"),
+    (("domain", "set", "x.example", "--retention-days", "many"), 2, "Invalid value"),
+])
+def test_console_script_errors_are_one_line_with_exit_codes(tmp_path: Path, args: tuple[str, ...], code: int,
+                                                            needle: str) -> None:
+    config = tmp_path / "fwdmail.toml"
+    config.write_text('data_dir = "data"\n')
+    done = fwdmail("--config", str(config), *args)
+    assert done.returncode == code
+    assert needle in done.stderr and "Traceback" not in done.stderr
+    if code == 1:
+        assert done.stderr.count("\n") == 1 and done.stdout == ""
+
+
+def test_console_script_bad_config_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "fwdmail.toml"
+    config.write_text("[mx]\nmax_message_size = -1\n")
+    done = fwdmail("--config", str(config), "check-config")
+    assert done.returncode == 2
+    assert done.stderr == "Error: mx.max_message_size: must be greater than 0, got -1\n"
+
+
+def test_python_dash_m() -> None:
+    done = subprocess.run([sys.executable, "-m", "fwdmail", "--help"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Usage: ") and "fwdmail" in done.stdout
+    for command in ("init", "serve", "check-config", "account", "domain", "alias"):
+        assert command in done.stdout
