@@ -31,8 +31,17 @@ class Address:
         return f"{self.local}@{self.domain}"
 
 
+def _require_utf8(what: str, value: str) -> None:
+    """Refuse text that cannot be UTF-8 (undecodable bytes surface as lone surrogates)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise AddressError(f"invalid {what} {value!r}: not valid UTF-8") from None
+
+
 def normalize_domain(value: str) -> str:
     """Lowercase A-label form of a domain name (IDN accepted); raise AddressError if invalid."""
+    _require_utf8("domain", value)
     name = value.strip()
     if name.endswith("."):
         name = name[:-1]
@@ -60,6 +69,7 @@ def normalize_domain(value: str) -> str:
 
 def parse_address(value: str) -> Address:
     """Parse `local@domain`; the domain is normalised, the local part kept as written."""
+    _require_utf8("address", value)
     text = value.strip()
     if text.startswith("<") and text.endswith(">"):
         text = text[1:-1]
@@ -105,6 +115,7 @@ class AliasSpec:
 
 def parse_alias_spec(value: str) -> AliasSpec:
     """Parse an alias as the admin writes it: `user@dom`, `*@dom` (catch-all) or `/regex/@dom`."""
+    _require_utf8("alias", value)
     text = value.strip()
     if text.startswith("/"):
         end = text.rfind("/@")

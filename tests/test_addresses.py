@@ -149,3 +149,13 @@ def test_destination_count_is_1_to_10() -> None:
 def test_bad_destinations(value: str, why: str) -> None:
     with pytest.raises(AddressError, match=why):
         parse_destinations(["ok@example.org", value])
+
+
+@pytest.mark.parametrize("parse", [parse_address, normalize_domain, parse_alias_spec])
+def test_undecodable_input_is_refused(parse: object) -> None:
+    """Bytes that are not UTF-8 arrive from argv as lone surrogates; they are refused, never stored."""
+    for value in ("\udcff@example.com", "ex\udcffample.com", "/\udcff/@example.com"):
+        with pytest.raises(AddressError):
+            parse(value)  # type: ignore[operator]
+    with pytest.raises(AddressError, match="not valid UTF-8"):
+        parse("\udcff")  # type: ignore[operator]
