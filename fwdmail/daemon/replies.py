@@ -83,3 +83,13 @@ DATE_TOO_FAR = SmtpError(550, "5.7.1", "Date header too far in the future")
 STORE_UNAVAILABLE = SmtpError(451, "4.3.0", "Temporary local problem, try again later")
 SHUTTING_DOWN = SmtpError(421, "4.3.2", "Service shutting down, try again later")
 TRY_LATER = SmtpError(451, "4.3.0", "Temporary failure, try again later")
+
+# inbound sender authentication and abuse controls
+DMARC_REJECTED = SmtpError(550, "5.7.1", "Rejected by the DMARC policy of the sender's domain")
+SPF_REJECTED = SmtpError(550, "5.7.1", "SPF check failed: this host may not send for the sender's domain")
+AUTH_TEMPFAIL = SmtpError(451, "4.7.0", "Temporary DNS failure checking sender authentication, try later")
+TOO_MANY_CONNECTIONS = SmtpError(421, "4.7.0", "Too many connections from your address, try again later")
+RATE_LIMITED = SmtpError(451, "4.7.1", "Too many messages from your address, slow down and try later")
+TOO_MANY_ERRORS = SmtpError(421, "4.7.0", "Too many errors, closing the connection")
+COMMAND_TIMEOUT = SmtpError(421, "4.4.2", "Timeout, closing the connection")
+DNSBL_LISTED = SmtpError(554, "5.7.1", "Service unavailable; client host blocked using {zone}")

@@ -1,0 +1,648 @@
+"""Sender authentication of inbound mail: SPF, DKIM, DMARC with alignment, and Authentication-Results.
+
+Untrusted input: the client's IP and HELO name, the envelope sender, the message's headers and body,
+and every DNS answer about the sender's domains (SPF, DKIM keys, DMARC records). Bad input never
+raises: a malformed record, header or signature becomes a `permerror`/`none` result.
+
+DNS goes through `dns.asyncresolver` only. pyspf evaluates SPF, replaying answers we fetched
+asynchronously (a lookup it has not seen yet is recorded, fetched, and the evaluation re-run);
+dkimpy verifies DKIM and ARC with a `dnsfunc` that answers from keys fetched beforehand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import logging
+import random
+import re
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from email.utils import getaddresses
+from typing import Any, Final
+
+import dkim
+import dkim.util
+import dns.asyncresolver
+import dns.exception
+import dns.resolver
+import spf
+from publicsuffixlist import PublicSuffixList
+
+from ..addresses import AddressError, normalize_domain
+from . import arc
+from .replies import AUTH_TEMPFAIL, DMARC_REJECTED, SPF_REJECTED, SmtpError
+
+__all__ = [
+    "AuthReport", "DkimResult", "DmarcRecord", "DmarcResult", "SpfResult", "Verdict", "aligned",
+    "check_dkim", "check_sender", "check_spf", "header_fields", "lookup_dmarc", "org_domain",
+    "parse_dmarc", "stamp", "verdict",
+]
+
+log = logging.getLogger("fwdmail.authcheck")
+
+Offload = Callable[..., Awaitable[Any]]
+
+MAX_DKIM_SIGNATURES: Final = 10
+MAX_SPF_ROUNDS: Final = 60
+POLICIES: Final = ("off", "report-only", "enforce")
+
+
+class _TempFail:
+    """A DNS lookup that failed temporarily (timeout, SERVFAIL)."""
+
+    def __repr__(self) -> str:
+        return "TEMPFAIL"
+
+
+TEMPFAIL: Final = _TempFail()
+
+KeyTable = dict[str, bytes | _TempFail | None]  # DKIM/ARC key name -> TXT, TEMPFAIL, or None (no key)
+
+_quiet = logging.getLogger("fwdmail.authcheck.dkimpy")
+_quiet.addHandler(logging.NullHandler())
+_quiet.propagate = False
+
+
+async def _inline(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
+
+
+# raw headers
+
+def header_fields(message: bytes) -> list[tuple[int, int, bytes]]:
+    """(start, end, lowercased name) of each header field, continuation lines included.
+
+    A line in the header block that is not a field (no colon) gets the name b"".
+    """
+    fields: list[tuple[int, int, bytes]] = []
+    pos, size = 0, len(message)
+    while pos < size:
+        nl = message.find(b"\n", pos)
+        end = size if nl < 0 else nl + 1
+        line = message[pos:end]
+        if line in (b"\r\n", b"\n"):
+            break
+        if line[:1] in (b" ", b"\t") and fields:
+            start, _, name = fields[-1]
+            fields[-1] = (start, end, name)
+        else:
+            colon = line.find(b":")
+            name = line[:colon].strip().lower() if colon > 0 else b""
+            fields.append((pos, end, name))
+        pos = end
+    return fields
+
+
+def _headers(message: bytes) -> list[tuple[bytes, bytes]]:
+    """(lowercased name, raw value) of each header field."""
+    out = []
+    for start, end, name in header_fields(message):
+        raw = message[start:end]
+        out.append((name, raw[raw.find(b":") + 1:] if name else raw))
+    return out
+
+
+def _unfold(value: bytes) -> str:
+    return re.sub(r"\r?\n(?=[ \t])", "", value.decode("utf-8", "replace")).strip()
+
+
+# DNS
+
+async def _query(resolver: dns.asyncresolver.Resolver, name: str, rdtype: str) -> list[Any] | _TempFail:
+    """Records of `name`; [] when there are none (or the name is unusable); TEMPFAIL on failure."""
+    try:
+        answer = await resolver.resolve(name, rdtype, search=False)
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.resolver.YXDOMAIN):
+        return []
+    except (dns.exception.Timeout, dns.resolver.NoNameservers):
+        return TEMPFAIL
+    except (dns.exception.DNSException, ValueError, UnicodeError):
+        return []
+    return list(answer)
+
+
+async def _txt(resolver: dns.asyncresolver.Resolver, name: str) -> list[bytes] | _TempFail:
+    records = await _query(resolver, name, "TXT")
+    if isinstance(records, _TempFail):
+        return records
+    return [b"".join(r.strings) for r in records]
+
+
+# organisational domains and alignment
+
+@functools.cache
+def _psl() -> PublicSuffixList:
+    return PublicSuffixList()
+
+
+def org_domain(domain: str) -> str:
+    """The organisational domain (RFC 7489 3.2) by the bundled public suffix list."""
+    domain = domain.lower().rstrip(".")
+    return _psl().privatesuffix(domain) or domain
+
+
+def aligned(domain: str, from_domain: str, mode: str) -> bool:
+    """DMARC identifier alignment: "s" strict (equal), "r" relaxed (same organisational domain)."""
+    a, b = domain.lower().rstrip("."), from_domain.lower().rstrip(".")
+    if not a or not b:
+        return False
+    return a == b if mode == "s" else org_domain(a) == org_domain(b)
+
+
+# SPF
+
+@dataclass(frozen=True)
+class SpfResult:
+    result: str  # pass fail softfail neutral none temperror permerror
+    domain: str  # the checked identity's domain (MAIL FROM, or HELO for a null sender)
+    identity: str = "mailfrom"  # mailfrom | helo
+
+
+@dataclass
+class _SpfReplay:
+    answers: dict[tuple[str, str], Any]
+    misses: list[tuple[str, str]] = field(default_factory=list)
+
+
+_spf_replay: contextvars.ContextVar[_SpfReplay | None] = contextvars.ContextVar("fwdmail_spf", default=None)
+
+
+def _spf_lookup(name: str, qtype: str, strict: object = True, timeout: object = None) -> list[Any]:
+    """pyspf's DNS hook: answers only from the replay table; never the system resolver."""
+    replay = _spf_replay.get()
+    if replay is None:
+        raise spf.TempError("DNS outside fwdmail's resolver is disabled")
+    key = (str(name).lower().rstrip("."), qtype.upper())
+    if key not in replay.answers:
+        replay.misses.append(key)
+        raise spf.TempError("lookup pending")
+    value = replay.answers[key]
+    if isinstance(value, _TempFail):
+        raise spf.TempError(f"DNS temporary failure for {key[0]}")
+    return value
+
+
+spf.DNSLookup = _spf_lookup
+
+_SPF_RESULTS = frozenset({"pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"})
+
+
+def _spf_round(ip: str, sender: str, helo: str, answers: dict[tuple[str, str], Any]
+               ) -> tuple[str, list[tuple[str, str]]]:
+    replay = _SpfReplay(answers)
+    token = _spf_replay.set(replay)
+    try:
+        result = spf.query(i=ip, s=sender, h=helo, strict=True).check()[0]
+    except spf.TempError:
+        result = "temperror"
+    except Exception:
+        result = "permerror"
+    finally:
+        _spf_replay.reset(token)
+    return (result if result in _SPF_RESULTS else "permerror"), replay.misses
+
+
+async def _spf_fetch(resolver: dns.asyncresolver.Resolver, key: tuple[str, str]) -> Any:
+    name, qtype = key
+    records = await _query(resolver, name, qtype)
+    if isinstance(records, _TempFail):
+        return records
+    if qtype in ("A", "AAAA"):
+        return [(key, r.address) for r in records]
+    if qtype == "MX":
+        return [(key, (r.preference, r.exchange.to_text(omit_final_dot=True))) for r in records]
+    if qtype == "PTR":
+        return [(key, r.target.to_text(omit_final_dot=True)) for r in records]
+    return [(key, tuple(r.strings)) for r in records]
+
+
+async def check_spf(resolver: dns.asyncresolver.Resolver, client_ip: str, mail_from: str, helo: str,
+                    *, max_rounds: int = MAX_SPF_ROUNDS) -> SpfResult:
+    """SPF (RFC 7208) of the MAIL FROM identity, or of HELO for a null sender."""
+    sender = mail_from if "@" in mail_from else ""
+    domain = (sender.rpartition("@")[2] if sender else helo).lower().rstrip(".")
+    identity = "mailfrom" if sender else "helo"
+    if not domain:
+        return SpfResult("none", "", identity)
+    addr_type = "AAAA" if ":" in client_ip and not client_ip.lower().startswith("::ffff:") else "A"
+    answers: dict[tuple[str, str], Any] = {}
+    for _ in range(max_rounds):
+        result, misses = _spf_round(client_ip, sender, helo, answers)
+        if not misses:
+            return SpfResult(result, domain, identity)
+        keys = list(dict.fromkeys(m for m in misses if m not in answers))
+        for key, value in zip(keys, await asyncio.gather(*(_spf_fetch(resolver, k) for k in keys)),
+                              strict=True):
+            answers[key] = value
+        # Speculatively fetch the addresses pyspf asks for next after MX and PTR answers.
+        follow = []
+        for key in keys:
+            value = answers[key]
+            if key[1] in ("MX", "PTR") and isinstance(value, list):
+                hosts = [v[1] if key[1] == "MX" else v for _, v in value][:10]
+                follow += [(h.lower(), addr_type) for h in hosts if h]
+        follow = [k for k in dict.fromkeys(follow) if k not in answers]
+        for key, value in zip(follow, await asyncio.gather(*(_spf_fetch(resolver, k) for k in follow)),
+                              strict=True):
+            answers[key] = value
+    return SpfResult("temperror", domain, identity)
+
+
+# DKIM
+
+@dataclass(frozen=True)
+class DkimResult:
+    result: str  # pass fail neutral temperror permerror
+    domain: str
+    selector: str
+    b: str = ""  # the first characters of the signature (RFC 6008), to tell signatures apart
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class _Signature:
+    domain: str
+    selector: str
+    b: str
+    error: str = ""
+
+    @property
+    def key_name(self) -> str:
+        return f"{self.selector}._domainkey.{self.domain}"
+
+
+_SELECTOR = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_-]{1,63})*")
+
+
+def _signature_tags(value: bytes) -> tuple[str, str, str, str]:
+    """(d, s, b prefix, error) of a DKIM-Signature or ARC header value."""
+    try:
+        tags = dkim.util.parse_tag_value(value)
+    except Exception:
+        return "", "", "", "malformed signature"
+    d = re.sub(rb"\s+", b"", tags.get(b"d", b"")).decode("ascii", "replace")
+    s = re.sub(rb"\s+", b"", tags.get(b"s", b"")).decode("ascii", "replace")
+    b = re.sub(rb"\s+", b"", tags.get(b"b", b"")).decode("ascii", "replace")[:8]
+    try:
+        d = normalize_domain(d) if d.isascii() else ""
+    except AddressError:
+        d = ""
+    if not d or not _SELECTOR.fullmatch(s):
+        return d, s, b, "bad d= or s= tag"
+    return d, s.lower(), b, ""
+
+
+def _signatures(headers: Iterable[tuple[bytes, bytes]]) -> list[_Signature]:
+    sigs = []
+    for name, value in headers:
+        if name == b"dkim-signature":
+            d, s, b, error = _signature_tags(value)
+            sigs.append(_Signature(d, s, b, error))
+    return sigs
+
+
+async def _fetch_keys(resolver: dns.asyncresolver.Resolver, names: Iterable[str]
+                      ) -> KeyTable:
+    """TXT of each key name (the first record, strings joined, as dkimpy reads it)."""
+    names = list(dict.fromkeys(n.lower() for n in names))
+    found = await asyncio.gather(*(_txt(resolver, n) for n in names))
+    keys: KeyTable = {}
+    for name, txt in zip(names, found, strict=True):
+        keys[name] = txt if isinstance(txt, _TempFail) else (txt[0] if txt else None)
+    return keys
+
+
+def _dnsfunc(keys: KeyTable) -> Callable[..., bytes | None]:
+    def lookup(name: bytes | str, timeout: object = None) -> bytes | None:
+        text = name.decode("ascii", "replace") if isinstance(name, bytes) else name
+        value = keys.get(text.lower().rstrip("."))
+        if isinstance(value, _TempFail):
+            raise dkim.DnsTimeoutError("temporary DNS failure")
+        return value
+
+    return lookup
+
+
+def _verify_dkim(message: bytes, sigs: Sequence[_Signature], keys: KeyTable
+                 ) -> list[DkimResult]:
+    """Verify each signature (CPU work: body hashes and RSA); keys come from `keys` only."""
+    try:
+        verifier = dkim.DKIM(message, logger=_quiet, minkey=1024)
+    except Exception:
+        verifier = None
+    dnsfunc = _dnsfunc(keys)
+    results = []
+    for idx, sig in enumerate(sigs):
+        def res(result: str, reason: str, sig: _Signature = sig) -> DkimResult:
+            return DkimResult(result, sig.domain, sig.selector, sig.b, reason)
+
+        if sig.error or verifier is None:
+            results.append(res("permerror", sig.error or "malformed message headers"))
+            continue
+        key = keys.get(sig.key_name)
+        if isinstance(key, _TempFail):
+            results.append(res("temperror", "key lookup failed"))
+            continue
+        if key is None:
+            results.append(res("permerror", "no key"))
+            continue
+        try:
+            dkim.evaluate_pk(sig.key_name, key)
+        except Exception:
+            results.append(res("permerror", "bad key"))
+            continue
+        try:
+            ok = verifier.verify(idx=idx, dnsfunc=dnsfunc)
+        except dkim.ValidationError as exc:
+            mismatch = "body hash mismatch" in str(exc)
+            results.append(res("fail" if mismatch else "permerror", "body hash mismatch" if mismatch else
+                               "invalid signature"))
+            continue
+        except Exception:
+            results.append(res("permerror", "invalid signature"))
+            continue
+        results.append(res("pass", "") if ok else res("fail", "bad signature"))
+    return results
+
+
+async def check_dkim(message: bytes, resolver: dns.asyncresolver.Resolver, *, cpu: Offload = _inline
+                     ) -> list[DkimResult]:
+    """Verify the first MAX_DKIM_SIGNATURES DKIM signatures of `message`."""
+    sigs = _signatures(_headers(message))[:MAX_DKIM_SIGNATURES]
+    if not sigs:
+        return []
+    keys = await _fetch_keys(resolver, [s.key_name for s in sigs if not s.error])
+    return list(await cpu(_verify_dkim, message, sigs, keys))
+
+
+# DMARC
+
+@dataclass(frozen=True)
+class DmarcRecord:
+    p: str  # none | quarantine | reject
+    sp: str = ""  # subdomain policy; "" = same as p
+    adkim: str = "r"
+    aspf: str = "r"
+    pct: int = 100
+
+
+Governing = tuple[DmarcRecord | _TempFail | None, str]  # the record (or TEMPFAIL/None), where found
+
+
+_DMARC_V = re.compile(r"\s*v\s*=\s*DMARC1\s*(;|$)")
+
+
+def parse_dmarc(text: str | bytes) -> DmarcRecord | None:
+    """A DMARC record (RFC 7489 6.3), or None if `text` is not a usable one."""
+    if isinstance(text, bytes):
+        text = text.decode("ascii", "replace")
+    if not _DMARC_V.match(text):
+        return None
+    tags: dict[str, str] = {}
+    for part in text.split(";")[1:]:
+        k, sep, v = part.partition("=")
+        if sep:
+            tags.setdefault(k.strip().lower(), v.strip())
+    policies = ("none", "quarantine", "reject")
+    p = tags.get("p", "").lower()
+    if p not in policies:
+        if "rua" not in tags:
+            return None
+        p = "none"
+    sp = tags.get("sp", "").lower()
+    adkim = tags.get("adkim", "r").lower()
+    aspf = tags.get("aspf", "r").lower()
+    pct_text = tags.get("pct", "100")
+    pct = int(pct_text) if pct_text.isascii() and pct_text.isdigit() else 100
+    return DmarcRecord(
+        p=p, sp=sp if sp in policies else "", adkim=adkim if adkim in ("r", "s") else "r",
+        aspf=aspf if aspf in ("r", "s") else "r", pct=min(pct, 100),
+    )
+
+
+async def _dmarc_at(resolver: dns.asyncresolver.Resolver, domain: str) -> DmarcRecord | _TempFail | None:
+    txts = await _txt(resolver, f"_dmarc.{domain}")
+    if isinstance(txts, _TempFail):
+        return txts
+    candidates = [t for t in txts if _DMARC_V.match(t.decode("ascii", "replace"))]
+    return parse_dmarc(candidates[0]) if len(candidates) == 1 else None
+
+
+async def lookup_dmarc(resolver: dns.asyncresolver.Resolver, from_domain: str
+                       ) -> Governing:
+    """The record that governs `from_domain` and where it was found (the domain or its org domain)."""
+    record = await _dmarc_at(resolver, from_domain)
+    if record is None:
+        org = org_domain(from_domain)
+        if org != from_domain:
+            return await _dmarc_at(resolver, org), org
+    return record, from_domain
+
+
+@dataclass(frozen=True)
+class DmarcResult:
+    result: str  # pass fail none temperror permerror
+    from_domain: str = ""
+    policy: str = ""  # the policy that applies to from_domain: none | quarantine | reject ("" = no record)
+    pct: int = 100
+    reason: str = ""
+
+
+def _from_domain(headers: Sequence[tuple[bytes, bytes]]) -> tuple[str, str]:
+    """(domain of the one From address, "") or ("", why not)."""
+    froms = [v for n, v in headers if n == b"from"]
+    if len(froms) != 1:
+        return "", "no From header" if not froms else "more than one From header"
+    domains = set()
+    for _, addr in getaddresses([_unfold(froms[0])]):
+        if "@" in addr:
+            domains.add(addr.rpartition("@")[2])
+    if len(domains) != 1:
+        return "", "no usable From address" if not domains else "From addresses of several domains"
+    try:
+        return normalize_domain(domains.pop()), ""
+    except AddressError:
+        return "", "bad From domain"
+
+
+def evaluate_dmarc(from_domain: str, looked_up: Governing,
+                   spf_result: SpfResult, dkim_results: Sequence[DkimResult]) -> DmarcResult:
+    """DMARC (RFC 7489 6.6) from the record found and the SPF and DKIM results."""
+    record, record_domain = looked_up
+    if isinstance(record, _TempFail):
+        return DmarcResult("temperror", from_domain, reason="DMARC record lookup failed")
+    if record is None:
+        return DmarcResult("none", from_domain)
+    policy = record.p if record_domain == from_domain else (record.sp or record.p)
+    spf_ok = spf_result.result == "pass" and aligned(spf_result.domain, from_domain, record.aspf)
+    dkim_ok = any(r.result == "pass" and aligned(r.domain, from_domain, record.adkim) for r in dkim_results)
+    if spf_ok or dkim_ok:
+        return DmarcResult("pass", from_domain, policy, record.pct)
+    transient = spf_result.result == "temperror" and aligned(spf_result.domain, from_domain, record.aspf)
+    transient = transient or any(
+        r.result == "temperror" and aligned(r.domain, from_domain, record.adkim) for r in dkim_results)
+    if transient:
+        return DmarcResult("temperror", from_domain, policy, record.pct, "aligned check failed temporarily")
+    return DmarcResult("fail", from_domain, policy, record.pct)
+
+
+# the report
+
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`{|}~@]+")
+
+
+def _pvalue(value: str) -> str:
+    if _TOKEN.fullmatch(value):
+        return value
+    clean = "".join(c for c in value if " " <= c <= "~" and c not in '"\\')[:255]
+    return f'"{clean}"'
+
+
+def _comment(text: str) -> str:
+    clean = "".join(c for c in text if " " <= c <= "~" and c not in "()\\")
+    return f" ({clean})" if clean else ""
+
+
+@dataclass(frozen=True)
+class AuthReport:
+    spf: SpfResult
+    dkim: tuple[DkimResult, ...]
+    dmarc: DmarcResult
+    arc: str = "none"  # none | pass | fail: the ARC chain the message arrived with
+
+    @property
+    def dkim_pass(self) -> bool:
+        return any(r.result == "pass" for r in self.dkim)
+
+    @property
+    def aligned_dkim_pass(self) -> bool:
+        """A passing signature aligned (relaxed) with the From domain: it survives forwarding."""
+        return bool(self.dmarc.from_domain) and any(
+            r.result == "pass" and aligned(r.domain, self.dmarc.from_domain, "r") for r in self.dkim)
+
+    def results(self) -> list[str]:
+        """The resinfo parts of Authentication-Results (RFC 8601), in order spf, dkim, dmarc, arc."""
+        prop = "smtp.mailfrom" if self.spf.identity == "mailfrom" else "smtp.helo"
+        parts = [f"spf={self.spf.result} {prop}={_pvalue(self.spf.domain)}" if self.spf.domain
+                 else f"spf={self.spf.result}"]
+        if not self.dkim:
+            parts.append("dkim=none")
+        for r in self.dkim:
+            props = "".join(f" {k}={_pvalue(v)}" for k, v in
+                            (("header.d", r.domain), ("header.s", r.selector)) if v)
+            b = f' header.b="{r.b}"' if r.b and re.fullmatch(r"[A-Za-z0-9+/=]+", r.b) else ""
+            parts.append(f"dkim={r.result}{_comment(r.reason)}{props}{b}")
+        d = self.dmarc
+        policy = _comment(f"p={d.policy}" + (f" pct={d.pct}" if d.pct != 100 else "")) if d.policy else ""
+        reason = _comment(d.reason) if not policy else ""
+        header_from = f" header.from={_pvalue(d.from_domain)}" if d.from_domain else ""
+        parts.append(f"dmarc={d.result}{policy}{reason}{header_from}")
+        parts.append(f"arc={self.arc}")
+        return parts
+
+    def header_value(self, authserv_id: str) -> str:
+        return ";\r\n\t".join([authserv_id, *self.results()])
+
+    def header(self, authserv_id: str) -> bytes:
+        """The whole Authentication-Results field, CRLF-terminated."""
+        return f"Authentication-Results: {self.header_value(authserv_id)}\r\n".encode("ascii")
+
+    def summary(self) -> str:
+        """One line without addresses, for logs and abuse records."""
+        dkim_part = ",".join(f"{r.result}:{r.domain}" for r in self.dkim) or "none"
+        return (f"spf={self.spf.result} ({self.spf.identity} {self.spf.domain or '-'}) dkim={dkim_part} "
+                f"dmarc={self.dmarc.result} (p={self.dmarc.policy or '-'}) "
+                f"header.from={self.dmarc.from_domain or '-'} arc={self.arc}")
+
+
+async def _bounded(coro: Awaitable[Any], timeout: float, fallback: Any) -> Any:
+    try:
+        async with asyncio.timeout(timeout):
+            return await coro
+    except TimeoutError:
+        return fallback
+
+
+async def check_sender(message: bytes, mail_from: str, client_ip: str, helo: str,
+                       resolver: dns.asyncresolver.Resolver, *, cpu: Offload = _inline,
+                       timeout: float = 20.0) -> AuthReport:
+    """SPF, DKIM, DMARC and the incoming ARC chain of one message; all lookups within `timeout` seconds."""
+    headers = _headers(message)
+    sigs = _signatures(headers)[:MAX_DKIM_SIGNATURES]
+    arc_names = arc.key_names(headers)
+    from_domain, from_error = _from_domain(headers)
+
+    async def no_dmarc() -> Governing:
+        return None, ""
+
+    spf_result, keys, looked_up = await asyncio.gather(
+        _bounded(check_spf(resolver, client_ip, mail_from, helo), timeout,
+                 SpfResult("temperror", (mail_from.rpartition("@")[2] or helo).lower(),
+                           "mailfrom" if "@" in mail_from else "helo")),
+        _bounded(_fetch_keys(resolver, [s.key_name for s in sigs if not s.error] + arc_names), timeout,
+                 dict.fromkeys([s.key_name for s in sigs] + arc_names, TEMPFAIL)),
+        _bounded(lookup_dmarc(resolver, from_domain) if from_domain else no_dmarc(), timeout,
+                 (TEMPFAIL, from_domain)),
+    )
+    dkim_results, arc_result = await cpu(_verify_signatures, message, sigs, keys, bool(arc_names))
+    if from_error:
+        dmarc = DmarcResult("permerror", reason=from_error)
+    else:
+        dmarc = evaluate_dmarc(from_domain, looked_up, spf_result, dkim_results)
+    return AuthReport(spf_result, tuple(dkim_results), dmarc, arc_result)
+
+
+def _verify_signatures(message: bytes, sigs: Sequence[_Signature], keys: KeyTable,
+                       has_arc: bool) -> tuple[list[DkimResult], str]:
+    dkim_results = _verify_dkim(message, sigs, keys) if sigs else []
+    arc_result = arc.verify_chain(message, _dnsfunc(keys)) if has_arc else "none"
+    return dkim_results, arc_result
+
+
+# policy
+
+@dataclass(frozen=True)
+class Verdict:
+    """What `enforce` answers for a message, and whether it is abuse worth recording."""
+
+    error: SmtpError
+    kind: str  # dmarc-reject | spf-reject | auth-temperror
+    abuse: bool
+
+
+def verdict(report: AuthReport, rng: Callable[[], float] = random.random) -> Verdict | None:
+    """The rejection the report calls for under `enforce`, or None to accept.
+
+    DMARC fail with p=reject (sampled by pct) -> 550 5.7.1; DMARC temperror -> 451;
+    SPF fail with no DMARC record and no valid DKIM signature -> 550 5.7.1.
+    """
+    d = report.dmarc
+    if d.result == "fail" and d.policy == "reject" and rng() * 100 < d.pct:
+        return Verdict(DMARC_REJECTED, "dmarc-reject", True)
+    if d.result == "temperror":
+        return Verdict(AUTH_TEMPFAIL, "auth-temperror", False)
+    if report.spf.result == "fail" and d.result == "none" and not report.dkim_pass:
+        return Verdict(SPF_REJECTED, "spf-reject", True)
+    return None
+
+
+def stamp(message: bytes, report: AuthReport, authserv_id: str) -> bytes:
+    """`message` with our Authentication-Results prepended and any forged one claiming our id removed."""
+    own = authserv_id.lower()
+    drop = []
+    for start, end, name in header_fields(message):
+        if name == b"authentication-results":
+            value = message[start:end].partition(b":")[2]
+            first = re.sub(rb"\([^)]*\)", b"", value).split(b";", 1)[0].split()
+            if first and first[0].decode("ascii", "replace").lower() == own:
+                drop.append((start, end))
+    if drop:
+        parts, pos = [], 0
+        for start, end in drop:
+            parts.append(message[pos:start])
+            pos = end
+        parts.append(message[pos:])
+        message = b"".join(parts)
+    return report.header(authserv_id) + message
