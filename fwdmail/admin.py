@@ -25,7 +25,7 @@ from .addresses import (
 from .config import Config
 from .resolver import sync_resolver
 
-ALIAS_STATES = ("enabled", "quiet", "tempfail", "reject")
+ALIAS_STATES = store.ALIAS_STATES
 AUTH_POLICIES = ("off", "report-only", "enforce")
 
 

@@ -313,3 +313,22 @@ def test_delete_account_takes_everything_it_owns(db: Path) -> None:
     assert con.execute("SELECT count(*) FROM alias WHERE password_hash IS NOT NULL").fetchone() == (1,)
     with pytest.raises(store.NotFound):
         store.delete_account("gone@example.com")
+
+
+def test_the_store_itself_guards_its_invariants(db: Path) -> None:
+    store.add_account("a@example.com")
+    store.add_domain("example.com", "a@example.com", "sel", "key", "tok")
+    for days in (-1, 31, "7"):
+        with pytest.raises(ValueError, match="retention_days must be between 0 and 30"):
+            store.update_domain("example.com", retention_days=days)
+    assert store.update_domain("example.com", retention_days=30).retention_days == 30
+    with pytest.raises(ValueError, match="1 to 10 destinations, got 0"):
+        store.add_alias("example.com", "exact", "x", [])
+    with pytest.raises(ValueError, match="1 to 10 destinations, got 11"):
+        store.add_alias("example.com", "exact", "x", [f"d{i}@example.org" for i in range(11)])
+    with pytest.raises(ValueError, match="alias kind"):
+        store.add_alias("example.com", "prefix", "x", ["d@example.org"])
+    store.add_alias("example.com", "exact", "x", ["d@example.org"])
+    with pytest.raises(ValueError, match="alias state"):
+        store.set_alias_state("example.com", "exact", "x", "paused")
+    assert store.list_aliases()[0].state == "enabled"

@@ -25,12 +25,17 @@ from .models import (
 )
 
 __all__ = [
-    "AccountRecord", "AliasRecord", "AlreadyExists", "DomainRecord", "NotFound",
+    "ALIAS_KINDS", "ALIAS_STATES", "AccountRecord", "AliasRecord", "AlreadyExists", "DomainRecord",
+    "NotFound",
     "add_account", "add_alias", "add_domain", "alias_password_hash", "delete_account", "directory_version",
     "get_account", "get_alias", "get_domain", "list_accounts", "list_aliases", "list_domains",
     "load_directory", "mark_domain_verified", "remove_alias", "remove_domain", "set_alias_password",
     "set_alias_state", "update_domain",
 ]
+
+
+ALIAS_KINDS = ("exact", "catch-all", "regex")
+ALIAS_STATES = ("enabled", "quiet", "tempfail", "reject")
 
 
 class NotFound(LookupError):
@@ -216,6 +221,9 @@ def update_domain(name: str, **changes: object) -> DomainRecord:
     unknown = set(changes) - allowed
     if unknown:
         raise ValueError(f"cannot set {', '.join(sorted(unknown))} on a domain")
+    days = changes.get("retention_days", 0)
+    if not isinstance(days, int) or not 0 <= days <= 30:
+        raise ValueError(f"retention_days must be between 0 and 30, got {days}")
     with database.atomic("IMMEDIATE"):
         row = _domain(name)
         for k, v in changes.items():
@@ -254,6 +262,10 @@ def remove_domain(name: str) -> dict[str, int]:
 # aliases
 
 def add_alias(domain: str, kind: str, local: str, destinations: list[str]) -> AliasRecord:
+    if kind not in ALIAS_KINDS:
+        raise ValueError(f"alias kind must be one of {', '.join(ALIAS_KINDS)}, got {kind!r}")
+    if not 1 <= len(destinations) <= 10:
+        raise ValueError(f"an alias needs 1 to 10 destinations, got {len(destinations)}")
     with database.atomic("IMMEDIATE"):
         dom = _domain(domain)
         exists = Alias.get_or_none(Alias.domain == dom, Alias.kind == kind, Alias.local == local)
@@ -286,6 +298,8 @@ def remove_alias(domain: str, kind: str, local: str) -> None:
 
 
 def set_alias_state(domain: str, kind: str, local: str, state: str) -> AliasRecord:
+    if state not in ALIAS_STATES:
+        raise ValueError(f"alias state must be one of {', '.join(ALIAS_STATES)}, got {state!r}")
     with database.atomic("IMMEDIATE"):
         row = _alias(domain, kind, local)
         row.state = state
