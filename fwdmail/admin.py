@@ -141,7 +141,10 @@ def _spf_allows(records: list[str], host: str) -> bool:
 def verify_domain(cfg: Config, name: str, now: dt.datetime) -> tuple[store.DomainRecord, list[RecordCheck]]:
     """Look up every record `dns_records` lists; mark the domain verified when MX and token match."""
     domain = get_domain(name)
-    resolver = sync_resolver(cfg.dns)
+    try:
+        resolver = sync_resolver(cfg.dns)
+    except dns.exception.DNSException as exc:
+        raise ValueError(f"no DNS resolver: {exc} (set [dns] nameservers)") from None
     checks = []
     for rec in dns_records(cfg, domain):
         found = _lookup(resolver, rec.name, rec.type)
