@@ -1,0 +1,142 @@
+"""Per-client abuse limits of the MX, held in memory only: connections, message rate, session errors.
+
+Untrusted input: the client addresses the transport reports. Nothing here is written anywhere; a
+restart forgets every counter. IPv6 clients are counted per /64 (what one subscriber gets), IPv4 and
+IPv4-mapped IPv6 per address. Every table is bounded.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections import OrderedDict
+
+from ..config import AbuseConfig
+
+__all__ = ["ConnectionLimiter", "Limits", "Rate", "RateLimiter", "RecordThrottle", "SessionErrors",
+           "client_key"]
+
+
+def client_key(ip: str) -> str:
+    """The unit limits count: the IPv4 address, or the IPv6 /64; unparsable input stands for itself."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network((addr, 64), strict=False))
+    return str(addr)
+
+
+class ConnectionLimiter:
+    """Concurrent sessions per client."""
+
+    def __init__(self, max_per_client: int) -> None:
+        self.max_per_client = max_per_client
+        self._open: dict[str, int] = {}
+
+    def acquire(self, ip: str) -> bool:
+        """Count a new session; False (and nothing counted) if the client is at its limit."""
+        key = client_key(ip)
+        n = self._open.get(key, 0)
+        if n >= self.max_per_client:
+            return False
+        self._open[key] = n + 1
+        return True
+
+    def release(self, ip: str) -> None:
+        """Forget one session of the client (one per successful `acquire`)."""
+        key = client_key(ip)
+        n = self._open.get(key, 0) - 1
+        if n > 0:
+            self._open[key] = n
+        else:
+            self._open.pop(key, None)
+
+    def open(self, ip: str) -> int:
+        return self._open.get(client_key(ip), 0)
+
+
+class Rate(enum.Enum):
+    ALLOWED = "allowed"
+    LIMITED = "limited"
+    NEWLY_LIMITED = "newly-limited"  # the first refusal since the client was last allowed
+
+
+class RateLimiter:
+    """Messages per client: a token bucket of `per_minute` tokens, refilled evenly over a minute.
+
+    At most `max_clients` buckets are kept; the least recently seen is forgotten first.
+    """
+
+    def __init__(self, per_minute: int, max_clients: int = 100_000) -> None:
+        self.capacity = float(per_minute)
+        self.refill_per_second = per_minute / 60.0
+        self.max_clients = max_clients
+        self._buckets: OrderedDict[str, tuple[float, float, bool]] = OrderedDict()  # tokens, at, limited
+
+    def check(self, ip: str, now: float) -> Rate:
+        """Take one token for a new message from `ip` at monotonic time `now`."""
+        key = client_key(ip)
+        tokens, at, limited = self._buckets.pop(key, (self.capacity, now, False))
+        tokens = min(self.capacity, tokens + max(0.0, now - at) * self.refill_per_second)
+        if tokens >= 1.0:
+            self._buckets[key] = (tokens - 1.0, now, False)
+            result = Rate.ALLOWED
+        else:
+            self._buckets[key] = (tokens, now, True)
+            result = Rate.LIMITED if limited else Rate.NEWLY_LIMITED
+        while len(self._buckets) > self.max_clients:
+            self._buckets.popitem(last=False)
+        return result
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+class RecordThrottle:
+    """Lets an abuse event of one kind from one client be recorded at most once per `window` seconds."""
+
+    def __init__(self, window: float = 600.0, max_entries: int = 10_000) -> None:
+        self.window = window
+        self.max_entries = max_entries
+        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
+
+    def first(self, kind: str, ip: str, now: float) -> bool:
+        key = (kind, client_key(ip))
+        at = self._seen.get(key)
+        if at is not None and now - at < self.window:
+            return False
+        self._seen.pop(key, None)
+        self._seen[key] = now
+        while len(self._seen) > self.max_entries:
+            self._seen.popitem(last=False)
+        return True
+
+
+class SessionErrors:
+    """Error replies in one session; past `limit` the session is closed."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+
+    def add(self) -> bool:
+        """Count one error reply; True when this one exceeds the limit."""
+        self.count += 1
+        return self.count > self.limit
+
+
+class Limits:
+    """The MX's shared limit tables, built from `[abuse]`."""
+
+    def __init__(self, cfg: AbuseConfig) -> None:
+        self.cfg = cfg
+        self.connections = ConnectionLimiter(cfg.max_connections_per_ip)
+        self.rate = RateLimiter(cfg.max_messages_per_ip_per_minute)
+        self.records = RecordThrottle()
+
+    def session_errors(self) -> SessionErrors:
+        return SessionErrors(self.cfg.max_errors_per_session)
