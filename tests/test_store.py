@@ -6,7 +6,7 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import peewee as pw
@@ -191,6 +191,19 @@ def test_cli_writes_wait_for_the_daemons_write(tmp_path: Path) -> None:
     assert results == [0]
     listed = d.cli("account", "list", "--json").output
     assert "second@example.com" in listed and "first@example.com" in listed
+
+
+def test_cli_writes_while_serve_runs(make_daemon: Callable[..., Daemon]) -> None:
+    d = make_daemon()
+    d.cli("account", "add", "you@example.org")
+    d.cli("domain", "add", "example.com", "--account", "you@example.org")
+    for i in range(5):
+        d.cli("alias", "add", f"a{i}@example.com", "you@example.org")
+    d.cli("alias", "password", "a0@example.com")
+    d.cli("domain", "remove", "example.com", "--yes")
+    assert d.proc is not None and d.proc.poll() is None
+    assert d.stop() == 0
+    assert "Traceback" not in d.logs()
 
 
 def test_cli_gives_up_after_the_busy_timeout_with_one_line(tmp_path: Path,
