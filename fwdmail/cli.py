@@ -81,7 +81,7 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> 
 
 
 def confirm_or_abort(yes: bool, question: str) -> None:
-    if not yes and not click.confirm(question, default=False):
+    if not yes and not click.confirm(question, default=False, err=True):  # stdout stays clean for --json
         raise click.ClickException("aborted, nothing was changed")
 
 

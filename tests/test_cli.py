@@ -210,7 +210,8 @@ def test_domain_remove_asks_first(dom: Daemon) -> None:
     assert "aborted" in result.output
     assert len(as_json(dom.cli("alias", "list", "--json"))) == 1
     result = dom.cli("domain", "remove", "EXAMPLE.com.", "--json", input="y\n")
-    out = json.loads(result.output.split("\n", 1)[1])
+    assert "Remove domain example.com" in result.stderr
+    out = json.loads(result.stdout)  # the question went to stderr: stdout is JSON only
     assert out == {"removed": "example.com", "aliases": 1, "emails": 0, "smtp_error_logs": 0}
     assert as_json(dom.cli("alias", "list", "--json")) == []
 
