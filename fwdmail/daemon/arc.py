@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 import dkim
 import dkim.util
 
-__all__ = ["MAX_INSTANCES", "key_names", "seal", "verify_chain"]
+__all__ = ["MAX_INSTANCES", "header_fields", "key_names", "seal", "verify_chain"]
 
 log = logging.getLogger("fwdmail.arc")
 
@@ -26,6 +26,30 @@ _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 _quiet = logging.getLogger("fwdmail.arc.dkimpy")
 _quiet.addHandler(logging.NullHandler())
 _quiet.propagate = False
+
+
+def header_fields(message: bytes) -> list[tuple[int, int, bytes]]:
+    """(start, end, lowercased name) of each header field, continuation lines included.
+
+    A line in the header block that is not a field (no colon) gets the name b"".
+    """
+    fields: list[tuple[int, int, bytes]] = []
+    pos, size = 0, len(message)
+    while pos < size:
+        nl = message.find(b"\n", pos)
+        end = size if nl < 0 else nl + 1
+        line = message[pos:end]
+        if line in (b"\r\n", b"\n"):
+            break
+        if line[:1] in (b" ", b"\t") and fields:
+            start, _, name = fields[-1]
+            fields[-1] = (start, end, name)
+        else:
+            colon = line.find(b":")
+            name = line[:colon].strip().lower() if colon > 0 else b""
+            fields.append((pos, end, name))
+        pos = end
+    return fields
 
 
 def _dns_name(text: str) -> bool:

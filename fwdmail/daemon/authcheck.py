@@ -32,11 +32,12 @@ from publicsuffixlist import PublicSuffixList
 
 from ..addresses import AddressError, normalize_domain
 from . import arc
+from .arc import header_fields
 from .replies import AUTH_TEMPFAIL, DMARC_REJECTED, SPF_REJECTED, SmtpError
 
 __all__ = [
     "AuthReport", "DkimResult", "DmarcRecord", "DmarcResult", "SpfResult", "Verdict", "aligned",
-    "check_dkim", "check_sender", "check_spf", "header_fields", "lookup_dmarc", "org_domain",
+    "check_dkim", "check_sender", "check_spf", "lookup_dmarc", "org_domain",
     "parse_dmarc", "stamp", "verdict",
 ]
 
@@ -70,30 +71,6 @@ async def _inline(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 # raw headers
-
-def header_fields(message: bytes) -> list[tuple[int, int, bytes]]:
-    """(start, end, lowercased name) of each header field, continuation lines included.
-
-    A line in the header block that is not a field (no colon) gets the name b"".
-    """
-    fields: list[tuple[int, int, bytes]] = []
-    pos, size = 0, len(message)
-    while pos < size:
-        nl = message.find(b"\n", pos)
-        end = size if nl < 0 else nl + 1
-        line = message[pos:end]
-        if line in (b"\r\n", b"\n"):
-            break
-        if line[:1] in (b" ", b"\t") and fields:
-            start, _, name = fields[-1]
-            fields[-1] = (start, end, name)
-        else:
-            colon = line.find(b":")
-            name = line[:colon].strip().lower() if colon > 0 else b""
-            fields.append((pos, end, name))
-        pos = end
-    return fields
-
 
 def _headers(message: bytes) -> list[tuple[bytes, bytes]]:
     """(lowercased name, raw value) of each header field."""

@@ -17,8 +17,12 @@ import email.utils
 import re
 from email import policy
 from email.headerregistry import Address
+from typing import TYPE_CHECKING
 
-from .authcheck import AuthReport, header_fields
+from .arc import header_fields
+
+if TYPE_CHECKING:
+    from .authcheck import AuthReport
 
 __all__ = ["needs_rewrite", "rewrite_from"]
 
