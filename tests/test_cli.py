@@ -42,7 +42,7 @@ def refused(d: Daemon, *args: str, code: int = 1, input: str | None = None) -> s
     result = d.cli(*args, expect=code, input=input)
     lines = result.output.strip().splitlines()
     assert "Traceback" not in result.output
-    assert len(lines) == 1 if code == 1 else lines, result.output
+    assert len(lines) == 1, result.output
     return lines[-1]
 
 
