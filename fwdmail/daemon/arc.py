@@ -14,11 +14,12 @@ from collections.abc import Callable, Iterable
 import dkim
 import dkim.util
 
-__all__ = ["MAX_INSTANCES", "header_fields", "key_names", "seal", "verify_chain"]
+__all__ = ["MAX_HEADER_BYTES", "MAX_INSTANCES", "header_fields", "key_names", "seal", "verify_chain"]
 
 log = logging.getLogger("fwdmail.arc")
 
 MAX_INSTANCES = 50  # RFC 8617 4.2.1: a chain longer than this fails
+MAX_HEADER_BYTES = 256 * 1024
 
 _ARC_SIGNED = (b"arc-seal", b"arc-message-signature")
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
@@ -28,13 +29,14 @@ _quiet.addHandler(logging.NullHandler())
 _quiet.propagate = False
 
 
-def header_fields(message: bytes) -> list[tuple[int, int, bytes]]:
+def header_fields(message: bytes, limit: int = MAX_HEADER_BYTES) -> list[tuple[int, int, bytes]]:
     """(start, end, lowercased name) of each header field, continuation lines included.
 
-    A line in the header block that is not a field (no colon) gets the name b"".
+    A line in the header block that is not a field (no colon) gets the name b"". Scanning stops after
+    `limit` bytes, so a message without a blank line costs no more than a large header.
     """
     fields: list[tuple[int, int, bytes]] = []
-    pos, size = 0, len(message)
+    pos, size = 0, min(len(message), limit)
     while pos < size:
         nl = message.find(b"\n", pos)
         end = size if nl < 0 else nl + 1

@@ -347,7 +347,7 @@ def _verify_dkim(message: bytes, sigs: Sequence[_Signature], keys: KeyTable
 async def check_dkim(message: bytes, resolver: dns.asyncresolver.Resolver, *, cpu: Offload = _inline
                      ) -> list[DkimResult]:
     """Verify the first MAX_DKIM_SIGNATURES DKIM signatures of `message`."""
-    sigs = _signatures(_headers(message))[:MAX_DKIM_SIGNATURES]
+    sigs = (await cpu(_prepare, message))[0]
     if not sigs:
         return []
     keys = await _fetch_keys(resolver, [s.key_name for s in sigs if not s.error])
@@ -545,11 +545,11 @@ async def _bounded(coro: Awaitable[Any], timeout: float, fallback: Any) -> Any:
 async def check_sender(message: bytes, mail_from: str, client_ip: str, helo: str,
                        resolver: dns.asyncresolver.Resolver, *, cpu: Offload = _inline,
                        timeout: float = 20.0) -> AuthReport:
-    """SPF, DKIM, DMARC and the incoming ARC chain of one message; all lookups within `timeout` seconds."""
-    headers = _headers(message)
-    sigs = _signatures(headers)[:MAX_DKIM_SIGNATURES]
-    arc_names = arc.key_names(headers)
-    from_domain, from_error = _from_domain(headers)
+    """SPF, DKIM, DMARC and the incoming ARC chain of one message; all lookups within `timeout` seconds.
+
+    Header parsing and signature checks run through `cpu` (pass `ctx.blocking.cpu` in the daemon).
+    """
+    sigs, arc_names, (from_domain, from_error) = await cpu(_prepare, message)
 
     async def no_dmarc() -> Governing:
         return None, ""
@@ -569,6 +569,11 @@ async def check_sender(message: bytes, mail_from: str, client_ip: str, helo: str
     else:
         dmarc = evaluate_dmarc(from_domain, looked_up, spf_result, dkim_results)
     return AuthReport(spf_result, tuple(dkim_results), dmarc, arc_result)
+
+
+def _prepare(message: bytes) -> tuple[list[_Signature], list[str], tuple[str, str]]:
+    headers = _headers(message)
+    return _signatures(headers)[:MAX_DKIM_SIGNATURES], arc.key_names(headers), _from_domain(headers)
 
 
 def _verify_signatures(message: bytes, sigs: Sequence[_Signature], keys: KeyTable,
