@@ -47,3 +47,4 @@ def setup(level: str = "info") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("mail.log").setLevel(logging.WARNING)
+    logging.getLogger("peewee").setLevel(logging.WARNING)  # at debug it logs every SQL value
