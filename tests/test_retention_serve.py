@@ -142,3 +142,23 @@ def test_serve_runs_the_retention_jobs_by_itself(make_daemon: Callable[..., Daem
     logs = d.logs()
     assert "retention run" in logs and "Traceback" not in logs
     assert not any(t in logs for t in (body_tok, err_tok, late_tok))
+
+
+def test_account_delete_beside_a_running_serve_leaves_no_trace(make_daemon: Callable[..., Daemon]) -> None:
+    d: Daemon = make_daemon({"retention": {"interval": 0.5}}, start=False)
+    d.cli("init")
+    store.close_store()
+    store.open_store(d.data_dir / "fwdmail.db")
+    gone, kept = rows.Owned("gone"), rows.Owned("kept")
+    store.close_store()
+    d.start(wait_ports=[])
+    try:
+        asyncio.run(until(lambda: "retention jobs every" in d.logs(), "the scheduler to start"))
+        assert files_containing(d.data_dir, gone.t["body"])
+        d.cli("account", "delete", gone.email, "--yes")
+        store.close_store()  # the CLI's connection; the daemon keeps its own open all along
+        assert [t for t in gone.tokens() if files_containing(d.data_dir, t)] == []
+        # the other account stays (its year-old error log and abuse record went with the retention jobs)
+        assert all(files_containing(d.data_dir, t) for t in kept.tokens("err", "spam"))
+    finally:
+        assert d.stop() == 0

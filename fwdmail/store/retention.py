@@ -9,6 +9,7 @@ waits for the daemon's writes (busy timeout) instead of failing on a stale read 
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import peewee as pw
 
@@ -18,7 +19,7 @@ from .outbound import FINAL_STATUSES
 __all__ = [
     "count_abuse_events_before", "count_bodies_due", "count_emails_due",
     "count_error_logs_before", "delete_emails_due", "last_retention_run", "purge_abuse_events_before",
-    "purge_error_logs_before", "redact_bodies_due", "set_last_retention_run", "wal_checkpoint",
+    "purge_error_logs_before", "redact_bodies_due", "set_last_retention_run", "settle_wal", "wal_checkpoint",
 ]
 
 _LAST_RUN_KEY = "retention_last_run"
@@ -132,6 +133,19 @@ def wal_checkpoint(wait_ms: int = 200) -> bool:
     finally:
         database.execute_sql(f"PRAGMA busy_timeout = {int(saved)}")
     return busy == 0
+
+
+def settle_wal(attempts: int = 20, wait_ms: int = 200) -> bool:
+    """Checkpoint until the WAL is truncated, for a process that may sleep (the CLI, never the daemon).
+
+    A checkpoint fails at once while another connection checkpoints, and waits only briefly for readers;
+    a few retries get past the daemon's short transactions. False if it never completed.
+    """
+    for attempt in range(attempts):
+        if wal_checkpoint(wait_ms):
+            return True
+        time.sleep(min(0.05 * 2**attempt, 0.5))
+    return False
 
 
 def last_retention_run() -> dt.datetime | None:

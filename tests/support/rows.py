@@ -6,6 +6,7 @@ Also the byte-level probe the retention tests use: which files of a data dir con
 from __future__ import annotations
 
 import datetime as dt
+import os
 import secrets
 import subprocess
 from pathlib import Path
@@ -96,6 +97,35 @@ def abuse_event_exists(event_id: int) -> bool:
 def rename_table(old: str, new: str) -> None:
     """Break (or mend) a table under the store's feet, to make a job fail for real."""
     database.execute_sql(f'ALTER TABLE "{old}" RENAME TO "{new}"')
+
+
+def filler(domain: str, n: int = 120) -> None:
+    """Mail of mixed sizes around the tokens, so pages split, overflow and get freed for real."""
+    for i in range(n):
+        body = os.urandom(40 if i % 3 else 6000).hex().encode()
+        add_outbound(domain, body=body, created_at=T0 - i * dt.timedelta(minutes=1), date_header=T0)
+
+
+class Owned:
+    """An account with a domain, alias, password hash, DKIM key, outbound mail, error log and abuse record,
+    each carrying its own token. Its tokened message is "held", so a running queue leaves it alone."""
+
+    def __init__(self, label: str) -> None:
+        self.t = {k: token(k) for k in ("account", "domain", "alias", "hash", "dkim", "body", "hdr", "err",
+                                        "spam")}
+        self.email, self.domain = f"{self.t['account']}@{label}.example", f"{self.t['domain']}.test"
+        store.add_account(self.email)
+        store.add_domain(self.domain, self.email, "sel", f"-----BEGIN KEY-----{self.t['dkim']}", token("v"))
+        store.add_alias(self.domain, "exact", self.t["alias"], ["dest@elsewhere.test"])
+        store.set_alias_password(self.domain, "exact", self.t["alias"], f"scrypt${self.t['hash']}")
+        filler(self.domain, 40)
+        add_outbound(self.domain, status="held", body=self.t["body"].encode() * 500,
+                     headers=f"Subject: {self.t['hdr']}\r\n".encode(), date_header=T0)
+        add_error_log(T0, self.domain, alias=f"{self.t['alias']}@{self.domain}", text=self.t["err"])
+        add_abuse_event(T0, detail=self.t["spam"], domain=self.domain)
+
+    def tokens(self, *but: str) -> list[str]:
+        return [v for k, v in self.t.items() if k not in but]
 
 
 def files_containing(root: Path, needle: str) -> list[str]:
