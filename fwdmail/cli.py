@@ -414,6 +414,27 @@ def alias_password(state: State, address: str, as_json: bool) -> None:
         click.echo(f"  password: {password}")
 
 
+# SMTP error log
+
+@cli.command()
+@click.option("--domain", "domain_name", help="Only errors of this domain.")
+@json_option
+@pass_state
+def logs(state: State, domain_name: str | None, as_json: bool) -> None:
+    """List the SMTP errors (4xx/5xx) the MX returned or got from destinations, newest first."""
+    from .addresses import normalize_domain
+
+    state.open()
+    rows = store.list_smtp_errors(normalize_domain(domain_name) if domain_name else None)
+    if as_json:
+        emit_json([{"time": r.created_at, "direction": r.direction, "domain": r.domain, "alias": r.alias,
+                    "code": r.code, "enhanced_code": r.enhanced_code, "text": r.text} for r in rows])
+    else:
+        table("SMTP errors", ["time (UTC)", "direction", "domain", "alias", "code", "text"],
+              [(f"{r.created_at:%Y-%m-%d %H:%M:%S}", r.direction, r.domain, r.alias,
+                f"{r.code} {r.enhanced_code}".strip(), r.text) for r in rows])
+
+
 # retention
 
 @cli.command()

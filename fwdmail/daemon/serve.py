@@ -51,6 +51,9 @@ async def close_servers(servers: list[asyncio.Server]) -> None:
 def build_services(ctx: Context) -> list[Service]:
     """The daemon's services in start order."""
     services: list[Service] = []
+    from .mx import MxService
+
+    services.append(MxService(ctx))
     from ..retention.scheduler import RetentionScheduler
 
     services.append(RetentionScheduler(ctx))  # keep last: starts after the listeners, stops first

@@ -10,6 +10,7 @@ from peewee import DatabaseError as DatabaseFailure
 from .abuse import *
 from .db import SCHEMA_VERSION, StoreError, checkpoint, close_store, data_version, open_store
 from .directory import *
+from .errorlog import *
 from .models import utcnow
 from .outbound import *
 from .retention import *

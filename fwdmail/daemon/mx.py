@@ -1,0 +1,600 @@
+"""The MX: inbound SMTP for hosted domains, forwarded to the aliases' destinations during the session.
+
+Untrusted input: everything an SMTP client on port 25 sends (envelope addresses including relay tricks
+and SRS bounces, message bytes: size, loops, smuggling) and the destinations' replies. A forwarded
+message lives in memory only, until the reply after DATA: no row, no file, no log line names an
+address or an IP. Errors (ours and the destinations') go to the SMTP error log, without IP or body.
+
+`MxHandler` only translates aiosmtpd events into calls of `Mx` (sender / recipient / message / refuse)
+and back into replies. `Mx.policies` is the seam for inbound checks (sender authentication, per-IP
+limits): each `InboundPolicy` is asked at connect, MAIL, RCPT and DATA.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import email.utils
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .. import store
+from ..addresses import Address, AddressError, parse_address
+from . import replies, srs
+from .context import Context
+from .dedup import DeliveredMemory, RateLimiter, fingerprint, message_digest
+from .executor import Blocking
+from .replies import SmtpError
+from .routing import DirectoryCache, Route, resolve
+from .serve import close_servers, listen
+from .smtpserver import Session, SmtpServer
+
+__all__ = [
+    "Accepted", "DataVerdict", "InboundPolicy", "Mx", "MxHandler", "MxService", "SessionInfo", "Transaction",
+    "count_received", "header_block", "received_header",
+]
+
+log = logging.getLogger("fwdmail.mx")
+
+SRS_BOUNCE_ALIAS = "(SRS bounce)"
+_RECEIVED = re.compile(rb"(?im)^received[ \t]*:")
+_HELO_OK = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?")
+_DIGEST_IN_THREAD = 256 * 1024
+_REPLY_TEXT_LIMIT = 300
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """What policies may know of the SMTP client. The IP stays in memory, never logged or stored."""
+
+    peer_ip: str
+    helo: str
+    tls: bool
+    esmtp: bool
+
+    @classmethod
+    def of(cls, session: Session) -> SessionInfo:
+        peer = session.peer
+        ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        return cls(ip, session.host_name or "", session.ssl is not None, bool(session.extended_smtp))
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """One recipient accepted at RCPT: the address as parsed, and where it goes."""
+
+    rcpt: str
+    route: Route
+
+
+@dataclass
+class Transaction:
+    """One MAIL transaction: the sender ("" = null sender) and the accepted recipients."""
+
+    sender: str
+    smtputf8: bool = False
+    recipients: list[Accepted] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DataVerdict:
+    """A policy's answer to a message: refuse it, or header lines (CRLF-terminated) to add on top."""
+
+    error: SmtpError | None = None
+    prepend: bytes = b""
+
+
+class InboundPolicy:
+    """Base of inbound checks; every method may refuse with an SmtpError, the default lets mail in."""
+
+    async def connect(self, session: SessionInfo) -> SmtpError | None:
+        return None
+
+    def disconnect(self, session: SessionInfo) -> None:
+        return None
+
+    async def mail(self, session: SessionInfo, tx: Transaction) -> SmtpError | None:
+        return None
+
+    async def rcpt(self, session: SessionInfo, tx: Transaction, recipient: Accepted) -> SmtpError | None:
+        return None
+
+    async def data(self, session: SessionInfo, tx: Transaction, message: bytes) -> DataVerdict:
+        return DataVerdict()
+
+
+# message helpers (pure)
+
+def header_block(message: bytes) -> bytes:
+    """The header section of `message` (up to and including the last header line's CRLF)."""
+    if message.startswith(b"\r\n"):
+        return b""
+    end = message.find(b"\r\n\r\n")
+    return message if end < 0 else message[:end + 2]
+
+
+def count_received(headers: bytes) -> int:
+    return len(_RECEIVED.findall(headers))
+
+
+def _clean_helo(helo: str) -> str:
+    """The HELO name as it may appear in our Received header: a plain host name, never an IP."""
+    name = helo.strip().rstrip(".")
+    if not _HELO_OK.fullmatch(name) or re.fullmatch(r"[0-9.]+", name):
+        return "unknown"
+    return name
+
+
+def received_header(helo: str, hostname: str, session: SessionInfo, smtputf8: bool, marker: str,
+                    now: dt.datetime) -> bytes:
+    """Our Received line: names neither the client's IP nor the recipient."""
+    proto = ("UTF8SMTP" if smtputf8 else "ESMTP" if session.esmtp else "SMTP") + ("S" if session.tls else "")
+    date = email.utils.format_datetime(now.replace(tzinfo=dt.UTC) if now.tzinfo is None else now)
+    line = f"Received: from {_clean_helo(helo)} by {hostname} (fwdmail) with {proto} id {marker};"
+    return f"{line}\r\n\t{date}\r\n".encode("ascii", "replace")
+
+
+def _mask(text: str, destination: str, shown: str) -> str:
+    masked = re.sub(re.escape(destination), shown, text, flags=re.IGNORECASE)
+    return " ".join(masked.split())[:_REPLY_TEXT_LIMIT]
+
+
+def _utf8(raw: str) -> bool:
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+class ErrorLogWriter:
+    """Writes SMTP error-log rows through the db thread, batching rows that wait together."""
+
+    def __init__(self, blocking: Blocking) -> None:
+        self.blocking = blocking
+        self._rows: list[tuple[dt.datetime, str, str, str, int, str, str]] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def write(self, rows: Sequence[tuple[dt.datetime, str, str, str, int, str, str]]) -> None:
+        """Return once `rows` are committed (or the write failed, which is logged)."""
+        if not rows:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._rows.extend(rows)
+        self._waiters.append(fut)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        await asyncio.shield(fut)
+
+    async def _run(self) -> None:
+        while self._rows:
+            rows, waiters = self._rows, self._waiters
+            self._rows, self._waiters = [], []
+            try:
+                await self.blocking.db(store.log_smtp_errors, rows)
+            except Exception as exc:
+                log.warning("could not write %d SMTP error log row(s): %s", len(rows), type(exc).__name__)
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            await self._task
+
+
+@dataclass
+class _Group:
+    """The destinations of one alias in one message: one copy, with the alias's loop marker."""
+
+    route: Route
+    rcpt: str
+    destinations: list[str] = field(default_factory=list)
+    already: int = 0
+
+
+class Mx:
+    """MX policy without sockets: what to answer a sender, a recipient and a message."""
+
+    def __init__(self, ctx: Context, policies: Sequence[InboundPolicy] = ()) -> None:
+        cfg = ctx.config
+        self.ctx = ctx
+        self.cfg = cfg.mx
+        self.hostname = cfg.server_hostname
+        self.srs_domain = cfg.srs_domain
+        self.srs_max_age = cfg.srs.max_age_days
+        self.secret = ctx.runtime.srs_secret
+        self.directory = DirectoryCache(ctx.blocking)
+        self.delivered = DeliveredMemory(self.cfg.dedup_ttl, self.cfg.dedup_max_entries)
+        self.notices = RateLimiter(self.cfg.partial_failure_notice_interval)
+        self.errors = ErrorLogWriter(ctx.blocking)
+        self.policies: list[InboundPolicy] = list(policies)
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # session events
+
+    async def connect(self, session: SessionInfo) -> SmtpError | None:
+        if self.ctx.stopping.is_set():
+            return replies.SHUTTING_DOWN
+        for policy in self.policies:
+            err = await policy.connect(session)
+            if err is not None:
+                return err
+        return None
+
+    def disconnect(self, session: SessionInfo) -> None:
+        for policy in self.policies:
+            policy.disconnect(session)
+
+    async def sender(self, session: SessionInfo, raw: str, options: Sequence[str]) -> Transaction | SmtpError:
+        """MAIL FROM: a new transaction, or the refusal."""
+        if self.ctx.stopping.is_set():
+            return replies.SHUTTING_DOWN
+        smtputf8 = any(o.upper() == "SMTPUTF8" for o in options)
+        if raw in ("", "<>"):
+            tx = Transaction("", smtputf8)
+        else:
+            try:
+                if not _utf8(raw):
+                    raise AddressError("not UTF-8")
+                addr = parse_address(raw)
+            except AddressError:
+                return replies.BAD_SENDER
+            if not addr.local.isascii() and not smtputf8:
+                return replies.NEEDS_SMTPUTF8
+            tx = Transaction(str(addr), smtputf8)
+        for policy in self.policies:
+            err = await policy.mail(session, tx)
+            if err is not None:
+                return err
+        return tx
+
+    async def recipient(self, session: SessionInfo, tx: Transaction, raw: str) -> Accepted | SmtpError:
+        """RCPT TO: accept the recipient into `tx`, or the refusal (logged)."""
+        try:
+            if not _utf8(raw):
+                raise AddressError("not UTF-8")
+            addr = parse_address(raw)
+        except AddressError:
+            await self._log_ours(replies.RELAY_DENIED, "", "")
+            return replies.RELAY_DENIED
+        if len(tx.recipients) >= self.cfg.max_recipients:
+            err: SmtpError = replies.TOO_MANY_RECIPIENTS
+        elif not addr.local.isascii() and not tx.smtputf8:
+            err = replies.NEEDS_SMTPUTF8
+        else:
+            route = await self._route(addr)
+            if isinstance(route, Route):
+                accepted = Accepted(str(addr), route)
+                for policy in self.policies:
+                    refused = await policy.rcpt(session, tx, accepted)
+                    if refused is not None:
+                        await self._log_ours(refused, route.domain, route.alias)
+                        return refused
+                tx.recipients.append(accepted)
+                return accepted
+            err = route
+        if err is replies.RELAY_DENIED:
+            await self._log_ours(err, addr.domain, "")
+        elif addr.domain == self.srs_domain and srs.is_srs(addr.local):
+            await self._log_ours(err, addr.domain, SRS_BOUNCE_ALIAS)  # the address encodes a stranger's
+        else:
+            await self._log_ours(err, addr.domain, str(addr).lower())
+        return err
+
+    async def _route(self, addr: Address) -> Route | SmtpError:
+        if addr.domain == self.srs_domain and srs.is_srs(addr.local):
+            return self._reverse_srs(addr)
+        try:
+            directory = await self.directory.get()
+        except Exception as exc:
+            log.warning("cannot load the alias directory: %s", type(exc).__name__)
+            return replies.STORE_UNAVAILABLE
+        route = resolve(directory, addr)
+        if route is replies.RELAY_DENIED and addr.domain == self.srs_domain:
+            return replies.NO_SUCH_USER
+        return route
+
+    def _reverse_srs(self, addr: Address) -> Route | SmtpError:
+        now = store.utcnow()
+        local = addr.local
+        for _ in range(3):
+            try:
+                target = parse_address(srs.reverse(local, self.secret, now, self.srs_max_age))
+            except (srs.SrsError, AddressError):
+                return replies.BAD_SRS
+            if target.domain == self.srs_domain and srs.is_srs(target.local):
+                local = target.local
+                continue
+            return Route(SRS_BOUNCE_ALIAS, self.srs_domain, (str(target),))
+        return replies.BAD_SRS
+
+    # DATA
+
+    async def refuse(self, tx: Transaction | None, error: SmtpError) -> str:
+        """The reply for a message refused as a whole (logged once per alias)."""
+        routes = {(a.route.domain, a.route.alias) for a in tx.recipients} if tx else set()
+        now = store.utcnow()
+        await self.errors.write([(now, "inbound", d, a, error.code, error.enhanced_code, error.text)
+                                 for d, a in sorted(routes)])
+        return error.reply
+
+    async def message(self, session: SessionInfo, tx: Transaction, data: bytes) -> str:
+        """Forward `data` to every accepted recipient's destinations; the reply per the delivery contract."""
+        self.in_flight += 1
+        self._idle.clear()
+        try:
+            return await self._message(session, tx, data)
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self._idle.set()
+
+    def marker(self, alias: str) -> str:
+        """The loop marker of an alias, carried in our Received header's id."""
+        mac = hmac.new(self.secret, b"loop\0" + alias.lower().encode("utf-8", "replace"), hashlib.sha256)
+        return "F" + mac.hexdigest()[:15].upper()
+
+    def _groups(self, tx: Transaction) -> list[_Group]:
+        groups: dict[str, _Group] = {}
+        taken: set[str] = set()
+        for acc in tx.recipients:
+            if acc.route.discard:
+                continue
+            group = groups.setdefault(acc.route.alias, _Group(acc.route, acc.rcpt))
+            for dest in acc.route.destinations:
+                if dest.lower() not in taken:
+                    taken.add(dest.lower())
+                    group.destinations.append(dest)
+        return list(groups.values())
+
+    async def _message(self, session: SessionInfo, tx: Transaction, data: bytes) -> str:
+        headers = header_block(data)
+        if count_received(headers) > self.cfg.max_received_headers or any(
+            self.marker(a.route.alias).encode() in headers for a in tx.recipients
+        ):
+            return await self.refuse(tx, replies.LOOP_DETECTED)
+        prepend = b""
+        for policy in self.policies:
+            verdict = await policy.data(session, tx, data)
+            if verdict.error is not None:
+                return await self.refuse(tx, verdict.error)
+            prepend += verdict.prepend
+        groups = self._groups(tx)
+        if not groups:
+            return replies.FORWARDED
+        if len(data) > _DIGEST_IN_THREAD:
+            digest = await self.ctx.blocking.cpu(message_digest, data)
+        else:
+            digest = message_digest(data)
+        now = store.utcnow()
+        mono = time.monotonic()
+        sender = srs.forward(tx.sender, self.secret, self.srs_domain, now)
+        jobs = []
+        for g in groups:
+            pending = [d for d in g.destinations if not self.delivered.seen(fingerprint(digest, d), mono)]
+            g.already = len(g.destinations) - len(pending)
+            if pending:
+                head = received_header(session.helo, self.hostname, session, tx.smtputf8,
+                                       self.marker(g.route.alias), now)
+                jobs.append(self._send(g, sender, pending, head + prepend + data))
+        outcomes = [item for batch in await asyncio.gather(*jobs) for item in batch]
+        return await self._conclude(tx, groups, outcomes, digest)
+
+    async def _send(self, group: _Group, sender: str, destinations: list[str], message: bytes,
+                    ) -> list[tuple[_Group, str, SmtpError | None]]:
+        try:
+            results = await self.ctx.delivery.send(sender, destinations, message)
+        except Exception as exc:
+            log.error("delivery failed unexpectedly: %s", type(exc).__name__)
+            results = {}
+        return [(group, d, results.get(d, replies.TRY_LATER)) for d in destinations]
+
+    async def _conclude(self, tx: Transaction, groups: list[_Group],
+                        outcomes: list[tuple[_Group, str, SmtpError | None]], digest: bytes) -> str:
+        now = store.utcnow()
+        mono = time.monotonic()
+        failed = [(g, d, e) for g, d, e in outcomes if e is not None]
+        temporary = [(g, d, e) for g, d, e in failed if e.temporary]
+        permanent = [(g, d, e) for g, d, e in failed if e.permanent]
+        accepted = [d for _, d, e in outcomes if e is None]
+        rows = [(now, "outbound", g.route.domain, g.route.alias, e.code, e.enhanced_code,
+                 _mask(e.text, d, g.rcpt)) for g, d, e in failed]
+        if temporary:
+            for d in accepted:
+                self.delivered.remember(fingerprint(digest, d), mono)
+            g, d, e = temporary[0]
+            code = e.code if 400 <= e.code < 500 else 451
+            enhanced = e.enhanced_code if e.enhanced_code.startswith("4.") else "4.0.0"
+            reply = SmtpError(code, enhanced, f"<{g.rcpt}>: {_mask(e.text, d, g.rcpt)}")
+            deferred = {(g.route.domain, g.route.alias) for g, _, _ in temporary}
+            rows += [(now, "inbound", dom, alias, reply.code, reply.enhanced_code, reply.text)
+                     for dom, alias in sorted(deferred)]
+            await self.errors.write(rows)
+            log.debug("message deferred: %d temporary failure(s)", len(temporary))
+            return reply.reply
+        for g in groups:
+            for d in g.destinations:
+                self.delivered.forget(fingerprint(digest, d))
+        delivered_any = bool(accepted) or any(g.already for g in groups) or any(
+            a.route.discard for a in tx.recipients)
+        if permanent and not delivered_any:
+            g, d, e = permanent[0]
+            code = e.code if 500 <= e.code < 600 else 550
+            enhanced = e.enhanced_code if e.enhanced_code.startswith("5.") else "5.0.0"
+            reply = SmtpError(code, enhanced, f"<{g.rcpt}>: {_mask(e.text, d, g.rcpt)}")
+            rows += [(now, "inbound", dom, alias, reply.code, reply.enhanced_code, reply.text)
+                     for dom, alias in sorted({(g.route.domain, g.route.alias) for g, _, _ in permanent})]
+            await self.errors.write(rows)
+            log.debug("message refused: every destination failed permanently")
+            return reply.reply
+        if permanent:
+            await self.errors.write(rows)
+            self._notify_partial(permanent, mono)
+        log.debug("message forwarded to %d destination(s)", len(accepted))
+        return replies.FORWARDED
+
+    # partial-failure notices
+
+    def _notify_partial(self, permanent: list[tuple[_Group, str, SmtpError]], mono: float) -> None:
+        by_alias: dict[str, tuple[_Group, list[tuple[str, SmtpError]]]] = {}
+        for g, d, e in permanent:
+            by_alias.setdefault(g.route.alias, (g, []))[1].append((d, e))
+        for alias, (g, failures) in by_alias.items():
+            owner = g.route.account_email
+            if not owner or not self.notices.allow(alias, mono):
+                continue
+            message = self.partial_notice(owner, alias, failures, store.utcnow())
+            task = asyncio.get_running_loop().create_task(self._send_notice(owner, message))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def partial_notice(self, owner: str, alias: str, failures: list[tuple[str, SmtpError]],
+                       now: dt.datetime) -> bytes:
+        """A short text message telling the alias's owner which destinations refused a message."""
+        lines = [
+            f"From: fwdmail <postmaster@{self.hostname}>",
+            f"To: <{owner}>",
+            f"Subject: Some destinations of {alias} refused a message",
+            f"Date: {email.utils.format_datetime(now.replace(tzinfo=dt.UTC))}",
+            f"Message-ID: <{secrets.token_hex(12)}@{self.hostname}>",
+            "Auto-Submitted: auto-generated",
+            "MIME-Version: 1.0",
+            "Content-Type: text/plain; charset=utf-8",
+            "Content-Transfer-Encoding: 8bit",
+            "",
+            f"A message to {alias} was forwarded, but these destinations refused it permanently:",
+            "",
+            *(f"  {d}: {e.code} {e.enhanced_code} {' '.join(e.text.split())[:200]}" for d, e in failures),
+            "",
+            "The other destinations accepted it, so the sender was told it was delivered.",
+            "Nothing of the message was kept. Check these destinations, or remove them from the alias.",
+            "",
+        ]
+        return "\r\n".join(lines).encode("utf-8")
+
+    async def _send_notice(self, owner: str, message: bytes) -> None:
+        try:
+            result = await self.ctx.delivery.send("", [owner], message)
+        except Exception as exc:
+            log.warning("partial-failure notice failed: %s", type(exc).__name__)
+            return
+        err = result.get(owner)
+        if err is not None:
+            log.info("partial-failure notice not delivered: %s %s", err.code, err.enhanced_code)
+
+    # shutdown
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (at most `timeout`, or until a forced stop) for messages being forwarded."""
+        if self.in_flight == 0:
+            return
+        waits = [asyncio.ensure_future(self._idle.wait()), asyncio.ensure_future(self.ctx.force_stop.wait())]
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
+        await self.errors.close()
+
+    async def _log_ours(self, error: SmtpError, domain: str, alias: str) -> None:
+        await self.errors.write([(store.utcnow(), "inbound", domain, alias, error.code, error.enhanced_code,
+                                  error.text)])
+
+
+class MxHandler:
+    """aiosmtpd hooks: translate SMTP events into `Mx` calls and back into replies."""
+
+    def __init__(self, mx: Mx) -> None:
+        self.mx = mx
+
+    async def handle_CONNECT(self, server: SmtpServer, session: Session, envelope: object) -> str | None:
+        err = await self.mx.connect(SessionInfo.of(session))
+        return err.reply if err is not None else None
+
+    def handle_CLOSE(self, server: SmtpServer, session: Session, envelope: object) -> None:
+        if session is not None:
+            self.mx.disconnect(SessionInfo.of(session))
+
+    async def handle_MAIL(self, server: SmtpServer, session: Session, envelope: object, address: str,
+                          mail_options: list[str]) -> str:
+        result = await self.mx.sender(SessionInfo.of(session), address, mail_options)
+        if isinstance(result, SmtpError):
+            return result.reply
+        envelope.mail_from = address  # type: ignore[attr-defined]
+        envelope.mail_options.extend(mail_options)  # type: ignore[attr-defined]
+        envelope.state = result  # type: ignore[attr-defined]
+        return replies.OK_SENDER
+
+    async def handle_RCPT(self, server: SmtpServer, session: Session, envelope: object, address: str,
+                          rcpt_options: list[str]) -> str:
+        tx = envelope.state  # type: ignore[attr-defined]
+        if not isinstance(tx, Transaction):
+            return "503 5.5.1 Error: need MAIL command"
+        result = await self.mx.recipient(SessionInfo.of(session), tx, address)
+        if isinstance(result, SmtpError):
+            return result.reply
+        envelope.rcpt_tos.append(address)  # type: ignore[attr-defined]
+        envelope.rcpt_options.extend(rcpt_options)  # type: ignore[attr-defined]
+        return replies.OK_RECIPIENT
+
+    async def handle_DATA(self, server: SmtpServer, session: Session, envelope: object) -> str:
+        tx = envelope.state  # type: ignore[attr-defined]
+        data = envelope.original_content  # type: ignore[attr-defined]
+        return await self.mx.message(SessionInfo.of(session), tx, data)
+
+    async def handle_DATA_ERROR(self, server: SmtpServer, session: Session, envelope: object,
+                                error: SmtpError) -> str:
+        return await self.mx.refuse(getattr(envelope, "state", None), error)
+
+
+class MxService:
+    """The MX listeners on `[mx] listen`, with STARTTLS offered."""
+
+    name = "mx"
+
+    def __init__(self, ctx: Context, policies: Sequence[InboundPolicy] = ()) -> None:
+        self.ctx = ctx
+        self.mx = Mx(ctx, policies)
+        self.handler = MxHandler(self.mx)
+        self.sessions: set[SmtpServer] = set()
+        self._servers: list[asyncio.Server] = []
+
+    def _protocol(self) -> SmtpServer:
+        return SmtpServer(
+            self.handler, hostname=self.mx.hostname, data_size_limit=self.ctx.config.mx.max_message_size,
+            registry=self.sessions, tls_context=self.ctx.server_tls(), require_starttls=False,
+            auth_exclude_mechanism=["LOGIN", "PLAIN"], loop=asyncio.get_running_loop(),
+        )
+
+    async def start(self) -> None:
+        self.ctx.server_tls()
+        self._servers = await listen(self.ctx.config.mx.listen, self._protocol)
+        log.info("MX listening on %d address(es)", len(self._servers))
+
+    async def stop(self) -> None:
+        for server in self._servers:
+            server.close()
+        await self.mx.drain(self.ctx.config.shutdown_timeout)
+        for session in list(self.sessions):
+            session.close()
+        await close_servers(self._servers)
+        await self.mx.close()

@@ -1,0 +1,192 @@
+"""Alias resolution: which destinations a recipient of a hosted domain forwards to.
+
+Untrusted input: recipient addresses from RCPT TO (already parsed by `fwdmail.addresses`). Resolution is
+pure and in memory, against a `Directory` snapshot that `DirectoryCache` reloads when the store's
+directory version changes (CLI edits are seen within `check_interval` seconds, without a restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from .. import store
+from ..addresses import Address, AddressError, parse_address
+from . import replies
+from .executor import Blocking
+from .replies import SmtpError
+
+__all__ = ["MAX_DESTINATIONS", "Directory", "DirectoryCache", "Route", "resolve"]
+
+log = logging.getLogger("fwdmail.routing")
+
+MAX_DESTINATIONS = 10
+_GROUP_REF = re.compile(r"\$(\d)")
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one accepted recipient goes. `destinations` is empty when the alias is quiet-disabled."""
+
+    alias: str  # the alias as the admin wrote it (user@dom, *@dom, /re/@dom) or the SRS address
+    domain: str
+    destinations: tuple[str, ...]
+    account_email: str = ""
+    discard: bool = False
+
+
+@dataclass(frozen=True)
+class _DomainAliases:
+    exact: dict[str, store.AliasRecord] = field(default_factory=dict)
+    regex: list[tuple[re.Pattern[str], store.AliasRecord]] = field(default_factory=list)
+    catch_all: store.AliasRecord | None = None
+
+
+@dataclass(frozen=True)
+class Directory:
+    """An immutable snapshot of hosted domains and their aliases."""
+
+    domains: dict[str, _DomainAliases]
+    version: int = 0
+
+    @classmethod
+    def build(cls, domains: Iterable[store.DomainRecord], aliases: Iterable[store.AliasRecord],
+              version: int = 0) -> Directory:
+        by_domain: dict[str, _DomainAliases] = {d.name: _DomainAliases() for d in domains}
+        for a in sorted(aliases, key=lambda a: a.id):
+            entry = by_domain.setdefault(a.domain, _DomainAliases())
+            if a.kind == "exact":
+                entry.exact[a.local.lower()] = a
+            elif a.kind == "regex":
+                try:
+                    entry.regex.append((re.compile(a.local, re.IGNORECASE), a))
+                except re.error:
+                    log.warning("a regex alias of %s does not compile; ignored", a.domain)
+            elif a.kind == "catch-all":
+                by_domain[a.domain] = _DomainAliases(entry.exact, entry.regex, a)
+        return cls(by_domain, version)
+
+    def hosts(self, domain: str) -> bool:
+        return domain.lower() in self.domains
+
+
+def _unique(addresses: Iterable[str]) -> tuple[str, ...]:
+    seen: dict[str, str] = {}
+    for a in addresses:
+        seen.setdefault(a.lower(), a)
+    return tuple(seen.values())[:MAX_DESTINATIONS]
+
+
+def _valid(addresses: Iterable[str]) -> list[str]:
+    out = []
+    for a in addresses:
+        try:
+            out.append(str(parse_address(a)))
+        except AddressError:
+            continue
+    return out
+
+
+def _with_tag(destination: str, tag: str) -> str:
+    local, _, domain = destination.rpartition("@")
+    return f"{local}+{tag}@{domain}"
+
+
+def _substitute(destination: str, match: re.Match[str]) -> str:
+    def group(m: re.Match[str]) -> str:
+        n = int(m.group(1))
+        if n == 0 or n > (match.re.groups or 0):
+            return ""
+        return match.group(n) or ""
+
+    return _GROUP_REF.sub(group, destination)
+
+
+def _match(aliases: _DomainAliases, local: str) -> tuple[store.AliasRecord, list[str]] | None:
+    """Exact, then plus-addressing (tag kept), then regex ($n substituted), then catch-all."""
+    key = local.lower()
+    hit = aliases.exact.get(key)
+    if hit is not None:
+        return hit, list(hit.destinations)
+    base, plus, tag = local.partition("+")
+    if plus and base and tag:
+        hit = aliases.exact.get(base.lower())
+        if hit is not None:
+            return hit, [_with_tag(d, tag) for d in hit.destinations]
+    for pattern, alias in aliases.regex:
+        m = pattern.search(key)
+        if m is not None:
+            return alias, [_substitute(d, m) for d in alias.destinations]
+    if aliases.catch_all is not None:
+        return aliases.catch_all, list(aliases.catch_all.destinations)
+    return None
+
+
+def resolve(directory: Directory, address: Address) -> Route | SmtpError:
+    """The route of `address`, or the SMTP error to answer its RCPT with."""
+    aliases = directory.domains.get(address.domain.lower())
+    if aliases is None:
+        return replies.RELAY_DENIED
+    found = _match(aliases, address.local)
+    if found is None:
+        return replies.NO_SUCH_USER
+    alias, destinations = found
+    if alias.state == "tempfail":
+        return replies.ALIAS_TEMPFAIL
+    if alias.state == "reject":
+        return replies.ALIAS_REJECTED
+    if alias.state == "quiet":
+        return Route(alias.address, alias.domain, (), alias.account_email, discard=True)
+    targets = _unique(_valid(destinations))
+    if not targets:
+        return replies.NO_SUCH_USER
+    return Route(alias.address, alias.domain, targets, alias.account_email)
+
+
+def _load() -> tuple[int, list[store.DomainRecord], list[store.AliasRecord]]:
+    version = store.directory_version()
+    domains, aliases = store.load_directory()
+    return version, domains, aliases
+
+
+class DirectoryCache:
+    """The current `Directory`, re-checked against the store at most every `check_interval` seconds."""
+
+    def __init__(self, blocking: Blocking, check_interval: float = 0.2,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.blocking = blocking
+        self.check_interval = check_interval
+        self.clock = clock
+        self._directory: Directory | None = None
+        self._checked = float("-inf")
+        self._lock = asyncio.Lock()
+
+    def _fresh(self) -> bool:
+        return self._directory is not None and self.clock() - self._checked < self.check_interval
+
+    async def get(self) -> Directory:
+        """The snapshot; raises the store's error only if no snapshot was ever loaded."""
+        if self._fresh():
+            assert self._directory is not None
+            return self._directory
+        async with self._lock:
+            if not self._fresh():
+                await self._refresh()
+            assert self._directory is not None
+            return self._directory
+
+    async def _refresh(self) -> None:
+        try:
+            version = await self.blocking.db(store.directory_version)
+            if self._directory is None or version != self._directory.version:
+                version, domains, aliases = await self.blocking.db(_load)
+                self._directory = Directory.build(domains, aliases, version)
+        except Exception:
+            if self._directory is None:
+                raise
+            log.warning("directory reload failed; using the previous snapshot", exc_info=True)
+        self._checked = self.clock()

@@ -1,0 +1,203 @@
+"""The aiosmtpd SMTP protocol as fwdmail's listeners use it (MX and submission).
+
+Untrusted input: every byte an SMTP client sends. On top of aiosmtpd this class
+- reads DATA itself: only <CRLF>.<CRLF> ends it (never bare LF, `\\n.\\n` or `\\r.\\r`); a message with a
+  bare CR or LF is refused as a whole (SMTP smuggling), as is one over the SIZE limit; long lines are
+  accepted; the input is always read to its real end so the session stays in step;
+- hands an address it cannot parse (`<a@b@c>`, `<a@b.>`) to the handler as written, so policy, not
+  the parser, words the refusal;
+- advertises SIZE, 8BITMIME, SMTPUTF8 and PIPELINING (and STARTTLS/AUTH when configured);
+- answers an unexpected exception with a 451, never a traceback.
+
+Handlers may define, besides aiosmtpd's hooks:
+- `handle_CONNECT(server, session, envelope)`: a reply string refuses the connection (sent instead of
+  the greeting, then the connection is closed); None lets it go on;
+- `handle_CLOSE(server, session, envelope)` (not async): the connection ended;
+- `handle_DATA_ERROR(server, session, envelope, error)`: the reply for a refused DATA (default: the
+  error's own reply).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from typing import Any
+
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
+
+from . import replies
+from .replies import SmtpError
+
+__all__ = ["DataEnvelope", "Session", "SmtpServer"]
+
+log = logging.getLogger("fwdmail.smtp")
+
+_COMMAND_LIMIT = 1000
+_TIMEOUT_RESET_BYTES = 1 << 20
+
+
+class DataEnvelope(Envelope):
+    """aiosmtpd's Envelope plus `state`, where a handler keeps its per-transaction data."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state: Any = None
+
+
+class SmtpServer(SMTP):
+    """One SMTP session. `hostname` is required (aiosmtpd's default would block on getfqdn)."""
+
+    def __init__(self, handler: Any, *, hostname: str, data_size_limit: int,
+                 registry: set[SmtpServer] | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("ident", "ESMTP fwdmail")
+        super().__init__(handler, hostname=hostname, data_size_limit=data_size_limit, enable_SMTPUTF8=True,
+                         decode_data=False, **kwargs)
+        self.registry = registry
+        # Per instance: aiosmtpd's class-level dict is shared (and mutated) by every session.
+        self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
+        self.command_size_limits.update(MAIL=_COMMAND_LIMIT, RCPT=_COMMAND_LIMIT)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.registry is not None:
+            self.registry.add(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self.registry is not None:
+            self.registry.discard(self)
+        hook = self._handle_hooks.get("CLOSE")
+        if hook is not None:
+            try:
+                hook(self, self.session, self.envelope)
+            except Exception:
+                log.exception("error in the connection-closed hook")
+        super().connection_lost(error)
+
+    def close(self) -> None:
+        """Close the connection (used when the daemon stops)."""
+        if self.transport is not None:
+            self.transport.close()
+
+    async def _handle_client(self) -> None:
+        if "CONNECT" in self._handle_hooks:
+            status = await self._call_handler_hook("CONNECT")
+            if status:
+                await self.push(status)
+                self.close()
+                return
+        await super()._handle_client()
+
+    def _create_envelope(self) -> Envelope:
+        return DataEnvelope()
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        address, rest = super()._getaddr(arg)
+        if address is not None:
+            return address, rest
+        text = arg.strip()
+        if text.startswith("<"):
+            end = text.find(">")
+            if end < 0:
+                return None, None
+            return text[1:end], text[end + 1:].strip()
+        raw, _, rest = text.partition(" ")
+        return raw, rest.strip()
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("unexpected error in an SMTP session: %s: %s", type(error).__name__, error,
+                  exc_info=error)
+        return replies.TRY_LATER.reply
+
+    @syntax("EHLO hostname")
+    async def smtp_EHLO(self, hostname: str) -> None:
+        if not hostname:
+            await self.push("501 5.5.4 Syntax: EHLO hostname")
+            return
+        assert self.session is not None
+        self._set_rset_state()
+        self.session.extended_smtp = True
+        self.session.host_name = hostname
+        lines = [self.hostname, "PIPELINING", f"SIZE {self.data_size_limit}", "8BITMIME", "SMTPUTF8"]
+        if self.tls_context and not self._tls_protocol:
+            lines.append("STARTTLS")
+        if self._auth_methods and (not self._auth_require_tls or self._tls_protocol):
+            lines.append("AUTH " + " ".join(sorted(self._auth_methods)))
+        responses = [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"]
+        if "EHLO" in self._handle_hooks:
+            responses = await self._call_handler_hook("EHLO", hostname, responses)
+        for r in responses:
+            await self.push(r)
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        content = await self._read_data()
+        if content is None:
+            return
+        if isinstance(content, SmtpError):
+            status = await self._call_handler_hook("DATA_ERROR", content)
+            if status is MISSING:
+                status = content.reply
+        else:
+            self.envelope.content = content
+            self.envelope.original_content = content
+            status = await self._call_handler_hook("DATA")
+            if status is MISSING:
+                status = "250 OK"
+        self._set_post_data_state()
+        await self.push(status)
+
+    async def _read_data(self) -> bytes | SmtpError | None:
+        """The message up to <CRLF>.<CRLF>, dot-unstuffed; an SmtpError if refused; None if the
+        connection ended."""
+        limit = self.data_size_limit
+        chunks: list[bytes] = []
+        size = since_reset = 0
+        mid_line = too_big = bare = False
+        while True:
+            try:
+                piece = await self._reader.readuntil(b"\r\n")
+                complete = True
+            except asyncio.LimitOverrunError as exc:
+                piece = await self._reader.read(exc.consumed)
+                complete = False
+            except asyncio.IncompleteReadError:
+                if self.transport is not None:
+                    self.transport.close()
+                return None
+            if not piece:
+                return None
+            if complete and not mid_line and piece == b".\r\n":
+                break
+            size += len(piece)
+            since_reset += len(piece)
+            text = piece[:-2] if complete else piece
+            if b"\n" in text or b"\r" in text:
+                bare = True
+            if limit and size > limit:
+                too_big = True
+            if too_big or bare:
+                chunks.clear()
+            else:
+                chunks.append(piece[1:] if not mid_line and piece[:1] == b"." else piece)
+            mid_line = not complete
+            if since_reset >= _TIMEOUT_RESET_BYTES:
+                since_reset = 0
+                self._reset_timeout()
+        if too_big:
+            return replies.MESSAGE_TOO_BIG
+        if bare:
+            return replies.BARE_NEWLINE
+        return b"".join(chunks)
