@@ -73,3 +73,13 @@ def test_a_bad_now_is_a_one_line_error_with_exit_2(d: Daemon, bad: str) -> None:
     result = d.cli("purge", "--now", bad, expect=2)
     assert result.output.count("\n") == 1 and result.output.startswith("Error: --now:")
     assert purge_json(d, "--dry-run", "--now", T0.isoformat())["smtp_error_logs"] == 12
+
+
+def test_a_failing_job_is_a_one_line_error_with_exit_1_and_the_others_still_run(d: Daemon) -> None:
+    store.open_store(d.data_dir / "fwdmail.db")
+    rows.rename_table("smtp_error_log", "smtp_error_log_away")
+    store.close_store()
+    result = d.cli("purge", "--json", "--now", (T0 + 31 * DAY).isoformat(), expect=1)
+    assert json.loads(result.stdout) == {"abuse_events": 1, "emails_redacted": 2, "emails_deleted": 2}
+    assert result.stderr.startswith("error: smtp_error_logs: ") and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.output

@@ -157,7 +157,7 @@ async def count_all(db: DbSeam, now: dt.datetime, cfg: RetentionConfig) -> Repor
 async def run_all(db: DbSeam, now: dt.datetime, cfg: RetentionConfig, *,
                   progress: Callable[[str, int], None] | None = None, stop: asyncio.Event | None = None,
                   force_checkpoint: bool = False) -> Report:
-    """Run every job once; a failing job is logged and skipped, the others still run.
+    """Run every job once; a failing job is recorded in the report and the others still run.
 
     After anything was removed (or when `force_checkpoint`), the WAL is checkpointed and truncated.
     """
@@ -169,17 +169,15 @@ async def run_all(db: DbSeam, now: dt.datetime, cfg: RetentionConfig, *,
         try:
             report.counts[job.key] = await job.run(db, now, cfg, step, stop)
         except Exception as exc:
-            log.exception("retention job %s failed; it runs again next period", job.key)
+            log.debug("retention job %s failed", job.key, exc_info=True)
             report.failed[job.key] = str(exc) or exc.__class__.__name__
     if report.removed or force_checkpoint:
         try:
             report.checkpointed = await checkpoint(db)
-        except Exception:
-            log.exception("WAL checkpoint failed")
+        except Exception as exc:
+            log.debug("WAL checkpoint failed", exc_info=True)
+            report.failed["checkpoint"] = str(exc) or exc.__class__.__name__
             report.checkpointed = False
-        if not report.checkpointed:
-            log.warning("WAL checkpoint blocked by a reader: removed rows may linger in the -wal file "
-                        "until the next run")
     return report
 
 

@@ -80,10 +80,12 @@ class RetentionScheduler:
             self._checkpoint_owed = report.checkpointed is False
             self.runs += 1
             self.last_report = report
-            if report.removed or report.failed:
-                summary = ", ".join(f"{k}={v}" for k, v in report.counts.items())
-                failed = f"; failed: {', '.join(report.failed)}" if report.failed else ""
-                log.info("retention run: %s%s", summary, failed)
+            for key, error in report.failed.items():
+                log.error("retention job %s failed (%s); it runs again next period", key, error)
+            if report.checkpointed is False:
+                log.warning("WAL checkpoint kept from completing by a reader; retried next run")
+            if report.removed:
+                log.info("retention run: %s", ", ".join(f"{k}={v}" for k, v in report.counts.items()))
             return report
 
     async def stop(self) -> None:
