@@ -1,0 +1,49 @@
+"""The in-memory "already delivered" memory and notice rate limit: bounded in count and time."""
+
+from __future__ import annotations
+
+from fwdmail.daemon.dedup import DeliveredMemory, RateLimiter, fingerprint, message_digest
+from fwdmail.daemon.mx import count_received, header_block
+
+
+def test_fingerprint_is_per_message_and_destination() -> None:
+    a, b = message_digest(b"one"), message_digest(b"two")
+    assert fingerprint(a, "X@dest.test") == fingerprint(a, "x@dest.test")
+    prints = {fingerprint(a, "x@dest.test"), fingerprint(a, "y@dest.test"), fingerprint(b, "x@dest.test")}
+    assert len(prints) == 3
+    assert b"dest.test" not in fingerprint(a, "x@dest.test")
+
+
+def test_memory_expires_after_ttl() -> None:
+    mem = DeliveredMemory(ttl=10, max_entries=100)
+    fp = fingerprint(message_digest(b"m"), "x@dest.test")
+    mem.remember(fp, now=100)
+    assert mem.seen(fp, now=109.9)
+    assert not mem.seen(fp, now=110)
+    assert len(mem) == 0
+
+
+def test_memory_is_bounded_oldest_first() -> None:
+    mem = DeliveredMemory(ttl=1000, max_entries=3)
+    fps = [fingerprint(message_digest(bytes([i])), "x@dest.test") for i in range(5)]
+    for i, fp in enumerate(fps):
+        mem.remember(fp, now=i)
+    assert len(mem) == 3
+    assert [mem.seen(fp, now=5) for fp in fps] == [False, False, True, True, True]
+    mem.forget(fps[3])
+    assert not mem.seen(fps[3], now=5)
+
+
+def test_rate_limiter_allows_one_per_interval() -> None:
+    rl = RateLimiter(interval=60)
+    assert rl.allow("a@ours.test", now=0)
+    assert not rl.allow("a@ours.test", now=59)
+    assert rl.allow("b@ours.test", now=59)
+    assert rl.allow("a@ours.test", now=60)
+
+
+def test_received_counting_looks_at_headers_only() -> None:
+    msg = b"Received: a\r\nreceived : b\r\nX: y\r\n\tReceived: folded, not a header\r\n\r\nReceived: body\r\n"
+    assert count_received(header_block(msg)) == 2
+    assert header_block(b"\r\nReceived: x\r\n") == b""
+    assert count_received(header_block(b"Received: only headers\r\n")) == 1
