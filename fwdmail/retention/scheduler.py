@@ -73,8 +73,8 @@ class RetentionScheduler:
             now = store.utcnow()
             try:
                 await self.ctx.blocking.db(store.set_last_retention_run, now)
-            except Exception:
-                log.exception("cannot record the retention run; running the jobs anyway")
+            except Exception as exc:
+                log.warning("cannot record the retention run (%s); running the jobs anyway", exc)
             report = await run_all(self.ctx.blocking.db, now, self.ctx.config.retention, stop=self._stop,
                                    force_checkpoint=self._checkpoint_owed)
             self._checkpoint_owed = report.checkpointed is False
