@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import sqlite3
 from pathlib import Path
 
@@ -34,13 +33,6 @@ def open_db(d: Daemon) -> None:
     store.open_store(d.data_dir / "fwdmail.db")
 
 
-def filler(domain: str, n: int = 120) -> None:
-    """Mail of mixed sizes around the tokens, so pages split, overflow and get freed for real."""
-    for i in range(n):
-        body = os.urandom(40 if i % 3 else 6000).hex().encode()
-        rows.add_outbound(domain, body=body, created_at=T0 - i * dt.timedelta(minutes=1), date_header=T0)
-
-
 def on_disk(d: Daemon, *tokens: str) -> dict[str, list[str]]:
     found = {t: files_containing(d.data_dir, t) for t in tokens}
     return {t: f for t, f in found.items() if f}
@@ -57,11 +49,11 @@ def test_purge_leaves_no_trace_of_redacted_bodies_and_deleted_logs(d: Daemon) ->
                                                                            "spam"))
     open_db(d)
     rows.make_domain("a.test", retention_days=0)
-    filler("a.test")
+    rows.filler("a.test")
     rows.add_outbound("a.test", body=b"big " + body_tok.encode() * 2000, created_at=T0, date_header=T0,
                       headers=f"Subject: {hdr_tok}\r\n".encode())
     rows.add_outbound("a.test", body=f"hi {small_tok}\r\n".encode(), created_at=T0, date_header=T0)
-    filler("a.test")
+    rows.filler("a.test")
     rows.add_error_log(T0 - 7 * DAY, "a.test", alias=f"{err_tok}@a.test", text=f"550 {err_tok} unknown")
     rows.add_abuse_event(T0 - 7 * DAY, client_ip="198.51.100.7", detail=f"spam from {spam_tok}")
     settle(d)
@@ -97,31 +89,9 @@ def test_a_reader_holding_an_old_snapshot_is_reported_and_the_next_purge_clears_
     assert on_disk(d, err_tok) == {}
 
 
-class Owned:
-    """An account with a domain, alias, password hash, DKIM key, outbound mail, error log and abuse record,
-    each carrying its own token."""
-
-    def __init__(self, label: str) -> None:
-        self.t = {k: token(k) for k in ("account", "domain", "alias", "hash", "dkim", "body", "hdr", "err",
-                                        "spam")}
-        self.email, self.domain = f"{self.t['account']}@{label}.example", f"{self.t['domain']}.test"
-        store.add_account(self.email)
-        store.add_domain(self.domain, self.email, "sel", f"-----BEGIN KEY-----{self.t['dkim']}", token("v"))
-        store.add_alias(self.domain, "exact", self.t["alias"], ["dest@elsewhere.test"])
-        store.set_alias_password(self.domain, "exact", self.t["alias"], f"scrypt${self.t['hash']}")
-        filler(self.domain, 40)
-        rows.add_outbound(self.domain, status="deferred", body=self.t["body"].encode() * 500,
-                          headers=f"Subject: {self.t['hdr']}\r\n".encode(), date_header=T0)
-        rows.add_error_log(T0, self.domain, alias=f"{self.t['alias']}@{self.domain}", text=self.t["err"])
-        rows.add_abuse_event(T0, detail=self.t["spam"], domain=self.domain)
-
-    def tokens(self, *but: str) -> list[str]:
-        return [v for k, v in self.t.items() if k not in but]
-
-
 def test_account_delete_leaves_no_trace(d: Daemon) -> None:
     open_db(d)
-    gone, kept = Owned("gone"), Owned("kept")
+    gone, kept = rows.Owned("gone"), rows.Owned("kept")
     settle(d)
     assert set(on_disk(d, *gone.tokens())) == set(gone.tokens())
 
@@ -133,7 +103,7 @@ def test_account_delete_leaves_no_trace(d: Daemon) -> None:
 
 def test_domain_remove_leaves_no_trace(d: Daemon) -> None:
     open_db(d)
-    owned = Owned("owner")
+    owned = rows.Owned("owner")
     other = f"{token('other')}.test"
     store.add_domain(other, owned.email, "sel", "other-key", token("verify"))
     settle(d)
