@@ -92,12 +92,12 @@ def test_a_run_missed_during_downtime_happens_once_at_start(
     runtime = Runtime(cfg, b"secret", tmp_path / "cert.pem", tmp_path / "key.pem")
 
     async def scenario(service: RetentionScheduler) -> None:
-        before = dt.datetime.now().astimezone()
+        before = dt.datetime.now(dt.UTC)
         await service.start()
         due = service.next_run
         assert due is not None
         if runs_at_start:
-            assert due <= dt.datetime.now().astimezone()
+            assert due <= dt.datetime.now(dt.UTC)
             await until(lambda: service.runs == 1, "the start run")
         else:
             assert due >= before + dt.timedelta(seconds=3600 - 60 - 5)

@@ -25,8 +25,8 @@ JOB_ID = "retention"
 
 
 def _wall_now() -> dt.datetime:
-    """Aware local time, as APScheduler computes its schedule."""
-    return dt.datetime.now().astimezone()
+    """Aware UTC, the zone the schedule is kept in (no local-zone lookup)."""
+    return dt.datetime.now(dt.UTC)
 
 
 class RetentionScheduler:
@@ -51,10 +51,11 @@ class RetentionScheduler:
             delay = max(0.0, (last + dt.timedelta(seconds=interval) - store.utcnow()).total_seconds())
         first = _wall_now() + dt.timedelta(seconds=min(delay, interval))
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
-        self._scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
+        self._scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop(), timezone=dt.UTC)
         self._scheduler.add_job(
-            self.run_once, IntervalTrigger(seconds=interval), id=JOB_ID, name="retention jobs",
-            next_run_time=first, max_instances=1, coalesce=True, misfire_grace_time=None,
+            self.run_once, IntervalTrigger(seconds=interval, timezone=dt.UTC), id=JOB_ID,
+            name="retention jobs", next_run_time=first, max_instances=1, coalesce=True,
+            misfire_grace_time=None,
         )
         self._scheduler.start()
         log.info("retention jobs every %ss, next in %.1fs", interval, min(delay, interval))
