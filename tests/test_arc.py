@@ -131,3 +131,18 @@ def test_key_names_of_arc_headers() -> None:
         (b"dkim-signature", b" d=other.example; s=s"),
     ]
     assert arc.key_names(headers) == ["arc1._domainkey.list.example"]
+
+
+def test_long_chains_are_not_validated(dns_server: LoopbackDNS) -> None:
+    hop_domain = unique_domain("hop")
+    publish_key(dns_server, hop_domain, "arc", key("upstream"))
+    msg = message(f"a@{hop_domain}")
+    for i in range(1, arc.MAX_VERIFIED_SETS + 2):
+        msg = arc_seal(msg, f"mx{i}.{hop_domain}", hop_domain, "arc", key("upstream"),
+                       "spf=pass" if i == 1 else "arc=pass")
+        if i == arc.MAX_VERIFIED_SETS:
+            at_limit = msg
+    dnsfunc = sync_dnsfunc(dns_server)
+    assert arc.verify_chain(at_limit, dnsfunc) == "pass"
+    assert dkim.arc_verify(msg, dnsfunc=dnsfunc)[0] == dkim.CV_Pass  # valid, but too long for us
+    assert arc.verify_chain(msg, dnsfunc) == "fail"
