@@ -33,10 +33,15 @@ SCHEMA_VERSION = 1 + len(MIGRATIONS)
 def open_store(path: str | Path) -> pw.SqliteDatabase:
     """Open (creating if needed) the database at `path`, apply pragmas and migrations."""
     path = Path(path)
+    close_store()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Created 0600 before SQLite opens it; SQLite gives the -wal and -shm files the same mode.
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        if not path.exists():
+            # Created 0600 before SQLite opens it; SQLite gives the -wal and -shm files the same mode.
+            # Only when missing: closing any descriptor of an open database drops this process's locks.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
     except OSError as exc:
         raise StoreError(f"cannot open database {path}: {exc.strerror or exc}") from None
     db = pw.SqliteDatabase(str(path), pragmas=PRAGMAS, check_same_thread=False)
