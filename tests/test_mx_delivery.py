@@ -76,7 +76,7 @@ def mx(tmp_path_factory: pytest.TempPathFactory, dns_server: LoopbackDNS,
     d = start_daemon(tmp_path_factory.mktemp("mx-delivery"), {
         "dns": {"nameservers": [dns_server.address]},
         "mx": {"max_message_size": LIMIT},
-        "delivery": {"routes": routes, "port": downstream.port, "data_timeout": 1, "command_timeout": 2,
+        "delivery": {"routes": routes, "port": downstream.port, "data_timeout": 2, "command_timeout": 3,
                      "connect_timeout": 2},
     }, SETUP)
     yield d
@@ -118,7 +118,7 @@ def test_connection_refused_is_temporary(mx: Daemon, sink: SmtpSink) -> None:
 
 
 def test_downstream_timeout_is_temporary(mx: Daemon, sink: SmtpSink) -> None:
-    sink.behaviour.stall_seconds_after_data = 3  # our data_timeout is 1 s
+    sink.behaviour.stall_seconds_after_data = 4  # our data_timeout is 2 s
     out = send(mx, "alice@src.test", ["ok@ours.test"], message())
     assert out.code == 451 and out.text.startswith("4.4.2"), out.text
 

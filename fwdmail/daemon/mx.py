@@ -331,11 +331,31 @@ class Mx:
         return error.reply
 
     async def message(self, session: SessionInfo, tx: Transaction, data: bytes) -> str:
-        """Forward `data` to every accepted recipient's destinations; the reply per the delivery contract."""
+        """Forward `data` to every accepted recipient's destinations; the reply per the delivery contract.
+
+        If the client hangs up meanwhile, forwarding still completes and the destinations that took the
+        message are remembered, so the sender's retry does not reach them twice.
+        """
+        delivered: list[bytes] = []
+        task = asyncio.get_running_loop().create_task(self._counted(session, tx, data, delivered))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(lambda t: self._client_gone(t, delivered))
+            raise
+
+    def _client_gone(self, task: asyncio.Task[str], delivered: list[bytes]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            now = time.monotonic()
+            for fp in delivered:
+                self.delivered.remember(fp, now)
+
+    async def _counted(self, session: SessionInfo, tx: Transaction, data: bytes,
+                       delivered: list[bytes]) -> str:
         self.in_flight += 1
         self._idle.clear()
         try:
-            return await self._message(session, tx, data)
+            return await self._message(session, tx, data, delivered)
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:
@@ -359,7 +379,8 @@ class Mx:
                     group.destinations.append(dest)
         return list(groups.values())
 
-    async def _message(self, session: SessionInfo, tx: Transaction, data: bytes) -> str:
+    async def _message(self, session: SessionInfo, tx: Transaction, data: bytes,
+                       delivered: list[bytes]) -> str:
         headers = header_block(data)
         if count_received(headers) > self.cfg.max_received_headers or any(
             self.marker(a.route.alias).encode() in headers for a in tx.recipients
@@ -390,6 +411,9 @@ class Mx:
                                        self.marker(g.route.alias), now)
                 jobs.append(self._send(g, sender, pending, head + prepend + data))
         outcomes = [item for batch in await asyncio.gather(*jobs) for item in batch]
+        done = {d.lower() for _, d, e in outcomes if e is None}
+        delivered.extend(fingerprint(digest, d) for g in groups for d in g.destinations
+                         if d.lower() in done or self.delivered.seen(fingerprint(digest, d), mono))
         return await self._conclude(tx, groups, outcomes, digest)
 
     async def _send(self, group: _Group, sender: str, destinations: list[str], message: bytes,

@@ -35,6 +35,7 @@ log = logging.getLogger("fwdmail.smtp")
 
 _COMMAND_LIMIT = 1000
 _TIMEOUT_RESET_BYTES = 1 << 20
+_FINAL_REPLY_WAIT = 600.0
 
 
 class DataEnvelope(Envelope):
@@ -153,7 +154,11 @@ class SmtpServer(SMTP):
         else:
             self.envelope.content = content
             self.envelope.original_content = content
+            # RFC 5321 4.5.3.2.6: the client waits 10 minutes for the reply to the end of data.
+            self._reset_timeout(max(self._timeout_duration, _FINAL_REPLY_WAIT))
             status = await self._call_handler_hook("DATA")
+            if self.transport is not None:
+                self._reset_timeout()
             if status is MISSING:
                 status = "250 OK"
         self._set_post_data_state()
