@@ -68,10 +68,11 @@ def raw_message(record: store.EmailRecord) -> bytes:
 
 
 class _HtmlText(HTMLParser):
-    """A readable plain-text rendering of HTML: block elements become lines, scripts and styles vanish."""
+    """A readable plain-text rendering of HTML: blocks become paragraphs, scripts and styles vanish."""
 
-    _BLOCK = {"p", "div", "br", "tr", "table", "ul", "ol", "li", "h1", "h2", "h3", "h4", "h5", "h6",
-              "blockquote", "pre", "hr", "section", "article", "header", "footer"}
+    _PARAGRAPH = {"p", "div", "table", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre",
+                  "hr", "section", "article", "header", "footer"}
+    _LINE = {"br", "tr", "li"}
     _HIDDEN = {"script", "style", "head", "title", "template"}
 
     def __init__(self) -> None:
@@ -83,18 +84,18 @@ class _HtmlText(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in self._HIDDEN:
             self._hidden += 1
-        elif tag in self._BLOCK:
-            self.out.append("\n")
-            if tag == "li":
-                self.out.append("- ")
+        elif tag in self._PARAGRAPH:
+            self.out.append("\n\n")
+        elif tag in self._LINE:
+            self.out.append("\n- " if tag == "li" else "\n")
         elif tag == "a":
             self._href.append(dict(attrs).get("href"))
 
     def handle_endtag(self, tag: str) -> None:
         if tag in self._HIDDEN:
             self._hidden = max(0, self._hidden - 1)
-        elif tag in self._BLOCK:
-            self.out.append("\n")
+        elif tag in self._PARAGRAPH:
+            self.out.append("\n\n")
         elif tag == "a" and self._href:
             href = self._href.pop()
             if href and href.startswith(("http://", "https://", "mailto:")):
@@ -102,7 +103,7 @@ class _HtmlText(HTMLParser):
 
     def handle_data(self, data: str) -> None:
         if not self._hidden:
-            self.out.append(" ".join(data.split()) if data.strip() else (" " if data else ""))
+            self.out.append(re.sub(r"\s+", " ", data))
 
 
 def html_to_text(html: str) -> str:

@@ -51,6 +51,11 @@ async def close_servers(servers: list[asyncio.Server]) -> None:
 def build_services(ctx: Context) -> list[Service]:
     """The daemon's services in start order."""
     services: list[Service] = []
+    from .queue import QueueService
+    from .submission import SubmissionService
+
+    queue = QueueService(ctx)  # its start() takes back claims of a crashed run, then starts the workers
+    services += [queue, SubmissionService(ctx, on_queued=queue.wake)]
     from .mx import MxService
 
     services.append(MxService(ctx))

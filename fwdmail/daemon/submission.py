@@ -1,0 +1,445 @@
+"""Authenticated submission (STARTTLS on `listen`, implicit TLS on `listen_tls`): users send as their alias.
+
+Untrusted input: everything a submission client sends: AUTH credentials, envelope addresses and the
+message (header syntax, From, Date, Message-ID). Only a client that logged in over TLS may send, only as
+its alias; a 250 comes only once the message and its envelope are committed durably. Failed logins are
+counted per client IP in memory only; the IP is never written anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import datetime as dt
+import email.errors
+import email.header
+import email.utils
+import logging
+import re
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiosmtpd.smtp import MISSING, Envelope, Session
+
+from .. import keys, store
+from ..addresses import AddressError, normalize_address, parse_address, parse_alias_spec
+from ..config import SubmissionConfig
+from . import replies
+from .context import Context
+from .groupcommit import GroupCommitter
+from .replies import SmtpError
+from .serve import listen
+from .smtpserver import SmtpServer
+
+__all__ = [
+    "AuthLimiter", "Login", "Prepared", "SubmissionHandler", "SubmissionService",
+    "parse_header_block", "prepare_message", "split_message",
+]
+
+log = logging.getLogger("fwdmail.submission")
+
+_FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")
+
+
+@dataclass(frozen=True)
+class Login:
+    """Who a submission session logged in as: an exact alias, or a catch-all (any address of its domain)."""
+
+    alias_id: int
+    domain: str
+    kind: str
+    local: str
+
+    def may_send_as(self, address: str) -> bool:
+        try:
+            addr = parse_address(address)
+        except AddressError:
+            return False
+        if addr.domain != self.domain:
+            return False
+        return self.kind == "catch-all" or addr.local.lower() == self.local
+
+
+class AuthLimiter:
+    """Failed logins per client IP, in memory only: `max_failures` within `window` seconds locks the IP
+    out for `lockout` seconds. Times are monotonic seconds; at most `max_entries` IPs are remembered."""
+
+    def __init__(self, max_failures: int, lockout: float, window: float = 3600.0,
+                 max_entries: int = 100_000) -> None:
+        self.max_failures = max_failures
+        self.lockout = lockout
+        self.window = window
+        self.max_entries = max_entries
+        self._failures: dict[str, deque[float]] = {}
+        self._locked: dict[str, float] = {}
+
+    def blocked(self, ip: str, now: float) -> bool:
+        until = self._locked.get(ip)
+        if until is None:
+            return False
+        if now < until:
+            return True
+        del self._locked[ip]
+        return False
+
+    def failed(self, ip: str, now: float) -> bool:
+        """Count one failed login; True if the IP is now locked out."""
+        times = self._failures.pop(ip, None) or deque()
+        times.append(now)
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        if len(times) >= self.max_failures:
+            self._locked[ip] = now + self.lockout
+            self._trim(self._locked)
+            return True
+        self._failures[ip] = times  # re-inserted: dict order is least recently failed first
+        self._trim(self._failures)
+        return False
+
+    def _trim(self, table: dict[str, Any]) -> None:
+        while len(table) > self.max_entries:
+            del table[next(iter(table))]
+
+
+# the message
+
+@dataclass(frozen=True)
+class Prepared:
+    """A submitted message as it goes into the queue."""
+
+    headers: bytes
+    body: bytes
+    subject: str
+    date: dt.datetime
+    send_at: dt.datetime
+
+
+def split_message(content: bytes) -> tuple[bytes, bytes]:
+    """The header block (every line CRLF-terminated, no blank line) and the body."""
+    if content.startswith(b"\r\n"):
+        return b"", content[2:]
+    end = content.find(b"\r\n\r\n")
+    if end < 0:
+        return (content if not content or content.endswith(b"\r\n") else content + b"\r\n"), b""
+    return content[:end + 2], content[end + 4:]
+
+
+def parse_header_block(block: bytes) -> list[tuple[str, str]]:
+    """(name, unfolded value) per header field; raise SmtpError for non-UTF-8 or malformed lines."""
+    try:
+        text = block.decode("utf-8")
+    except UnicodeDecodeError:
+        raise replies.HEADER_NOT_UTF8 from None
+    fields: list[tuple[str, str]] = []
+    for line in text.split("\r\n")[:-1]:
+        if line[:1] in (" ", "\t"):
+            if not fields:
+                raise replies.HEADER_MALFORMED
+            name, value = fields[-1]
+            fields[-1] = (name, value + line)
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not _FIELD_NAME.fullmatch(name):
+            raise replies.HEADER_MALFORMED
+        fields.append((name, value))
+    return fields
+
+
+def _values(fields: list[tuple[str, str]], name: str) -> list[str]:
+    return [v for n, v in fields if n.lower() == name]
+
+
+def _parse_date(value: str) -> dt.datetime:
+    """A Date header as naive UTC; raise BAD_DATE if it is not an RFC 5322 date."""
+    try:
+        when = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        raise replies.BAD_DATE from None
+    if when is None:
+        raise replies.BAD_DATE
+    if when.tzinfo is None:
+        return when
+    try:
+        return when.astimezone(dt.UTC).replace(tzinfo=None)
+    except OverflowError:
+        raise replies.BAD_DATE from None
+
+
+def _decode_subject(value: str) -> str:
+    try:
+        text = str(email.header.make_header(email.header.decode_header(value)))
+    except (LookupError, ValueError, UnicodeError, email.errors.HeaderParseError):
+        text = value
+    return " ".join(text.split())[:998]
+
+
+def _rfc5322_date(when: dt.datetime) -> str:
+    return email.utils.format_datetime(when.replace(tzinfo=dt.UTC))
+
+
+def prepare_message(login: Login, content: bytes, now: dt.datetime, cfg: SubmissionConfig, hostname: str,
+                    queue_id: str) -> Prepared:
+    """Check a submitted message against the sender rules and complete its header.
+
+    The From header must be exactly one address this login may send as; a Date more than
+    `max_future_date_days` ahead is refused, a nearer future Date schedules the send; a missing Date or
+    Message-ID is added. Raise SmtpError with the reply otherwise.
+    """
+    block, body = split_message(content)
+    fields = parse_header_block(block)
+    froms = _values(fields, "from")
+    if len(froms) != 1:
+        raise replies.FROM_NOT_ALLOWED
+    addresses = [addr for _, addr in email.utils.getaddresses(froms) if addr]
+    if len(addresses) != 1 or not login.may_send_as(addresses[0]):
+        raise replies.FROM_NOT_ALLOWED
+    added: list[str] = []
+    dates = _values(fields, "date")
+    if len(dates) > 1:
+        raise replies.BAD_DATE
+    if dates:
+        date = _parse_date(dates[0])
+        if date > now + dt.timedelta(days=cfg.max_future_date_days):
+            raise replies.DATE_TOO_FAR
+    else:
+        date = now
+        added.append(f"Date: {_rfc5322_date(now)}")
+    if not _values(fields, "message-id"):
+        added.append(f"Message-ID: <{secrets.token_hex(12)}@{login.domain}>")
+    received = f"Received: by {hostname} (fwdmail) with ESMTPSA id {queue_id};\r\n\t{_rfc5322_date(now)}\r\n"
+    headers = received.encode("ascii") + block + "".join(f"{h}\r\n" for h in added).encode("utf-8")
+    subjects = _values(fields, "subject")
+    return Prepared(headers, body, _decode_subject(subjects[0]) if subjects else "", date, max(date, now))
+
+
+# the SMTP side
+
+def _peer_ip(session: Session) -> str:
+    peer = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+
+
+class SubmissionHandler:
+    """aiosmtpd hooks: translate SMTP events into the policy above, and its answers into replies."""
+
+    def __init__(self, ctx: Context, committer: GroupCommitter[store.NewEmail, str], limiter: AuthLimiter,
+                 on_queued: Callable[[], None]) -> None:
+        self.ctx = ctx
+        self.cfg = ctx.config.submission
+        self.hostname = ctx.config.server_hostname
+        self.committer = committer
+        self.limiter = limiter
+        self.on_queued = on_queued
+        self._dummy_hash: str | None = None
+
+    # AUTH
+
+    async def handle_AUTH(self, server: SmtpServer, session: Session, envelope: Envelope,
+                          args: list[str]) -> str | None:
+        ip = _peer_ip(session)
+        if self.limiter.blocked(ip, time.monotonic()):
+            await server.push(replies.AUTH_RATE_LIMITED.reply)
+            if server.transport is not None:
+                server.transport.close()
+            return None
+        try:
+            if args[0].upper() == "PLAIN":
+                creds = await self._plain(server, args)
+            else:
+                creds = await self._login(server, args)
+        except SmtpError as exc:
+            return exc.reply
+        if creds is None:
+            return None
+        login = await self.authenticate(*creds)
+        if login is None:
+            locked = self.limiter.failed(ip, time.monotonic())
+            log.info("submission login failed%s", "; client locked out for a while" if locked else "")
+            return replies.AUTH_FAILED.reply
+        session.authenticated = True
+        session.auth_data = login
+        return replies.AUTH_OK
+
+    @staticmethod
+    def _b64(text: str) -> bytes:
+        if text == "=":
+            return b""
+        try:
+            return base64.b64decode(text.encode("ascii"), validate=True)
+        except (binascii.Error, UnicodeEncodeError):
+            raise replies.AUTH_UNREADABLE from None
+
+    async def _plain(self, server: SmtpServer, args: list[str]) -> tuple[bytes, bytes] | None:
+        if len(args) > 1:
+            blob = self._b64(args[1])
+        else:
+            answer = await server.challenge_auth("", encode_to_b64=False)
+            if answer is MISSING:
+                return None
+            blob = answer  # type: ignore[assignment]
+        parts = blob.split(b"\x00")
+        if len(parts) != 3:
+            raise replies.AUTH_UNREADABLE
+        return parts[1], parts[2]
+
+    async def _login(self, server: SmtpServer, args: list[str]) -> tuple[bytes, bytes] | None:
+        if len(args) > 1:
+            username = self._b64(args[1])
+        else:
+            answer = await server.challenge_auth("Username:")
+            if answer is MISSING:
+                return None
+            username = answer  # type: ignore[assignment]
+        password = await server.challenge_auth("Password:")
+        if password is MISSING:
+            return None
+        return username, password  # type: ignore[return-value]
+
+    async def authenticate(self, username: bytes, password: bytes) -> Login | None:
+        """The alias these credentials log in as, or None. Costs one scrypt either way."""
+        record = None
+        try:
+            spec = parse_alias_spec(username.decode("utf-8"))
+            secret = password.decode("utf-8")
+        except (UnicodeDecodeError, AddressError):
+            spec, secret = None, ""
+        if spec is not None and spec.kind in ("exact", "catch-all"):
+            record = await self.ctx.blocking.db(store.login_record, spec.domain, spec.kind, spec.local)
+        encoded = record.password_hash if record else None
+        if encoded is None:
+            if self._dummy_hash is None:
+                self._dummy_hash = await self.ctx.blocking.cpu(keys.hash_password, secrets.token_hex(16))
+            encoded = self._dummy_hash
+        ok = await self.ctx.blocking.cpu(keys.verify_password, secret, encoded)
+        if not ok or record is None or record.password_hash is None:
+            return None
+        return Login(record.alias_id, record.domain, record.kind, record.local)
+
+    # the transaction
+
+    async def handle_MAIL(self, server: SmtpServer, session: Session, envelope: Envelope, address: str,
+                          mail_options: list[str]) -> str:
+        login = session.auth_data if session.authenticated else None
+        if not isinstance(login, Login):
+            return replies.AUTH_REQUIRED.reply
+        if not login.may_send_as(address):
+            return replies.SENDER_NOT_ALLOWED.reply
+        envelope.mail_from = normalize_address(address)
+        envelope.mail_options.extend(mail_options)
+        return replies.OK_SENDER
+
+    async def handle_RCPT(self, server: SmtpServer, session: Session, envelope: Envelope, address: str,
+                          rcpt_options: list[str]) -> str:
+        if not session.authenticated:
+            return replies.AUTH_REQUIRED.reply
+        try:
+            rcpt = normalize_address(address)
+        except AddressError:
+            return replies.BAD_ADDRESS.reply
+        if rcpt.lower() in (r.lower() for r in envelope.rcpt_tos):
+            return replies.OK_RECIPIENT
+        if len(envelope.rcpt_tos) >= self.cfg.max_recipients:
+            return replies.TOO_MANY_RECIPIENTS.reply
+        envelope.rcpt_tos.append(rcpt)
+        envelope.rcpt_options.extend(rcpt_options)
+        return replies.OK_RECIPIENT
+
+    async def handle_DATA(self, server: SmtpServer, session: Session, envelope: Envelope) -> str:
+        login = session.auth_data if session.authenticated else None
+        if not isinstance(login, Login) or envelope.mail_from is None:
+            return replies.AUTH_REQUIRED.reply
+        now = store.utcnow()
+        queue_id = store.new_queue_id()
+        try:
+            msg = prepare_message(login, envelope.original_content or b"", now, self.cfg, self.hostname,
+                                  queue_id)
+        except SmtpError as exc:
+            return exc.reply
+        item = store.NewEmail(
+            queue_id=queue_id, domain=login.domain, mail_from=envelope.mail_from,
+            recipients=tuple(envelope.rcpt_tos), headers=msg.headers, body=msg.body, subject=msg.subject,
+            date_header=msg.date, send_at=msg.send_at, alias_id=login.alias_id,
+        )
+        try:
+            await self.committer.submit(item)
+        except Exception as exc:
+            log.warning("could not queue a submitted message: %s", type(exc).__name__)
+            return replies.STORE_UNAVAILABLE.reply
+        self.on_queued()
+        log.info("queued %s: %d recipient(s), %d bytes", queue_id, len(item.recipients),
+                 len(msg.headers) + len(msg.body))
+        return replies.QUEUED.format(queue_id=queue_id)
+
+
+class _Session(SmtpServer):
+    """A submission session that the service can find (and close) when the daemon stops."""
+
+    def __init__(self, live: set[_Session], handler: SubmissionHandler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._live = live
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._live.add(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._live.discard(self)
+        super().connection_lost(error)
+
+
+class SubmissionService:
+    """The submission listeners on the serve loop, with their group committer and login limiter."""
+
+    name = "submission"
+
+    def __init__(self, ctx: Context, on_queued: Callable[[], None] | None = None) -> None:
+        self.ctx = ctx
+        cfg = ctx.config.submission
+        self.committer: GroupCommitter[store.NewEmail, str] = GroupCommitter(
+            ctx.blocking, store.enqueue, store.utcnow)
+        self.limiter = AuthLimiter(cfg.auth_failures_per_hour, cfg.auth_lockout)
+        self.handler = SubmissionHandler(ctx, self.committer, self.limiter, on_queued or (lambda: None))
+        self._servers: list[asyncio.Server] = []
+        self._live: set[_Session] = set()
+
+    def _factory(self, implicit_tls: bool) -> Callable[[], _Session]:
+        cfg = self.ctx.config.submission
+        tls = None if implicit_tls else self.ctx.server_tls()
+
+        def make() -> _Session:
+            return _Session(
+                self._live, self.handler, hostname=self.ctx.config.server_hostname,
+                data_size_limit=cfg.max_message_size, tls_context=tls, require_starttls=not implicit_tls,
+                auth_require_tls=not implicit_tls,
+            )
+
+        return make
+
+    async def start(self) -> None:
+        cfg = self.ctx.config.submission
+        self._servers = await listen(cfg.listen, self._factory(False))
+        self._servers += await listen(cfg.listen_tls, self._factory(True), self.ctx.server_tls())
+        log.info("submission listening on %d STARTTLS and %d implicit TLS address(es)",
+                 len(cfg.listen), len(cfg.listen_tls))
+
+    async def stop(self) -> None:
+        for server in self._servers:
+            server.close()
+        try:
+            await asyncio.wait_for(self.committer.drain(), self.ctx.config.shutdown_timeout)
+        except TimeoutError:
+            log.warning("stopping with submissions still being committed")
+        for session in list(self._live):
+            if session.transport is not None:
+                session.transport.close()
+        for server in self._servers:
+            try:
+                await asyncio.wait_for(server.wait_closed(), 5)
+            except TimeoutError:
+                pass
+        self._servers = []

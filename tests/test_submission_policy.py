@@ -1,0 +1,132 @@
+"""Submission policy without a socket: the login limiter, sender rules and message preparation."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from fwdmail.config import SubmissionConfig
+from fwdmail.daemon import replies
+from fwdmail.daemon.replies import SmtpError
+from fwdmail.daemon.submission import AuthLimiter, Login, parse_header_block, prepare_message, split_message
+
+NOW = dt.datetime(2030, 5, 1, 12, 0, 0)
+CFG = SubmissionConfig()
+ALICE = Login(1, "example.test", "exact", "alice")
+CATCH_ALL = Login(2, "example.test", "catch-all", "*")
+
+
+def prepare(content: bytes, login: Login = ALICE) -> object:
+    return prepare_message(login, content, NOW, CFG, "mx.fwdmail.test", "QID1")
+
+
+def refused(content: bytes, login: Login = ALICE) -> SmtpError:
+    with pytest.raises(SmtpError) as info:
+        prepare(content, login)
+    return info.value
+
+
+def test_limiter_locks_out_after_max_failures_within_the_window_then_forgets() -> None:
+    lim = AuthLimiter(max_failures=3, lockout=600, window=3600)
+    assert not lim.failed("192.0.2.1", 0)
+    assert not lim.failed("192.0.2.1", 10)
+    assert not lim.blocked("192.0.2.1", 11)
+    assert lim.failed("192.0.2.1", 20)
+    assert lim.blocked("192.0.2.1", 21)
+    assert not lim.blocked("192.0.2.2", 21), "another IP is not affected"
+    assert lim.blocked("192.0.2.1", 619)
+    assert not lim.blocked("192.0.2.1", 620), "the lockout ends"
+    assert not lim.failed("192.0.2.1", 621), "and the count starts again"
+
+
+def test_limiter_counts_only_failures_inside_the_window() -> None:
+    lim = AuthLimiter(max_failures=2, lockout=600, window=3600)
+    assert not lim.failed("ip", 0)
+    assert not lim.failed("ip", 3600), "the first failure left the window"
+    assert lim.failed("ip", 3601)
+
+
+def test_limiter_memory_is_bounded() -> None:
+    lim = AuthLimiter(max_failures=5, lockout=60, max_entries=100)
+    for i in range(1000):
+        lim.failed(f"ip{i}", float(i))
+    assert len(lim._failures) == 100
+    assert "ip999" in lim._failures and "ip0" not in lim._failures
+
+
+@pytest.mark.parametrize(("login", "address", "ok"), [
+    (ALICE, "alice@example.test", True),
+    (ALICE, "Alice@EXAMPLE.test", True),
+    (ALICE, "bob@example.test", False),
+    (ALICE, "alice+tag@example.test", False),
+    (ALICE, "alice@example.test.evil", False),
+    (ALICE, "alice@other.test", False),
+    (ALICE, "not an address", False),
+    (CATCH_ALL, "anyone@example.test", True),
+    (CATCH_ALL, "anyone@other.test", False),
+])
+def test_sender_rules(login: Login, address: str, ok: bool) -> None:
+    assert login.may_send_as(address) is ok
+
+
+def test_missing_date_and_message_id_are_added_and_received_has_no_client_ip() -> None:
+    msg = prepare(b"From: Alice <alice@example.test>\r\nTo: b@dest.test\r\n"
+                  b"Subject: =?utf-8?q?h=C3=A9?=\r\n\r\nhi\r\n")
+    assert msg.headers.startswith(b"Received: by mx.fwdmail.test (fwdmail) with ESMTPSA id QID1;")
+    assert b"\r\nDate: Wed, 01 May 2030 12:00:00 +0000\r\n" in msg.headers
+    assert b"\r\nMessage-ID: <" in msg.headers and b"@example.test>\r\n" in msg.headers
+    assert msg.body == b"hi\r\n"
+    assert msg.subject == "hé"
+    assert msg.send_at == NOW
+    assert b"127.0.0" not in msg.headers
+
+
+def test_existing_date_and_message_id_are_kept() -> None:
+    content = (b"From: alice@example.test\r\nDate: Tue, 30 Apr 2030 10:00:00 -0200\r\n"
+               b"Message-ID: <own@example.test>\r\n\r\nbody\r\n")
+    msg = prepare(content)
+    assert msg.headers.count(b"Date:") == 1 and msg.headers.count(b"Message-ID:") == 1
+    assert msg.date == dt.datetime(2030, 4, 30, 12, 0)
+    assert msg.send_at == NOW, "a past Date sends now"
+
+
+def test_future_date_schedules_and_too_far_is_refused() -> None:
+    soon = b"From: alice@example.test\r\nDate: Fri, 10 May 2030 08:00:00 +0000\r\n\r\nx\r\n"
+    assert prepare(soon).send_at == dt.datetime(2030, 5, 10, 8, 0)
+    far = b"From: alice@example.test\r\nDate: Mon, 03 Jun 2030 12:00:00 +0000\r\n\r\nx\r\n"
+    assert refused(far) == replies.DATE_TOO_FAR
+
+
+@pytest.mark.parametrize("content", [
+    b"To: b@dest.test\r\n\r\nno from\r\n",
+    b"From: bob@example.test\r\n\r\nspoofed\r\n",
+    b"From: alice@example.test, bob@example.test\r\n\r\ntwo\r\n",
+    b"From: alice@example.test\r\nFrom: alice@example.test\r\n\r\ntwice\r\n",
+    b"From: \"alice@example.test\" <mallory@evil.test>\r\n\r\ndisplay-name trick\r\n",
+    b"\r\nbody only\r\n",
+])
+def test_from_header_must_be_the_login(content: bytes) -> None:
+    assert refused(content) == replies.FROM_NOT_ALLOWED
+
+
+def test_catch_all_may_use_any_from_of_its_domain() -> None:
+    assert prepare(b"From: x.y@example.test\r\n\r\nok\r\n", CATCH_ALL).body == b"ok\r\n"
+    assert refused(b"From: x@other.test\r\n\r\nno\r\n", CATCH_ALL) == replies.FROM_NOT_ALLOWED
+
+
+@pytest.mark.parametrize(("content", "error"), [
+    (b"From: alice@example.test\r\nSubject: \xff\xfe\r\n\r\nx\r\n", replies.HEADER_NOT_UTF8),
+    (b"From: alice@example.test\r\nno colon here\r\n\r\nx\r\n", replies.HEADER_MALFORMED),
+    (b" folded first\r\nFrom: alice@example.test\r\n\r\nx\r\n", replies.HEADER_MALFORMED),
+    (b"From: alice@example.test\r\nDate: yesterday-ish\r\n\r\nx\r\n", replies.BAD_DATE),
+])
+def test_malformed_headers_get_a_clear_refusal(content: bytes, error: SmtpError) -> None:
+    assert refused(content) == error
+
+
+def test_split_and_parse_keep_folding_and_non_ascii() -> None:
+    block, body = split_message(b"Subject: a\r\n  b\r\nX-N: caf\xc3\xa9\r\n\r\nline\r\n\r\n")
+    assert body == b"line\r\n\r\n"
+    assert parse_header_block(block) == [("Subject", " a  b"), ("X-N", " café")]
+    assert split_message(b"From: a@b.test\r\n") == (b"From: a@b.test\r\n", b"")
