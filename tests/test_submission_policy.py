@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import threading
+from collections.abc import Sequence
 
 import pytest
 
 from fwdmail.config import SubmissionConfig
 from fwdmail.daemon import replies
+from fwdmail.daemon.executor import Blocking
+from fwdmail.daemon.groupcommit import GroupCommitter
 from fwdmail.daemon.replies import SmtpError
 from fwdmail.daemon.submission import AuthLimiter, Login, parse_header_block, prepare_message, split_message
 
@@ -130,3 +135,40 @@ def test_split_and_parse_keep_folding_and_non_ascii() -> None:
     assert body == b"line\r\n\r\n"
     assert parse_header_block(block) == [("Subject", " a  b"), ("X-N", " café")]
     assert split_message(b"From: a@b.test\r\n") == (b"From: a@b.test\r\n", b"")
+
+
+# group commit
+
+def test_concurrent_submissions_share_commits_and_a_bad_one_fails_alone() -> None:
+    blocking = Blocking()
+    first_batch_started = threading.Event()
+    release = threading.Event()
+    batches: list[list[int]] = []
+
+    def commit(items: Sequence[int], now: dt.datetime) -> list[str]:
+        batches.append(list(items))
+        if len(batches) == 1:
+            first_batch_started.set()
+            release.wait(10)
+        if 13 in items:
+            raise ValueError("bad item")
+        return [f"id{i}" for i in items]
+
+    async def scenario() -> list[str | BaseException]:
+        gc = GroupCommitter(blocking, commit, lambda: NOW)
+        first = asyncio.ensure_future(gc.submit(0))
+        await asyncio.get_running_loop().run_in_executor(None, first_batch_started.wait, 10)
+        rest = [asyncio.ensure_future(gc.submit(i)) for i in range(1, 20)]
+        await asyncio.sleep(0)
+        release.set()
+        return await asyncio.gather(first, *rest, return_exceptions=True)
+
+    try:
+        results = asyncio.run(scenario())
+    finally:
+        blocking.shutdown()
+    assert batches[0] == [0]
+    assert batches[1] == list(range(1, 20)), "everything that arrived during a commit shares the next one"
+    assert len(batches) == 2 + 19, "the failed batch is retried one item at a time"
+    assert isinstance(results[13], ValueError)
+    assert [r for i, r in enumerate(results) if i != 13] == [f"id{i}" for i in range(20) if i != 13]
