@@ -227,7 +227,7 @@ class AbuseConfig:
     max_messages_per_ip_per_minute: int = 60
     idle_timeout: float = 300.0
     command_timeout: float = 600.0
-    max_errors_per_session: int = 10
+    max_errors_per_session: int = 20
     dnsbl_zones: tuple[str, ...] = ()
     sender_auth_timeout: float = 20.0
 

@@ -1,4 +1,4 @@
-"""Per-client limits held in memory: concurrent connections, message rate, errors per session."""
+"""Per-client limits held in memory: concurrent connections, message rate, abuse-record throttling."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from fwdmail.daemon.limits import (
     Rate,
     RateLimiter,
     RecordThrottle,
-    SessionErrors,
     client_key,
 )
 
@@ -68,14 +67,7 @@ def test_record_throttle_once_per_window() -> None:
     assert len(throttle._seen) == 3
 
 
-def test_session_errors() -> None:
-    errors = SessionErrors(limit=2)
-    assert [errors.add() for _ in range(4)] == [False, False, True, True]
-
-
 def test_limits_from_config() -> None:
-    limits = Limits(AbuseConfig(max_connections_per_ip=1, max_messages_per_ip_per_minute=5,
-                                max_errors_per_session=7))
+    limits = Limits(AbuseConfig(max_connections_per_ip=1, max_messages_per_ip_per_minute=5))
     assert limits.connections.acquire("192.0.2.1") and not limits.connections.acquire("192.0.2.1")
     assert limits.rate.capacity == 5
-    assert limits.session_errors().limit == 7

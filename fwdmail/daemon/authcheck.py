@@ -17,6 +17,7 @@ import functools
 import logging
 import random
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from email.utils import getaddresses
@@ -30,15 +31,23 @@ import dns.resolver
 import spf
 from publicsuffixlist import PublicSuffixList
 
+from .. import store
 from ..addresses import AddressError, normalize_domain
+from ..resolver import async_resolver
 from . import arc
 from .arc import header_fields
-from .replies import AUTH_TEMPFAIL, DMARC_REJECTED, SPF_REJECTED, SmtpError
+from .context import Context
+from .executor import Blocking
+from .friendly_from import needs_rewrite, rewrite_from
+from .limits import RecordThrottle
+from .mx import Accepted, DataVerdict, InboundPolicy, SessionInfo, Transaction
+from .replies import AUTH_TEMPFAIL, DMARC_REJECTED, SPF_REJECTED, TLS_REQUIRED, SmtpError
+from .routing import Route
 
 __all__ = [
-    "AuthReport", "DkimResult", "DmarcRecord", "DmarcResult", "SpfResult", "Verdict", "aligned",
-    "check_dkim", "check_sender", "check_spf", "lookup_dmarc", "org_domain",
-    "parse_dmarc", "stamp", "verdict",
+    "AuthReport", "DkimResult", "DmarcRecord", "DmarcResult", "DomainSettings", "SenderAuthPolicy",
+    "SpfResult", "Verdict", "aligned", "check_dkim", "check_sender", "check_spf", "forwarded_copy",
+    "lookup_dmarc", "org_domain", "outcome", "parse_dmarc", "stamp", "verdict",
 ]
 
 log = logging.getLogger("fwdmail.authcheck")
@@ -628,3 +637,148 @@ def stamp(message: bytes, report: AuthReport, authserv_id: str) -> bytes:
         parts.append(message[pos:])
         message = b"".join(parts)
     return report.header(authserv_id) + message
+
+
+def outcome(report: AuthReport) -> str:
+    """The results without any domain, for log lines."""
+    return (f"spf={report.spf.result} dkim={','.join(r.result for r in report.dkim) or 'none'} "
+            f"dmarc={report.dmarc.result}" + (f" p={report.dmarc.policy}" if report.dmarc.policy else "")
+            + f" arc={report.arc}")
+
+
+def forwarded_copy(message: bytes, report: AuthReport, authserv_id: str, domain: store.DomainRecord | None,
+                   friendly_alias: str, timestamp: int) -> bytes:
+    """One forwarded copy (CPU work): friendly-From if `friendly_alias`, our Authentication-Results, and
+    an ARC set sealed with the hosted domain's DKIM key."""
+    if friendly_alias:
+        message = rewrite_from(message, friendly_alias)
+    message = stamp(message, report, authserv_id)
+    if domain is not None and domain.dkim_private_key and domain.dkim_selector:
+        message = arc.seal(message, authserv_id, domain.name, domain.dkim_selector, domain.dkim_private_key,
+                           timestamp)
+    return message
+
+
+# the MX policy
+
+_NOTE = "fwdmail.authcheck"
+_STRICTNESS = {"off": 0, "report-only": 1, "enforce": 2}
+
+
+class DomainSettings:
+    """Hosted domains' settings (auth policy, friendly-From, TLS, DKIM key), reloaded when the directory
+    version changes (checked at most every `check_interval` seconds)."""
+
+    def __init__(self, blocking: Blocking, check_interval: float = 0.2,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.blocking = blocking
+        self.check_interval = check_interval
+        self.clock = clock
+        self._records: dict[str, store.DomainRecord] = {}
+        self._version: int | None = None
+        self._checked = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def get(self, name: str) -> store.DomainRecord | None:
+        if self.clock() - self._checked >= self.check_interval:
+            async with self._lock:
+                if self.clock() - self._checked >= self.check_interval:
+                    await self._refresh()
+        return self._records.get(name.lower())
+
+    async def _refresh(self) -> None:
+        try:
+            version = await self.blocking.db(store.directory_version)
+            if version != self._version:
+                records = await self.blocking.db(store.list_domains)
+                self._records = {r.name: r for r in records}
+                self._version = version
+        except Exception as exc:
+            log.warning("domain settings reload failed (%s); using the previous ones", type(exc).__name__)
+        self._checked = self.clock()
+
+
+@dataclass
+class _TxAuth:
+    report: AuthReport
+    domains: dict[str, store.DomainRecord | None]
+    copies: dict[tuple[int, str, str], tuple[bytes, bytes]] = field(default_factory=dict)
+
+
+class SenderAuthPolicy(InboundPolicy):
+    """Sender authentication on the MX.
+
+    RCPT: a domain with `require_tls_inbound` refuses clients without TLS (530). DATA: SPF, DKIM, DMARC
+    and ARC are checked unless every recipient domain's auth policy is "off"; the strictest policy of
+    the recipient domains decides (enforce: refuse per `verdict`; report-only: log only). Each forwarded
+    copy gets Authentication-Results, friendly-From when the domain asks for it and it is needed, and
+    an ARC set sealed with the domain's DKIM key. Refusals that are abuse are recorded (with the client
+    IP, once per client, kind and sender domain in `record_window` seconds).
+    """
+
+    def __init__(self, ctx: Context, settings: DomainSettings | None = None,
+                 resolver: dns.asyncresolver.Resolver | None = None, record_window: float = 600.0) -> None:
+        self.ctx = ctx
+        self.hostname = ctx.config.server_hostname
+        self.timeout = ctx.config.abuse.sender_auth_timeout
+        self.settings = settings or DomainSettings(ctx.blocking)
+        self.resolver = resolver or async_resolver(ctx.config.dns)
+        self.records = RecordThrottle(record_window)
+
+    async def rcpt(self, session: SessionInfo, tx: Transaction, recipient: Accepted) -> SmtpError | None:
+        if session.tls:
+            return None
+        domain = await self.settings.get(recipient.route.domain)
+        return TLS_REQUIRED if domain is not None and domain.require_tls_inbound else None
+
+    async def data(self, session: SessionInfo, tx: Transaction, message: bytes) -> DataVerdict:
+        names = sorted({a.route.domain.lower() for a in tx.recipients})
+        domains = {n: await self.settings.get(n) for n in names}
+        policy = max((d.auth_policy if d else "report-only" for d in domains.values()),
+                     key=lambda p: _STRICTNESS.get(p, 2), default="off")
+        if policy == "off":
+            return DataVerdict()
+        report = await check_sender(message, tx.sender, session.peer_ip, session.helo, self.resolver,
+                                    cpu=self.ctx.blocking.cpu, timeout=self.timeout)
+        tx.notes[_NOTE] = _TxAuth(report, domains)
+        found = verdict(report)
+        if found is None:
+            log.debug("sender authentication: %s", outcome(report))
+            return DataVerdict()
+        if policy != "enforce":
+            log.info("sender authentication: %s would be refused (%s), policy is report-only",
+                     outcome(report), found.kind)
+            return DataVerdict()
+        log.info("sender authentication: %s refused (%s)", outcome(report), found.kind)
+        if found.abuse:
+            enforcing = [n for n, d in domains.items() if d is not None and d.auth_policy == "enforce"]
+            await self._record(found.kind, session.peer_ip, enforcing, report)
+        return DataVerdict(error=found.error)
+
+    async def forward(self, session: SessionInfo, tx: Transaction, route: Route, rcpt: str,
+                      message: bytes) -> bytes:
+        state = tx.notes.get(_NOTE)
+        if not isinstance(state, _TxAuth):
+            return message
+        domain = state.domains.get(route.domain.lower())
+        if domain is not None and domain.auth_policy == "off":
+            return message
+        alias = rcpt if domain is not None and domain.friendly_from and needs_rewrite(state.report) else ""
+        key = (id(message), route.domain.lower(), alias.lower())
+        done = state.copies.get(key)
+        if done is None:
+            copy = await self.ctx.blocking.cpu(forwarded_copy, message, state.report, self.hostname, domain,
+                                               alias, int(time.time()))
+            state.copies[key] = done = (message, copy)
+        return done[1]
+
+    async def _record(self, kind: str, ip: str, domains: list[str], report: AuthReport) -> None:
+        if not self.records.first(f"{kind}:{report.dmarc.from_domain or report.spf.domain}", ip,
+                                  time.monotonic()):
+            return
+        now = store.utcnow()
+        try:
+            for name in domains or [None]:
+                await self.ctx.blocking.db(store.record_abuse, now, kind, ip, name, report.summary())
+        except Exception as exc:
+            log.warning("could not record an abuse event: %s", type(exc).__name__)

@@ -1,4 +1,4 @@
-"""Per-client abuse limits of the MX, held in memory only: connections, message rate, session errors.
+"""Per-client abuse limits of the MX, held in memory only: concurrent connections and message rate.
 
 Untrusted input: the client addresses the transport reports. Nothing here is written anywhere; a
 restart forgets every counter. IPv6 clients are counted per /64 (what one subscriber gets), IPv4 and
@@ -9,12 +9,25 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import logging
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 
+import dns.asyncresolver
+
+from .. import store
 from ..config import AbuseConfig
+from ..resolver import async_resolver
+from . import dnsbl
+from .context import Context
+from .mx import InboundPolicy, SessionInfo, Transaction
+from .replies import DNSBL_LISTED, RATE_LIMITED, TOO_MANY_CONNECTIONS, SmtpError
 
-__all__ = ["ConnectionLimiter", "Limits", "Rate", "RateLimiter", "RecordThrottle", "SessionErrors",
+__all__ = ["AbusePolicy", "ConnectionLimiter", "Limits", "Rate", "RateLimiter", "RecordThrottle",
            "client_key"]
+
+log = logging.getLogger("fwdmail.limits")
 
 
 def client_key(ip: str) -> str:
@@ -116,19 +129,6 @@ class RecordThrottle:
         return True
 
 
-class SessionErrors:
-    """Error replies in one session; past `limit` the session is closed."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.count = 0
-
-    def add(self) -> bool:
-        """Count one error reply; True when this one exceeds the limit."""
-        self.count += 1
-        return self.count > self.limit
-
-
 class Limits:
     """The MX's shared limit tables, built from `[abuse]`."""
 
@@ -138,5 +138,57 @@ class Limits:
         self.rate = RateLimiter(cfg.max_messages_per_ip_per_minute)
         self.records = RecordThrottle()
 
-    def session_errors(self) -> SessionErrors:
-        return SessionErrors(self.cfg.max_errors_per_session)
+
+class AbusePolicy(InboundPolicy):
+    """The MX's per-client controls: connections and DNSBL at connect, message rate at MAIL FROM.
+
+    Refusals are answered right away; the first of each kind per client in `RecordThrottle.window`
+    is recorded as an abuse event with the client's IP (kept 7 days), nothing else is.
+    """
+
+    def __init__(self, ctx: Context, clock: Callable[[], float] = time.monotonic,
+                 resolver: dns.asyncresolver.Resolver | None = None) -> None:
+        self.ctx = ctx
+        self.cfg = ctx.config.abuse
+        self.clock = clock
+        self.limits = Limits(self.cfg)
+        self.resolver = resolver or async_resolver(ctx.config.dns)
+        self._counted: set[tuple[str, int]] = set()
+
+    async def connect(self, session: SessionInfo) -> SmtpError | None:
+        ip = session.peer_ip
+        if not self.limits.connections.acquire(ip):
+            await self._record("too-many-connections", ip,
+                               f"more than {self.cfg.max_connections_per_ip} concurrent connections")
+            return TOO_MANY_CONNECTIONS
+        self._counted.add((ip, session.peer_port))
+        if self.cfg.dnsbl_zones:
+            zone = await dnsbl.listed(self.resolver, ip, self.cfg.dnsbl_zones, self.ctx.config.dns.timeout)
+            if zone is not None:
+                await self._record("dnsbl", ip, f"listed in {zone}")
+                return DNSBL_LISTED.with_text(DNSBL_LISTED.text.format(zone=zone))
+        return None
+
+    def disconnect(self, session: SessionInfo) -> None:
+        key = (session.peer_ip, session.peer_port)
+        if key in self._counted:
+            self._counted.discard(key)
+            self.limits.connections.release(session.peer_ip)
+
+    async def mail(self, session: SessionInfo, tx: Transaction) -> SmtpError | None:
+        rate = self.limits.rate.check(session.peer_ip, self.clock())
+        if rate is Rate.ALLOWED:
+            return None
+        if rate is Rate.NEWLY_LIMITED:
+            await self._record("rate-limit", session.peer_ip,
+                               f"more than {self.cfg.max_messages_per_ip_per_minute} messages a minute")
+        return RATE_LIMITED
+
+    async def _record(self, kind: str, ip: str, detail: str) -> None:
+        if not self.limits.records.first(kind, ip, self.clock()):
+            return
+        log.info("abuse control: %s", kind)
+        try:
+            await self.ctx.blocking.db(store.record_abuse, store.utcnow(), kind, ip, None, detail)
+        except Exception as exc:
+            log.warning("could not record an abuse event: %s", type(exc).__name__)

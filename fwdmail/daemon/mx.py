@@ -7,7 +7,7 @@ address or an IP. Errors (ours and the destinations') go to the SMTP error log, 
 
 `MxHandler` only translates aiosmtpd events into calls of `Mx` (sender / recipient / message / refuse)
 and back into replies. `Mx.policies` is the seam for inbound checks (sender authentication, per-IP
-limits): each `InboundPolicy` is asked at connect, MAIL, RCPT and DATA.
+limits): each `InboundPolicy` is asked at connect, MAIL, RCPT and DATA, and shapes each forwarded copy.
 """
 
 from __future__ import annotations
@@ -58,12 +58,14 @@ class SessionInfo:
     helo: str
     tls: bool
     esmtp: bool
+    peer_port: int = 0  # with peer_ip, tells one connection from another
 
     @classmethod
     def of(cls, session: Session) -> SessionInfo:
         peer = session.peer
         ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
-        return cls(ip, session.host_name or "", session.ssl is not None, bool(session.extended_smtp))
+        port = int(peer[1]) if isinstance(peer, tuple) and len(peer) > 1 else 0
+        return cls(ip, session.host_name or "", session.ssl is not None, bool(session.extended_smtp), port)
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ class Transaction:
     sender: str
     smtputf8: bool = False
     recipients: list[Accepted] = field(default_factory=list)
+    notes: dict[str, object] = field(default_factory=dict)  # policies' own per-transaction state
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,11 @@ class InboundPolicy:
 
     async def data(self, session: SessionInfo, tx: Transaction, message: bytes) -> DataVerdict:
         return DataVerdict()
+
+    async def forward(self, session: SessionInfo, tx: Transaction, route: Route, rcpt: str,
+                      message: bytes) -> bytes:
+        """The copy sent for one alias (`rcpt`: the address it was reached at); by default `message`."""
+        return message
 
 
 # message helpers (pure)
@@ -395,6 +403,7 @@ class Mx:
         groups = self._groups(tx)
         if not groups:
             return replies.FORWARDED
+        base = prepend + data
         if len(data) > _DIGEST_IN_THREAD:
             digest = await self.ctx.blocking.cpu(message_digest, data)
         else:
@@ -409,7 +418,10 @@ class Mx:
             if pending:
                 head = received_header(session.helo, self.hostname, session, tx.smtputf8,
                                        self.marker(g.route.alias), now)
-                jobs.append(self._send(g, sender, pending, head + prepend + data))
+                copy = base
+                for policy in self.policies:
+                    copy = await policy.forward(session, tx, g.route, g.rcpt, copy)
+                jobs.append(self._send(g, sender, pending, head + copy))
         outcomes = [item for batch in await asyncio.gather(*jobs) for item in batch]
         done = {d.lower() for _, d, e in outcomes if e is None}
         delivered.extend(fingerprint(digest, d) for g in groups for d in g.destinations
@@ -607,6 +619,8 @@ class MxService:
             self.handler, hostname=self.mx.hostname, data_size_limit=self.ctx.config.mx.max_message_size,
             registry=self.sessions, tls_context=self.ctx.server_tls(), require_starttls=False,
             auth_exclude_mechanism=["LOGIN", "PLAIN"], loop=asyncio.get_running_loop(),
+            timeout=self.ctx.config.abuse.idle_timeout, data_timeout=self.ctx.config.abuse.command_timeout,
+            max_errors=self.ctx.config.abuse.max_errors_per_session,
         )
 
     async def start(self) -> None:

@@ -56,9 +56,11 @@ def build_services(ctx: Context) -> list[Service]:
 
     queue = QueueService(ctx)  # its start() takes back claims of a crashed run, then starts the workers
     services += [queue, SubmissionService(ctx, on_queued=queue.wake)]
+    from .authcheck import SenderAuthPolicy
+    from .limits import AbusePolicy
     from .mx import MxService
 
-    services.append(MxService(ctx))
+    services.append(MxService(ctx, policies=[AbusePolicy(ctx), SenderAuthPolicy(ctx)]))
     from ..retention.scheduler import RetentionScheduler
 
     services.append(RetentionScheduler(ctx))  # keep last: starts after the listeners, stops first

@@ -50,11 +50,17 @@ class SmtpServer(SMTP):
     """One SMTP session. `hostname` is required (aiosmtpd's default would block on getfqdn)."""
 
     def __init__(self, handler: Any, *, hostname: str, data_size_limit: int,
-                 registry: set[SmtpServer] | None = None, **kwargs: Any) -> None:
+                 registry: set[SmtpServer] | None = None, data_timeout: float = 0.0, max_errors: int = 0,
+                 **kwargs: Any) -> None:
+        """`data_timeout`: seconds the message data may take to arrive (0: no limit); `max_errors`: error
+        replies allowed before 421 and close (0: no limit)."""
         kwargs.setdefault("ident", "ESMTP fwdmail")
         super().__init__(handler, hostname=hostname, data_size_limit=data_size_limit, enable_SMTPUTF8=True,
                          decode_data=False, **kwargs)
         self.registry = registry
+        self.data_timeout = data_timeout
+        self.max_errors = max_errors
+        self.errors = 0
         # Per instance: aiosmtpd's class-level dict is shared (and mutated) by every session.
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
         self.command_size_limits.update(MAIL=_COMMAND_LIMIT, RCPT=_COMMAND_LIMIT)
@@ -105,6 +111,16 @@ class SmtpServer(SMTP):
         raw, _, rest = text.partition(" ")
         return raw, rest.strip()
 
+    async def push(self, status: str | bytes) -> None:
+        """Send a reply; past `max_errors` error replies, also 421 and close the connection."""
+        await super().push(status)
+        text = status if isinstance(status, str) else status.decode("ascii", "replace")
+        if self.max_errors and text[:1] in ("4", "5") and not text.startswith("421") and self.transport:
+            self.errors += 1
+            if self.errors > self.max_errors:
+                await super().push(replies.TOO_MANY_ERRORS.reply)
+                self.close()
+
     async def handle_exception(self, error: Exception) -> str:
         log.error("unexpected error in an SMTP session: %s: %s", type(error).__name__, error,
                   exc_info=error)
@@ -144,7 +160,13 @@ class SmtpServer(SMTP):
             await self.push("501 5.5.4 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        content = await self._read_data()
+        try:
+            async with asyncio.timeout(self.data_timeout or None):
+                content = await self._read_data()
+        except TimeoutError:
+            await self.push(replies.COMMAND_TIMEOUT.reply)
+            self.close()
+            return
         if content is None:
             return
         if isinstance(content, SmtpError):
