@@ -159,7 +159,7 @@ class QueueService:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.error("queue worker failed on %s: %s: %s", email.queue_id, type(exc).__name__, exc)
+            log.error("queue worker failed on %s: %s", email.queue_id, type(exc).__name__)
             now = store.utcnow()
             retry_at = now + dt.timedelta(seconds=backoff(email.attempts + 1, self.cfg))
             try:

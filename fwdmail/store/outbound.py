@@ -16,7 +16,8 @@ import peewee as pw
 
 from .db import checkpoint
 from .directory import NotFound
-from .models import Account, Alias, Domain, OutboundEmail, OutboundRecipient, SmtpErrorLog, database
+from .errorlog import log_smtp_errors
+from .models import Account, Alias, Domain, OutboundEmail, OutboundRecipient, database
 
 __all__ = [
     "EMAIL_STATUSES", "FINAL_STATUSES", "PENDING_STATUSES", "AttemptOutcome", "ClaimedEmail", "EmailRecord",
@@ -250,14 +251,8 @@ def _set_recipients(email_id: int, replies: Mapping[str, Reply | None], status: 
 
 def _log_errors(email: OutboundEmail, domain_name: str, replies: Mapping[str, Reply],
                 now: dt.datetime) -> None:
-    rows = [
-        {"created_at": now, "direction": "outbound", "domain": email.domain_id, "domain_name": domain_name,
-         "alias": email.mail_from, "code": r.code, "enhanced_code": r.enhanced_code,
-         "text": r.text[:1000]}
-        for r in replies.values()
-    ]
-    if rows:
-        SmtpErrorLog.insert_many(rows).execute()
+    log_smtp_errors([(now, "outbound", domain_name, email.mail_from, r.code, r.enhanced_code, r.text)
+                     for r in replies.values()])
 
 
 def _overall_status(statuses: list[str], attempted: bool) -> str:
