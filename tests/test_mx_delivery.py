@@ -76,6 +76,7 @@ def mx(tmp_path_factory: pytest.TempPathFactory, dns_server: LoopbackDNS,
     d = start_daemon(tmp_path_factory.mktemp("mx-delivery"), {
         "dns": {"nameservers": [dns_server.address]},
         "mx": {"max_message_size": LIMIT},
+        "abuse": {"max_messages_per_ip_per_minute": 10_000, "max_errors_per_session": 1_000},
         "delivery": {"routes": routes, "port": downstream.port, "data_timeout": 2, "command_timeout": 3,
                      "connect_timeout": 2},
     }, SETUP)
