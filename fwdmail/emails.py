@@ -154,14 +154,14 @@ def preview(record: store.EmailRecord) -> Preview:
             content = part.get_content()
             text_type = part.get_content_type()
             text = clean(html_to_text(content) if text_type == "text/html" else content).strip("\n")
-    except (LookupError, ValueError, UnicodeError, AttributeError, KeyError):
+    except Exception:  # untrusted MIME: whatever the parser trips on is shown as such, never raised
         text, text_type = "(the text of this message cannot be decoded)", None
     attachments: list[tuple[str, str]] = []
     if msg.is_multipart():
         try:
             attachments = [(clean(p.get_filename() or ""), p.get_content_type())
                            for p in msg.iter_attachments()]
-        except (LookupError, ValueError, AttributeError, KeyError):
+        except Exception:  # as above
             attachments = []
     return Preview(headers, text, text_type, attachments, False)
 
