@@ -8,6 +8,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from peewee import JOIN
+
 from .models import AbuseEvent, Domain
 
 __all__ = ["AbuseRecord", "list_abuse_events", "record_abuse"]
@@ -39,7 +41,7 @@ def record_abuse(now: dt.datetime, kind: str, client_ip: str | None, domain: str
 
 def list_abuse_events(kind: str | None = None) -> list[AbuseRecord]:
     """Recorded events, newest first; only those of `kind` if given."""
-    q = (AbuseEvent.select(AbuseEvent, Domain).join(Domain, join_type="LEFT OUTER")
+    q = (AbuseEvent.select(AbuseEvent, Domain).join(Domain, JOIN.LEFT_OUTER)
          .order_by(AbuseEvent.created_at.desc(), AbuseEvent.id.desc()))
     if kind is not None:
         q = q.where(AbuseEvent.kind == kind)

@@ -1,0 +1,43 @@
+"""The abuse-event store verbs: the only rows that may hold a client IP."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fwdmail import store
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "fwdmail.db"
+    store.open_store(path)
+    yield path
+    store.close_store()
+
+
+def test_record_and_list_abuse_events(db: Path) -> None:
+    store.add_account("owner@hosted.test")
+    store.add_domain("hosted.test", "owner@hosted.test", "sel", "not a real key", "token")
+    t0 = dt.datetime(2024, 1, 1, 12, 0)
+    store.record_abuse(t0, "dmarc-reject", "192.0.2.1", "Hosted.Test", "dmarc=fail header.from=bank.test")
+    store.record_abuse(t0 + dt.timedelta(minutes=1), "dnsbl", "2001:db8::1", None, "listed in bl.test")
+    store.record_abuse(t0 + dt.timedelta(minutes=2), "rate-limit", "192.0.2.1", "elsewhere.test", "x" * 5000)
+    events = store.list_abuse_events()
+    assert [(e.kind, e.client_ip, e.domain) for e in events] == [
+        ("rate-limit", "192.0.2.1", ""), ("dnsbl", "2001:db8::1", ""),
+        ("dmarc-reject", "192.0.2.1", "hosted.test")]
+    assert len(events[0].detail) == 1000 and events[2].created_at == t0
+    assert [e.kind for e in store.list_abuse_events("dnsbl")] == ["dnsbl"]
+
+
+def test_abuse_events_go_with_their_domain(db: Path) -> None:
+    store.add_account("owner@hosted.test")
+    store.add_domain("hosted.test", "owner@hosted.test", "sel", "not a real key", "token")
+    store.record_abuse(dt.datetime(2024, 1, 1), "spf-reject", "192.0.2.1", "hosted.test", "spf=fail")
+    store.record_abuse(dt.datetime(2024, 1, 1), "dnsbl", "192.0.2.1", None, "listed in bl.test")
+    store.remove_domain("hosted.test")
+    assert [e.kind for e in store.list_abuse_events()] == ["dnsbl"]
