@@ -1,7 +1,7 @@
 """Helpers for the MX tests: the real CLI in a subprocess, an SMTP client session, the error log rows.
 
-The CLI runs in its own process (not `Daemon.cli` in-process): a process that opens the store more than
-once drops SQLite's POSIX locks, and its reads of the daemon's later commits go stale.
+The CLI runs in its own process, as an admin runs it beside the daemon (and so no test process ever
+holds a connection to the daemon's database).
 """
 
 from __future__ import annotations
