@@ -435,6 +435,23 @@ def logs(state: State, domain_name: str | None, as_json: bool) -> None:
                 f"{r.code} {r.enhanced_code}".strip(), r.text) for r in rows])
 
 
+@cli.command()
+@click.option("--kind", help="Only events of this kind (dmarc-reject, spf-reject, dnsbl, rate-limit, ...).")
+@json_option
+@pass_state
+def abuse(state: State, kind: str | None, as_json: bool) -> None:
+    """List detected spam/abuse events of the MX (with the client IP), newest first; kept 7 days."""
+    state.open()
+    rows = store.list_abuse_events(kind)
+    if as_json:
+        emit_json([{"time": r.created_at, "kind": r.kind, "client_ip": r.client_ip, "domain": r.domain,
+                    "detail": r.detail} for r in rows])
+    else:
+        table("abuse events", ["time (UTC)", "kind", "client IP", "domain", "detail"],
+              [(f"{r.created_at:%Y-%m-%d %H:%M:%S}", r.kind, r.client_ip or "", r.domain, r.detail)
+               for r in rows])
+
+
 # retention
 
 @cli.command()

@@ -174,6 +174,9 @@ def test_enforced_policy_refuses_spoofing_and_records_it(
     assert f"header.from={spoofed}" in events[0][2] and "@" not in events[0][2]
     log = auth_daemon.logs()
     assert "127.0.0.1" not in log and f"@{spoofed}" not in log
+    listed = json.loads(cli(auth_daemon, ["abuse", "--kind", "dmarc-reject", "--json"])[0])
+    assert [(e["kind"], e["client_ip"], e["domain"]) for e in listed] == [
+        ("dmarc-reject", "127.0.0.1", hosted)]
 
 
 def test_report_only_and_off_policies(auth_daemon: Daemon, dns_server: LoopbackDNS, sink: SmtpSink) -> None:
