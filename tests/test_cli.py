@@ -302,7 +302,10 @@ def test_domain_verify_names_what_is_missing(dns_d: Daemon, dns_server: Loopback
                                              named: str) -> None:
     name = f"verify-{named.replace(' ', '-').lower()}.test"
     records = as_json(dns_d.cli("domain", "add", name, "--account", "you@example.org", "--json"))["dns"]
-    kept = [r for r in records if drop not in r["name"] and drop not in r["value"] and drop != r["type"]]
+    def dropped(r: dict[str, str]) -> bool:  # by type for MX: a random DKIM key may contain "MX"
+        return r["type"] == "MX" if drop == "MX" else drop in r["name"] or r["value"].startswith(drop)
+
+    kept = [r for r in records if not dropped(r)]
     assert len(kept) == 4
     publish(dns_server, kept)
     try:
