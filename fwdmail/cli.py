@@ -68,7 +68,12 @@ def now() -> dt.datetime:
 
 
 def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+    def iso(v: Any) -> str:
+        if isinstance(v, dt.datetime):
+            return v.isoformat() + ("Z" if v.tzinfo is None else "")  # the store keeps naive UTC
+        return v.isoformat() if isinstance(v, dt.date) else str(v)
+
+    click.echo(json.dumps(data, indent=2, default=iso, ensure_ascii=False))
 
 
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
