@@ -155,7 +155,8 @@ def test_scheduled_send_waits_for_its_date(daemon: Daemon, pw: dict[str, str], s
                             message(ALICE, subject="tomorrow", extra=[f"Date: {rfc5322_date(tomorrow)}"])))
     rec = show(daemon, later)
     expected = dt.datetime.fromtimestamp(int(tomorrow), dt.UTC).replace(tzinfo=None)
-    assert rec["status"] == "queued" and dt.datetime.fromisoformat(rec["next_attempt_at"]) == expected
+    assert rec["status"] == "queued"
+    assert dt.datetime.fromisoformat(rec["next_attempt_at"]).replace(tzinfo=None) == expected
     now_id = queue_id(submit(daemon, ALICE, pw[ALICE], message(ALICE, subject="now")))
     wait_status(daemon, now_id, "delivered")
     assert show(daemon, later)["status"] == "queued", "sent after a later submission, but not before its Date"
@@ -189,7 +190,7 @@ def test_retention_days_keep_the_body_then_redact_it(daemon: Daemon, pw: dict[st
     qid = queue_id(submit(daemon, KEEPER, pw[KEEPER], message(KEEPER, body=f"{marker}\r\n")))
     rec = wait_status(daemon, qid, "delivered")
     assert not rec["redacted"] and marker in rec["text"]
-    final = dt.datetime.fromisoformat(rec["final_at"])
+    final = dt.datetime.fromisoformat(rec["final_at"]).replace(tzinfo=None)
     daemon.cli("purge", "--now", (final + dt.timedelta(days=2, seconds=-1)).isoformat())
     assert not show(daemon, qid)["redacted"]
     assert marker.encode() in db_bytes(daemon)
