@@ -89,7 +89,7 @@ class Daemon:
             "srs": {"domain": "srs.fwdmail.test"},
             "delivery": {"connect_timeout": 3, "command_timeout": 5, "data_timeout": 5, "port": 25},
             "queue": {"min_backoff": 1, "max_backoff": 2, "poll_interval": 0.2},
-            "dns": {"timeout": 2},
+            "dns": {"timeout": 2, "nameservers": ["127.0.0.1:9"]},  # never the system resolver
         }
         self.settings = merge(base, overrides or {})
         self.config_path = tmp / "fwdmail.toml"
