@@ -31,9 +31,9 @@ from . import replies, srs
 from .context import Context
 from .dedup import DeliveredMemory, RateLimiter, fingerprint, message_digest
 from .executor import Blocking
+from .listeners import close_servers, listen
 from .replies import SmtpError
 from .routing import DirectoryCache, Route, resolve
-from .serve import close_servers, listen
 from .smtpserver import Session, SmtpServer
 
 __all__ = [

@@ -9,13 +9,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import ssl
-from collections.abc import Callable
 from typing import Protocol
 
-from ..config import parse_host_port
 from ..datadir import Runtime
+from ..retention.scheduler import RetentionScheduler
+from .authcheck import SenderAuthPolicy
 from .context import Context
+from .limits import AbusePolicy
+from .mx import MxService
+from .queue import QueueService
+from .submission import SubmissionService
 
 log = logging.getLogger("fwdmail.serve")
 
@@ -28,43 +31,15 @@ class Service(Protocol):
     async def stop(self) -> None: ...
 
 
-async def listen(addresses: tuple[str, ...], factory: Callable[[], asyncio.Protocol],
-                 tls: ssl.SSLContext | None = None) -> list[asyncio.Server]:
-    """Open one server per "host:port" on the running loop."""
-    loop = asyncio.get_running_loop()
-    servers = []
-    for addr in addresses:
-        host, port = parse_host_port(addr)
-        servers.append(await loop.create_server(
-            factory, host, port, ssl=tls, backlog=1024, reuse_address=True, start_serving=True,
-        ))
-    return servers
-
-
-async def close_servers(servers: list[asyncio.Server]) -> None:
-    for s in servers:
-        s.close()
-    for s in servers:
-        await s.wait_closed()
-
-
 def build_services(ctx: Context) -> list[Service]:
     """The daemon's services in start order."""
-    services: list[Service] = []
-    from .queue import QueueService
-    from .submission import SubmissionService
-
     queue = QueueService(ctx)  # its start() takes back claims of a crashed run, then starts the workers
-    services += [queue, SubmissionService(ctx, on_queued=queue.wake)]
-    from .authcheck import SenderAuthPolicy
-    from .limits import AbusePolicy
-    from .mx import MxService
-
-    services.append(MxService(ctx, policies=[AbusePolicy(ctx), SenderAuthPolicy(ctx)]))
-    from ..retention.scheduler import RetentionScheduler
-
-    services.append(RetentionScheduler(ctx))  # keep last: starts after the listeners, stops first
-    return services
+    return [
+        queue,
+        SubmissionService(ctx, on_queued=queue.wake),
+        MxService(ctx, policies=[AbusePolicy(ctx), SenderAuthPolicy(ctx)]),
+        RetentionScheduler(ctx),  # last: starts after the listeners, stops first
+    ]
 
 
 async def run(runtime: Runtime) -> int:

@@ -32,8 +32,8 @@ from ..config import SubmissionConfig
 from . import replies
 from .context import Context
 from .groupcommit import GroupCommitter
+from .listeners import listen
 from .replies import SmtpError
-from .serve import listen
 from .smtpserver import SmtpServer
 
 __all__ = [

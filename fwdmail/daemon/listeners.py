@@ -1,0 +1,29 @@
+"""Opening and closing the daemon's TCP listeners on the running loop."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable
+
+from ..config import parse_host_port
+
+
+async def listen(addresses: tuple[str, ...], factory: Callable[[], asyncio.Protocol],
+                 tls: ssl.SSLContext | None = None) -> list[asyncio.Server]:
+    """Open one server per "host:port" on the running loop."""
+    loop = asyncio.get_running_loop()
+    servers = []
+    for addr in addresses:
+        host, port = parse_host_port(addr)
+        servers.append(await loop.create_server(
+            factory, host, port, ssl=tls, backlog=1024, reuse_address=True, start_serving=True,
+        ))
+    return servers
+
+
+async def close_servers(servers: list[asyncio.Server]) -> None:
+    for s in servers:
+        s.close()
+    for s in servers:
+        await s.wait_closed()
