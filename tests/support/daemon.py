@@ -16,6 +16,8 @@ from click.testing import CliRunner, Result
 
 from fwdmail.cli import cli
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -113,7 +115,7 @@ class Daemon:
         return result
 
     def start(self, wait_ports: list[int] | None = None, timeout: float = 20.0) -> Daemon:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))  # the code under test
         self._log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fwdmail", "--config", str(self.config_path), "serve"],
