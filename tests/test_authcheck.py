@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import authres
 import pytest
+import spf as spflib
 
 from fwdmail.daemon import authcheck
 from fwdmail.daemon.authcheck import AuthReport, DkimResult, DmarcResult, SpfResult
@@ -109,6 +113,41 @@ def test_spf_include_loop_terminates(dns_server: LoopbackDNS) -> None:
     dns_server.add(a, "TXT", f"v=spf1 include:{b} -all")
     dns_server.add(b, "TXT", f"v=spf1 include:{a} -all")
     assert spf(dns_server, f"x@{a}").result == "permerror"
+
+
+def test_spf_rounds_are_few_and_run_through_the_cpu_seam(dns_server: LoopbackDNS) -> None:
+    dom, mx = unique_domain(), unique_domain("mx")
+    includes = [unique_domain("inc") for _ in range(8)]
+    dns_server.add(dom, "TXT", "v=spf1 " + " ".join(f"include:{i}" for i in includes) + f" mx:{mx} -all")
+    for n, inc in enumerate(includes):
+        dns_server.add(inc, "TXT", f"v=spf1 ip4:203.0.113.{n} -all")
+    dns_server.add(mx, "MX", f"10 mx.{mx}.")
+    dns_server.add(f"mx.{mx}", "A", IP)
+    rounds: list[str] = []
+
+    async def counting(fn: Callable[..., Any], *args: Any) -> Any:
+        rounds.append(fn.__name__)
+        return fn(*args)
+
+    got = run(authcheck.check_spf(resolver(dns_server), IP, f"x@{dom}", "h.test", cpu=counting))
+    assert got.result == "pass"
+    assert rounds and set(rounds) == {"_spf_round"}
+    assert len(rounds) <= 3  # include and mx targets are fetched with the record that names them
+    limited = run(authcheck.check_spf(resolver(dns_server), IP, f"x@{dom}", "h.test", max_rounds=1))
+    assert limited.result == "temperror"
+
+
+def test_spf_oversized_record_is_permerror(dns_server: LoopbackDNS) -> None:
+    dom, inc = unique_domain(), unique_domain("inc")
+    big = "v=spf1 " + " ".join(f"ip4:10.{n // 256}.{n % 256}.0/24" for n in range(400)) + " -all"
+    assert len(big) > authcheck.MAX_SPF_TXT_BYTES
+    dns_server.add(dom, "TXT", f"v=spf1 include:{inc} ip4:{IP} -all")
+    dns_server.add(inc, "TXT", big)
+    assert spf(dns_server, f"x@{dom}").result == "permerror"
+
+
+def test_pyspf_outside_a_check_makes_no_dns_query() -> None:
+    assert spflib.query(i=IP, s="x@example.com", h="h.test").check()[0] == "temperror"
 
 
 def test_spf_null_sender_checks_helo(dns_server: LoopbackDNS) -> None:

@@ -55,7 +55,9 @@ log = logging.getLogger("fwdmail.authcheck")
 Offload = Callable[..., Awaitable[Any]]
 
 MAX_DKIM_SIGNATURES: Final = 5  # each hashes the body: bounded CPU per message
-MAX_SPF_ROUNDS: Final = 60
+MAX_SPF_ROUNDS: Final = 20  # pyspf evaluations per check; each needs at least one new answer
+MAX_SPF_PREFETCH: Final = 20  # speculative lookups per round (include/redirect/a/mx targets, MX/PTR hosts)
+MAX_SPF_TXT_BYTES: Final = 4096  # a larger SPF record is a permerror: bounded CPU per evaluation
 POLICIES: Final = ("off", "report-only", "enforce")
 
 
@@ -146,6 +148,16 @@ class SpfResult:
     identity: str = "mailfrom"  # mailfrom | helo
 
 
+class _TooLarge:
+    """A TXT answer larger than MAX_SPF_TXT_BYTES: pyspf gets a PermError instead of parsing it."""
+
+    def __repr__(self) -> str:
+        return "TOO_LARGE"
+
+
+_TOO_LARGE: Final = _TooLarge()
+
+
 @dataclass
 class _SpfReplay:
     answers: dict[tuple[str, str], Any]
@@ -156,7 +168,7 @@ _spf_replay: contextvars.ContextVar[_SpfReplay | None] = contextvars.ContextVar(
 
 
 def _spf_lookup(name: str, qtype: str, strict: object = True, timeout: object = None) -> list[Any]:
-    """pyspf's DNS hook: answers only from the replay table; never the system resolver."""
+    """pyspf's DNS hook: answers only from the replay table of the running check; no DNS of its own."""
     replay = _spf_replay.get()
     if replay is None:
         raise spf.TempError("DNS outside fwdmail's resolver is disabled")
@@ -167,6 +179,8 @@ def _spf_lookup(name: str, qtype: str, strict: object = True, timeout: object = 
     value = replay.answers[key]
     if isinstance(value, _TempFail):
         raise spf.TempError(f"DNS temporary failure for {key[0]}")
+    if isinstance(value, _TooLarge):
+        raise spf.PermError(f"TXT record of {key[0]} is larger than {MAX_SPF_TXT_BYTES} bytes")
     return value
 
 
@@ -177,6 +191,7 @@ _SPF_RESULTS = frozenset({"pass", "fail", "softfail", "neutral", "none", "temper
 
 def _spf_round(ip: str, sender: str, helo: str, answers: dict[tuple[str, str], Any]
                ) -> tuple[str, list[tuple[str, str]]]:
+    """One evaluation by pyspf over the answers so far (CPU work): (result, lookups it still needs)."""
     replay = _SpfReplay(answers)
     token = _spf_replay.set(replay)
     try:
@@ -201,12 +216,45 @@ async def _spf_fetch(resolver: dns.asyncresolver.Resolver, key: tuple[str, str])
         return [(key, (r.preference, r.exchange.to_text(omit_final_dot=True))) for r in records]
     if qtype == "PTR":
         return [(key, r.target.to_text(omit_final_dot=True)) for r in records]
+    if any(sum(map(len, r.strings)) > MAX_SPF_TXT_BYTES for r in records):
+        return _TOO_LARGE
     return [(key, tuple(r.strings)) for r in records]
 
 
+_SPF_TARGET = re.compile(rb"(?i)(?:^|\s)[+?~-]?(include:|redirect=|a:|mx:)([^\s/%]+)")
+
+
+def _spf_next(key: tuple[str, str], value: Any, addr_type: str) -> list[tuple[str, str]]:
+    """The lookups pyspf is likely to ask for after this answer (macro-free targets only)."""
+    if not isinstance(value, list):
+        return []
+    if key[1] in ("MX", "PTR"):
+        hosts = [v[1] if key[1] == "MX" else v for _, v in value][:10]
+        return [(h.lower().rstrip("."), addr_type) for h in hosts if h]
+    if key[1] != "TXT":
+        return []
+    records = [b"".join(v) for _, v in value]
+    spf_records = [r for r in records if r.lower().startswith(b"v=spf1 ")]
+    if len(spf_records) != 1:
+        return []
+    kinds = {b"include:": "TXT", b"redirect=": "TXT", b"a:": addr_type, b"mx:": "MX"}
+    out = []
+    for kind, target in _SPF_TARGET.findall(spf_records[0]):
+        name = target.decode("ascii", "replace").lower().rstrip(".")
+        if name:
+            out.append((name, kinds[kind.lower()]))
+    return out[:10]
+
+
 async def check_spf(resolver: dns.asyncresolver.Resolver, client_ip: str, mail_from: str, helo: str,
-                    *, max_rounds: int = MAX_SPF_ROUNDS) -> SpfResult:
-    """SPF (RFC 7208) of the MAIL FROM identity, or of HELO for a null sender."""
+                    *, cpu: Offload = _inline, max_rounds: int = MAX_SPF_ROUNDS) -> SpfResult:
+    """SPF (RFC 7208) of the MAIL FROM identity, or of HELO for a null sender.
+
+    pyspf evaluates (through `cpu`) over the answers fetched so far; the lookups it still needs are
+    fetched asynchronously, with the ones the new answers name, and it runs again. Every round adds
+    at least one answer; pyspf's limits (10 lookups, 2 void lookups, 10 MX/PTR names) bound them,
+    `max_rounds` bounds the rounds, MAX_SPF_TXT_BYTES the work of each.
+    """
     sender = mail_from if "@" in mail_from else ""
     domain = (sender.rpartition("@")[2] if sender else helo).lower().rstrip(".")
     identity = "mailfrom" if sender else "helo"
@@ -215,24 +263,17 @@ async def check_spf(resolver: dns.asyncresolver.Resolver, client_ip: str, mail_f
     addr_type = "AAAA" if ":" in client_ip and not client_ip.lower().startswith("::ffff:") else "A"
     answers: dict[tuple[str, str], Any] = {}
     for _ in range(max_rounds):
-        result, misses = _spf_round(client_ip, sender, helo, answers)
+        result, misses = await cpu(_spf_round, client_ip, sender, helo, answers)
         if not misses:
             return SpfResult(result, domain, identity)
-        keys = list(dict.fromkeys(m for m in misses if m not in answers))
-        for key, value in zip(keys, await asyncio.gather(*(_spf_fetch(resolver, k) for k in keys)),
-                              strict=True):
-            answers[key] = value
-        # Speculatively fetch the addresses pyspf asks for next after MX and PTR answers.
-        follow = []
-        for key in keys:
-            value = answers[key]
-            if key[1] in ("MX", "PTR") and isinstance(value, list):
-                hosts = [v[1] if key[1] == "MX" else v for _, v in value][:10]
-                follow += [(h.lower(), addr_type) for h in hosts if h]
-        follow = [k for k in dict.fromkeys(follow) if k not in answers]
-        for key, value in zip(follow, await asyncio.gather(*(_spf_fetch(resolver, k) for k in follow)),
-                              strict=True):
-            answers[key] = value
+        wanted = list(dict.fromkeys(m for m in misses if m not in answers))
+        for _depth in range(2):
+            fetched = await asyncio.gather(*(_spf_fetch(resolver, k) for k in wanted))
+            answers.update(zip(wanted, fetched, strict=True))
+            follow = [n for k, v in zip(wanted, fetched, strict=True) for n in _spf_next(k, v, addr_type)]
+            wanted = [k for k in dict.fromkeys(follow) if k not in answers][:MAX_SPF_PREFETCH]
+            if not wanted:
+                break
     return SpfResult("temperror", domain, identity)
 
 
@@ -564,7 +605,7 @@ async def check_sender(message: bytes, mail_from: str, client_ip: str, helo: str
         return None, ""
 
     spf_result, keys, looked_up = await asyncio.gather(
-        _bounded(check_spf(resolver, client_ip, mail_from, helo), timeout,
+        _bounded(check_spf(resolver, client_ip, mail_from, helo, cpu=cpu), timeout,
                  SpfResult("temperror", (mail_from.rpartition("@")[2] or helo).lower(),
                            "mailfrom" if "@" in mail_from else "helo")),
         _bounded(_fetch_keys(resolver, [s.key_name for s in sigs if not s.error] + arc_names), timeout,
@@ -581,6 +622,7 @@ async def check_sender(message: bytes, mail_from: str, client_ip: str, helo: str
 
 
 def _prepare(message: bytes) -> tuple[list[_Signature], list[str], tuple[str, str]]:
+    _psl()  # the first call reads and parses the bundled list: keep that file I/O off the loop
     headers = _headers(message)
     return _signatures(headers)[:MAX_DKIM_SIGNATURES], arc.key_names(headers), _from_domain(headers)
 
