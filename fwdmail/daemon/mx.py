@@ -34,7 +34,7 @@ from .executor import Blocking
 from .listeners import close_servers, listen
 from .replies import SmtpError
 from .routing import DirectoryCache, Route, resolve
-from .smtpserver import Session, SmtpServer
+from .smtpserver import Session, Sessions, SmtpServer
 
 __all__ = [
     "Accepted", "DataVerdict", "InboundPolicy", "Mx", "MxHandler", "MxService", "SessionInfo", "Transaction",
@@ -611,13 +611,13 @@ class MxService:
         self.ctx = ctx
         self.mx = Mx(ctx, policies)
         self.handler = MxHandler(self.mx)
-        self.sessions: set[SmtpServer] = set()
+        self.sessions = Sessions()
         self._servers: list[asyncio.Server] = []
 
     def _protocol(self) -> SmtpServer:
         return SmtpServer(
             self.handler, hostname=self.mx.hostname, data_size_limit=self.ctx.config.mx.max_message_size,
-            registry=self.sessions, tls_context=self.ctx.server_tls(), require_starttls=False,
+            sessions=self.sessions, tls_context=self.ctx.server_tls(), require_starttls=False,
             auth_exclude_mechanism=["LOGIN", "PLAIN"], loop=asyncio.get_running_loop(),
             timeout=self.ctx.config.abuse.idle_timeout, data_timeout=self.ctx.config.abuse.command_timeout,
             max_errors=self.ctx.config.abuse.max_errors_per_session,
@@ -629,10 +629,15 @@ class MxService:
         log.info("MX listening on %d address(es)", len(self._servers))
 
     async def stop(self) -> None:
+        """Refuse new connections, let messages being received or forwarded finish (at most
+        `shutdown_timeout`, or until a second signal), then close every session with a 421."""
         for server in self._servers:
             server.close()
-        await self.mx.drain(self.ctx.config.shutdown_timeout)
-        for session in list(self.sessions):
-            session.close()
+        log.info("MX closed to new connections; %d session(s) inside a message", self.sessions.busy)
+        deadline = time.monotonic() + self.ctx.config.shutdown_timeout
+        if not await self.sessions.drain(self.ctx.config.shutdown_timeout, self.ctx.force_stop):
+            log.warning("MX stopping with %d message(s) still being received", self.sessions.busy)
+        await self.mx.drain(max(0.0, deadline - time.monotonic()))
+        self.sessions.close(replies.SHUTTING_DOWN.reply)
         await close_servers(self._servers)
         await self.mx.close()

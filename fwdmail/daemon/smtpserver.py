@@ -29,7 +29,7 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 from . import replies
 from .replies import SmtpError
 
-__all__ = ["DataEnvelope", "Session", "SmtpServer"]
+__all__ = ["DataEnvelope", "Session", "Sessions", "SmtpServer"]
 
 log = logging.getLogger("fwdmail.smtp")
 
@@ -46,18 +46,71 @@ class DataEnvelope(Envelope):
         self.state: Any = None
 
 
+class Sessions:
+    """The live sessions of a listener, and which are inside a message (from 354 to the reply after it).
+
+    `drain` lets a stopping service wait for those messages; `close` then ends every session with a 421.
+    """
+
+    def __init__(self) -> None:
+        self.live: set[SmtpServer] = set()
+        self._busy: set[SmtpServer] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __len__(self) -> int:
+        return len(self.live)
+
+    @property
+    def busy(self) -> int:
+        return len(self._busy)
+
+    def add(self, session: SmtpServer) -> None:
+        self.live.add(session)
+
+    def discard(self, session: SmtpServer) -> None:
+        self.live.discard(session)
+        self.leave(session)
+
+    def enter(self, session: SmtpServer) -> None:
+        self._busy.add(session)
+        self._idle.clear()
+
+    def leave(self, session: SmtpServer) -> None:
+        self._busy.discard(session)
+        if not self._busy:
+            self._idle.set()
+
+    async def drain(self, timeout: float, force: asyncio.Event) -> bool:
+        """Wait until no session is inside a message, at most `timeout` or until `force` is set."""
+        if not self._busy:
+            return True
+        waits = [asyncio.ensure_future(self._idle.wait()), asyncio.ensure_future(force.wait())]
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        return not self._busy
+
+    def close(self, reply: str) -> None:
+        """Send `reply` to every session and close it."""
+        for session in list(self.live):
+            session.close(reply)
+
+
 class SmtpServer(SMTP):
     """One SMTP session. `hostname` is required (aiosmtpd's default would block on getfqdn)."""
 
     def __init__(self, handler: Any, *, hostname: str, data_size_limit: int,
-                 registry: set[SmtpServer] | None = None, data_timeout: float = 0.0, max_errors: int = 0,
+                 sessions: Sessions | None = None, data_timeout: float = 0.0, max_errors: int = 0,
                  **kwargs: Any) -> None:
         """`data_timeout`: seconds the message data may take to arrive (0: no limit); `max_errors`: error
         replies allowed before 421 and close (0: no limit)."""
         kwargs.setdefault("ident", "ESMTP fwdmail")
         super().__init__(handler, hostname=hostname, data_size_limit=data_size_limit, enable_SMTPUTF8=True,
                          decode_data=False, **kwargs)
-        self.registry = registry
+        self.sessions = sessions
         self.data_timeout = data_timeout
         self.max_errors = max_errors
         self.errors = 0
@@ -67,12 +120,12 @@ class SmtpServer(SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        if self.registry is not None:
-            self.registry.add(self)
+        if self.sessions is not None:
+            self.sessions.add(self)
 
     def connection_lost(self, error: Exception | None) -> None:
-        if self.registry is not None:
-            self.registry.discard(self)
+        if self.sessions is not None:
+            self.sessions.discard(self)
         hook = self._handle_hooks.get("CLOSE")
         if hook is not None:
             try:
@@ -81,9 +134,11 @@ class SmtpServer(SMTP):
                 log.exception("error in the connection-closed hook")
         super().connection_lost(error)
 
-    def close(self) -> None:
-        """Close the connection (used when the daemon stops)."""
+    def close(self, reply: str | None = None) -> None:
+        """Close the connection, after sending `reply` if given (used when the daemon stops)."""
         if self.transport is not None:
+            if reply is not None and not self.transport.is_closing():
+                self.transport.write(reply.encode("ascii", "replace") + b"\r\n")
             self.transport.close()
 
     async def _handle_client(self) -> None:
@@ -159,6 +214,17 @@ class SmtpServer(SMTP):
         if arg:
             await self.push("501 5.5.4 Syntax: DATA")
             return
+        if self.sessions is not None:
+            self.sessions.enter(self)
+        try:
+            await self._data()
+        finally:
+            if self.sessions is not None:
+                self.sessions.leave(self)
+
+    async def _data(self) -> None:
+        """From the 354 to the reply after the message."""
+        assert self.envelope is not None
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
             async with asyncio.timeout(self.data_timeout or None):
