@@ -37,7 +37,6 @@ from ..resolver import async_resolver
 from . import arc
 from .arc import header_fields
 from .context import Context
-from .executor import Blocking
 from .friendly_from import needs_rewrite, rewrite_from
 from .limits import RecordThrottle
 from .mx import Accepted, DataVerdict, InboundPolicy, SessionInfo, Transaction
@@ -45,7 +44,7 @@ from .replies import AUTH_TEMPFAIL, DMARC_REJECTED, SPF_REJECTED, TLS_REQUIRED, 
 from .routing import Route
 
 __all__ = [
-    "AuthReport", "DkimResult", "DmarcRecord", "DmarcResult", "DomainSettings", "SenderAuthPolicy",
+    "AuthReport", "DkimResult", "DmarcRecord", "DmarcResult", "SenderAuthPolicy",
     "SpfResult", "Verdict", "aligned", "check_dkim", "check_sender", "check_spf", "forwarded_copy",
     "lookup_dmarc", "org_domain", "outcome", "parse_dmarc", "stamp", "verdict",
 ]
@@ -707,43 +706,9 @@ _NOTE = "fwdmail.authcheck"
 _STRICTNESS = {"off": 0, "report-only": 1, "enforce": 2}
 
 
-class DomainSettings:
-    """Hosted domains' settings (auth policy, friendly-From, TLS, DKIM key), reloaded when the directory
-    version changes (checked at most every `check_interval` seconds)."""
-
-    def __init__(self, blocking: Blocking, check_interval: float = 0.2,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.blocking = blocking
-        self.check_interval = check_interval
-        self.clock = clock
-        self._records: dict[str, store.DomainRecord] = {}
-        self._version: int | None = None
-        self._checked = float("-inf")
-        self._lock = asyncio.Lock()
-
-    async def get(self, name: str) -> store.DomainRecord | None:
-        if self.clock() - self._checked >= self.check_interval:
-            async with self._lock:
-                if self.clock() - self._checked >= self.check_interval:
-                    await self._refresh()
-        return self._records.get(name.lower())
-
-    async def _refresh(self) -> None:
-        try:
-            version = await self.blocking.db(store.directory_version)
-            if version != self._version:
-                records = await self.blocking.db(store.list_domains)
-                self._records = {r.name: r for r in records}
-                self._version = version
-        except Exception as exc:
-            log.warning("domain settings reload failed (%s); using the previous ones", type(exc).__name__)
-        self._checked = self.clock()
-
-
 @dataclass
 class _TxAuth:
     report: AuthReport
-    domains: dict[str, store.DomainRecord | None]
     copies: dict[tuple[int, str, str], tuple[bytes, bytes]] = field(default_factory=dict)
 
 
@@ -758,31 +723,29 @@ class SenderAuthPolicy(InboundPolicy):
     IP, once per client, kind and sender domain in `record_window` seconds).
     """
 
-    def __init__(self, ctx: Context, settings: DomainSettings | None = None,
-                 resolver: dns.asyncresolver.Resolver | None = None, record_window: float = 600.0) -> None:
+    def __init__(self, ctx: Context, resolver: dns.asyncresolver.Resolver | None = None,
+                 record_window: float = 600.0) -> None:
         self.ctx = ctx
         self.hostname = ctx.config.server_hostname
         self.timeout = ctx.config.abuse.sender_auth_timeout
-        self.settings = settings or DomainSettings(ctx.blocking)
         self.resolver = resolver or async_resolver(ctx.config.dns)
         self.records = RecordThrottle(record_window)
 
     async def rcpt(self, session: SessionInfo, tx: Transaction, recipient: Accepted) -> SmtpError | None:
         if session.tls:
             return None
-        domain = await self.settings.get(recipient.route.domain)
+        domain = recipient.route.settings
         return TLS_REQUIRED if domain is not None and domain.require_tls_inbound else None
 
     async def data(self, session: SessionInfo, tx: Transaction, message: bytes) -> DataVerdict:
-        names = sorted({a.route.domain.lower() for a in tx.recipients})
-        domains = {n: await self.settings.get(n) for n in names}
+        domains = {a.route.domain.lower(): a.route.settings for a in tx.recipients}
         policy = max((d.auth_policy if d else "report-only" for d in domains.values()),
                      key=lambda p: _STRICTNESS.get(p, 2), default="off")
         if policy == "off":
             return DataVerdict()
         report = await check_sender(message, tx.sender, session.peer_ip, session.helo, self.resolver,
                                     cpu=self.ctx.blocking.cpu, timeout=self.timeout)
-        tx.notes[_NOTE] = _TxAuth(report, domains)
+        tx.notes[_NOTE] = _TxAuth(report)
         found = verdict(report)
         if found is None:
             log.debug("sender authentication: %s", outcome(report))
@@ -802,7 +765,7 @@ class SenderAuthPolicy(InboundPolicy):
         state = tx.notes.get(_NOTE)
         if not isinstance(state, _TxAuth):
             return message
-        domain = state.domains.get(route.domain.lower())
+        domain = route.settings
         if domain is not None and domain.auth_policy == "off":
             return message
         alias = rcpt if domain is not None and domain.friendly_from and needs_rewrite(state.report) else ""

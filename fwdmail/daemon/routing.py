@@ -37,6 +37,7 @@ class Route:
     destinations: tuple[str, ...]
     account_email: str = ""
     discard: bool = False
+    settings: store.DomainRecord | None = field(default=None, compare=False, repr=False)  # its hosted domain
 
 
 @dataclass(frozen=True)
@@ -52,11 +53,13 @@ class Directory:
 
     domains: dict[str, _DomainAliases]
     version: int = 0
+    settings: dict[str, store.DomainRecord] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, domains: Iterable[store.DomainRecord], aliases: Iterable[store.AliasRecord],
               version: int = 0) -> Directory:
-        by_domain: dict[str, _DomainAliases] = {d.name: _DomainAliases() for d in domains}
+        settings = {d.name: d for d in domains}
+        by_domain: dict[str, _DomainAliases] = {name: _DomainAliases() for name in settings}
         for a in sorted(aliases, key=lambda a: a.id):
             entry = by_domain.setdefault(a.domain, _DomainAliases())
             if a.kind == "exact":
@@ -68,7 +71,7 @@ class Directory:
                     log.warning("a regex alias of %s does not compile; ignored", a.domain)
             elif a.kind == "catch-all":
                 by_domain[a.domain] = _DomainAliases(entry.exact, entry.regex, a)
-        return cls(by_domain, version)
+        return cls(by_domain, version, settings)
 
     def hosts(self, domain: str) -> bool:
         return domain.lower() in self.domains
@@ -129,6 +132,7 @@ def _match(aliases: _DomainAliases, local: str) -> tuple[store.AliasRecord, list
 def resolve(directory: Directory, address: Address) -> Route | SmtpError:
     """The route of `address`, or the SMTP error to answer its RCPT with."""
     aliases = directory.domains.get(address.domain.lower())
+    settings = directory.settings.get(address.domain.lower())
     if aliases is None:
         return replies.RELAY_DENIED
     found = _match(aliases, address.local)
@@ -140,11 +144,11 @@ def resolve(directory: Directory, address: Address) -> Route | SmtpError:
     if alias.state == "reject":
         return replies.ALIAS_REJECTED
     if alias.state == "quiet":
-        return Route(alias.address, alias.domain, (), alias.account_email, discard=True)
+        return Route(alias.address, alias.domain, (), alias.account_email, discard=True, settings=settings)
     targets = _unique(_valid(destinations))
     if not targets:
         return replies.NO_SUCH_USER
-    return Route(alias.address, alias.domain, targets, alias.account_email)
+    return Route(alias.address, alias.domain, targets, alias.account_email, settings=settings)
 
 
 def _load() -> tuple[int, list[store.DomainRecord], list[store.AliasRecord]]:
