@@ -48,6 +48,14 @@ def test_hash_input_is_lowercased_but_case_is_kept_in_the_address() -> None:
         "SRS0=8Nqu=IZ=example.com=Alice@srs.example.org")
 
 
+def test_only_ascii_is_lowercased_for_the_hash() -> None:
+    # libsrs2 lowercases bytes with tolower() in the C locale: "Ü" is hashed as sent, unlike str.lower().
+    mac = hmac.new(SECRET, "izexample.comjÜrgen".encode(), hashlib.sha1).digest()
+    expected = base64.b64encode(mac).decode()[:4]
+    assert srs.forward("JÜRGEN@example.com", SECRET, DOMAIN, DAY) == (
+        f"SRS0={expected}=IZ=example.com=JÜRGEN@srs.example.org")
+
+
 def test_reverse_round_trip_and_case_insensitive_hash() -> None:
     assert srs.reverse("SRS0=8Nqu=IZ=example.com=alice", SECRET, DAY) == "alice@example.com"
     assert srs.reverse("srs0=8nqu=iz=example.com=alice", SECRET, DAY) == "alice@example.com"
@@ -108,7 +116,7 @@ def _perl_srs(*args: str) -> str:
 
 
 @pytest.mark.parametrize("sender", ["alice@example.com", "SRS0=8Nqu=IZ=example.com=alice@example.net",
-                                    "Bob.Smith+tag@Example.com"])
+                                    "Bob.Smith+tag@Example.com", "JÜRGEN.Ölmann@example.com"])
 def test_interop_with_mail_srs_today(sender: str) -> None:
     before = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     theirs = _perl_srs(f"--alias={DOMAIN}", "--forward", sender)

@@ -6,7 +6,7 @@ reversed after checking hash and age). Pure functions of (address, secret, domai
     SRS0=HHHH=TT=orig-domain=orig-local@srs-domain
     SRS1=HHHH=first-forwarder==HHHH=TT=orig-domain=orig-local@srs-domain
 
-HHHH: first 4 characters of base64(HMAC-SHA1(secret, lowercased concatenation of the fields)).
+HHHH: first 4 characters of base64(HMAC-SHA1(secret, ASCII-lowercased concatenation of the fields)).
 TT: days since the epoch modulo 1024, as two base32 characters.
 """
 
@@ -42,7 +42,8 @@ def timestamp(now: dt.datetime) -> str:
 
 
 def _hash(secret: bytes, *parts: str) -> str:
-    mac = hmac.new(secret, "".join(parts).lower().encode("utf-8", "surrogateescape"), hashlib.sha1)
+    # ASCII-only lowercasing, as libsrs2's tolower() and Perl's lc on bytes: non-ASCII bytes stay as sent.
+    mac = hmac.new(secret, "".join(parts).encode("utf-8", "surrogateescape").lower(), hashlib.sha1)
     return base64.b64encode(mac.digest()).decode("ascii")[:HASH_LENGTH]
 
 
