@@ -199,6 +199,35 @@ def test_report_only_and_off_policies(auth_daemon: Daemon, dns_server: LoopbackD
     assert transact(auth_daemon, f"x@{spoofed}", f"a@{off}", msg)[2] == 550
 
 
+def test_policy_matrix_every_cell(auth_daemon: Daemon, dns_server: LoopbackDNS, sink: SmtpSink) -> None:
+    hosted = {p: hosted_domain(auth_daemon, dns_server, "--auth-policy", p)
+              for p in ("off", "report-only", "enforce")}
+    flaky = sender_domain(dns_server, dmarc=None)
+    dns_server.set_failure(f"_dmarc.{flaky}", "SERVFAIL")
+    senders = {
+        "dmarc-reject": sender_domain(dns_server, spf="v=spf1 ip4:192.0.2.1 -all"),
+        "spf-reject": sender_domain(dns_server, spf="v=spf1 ip4:192.0.2.1 -all", dmarc=None),
+        "temperror": flaky,
+        "authenticated": sender_domain(dns_server),
+    }
+    enforced = {"dmarc-reject": (550, "5.7.1"), "spf-reject": (550, "5.7.1"), "temperror": (451, "4.7.0"),
+                "authenticated": (250, "2.0.0")}
+    for policy, domain in hosted.items():
+        for case, sender in senders.items():
+            rcpt = f"a@{domain}"
+            code, text = transact(auth_daemon, f"x@{sender}", rcpt, message(f"x@{sender}", to=rcpt))[2:]
+            expected = enforced[case] if policy == "enforce" else (250, "2.0.0")
+            assert (code, text.split()[0]) == expected, (policy, case, text)
+            if code != 250:
+                continue
+            [got] = sink.wait_for(1)
+            sink.reset()
+            head = got.data.split(b"\r\n\r\n", 1)[0]
+            assert (b"Authentication-Results: " + US.encode() in head) is (policy != "off"), (policy, case)
+            assert (b"ARC-Seal:" in head) is (policy != "off"), (policy, case)
+    assert [k for k, _, _ in abuse_events(auth_daemon)] == ["dmarc-reject", "spf-reject"]
+
+
 def test_friendly_from_and_require_tls_inbound(
         auth_daemon: Daemon, dns_server: LoopbackDNS, sink: SmtpSink) -> None:
     friendly = hosted_domain(auth_daemon, dns_server, "--friendly-from")
