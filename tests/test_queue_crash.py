@@ -1,11 +1,13 @@
 """Crash safety and message lifetime: `kill -9` during submissions and deliveries loses no accepted
-message; a message that keeps crashing the worker is held; deferral brings one delay notice, then a bounce.
+message; a message that keeps crashing the worker is held; SIGTERM gives claims back; deferral brings one
+delay notice, then a bounce.
 """
 
 from __future__ import annotations
 
 import email
 import email.policy
+import signal
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -22,15 +24,21 @@ from tests.outbound_support import (
     wait_status,
     wait_until,
 )
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, merge, to_toml
 from tests.support.smtp_sink import Behaviour, SmtpSink
 
 ALICE = "alice@example.test"
 
 
-def start(make_daemon: Callable[..., Daemon], sink: SmtpSink, **queue: Any) -> tuple[Daemon, str]:
-    d = make_daemon({"delivery": {"routes": {"*": sink.address}},
-                     "queue": {"min_backoff": 0.5, "max_backoff": 1, **queue}}, start=False)
+STALL = 120.0
+"""How long a stalling destination holds its DATA reply (the daemon waits as long: mid-delivery)."""
+
+
+def start(make_daemon: Callable[..., Daemon], sink: SmtpSink, overrides: dict[str, Any] | None = None,
+          **queue: Any) -> tuple[Daemon, str]:
+    d = make_daemon(merge({"delivery": {"routes": {"*": sink.address}},
+                           "queue": {"min_backoff": 0.5, "max_backoff": 1, **queue}}, overrides or {}),
+                    start=False)
     password = add_domain(d, "example.test", ALICE)[ALICE]
     d.start()
     return d, password
@@ -78,8 +86,8 @@ def test_kill_9_during_a_burst_of_submissions_loses_no_accepted_message(
 
 def test_kill_9_during_delivery_is_retried_after_restart(make_daemon: Callable[..., Daemon],
                                                          sink: SmtpSink) -> None:
-    d, password = start(make_daemon, sink)
-    sink.behaviour.stall_seconds_after_data = 30  # the destination holds the DATA reply: we are mid-delivery
+    d, password = start(make_daemon, sink, {"delivery": {"data_timeout": STALL}})
+    sink.behaviour.stall_seconds_after_data = STALL  # the destination holds the DATA reply: mid-delivery
     qid = queue_id(submit(d, ALICE, password, message(ALICE, subject="in flight")))
     wait_until(lambda: show(d, qid)["claimed"] and sink.connections >= 1, 20, "the delivery to start")
     d.kill()
@@ -92,8 +100,8 @@ def test_kill_9_during_delivery_is_retried_after_restart(make_daemon: Callable[.
 
 def test_a_message_that_keeps_crashing_the_worker_is_held_not_dropped(
         make_daemon: Callable[..., Daemon], sink: SmtpSink) -> None:
-    d, password = start(make_daemon, sink, max_crashes=3)
-    sink.behaviour.stall_seconds_after_data = 30
+    d, password = start(make_daemon, sink, {"delivery": {"data_timeout": STALL}}, max_crashes=3)
+    sink.behaviour.stall_seconds_after_data = STALL
     qid = queue_id(submit(d, ALICE, password, message(ALICE, subject="poison")))
     for crash in range(1, 4):
         wait_until(lambda: show(d, qid)["claimed"], 20, "the worker to take the message")
@@ -108,6 +116,38 @@ def test_a_message_that_keeps_crashing_the_worker_is_held_not_dropped(
     sink.behaviour = Behaviour()
     d.cli("emails", "retry", qid)
     assert wait_status(d, qid, "delivered")["crash_count"] == 0
+
+
+def test_sigterm_gives_claims_back_without_counting_a_crash(make_daemon: Callable[..., Daemon],
+                                                            sink: SmtpSink) -> None:
+    d, password = start(make_daemon, sink, {"shutdown_timeout": 1, "delivery": {"data_timeout": STALL}})
+    sink.behaviour.stall_seconds_after_data = STALL
+    qid = queue_id(submit(d, ALICE, password, message(ALICE, subject="stopping")))
+    wait_until(lambda: show(d, qid)["claimed"] and sink.connections >= 1, 20, "the delivery to start")
+    assert d.stop() == 0, "shutdown_timeout over: the attempt in flight is stopped, the daemon exits"
+    rec = show(d, qid)
+    assert not rec["claimed"] and rec["status"] == "queued"
+    assert rec["crash_count"] == 0 and rec["attempts"] == 0, "a clean stop is neither a crash nor an attempt"
+
+    _reconfigure(d, {"shutdown_timeout": 3600})
+    d.start()
+    wait_until(lambda: show(d, qid)["claimed"] and sink.connections >= 2, 20, "the delivery to start again")
+    assert d.proc is not None
+    d.proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: "waiting for 1 delivery attempt(s) in flight" in d.logs(), 20, "the drain to begin")
+    assert d.stop() == 0, "a second SIGTERM cuts the hour-long drain short"
+    rec = show(d, qid)
+    assert not rec["claimed"] and rec["crash_count"] == 0
+
+    sink.behaviour = Behaviour()
+    d.start()
+    assert wait_status(d, qid, "delivered")["crash_count"] == 0
+    assert "took back" not in d.logs(), "no claim was left behind for the next start to take back"
+
+
+def _reconfigure(d: Daemon, overrides: dict[str, Any]) -> None:
+    d.settings = merge(d.settings, overrides)
+    d.config_path.write_text(to_toml(d.settings))
 
 
 def _list(d: Daemon, *args: str) -> list[dict[str, Any]]:

@@ -107,14 +107,31 @@ class QueueService:
             await self._runner
         if self._tasks:
             log.info("waiting for %d delivery attempt(s) in flight", len(self._tasks))
-            _, pending = await asyncio.wait(list(self._tasks.values()),
-                                            timeout=self.ctx.config.shutdown_timeout)
+            pending = await self._wait_in_flight()
             for task in pending:
                 task.cancel()
             if pending:
+                log.warning("stopped %d delivery attempt(s) in flight; they are retried on start",
+                            len(pending))
                 await asyncio.wait(pending)
         await self.ctx.blocking.db(store.release_claims, self.token, store.utcnow())
-        await self.ctx.blocking.db(store.checkpoint)
+        await self.ctx.blocking.db(store.wal_checkpoint)
+
+    async def _wait_in_flight(self) -> list[asyncio.Task[None]]:
+        """Let deliveries in flight finish until `shutdown_timeout` or a second stop signal; return
+        those still running."""
+        forced = asyncio.ensure_future(self.ctx.force_stop.wait())
+        try:
+            async with asyncio.timeout(self.ctx.config.shutdown_timeout):
+                while running := [t for t in self._tasks.values() if not t.done()]:
+                    await asyncio.wait([*running, forced], return_when=asyncio.FIRST_COMPLETED)
+                    if forced.done():
+                        break
+        except TimeoutError:
+            pass
+        finally:
+            forced.cancel()
+        return [t for t in self._tasks.values() if not t.done()]
 
     async def _run(self) -> None:
         while not self._stop.is_set():
@@ -139,7 +156,8 @@ class QueueService:
         if self._checkpoint_owed and mono - self._last_checkpoint >= CHECKPOINT_EVERY:
             self._checkpoint_owed = False
             self._last_checkpoint = mono
-            await self.ctx.blocking.db(store.checkpoint)
+            if not await self.ctx.blocking.db(store.wal_checkpoint):
+                self._checkpoint_owed = True  # a reader kept redacted bytes in the WAL: try again
         if mono - self._last_sweep >= self.cfg.claim_timeout:
             self._last_sweep = mono
             now = store.utcnow()
