@@ -514,7 +514,7 @@ def emails() -> None:
 
 @emails.command("list")
 @click.option("--status", help="Only messages in this state.",
-              type=click.Choice(["queued", "deferred", "delivered", "bounced", "partial", "held"]))
+              type=click.Choice(store.EMAIL_STATUSES))
 @click.option("--domain", "domain_name", help="Only this domain.")
 @json_option
 @pass_state

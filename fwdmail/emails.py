@@ -23,7 +23,7 @@ from rich.text import Text
 from . import store
 from .addresses import normalize_domain
 
-STATUSES = ("queued", "deferred", "delivered", "bounced", "partial", "held")
+STATUSES = store.EMAIL_STATUSES
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
 
@@ -58,7 +58,12 @@ def retry_email(queue_id: str, now: dt.datetime) -> store.EmailRecord:
 
 
 def delete_email(queue_id: str) -> None:
-    store.delete_email(_queue_id(queue_id))
+    """Delete a message; its bytes must leave the WAL too (a reader can hold them there for a while)."""
+    qid = _queue_id(queue_id)
+    store.delete_email(qid)
+    if not store.settle_wal():
+        raise store.StoreError(f"email {qid} deleted, but a reader kept its bytes in the WAL file; "
+                               "run `fwdmail purge` to finish")
 
 
 def raw_message(record: store.EmailRecord) -> bytes:

@@ -10,6 +10,7 @@ import pytest
 
 from fwdmail import store
 from fwdmail.daemon.replies import SmtpError
+from tests.outbound_support import db_bytes
 from tests.support.daemon import Daemon
 
 T0 = dt.datetime(2030, 1, 1, 12, 0)
@@ -118,3 +119,8 @@ def test_retry_and_delete(d: Daemon) -> None:
     d.cli("emails", "delete", delivered, "--yes")
     assert listed(d, "--status", "delivered") == []
     d.cli("emails", "show", delivered, expect=1)
+    pending = put(d, "example.test", "SUBJECT-GONE-4e1f", body=b"BODY-GONE-4e1f\r\n")
+    assert b"BODY-GONE-4e1f" in db_bytes(d)
+    assert d.cli("emails", "delete", pending, "--yes").output.strip() == f"email {pending} deleted"
+    raw = db_bytes(d)
+    assert b"BODY-GONE-4e1f" not in raw and b"SUBJECT-GONE-4e1f" not in raw, "not in the db, wal or shm"

@@ -14,7 +14,6 @@ from typing import Protocol
 
 import peewee as pw
 
-from .db import checkpoint
 from .directory import NotFound
 from .errorlog import log_smtp_errors
 from .models import Account, Alias, Domain, OutboundEmail, OutboundRecipient, database
@@ -416,7 +415,6 @@ def retry_email(queue_id: str, now: dt.datetime) -> EmailRecord:
 
 
 def delete_email(queue_id: str) -> None:
-    """Delete a message with its recipients, then checkpoint so its bytes leave the WAL."""
+    """Delete a message with its recipients (the caller then settles the WAL: `settle_wal`)."""
     with database.atomic("IMMEDIATE"):
         _email(queue_id).delete_instance()
-    checkpoint()
