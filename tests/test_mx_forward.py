@@ -281,12 +281,17 @@ def test_logs_command_lists_errors_without_ips(mx: Daemon) -> None:
     assert bad.stderr.strip().count("\n") == 0 and "Traceback" not in bad.stderr
 
 
-def test_bad_sender_syntax_is_refused(mx: Daemon) -> None:
+def test_bad_sender_syntax_is_refused_and_logged_without_the_sender(mx: Daemon) -> None:
+    before = len(error_rows(mx))
     with smtplib.SMTP("127.0.0.1", mx.mx_port, local_hostname=CLIENT, timeout=30) as s:
         s.ehlo()
-        assert s.docmd('MAIL FROM:<"a b"@src.test>') == (553, b"5.1.7 Bad sender address syntax")
-        assert s.docmd("MAIL FROM:<a@b@src.test>") == (553, b"5.1.7 Bad sender address syntax")
+        assert s.docmd('MAIL FROM:<"a b"@bad-sender.test>') == (553, b"5.1.7 Bad sender address syntax")
+        assert s.docmd("MAIL FROM:<a@b@bad-sender.test>") == (553, b"5.1.7 Bad sender address syntax")
         assert s.docmd("MAIL FROM:<alice@src.test>")[0] == 250
+    rows = error_rows(mx)[before:]
+    assert [(r["direction"], r["domain_name"], r["alias"], r["code"], r["enhanced_code"]) for r in rows] == [
+        ("inbound", "", "", 553, "5.1.7")] * 2
+    assert "bad-sender" not in str(rows)
 
 
 def test_received_header_never_names_an_ip_helo(mx: Daemon, sink: SmtpSink) -> None:

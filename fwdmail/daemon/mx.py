@@ -233,20 +233,29 @@ class Mx:
     # session events
 
     async def connect(self, session: SessionInfo) -> SmtpError | None:
-        if self.ctx.stopping.is_set():
-            return replies.SHUTTING_DOWN
+        """None to greet the client, or the refusal (logged)."""
+        err = replies.SHUTTING_DOWN if self.ctx.stopping.is_set() else None
         for policy in self.policies:
-            err = await policy.connect(session)
             if err is not None:
-                return err
-        return None
+                break
+            err = await policy.connect(session)
+        if err is not None:
+            await self._log_ours(err, "", "")
+        return err
 
     def disconnect(self, session: SessionInfo) -> None:
         for policy in self.policies:
             policy.disconnect(session)
 
     async def sender(self, session: SessionInfo, raw: str, options: Sequence[str]) -> Transaction | SmtpError:
-        """MAIL FROM: a new transaction, or the refusal."""
+        """MAIL FROM: a new transaction, or the refusal (logged; the sender is not)."""
+        result = await self._sender(session, raw, options)
+        if isinstance(result, SmtpError):
+            await self._log_ours(result, "", "")
+        return result
+
+    async def _sender(self, session: SessionInfo, raw: str,
+                      options: Sequence[str]) -> Transaction | SmtpError:
         if self.ctx.stopping.is_set():
             return replies.SHUTTING_DOWN
         smtputf8 = any(o.upper() == "SMTPUTF8" for o in options)
