@@ -332,13 +332,32 @@ def test_dmarc_none_temperror_and_permerror(dns_server: LoopbackDNS) -> None:
     dns_server.add(f"_dmarc.{two}", "TXT", "v=DMARC1; p=none")
     assert check(dns_server, message(f"a@{two}"), f"b@{two}", ip=OTHER_IP).dmarc.result == "none"
 
-    both = message(f"a@{dom}, b@{two}")
-    rep = check(dns_server, both, f"b@{dom}")
-    assert (rep.dmarc.result, rep.dmarc.reason) == ("permerror", "From addresses of several domains")
-    twice = message(f"a@{dom}", extra=f"From: b@{dom}\r\n")
-    assert check(dns_server, twice, f"b@{dom}").dmarc.result == "permerror"
-    assert check(dns_server, b"Subject: no from\r\n\r\nx\r\n", f"b@{dom}").dmarc.result == "permerror"
+    rep = check(dns_server, b"Subject: no from\r\n\r\nx\r\n", f"b@{dom}")
+    assert (rep.dmarc.result, rep.dmarc.reason) == ("permerror", "no From header")
     assert authcheck.verdict(rep) is None
+    rep = check(dns_server, message("undisclosed-recipients:;"), f"b@{dom}")
+    assert (rep.dmarc.result, rep.dmarc.reason) == ("permerror", "no usable From address")
+
+
+def test_dmarc_checks_every_author_domain_and_the_strictest_fails(dns_server: LoopbackDNS) -> None:
+    own = _sender(dns_server, None)
+    bank = _sender(dns_server, "v=DMARC1; p=reject", spf_record=f"v=spf1 ip4:{OTHER_IP} -all")
+    quiet = _sender(dns_server, "v=DMARC1; p=quarantine", spf_record=f"v=spf1 ip4:{OTHER_IP} -all")
+    rep = check(dns_server, message(f"me@{own}, ceo@{bank}, x@{quiet}"), f"b@{own}")
+    assert (rep.dmarc.result, rep.dmarc.policy, rep.dmarc.from_domain) == ("fail", "reject", bank)
+    assert authcheck.verdict(rep).error == DMARC_REJECTED
+    second_field = message(f"me@{own}", extra=f"From: ceo@{bank}\r\n")
+    assert authcheck.verdict(check(dns_server, second_field, f"b@{own}")).error == DMARC_REJECTED
+    rep = check(dns_server, message(f"me@{own}, x@{quiet}"), f"b@{own}")
+    assert (rep.dmarc.result, rep.dmarc.policy) == ("fail", "quarantine")
+    assert authcheck.verdict(rep) is None
+    rep = check(dns_server, message(f"me@{own}, you@{own}"), f"b@{own}")
+    assert (rep.dmarc.result, rep.dmarc.from_domain) == ("none", own)
+
+    many = ", ".join(f"x@d{n}.{own}" for n in range(authcheck.MAX_FROM_DOMAINS + 1))
+    rep = check(dns_server, message(many), f"b@{own}")
+    assert (rep.dmarc.result, rep.dmarc.reason) == ("permerror", authcheck.TOO_MANY_FROM_DOMAINS)
+    assert authcheck.verdict(rep).error == DMARC_REJECTED
 
 
 def test_dmarc_temperror_when_the_aligned_check_fails_temporarily(dns_server: LoopbackDNS) -> None:

@@ -54,6 +54,8 @@ log = logging.getLogger("fwdmail.authcheck")
 Offload = Callable[..., Awaitable[Any]]
 
 MAX_DKIM_SIGNATURES: Final = 5  # each hashes the body: bounded CPU per message
+MAX_FROM_DOMAINS: Final = 10  # author domains checked per message; more is refused under enforce
+TOO_MANY_FROM_DOMAINS: Final = "too many From domains"
 MAX_SPF_ROUNDS: Final = 20  # pyspf evaluations per check; each needs at least one new answer
 MAX_SPF_PREFETCH: Final = 20  # speculative lookups per round (include/redirect/a/mx targets, MX/PTR hosts)
 MAX_SPF_TXT_BYTES: Final = 4096  # a larger SPF record is a permerror: bounded CPU per evaluation
@@ -476,21 +478,36 @@ class DmarcResult:
     reason: str = ""
 
 
-def _from_domain(headers: Sequence[tuple[bytes, bytes]]) -> tuple[str, str]:
-    """(domain of the one From address, "") or ("", why not)."""
+def _from_domains(headers: Sequence[tuple[bytes, bytes]]) -> tuple[tuple[str, ...], str]:
+    """The distinct domains of the author addresses in every From field, or ((), why there are none).
+
+    Several addresses (or From fields) are each checked and the strictest failing result counts
+    (RFC 7489 6.6.1): adding an address of one's own cannot hide a spoofed one.
+    """
     froms = [v for n, v in headers if n == b"from"]
-    if len(froms) != 1:
-        return "", "no From header" if not froms else "more than one From header"
-    domains = set()
-    for _, addr in getaddresses([_unfold(froms[0])]):
-        if "@" in addr:
-            domains.add(addr.rpartition("@")[2])
-    if len(domains) != 1:
-        return "", "no usable From address" if not domains else "From addresses of several domains"
-    try:
-        return normalize_domain(domains.pop()), ""
-    except AddressError:
-        return "", "bad From domain"
+    if not froms:
+        return (), "no From header"
+    domains: dict[str, None] = {}
+    seen = False
+    for value in froms:
+        for _, addr in getaddresses([_unfold(value)]):
+            if "@" not in addr:
+                continue
+            seen = True
+            try:
+                domains[normalize_domain(addr.rpartition("@")[2])] = None
+            except AddressError:
+                continue
+    if not domains:
+        return (), "bad From domain" if seen else "no usable From address"
+    return tuple(domains), ""
+
+
+def _dmarc_rank(d: DmarcResult) -> int:
+    """How strict a result is: fail under reject first, then temperror, then the other fails."""
+    if d.result == "fail":
+        return {"reject": 5, "quarantine": 3}.get(d.policy, 2)
+    return {"temperror": 4, "none": 1}.get(d.result, 0)
 
 
 def evaluate_dmarc(from_domain: str, looked_up: Governing,
@@ -598,10 +615,12 @@ async def check_sender(message: bytes, mail_from: str, client_ip: str, helo: str
 
     Header parsing and signature checks run through `cpu` (pass `ctx.blocking.cpu` in the daemon).
     """
-    sigs, arc_names, (from_domain, from_error) = await cpu(_prepare, message)
+    sigs, arc_names, (from_domains, from_error) = await cpu(_prepare, message)
+    if len(from_domains) > MAX_FROM_DOMAINS:
+        from_domains, from_error = (), TOO_MANY_FROM_DOMAINS
 
-    async def no_dmarc() -> Governing:
-        return None, ""
+    async def dmarc_records() -> list[Governing]:
+        return list(await asyncio.gather(*(lookup_dmarc(resolver, d) for d in from_domains)))
 
     spf_result, keys, looked_up = await asyncio.gather(
         _bounded(check_spf(resolver, client_ip, mail_from, helo, cpu=cpu), timeout,
@@ -609,21 +628,21 @@ async def check_sender(message: bytes, mail_from: str, client_ip: str, helo: str
                            "mailfrom" if "@" in mail_from else "helo")),
         _bounded(_fetch_keys(resolver, [s.key_name for s in sigs if not s.error] + arc_names), timeout,
                  dict.fromkeys([s.key_name for s in sigs] + arc_names, TEMPFAIL)),
-        _bounded(lookup_dmarc(resolver, from_domain) if from_domain else no_dmarc(), timeout,
-                 (TEMPFAIL, from_domain)),
+        _bounded(dmarc_records(), timeout, [(TEMPFAIL, d) for d in from_domains]),
     )
     dkim_results, arc_result = await cpu(_verify_signatures, message, sigs, keys, bool(arc_names))
     if from_error:
         dmarc = DmarcResult("permerror", reason=from_error)
     else:
-        dmarc = evaluate_dmarc(from_domain, looked_up, spf_result, dkim_results)
+        dmarc = max((evaluate_dmarc(d, found, spf_result, dkim_results)
+                     for d, found in zip(from_domains, looked_up, strict=True)), key=_dmarc_rank)
     return AuthReport(spf_result, tuple(dkim_results), dmarc, arc_result)
 
 
-def _prepare(message: bytes) -> tuple[list[_Signature], list[str], tuple[str, str]]:
+def _prepare(message: bytes) -> tuple[list[_Signature], list[str], tuple[tuple[str, ...], str]]:
     _psl()  # the first call reads and parses the bundled list: keep that file I/O off the loop
     headers = _headers(message)
-    return _signatures(headers)[:MAX_DKIM_SIGNATURES], arc.key_names(headers), _from_domain(headers)
+    return _signatures(headers)[:MAX_DKIM_SIGNATURES], arc.key_names(headers), _from_domains(headers)
 
 
 def _verify_signatures(message: bytes, sigs: Sequence[_Signature], keys: KeyTable,
@@ -648,10 +667,13 @@ def verdict(report: AuthReport, rng: Callable[[], float] = random.random) -> Ver
     """The rejection the report calls for under `enforce`, or None to accept.
 
     DMARC fail with p=reject (sampled by pct) -> 550 5.7.1; DMARC temperror -> 451;
-    SPF fail with no DMARC record and no valid DKIM signature -> 550 5.7.1.
+    SPF fail with no DMARC record and no valid DKIM signature -> 550 5.7.1. More author domains than
+    MAX_FROM_DOMAINS cannot be checked, so they are refused like a DMARC reject.
     """
     d = report.dmarc
     if d.result == "fail" and d.policy == "reject" and rng() * 100 < d.pct:
+        return Verdict(DMARC_REJECTED, "dmarc-reject", True)
+    if d.result == "permerror" and d.reason == TOO_MANY_FROM_DOMAINS:
         return Verdict(DMARC_REJECTED, "dmarc-reject", True)
     if d.result == "temperror":
         return Verdict(AUTH_TEMPFAIL, "auth-temperror", False)
