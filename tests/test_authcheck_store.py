@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fwdmail import store
+from tests.support.daemon import Daemon
 
 
 @pytest.fixture
@@ -41,3 +43,23 @@ def test_abuse_events_go_with_their_domain(db: Path) -> None:
     store.record_abuse(dt.datetime(2024, 1, 1), "dnsbl", "192.0.2.1", None, "listed in bl.test")
     store.remove_domain("hosted.test")
     assert [e.kind for e in store.list_abuse_events()] == ["dnsbl"]
+
+
+def test_abuse_command_table_json_and_kind_filter(tmp_path: Path) -> None:
+    d = Daemon(tmp_path, {})
+    d.cli("init")
+    store.close_store()
+    store.open_store(d.data_dir / "fwdmail.db")
+    store.add_account("owner@hosted.test")
+    store.add_domain("hosted.test", "owner@hosted.test", "sel", "not a real key", "token")
+    t0 = dt.datetime(2024, 1, 1, 12, 0)
+    store.record_abuse(t0, "dmarc-reject", "192.0.2.1", "hosted.test", "dmarc=fail")
+    store.record_abuse(t0 + dt.timedelta(minutes=5), "dnsbl", "2001:db8::1", None, "listed in bl.test")
+    store.close_store()
+    table = d.cli("abuse").output
+    assert "2024-01-01 12:05:00" in table and "2001:db8::1" in table and "listed in bl.test" in table
+    assert table.index("dnsbl") < table.index("dmarc-reject") and "hosted.test" in table
+    listed = json.loads(d.cli("abuse", "--kind", "dmarc-reject", "--json").output)
+    assert listed == [{"time": "2024-01-01T12:00:00Z", "kind": "dmarc-reject", "client_ip": "192.0.2.1",
+                       "domain": "hosted.test", "detail": "dmarc=fail"}]
+    assert json.loads(d.cli("abuse", "--kind", "nothing", "--json").output) == []
