@@ -89,6 +89,32 @@ def test_temporary_failures_are_retried_until_delivered(daemon: Daemon, pw: dict
     assert all(e["alias"] == ALICE for e in errors)
 
 
+def test_retry_schedule_doubles_from_min_backoff_and_is_clamped_at_max_backoff(
+        daemon: Daemon, pw: dict[str, str], sink: SmtpSink) -> None:
+    """Each deferral's next attempt is `backoff` after that attempt (0.5 s doubling, clamped at 1 s here)."""
+    sink.behaviour.rcpt = {"later@dest.test": "450 4.2.1 Try later"}
+    qid = queue_id(submit(daemon, ALICE, pw[ALICE], message(ALICE, "later@dest.test"),
+                          rcpts=["later@dest.test"]))
+    seen: dict[int, float] = {}
+
+    def snapshot() -> bool:
+        rec = show(daemon, qid)
+        if rec["status"] == "deferred" and not rec["claimed"]:
+            (r,) = rec["recipients"]
+            gap = _time(rec["next_attempt_at"]) - _time(r["updated_at"])
+            seen[rec["attempts"]] = gap.total_seconds()
+        return any(n < 3 for n in seen) and any(n >= 3 for n in seen)
+
+    wait_until(snapshot, 30, "deferrals before and after the clamp", interval=0.05)
+    assert seen == {n: min(1.0, 0.5 * 2 ** (n - 1)) for n in seen}
+    assert all(gap == 1.0 for n, gap in seen.items() if n >= 3), "unclamped, attempt 3 would wait 2 s"
+    daemon.cli("emails", "delete", qid, "--yes")
+
+
+def _time(value: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(value).replace(tzinfo=None)
+
+
 def _logs(d: Daemon) -> list[dict[str, object]]:
     return json.loads(d.cli("logs", "--json").output)
 
