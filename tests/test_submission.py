@@ -181,10 +181,14 @@ def test_bad_input_gets_clear_replies(daemon: Daemon, pw: dict[str, str]) -> Non
         assert s.rcpt("not an address")[0] in (501, 503, 553)
 
 
-def test_missing_date_and_message_id_are_added(daemon: Daemon, pw: dict[str, str], sink: SmtpSink) -> None:
-    qid = queue_id(submit(daemon, ALICE, pw[ALICE], b"From: alice@example.test\r\nTo: bob@dest.test\r\n"
-                                                   b"Subject: bare\r\n\r\nno date\r\n"))
+def test_missing_date_and_message_id_are_added_and_bcc_removed(daemon: Daemon, pw: dict[str, str],
+                                                                sink: SmtpSink) -> None:
+    raw = (b"From: alice@example.test\r\nTo: bob@dest.test\r\nBcc: blind@dest.test\r\n"
+           b"Subject: bare\r\n\r\nno date\r\n")
+    qid = queue_id(submit(daemon, ALICE, pw[ALICE], raw, rcpts=["bob@dest.test", "blind@dest.test"]))
     (got,) = sink.wait_for(1)
+    assert sorted(got.rcpt_tos) == ["blind@dest.test", "bob@dest.test"]
+    assert b"blind@dest.test" not in got.data, "no recipient sees the blind copy"
     assert header(got.data, "Date") and header(got.data, "Message-ID").endswith("@example.test>")
     assert f"ESMTPSA id {qid};" in got.data.decode()
     assert got.mail_from == ALICE

@@ -103,6 +103,15 @@ def test_future_date_schedules_and_too_far_is_refused() -> None:
     assert refused(far) == replies.DATE_TOO_FAR
 
 
+def test_bcc_fields_are_removed_with_their_folded_lines() -> None:
+    msg = prepare(b"From: alice@example.test\r\nTo: b@dest.test\r\nBcc: hidden@dest.test,\r\n"
+                  b"\tsecret@dest.test\r\nSubject: s\r\nBCC: again@dest.test\r\nX-Bcc-Note: kept\r\n"
+                  b"\r\nbody\r\n")
+    assert b"hidden" not in msg.headers and b"secret" not in msg.headers and b"again" not in msg.headers
+    assert b"\r\nTo: b@dest.test\r\nSubject: s\r\nX-Bcc-Note: kept\r\nDate: " in msg.headers
+    assert msg.body == b"body\r\n"
+
+
 @pytest.mark.parametrize("content", [
     b"To: b@dest.test\r\n\r\nno from\r\n",
     b"From: bob@example.test\r\n\r\nspoofed\r\n",

@@ -150,6 +150,18 @@ def parse_header_block(block: bytes) -> list[tuple[str, str]]:
     return fields
 
 
+def _without_fields(block: bytes, names: frozenset[bytes]) -> bytes:
+    """A well-formed header block (see `parse_header_block`) without the fields named (lowercase)."""
+    out: list[bytes] = []
+    keep = True
+    for line in block.split(b"\r\n")[:-1]:
+        if line[:1] not in (b" ", b"\t"):
+            keep = line.partition(b":")[0].lower() not in names
+        if keep:
+            out.append(line + b"\r\n")
+    return b"".join(out)
+
+
 def _values(fields: list[tuple[str, str]], name: str) -> list[str]:
     return [v for n, v in fields if n.lower() == name]
 
@@ -188,7 +200,8 @@ def prepare_message(login: Login, content: bytes, now: dt.datetime, cfg: Submiss
 
     The From header must be exactly one address this login may send as; a Date more than
     `max_future_date_days` ahead is refused, a nearer future Date schedules the send; a missing Date or
-    Message-ID is added. Raise SmtpError with the reply otherwise.
+    Message-ID is added; Bcc fields are removed, so no recipient learns of the blind copies (RFC 5322
+    3.6.3). Raise SmtpError with the reply otherwise.
     """
     block, body = split_message(content)
     fields = parse_header_block(block)
@@ -211,6 +224,8 @@ def prepare_message(login: Login, content: bytes, now: dt.datetime, cfg: Submiss
         added.append(f"Date: {_rfc5322_date(now)}")
     if not _values(fields, "message-id"):
         added.append(f"Message-ID: <{secrets.token_hex(12)}@{login.domain}>")
+    if _values(fields, "bcc"):
+        block = _without_fields(block, frozenset({b"bcc"}))
     received = f"Received: by {hostname} (fwdmail) with ESMTPSA id {queue_id};\r\n\t{_rfc5322_date(now)}\r\n"
     headers = received.encode("ascii") + block + "".join(f"{h}\r\n" for h in added).encode("utf-8")
     subjects = _values(fields, "subject")
