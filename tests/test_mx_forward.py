@@ -62,7 +62,9 @@ def sink(downstream: SmtpSink) -> SmtpSink:
 @pytest.fixture(scope="module")
 def mx(tmp_path_factory: pytest.TempPathFactory, dns_server: LoopbackDNS,
        downstream: SmtpSink) -> Iterator[Daemon]:
-    routes = {dom: downstream.address for dom in ("dest.test", "owner.test", "src.test", "first.test")}
+    # other.test also leads to the sink, so that relaying to it would show there
+    routes = {dom: downstream.address for dom in ("dest.test", "owner.test", "src.test", "first.test",
+                                                  "other.test")}
     d = start_daemon(tmp_path_factory.mktemp("mx-forward"), {
         "dns": {"nameservers": [dns_server.address]},
         "srs": {"secret": SECRET},
@@ -151,7 +153,12 @@ RELAY_TRICKS = [
     "@ours.test:victim@other.test",
     "victim@other.test@ours.test",
     "victim@other.test.",
+    "victim@OTHER.TEST.",
     "exact@ours.test.",
+    "victim@[127.0.0.1]",
+    "victim@ours.test@other.test",
+    "victim@other.test%ours.test",
+    "victim@BÜCHER.example",
     "victim@bücher.example",
     "victim@xn--bcher-kva.example",
     "victim@srs.fwdmail.test",
@@ -168,6 +175,27 @@ def test_never_an_open_relay(mx: Daemon, sink: SmtpSink) -> None:
         assert codes["victim@other.test"][1] == b"5.7.1 Relaying denied"
         assert s.docmd("DATA")[0] == 503
     assert sink.messages == []
+
+
+CATCH_ALL_TRICKS = [
+    "victim%other.test@catch.test",
+    '"victim@other.test"@catch.test',
+    "@catch.test:victim@other.test",
+    "victim@other.test@catch.test",
+    "victim@other.test@CATCH.TEST",
+    "victim@catch.test.",
+]
+
+
+def test_relay_tricks_on_a_catch_all_domain_reach_only_the_catch_all(mx: Daemon, sink: SmtpSink) -> None:
+    with smtplib.SMTP("127.0.0.1", mx.mx_port, local_hostname=CLIENT, timeout=30) as s:
+        s.ehlo()
+        assert s.mail("alice@src.test")[0] == 250
+        codes = {rcpt: s.rcpt(rcpt)[0] for rcpt in CATCH_ALL_TRICKS}
+        assert codes["victim%other.test@catch.test"] == 250  # a local part like any other
+        assert set(codes.values()) <= {250, 550}, codes
+        assert s.data(message())[0] == 250
+    assert [m.rcpt_tos for m in sink.messages] == [["catchall@dest.test"]]
 
 
 def test_hosted_domains_match_in_any_case_and_idn_form(mx: Daemon, sink: SmtpSink) -> None:
