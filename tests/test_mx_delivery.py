@@ -34,6 +34,7 @@ SETUP = [
     ["alias", "add", "afall@ours.test", "u@afall.test"],
     ["alias", "add", "nullmx@ours.test", "u@nullmx.test"],
     ["alias", "add", "nx@ours.test", "u@nxdomain-mx.test"],
+    ["alias", "add", "busy@ours.test", "u@busy.test"],
 ]
 
 DNS = [
@@ -43,6 +44,7 @@ DNS = [
     ("mxa.fall.test", "A", "127.0.0.4"), ("mxb.fall.test", "A", "127.0.0.1"),
     ("afall.test", "A", "127.0.0.1"),
     ("nullmx.test", "MX", "0 ."),
+    ("busy.test", "MX", "10 mx.busy.test."), ("mx.busy.test", "A", "127.0.0.5"),
 ]
 
 
@@ -103,6 +105,18 @@ def test_downstream_4xx_after_data(mx: Daemon, sink: SmtpSink) -> None:
     sink.behaviour.data = "451 4.3.0 local problem"
     out = send(mx, "alice@src.test", ["ok@ours.test"], message())
     assert (out.code, out.text.split(" ")[0]) == (451, "4.3.0")
+
+
+def test_downstream_421_is_451_to_the_sender(mx: Daemon, downstream: SmtpSink) -> None:
+    with SmtpSink(host="127.0.0.5", port=downstream.port) as busy:
+        busy.behaviour.connect = "421 4.3.2 Too busy"
+        with smtplib.SMTP("127.0.0.1", mx.mx_port, local_hostname=CLIENT, timeout=30) as s:
+            s.ehlo()
+            s.mail("alice@src.test")
+            assert s.rcpt("busy@ours.test")[0] == 250
+            code, text = s.data(message())
+            assert (code, text.split(b" ")[0]) == (451, b"4.3.2"), text
+            assert s.noop()[0] == 250  # the session goes on: we did not hang up
 
 
 def test_all_destinations_permanent_is_5xx_masked_as_the_alias(mx: Daemon, sink: SmtpSink) -> None:

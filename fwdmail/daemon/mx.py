@@ -460,7 +460,7 @@ class Mx:
             for d in accepted:
                 self.delivered.remember(fingerprint(digest, d), mono)
             g, d, e = temporary[0]
-            code = e.code if 400 <= e.code < 500 else 451
+            code = e.code if 450 <= e.code < 500 else 451  # a 421 would tell the client we hung up
             enhanced = e.enhanced_code if e.enhanced_code.startswith("4.") else "4.0.0"
             reply = SmtpError(code, enhanced, f"<{g.rcpt}>: {_mask(e.text, d, g.rcpt)}")
             deferred = {(g.route.domain, g.route.alias) for g, _, _ in temporary}
