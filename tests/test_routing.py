@@ -54,6 +54,7 @@ def test_order_exact_plus_regex_catch_all(db: None) -> None:
     assert dests("bob+News@ours.test") == ("bob+News@dest.test", "bob2+News@dest.test")
     assert dests("eve-sales@ours.test") == ("eve@dest.test", "team@dest.test")
     assert dests("bob-sales@ours.test") == ("bob@dest.test", "team@dest.test")  # regex, not bob's exact
+    assert dests("Eve-SALES@ours.test") == ("Eve@dest.test", "team@dest.test")  # $1 as written, like a tag
     assert dests("nobody@ours.test") == ("catchall@dest.test",)
     assert dests("nobody+tag@ours.test") == ("catchall@dest.test",)
 

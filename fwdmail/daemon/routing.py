@@ -121,7 +121,7 @@ def _match(aliases: _DomainAliases, local: str) -> tuple[store.AliasRecord, list
         if hit is not None:
             return hit, [_with_tag(d, tag) for d in hit.destinations]
     for pattern, alias in aliases.regex:
-        m = pattern.search(key)
+        m = pattern.search(local)
         if m is not None:
             return alias, [_substitute(d, m) for d in alias.destinations]
     if aliases.catch_all is not None:
