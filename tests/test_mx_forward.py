@@ -241,6 +241,19 @@ def test_srs_bounce_is_reversed_to_the_original_sender(mx: Daemon, sink: SmtpSin
     assert got.mail_from in ("", "<>")  # the sink (aiosmtpd) records the null sender as "<>"
 
 
+def test_refused_bounce_is_logged_without_the_address_its_srs_encodes(mx: Daemon, sink: SmtpSink) -> None:
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    bounce_to = srs.forward("gone-sender@src.test", SECRET.encode(), SRS_DOMAIN, now)
+    sink.behaviour.rcpt = {"gone-sender@src.test": "550 5.1.1 <gone-sender@src.test>: no such user"}
+    before = len(error_rows(mx))
+    out = send(mx, "", [bounce_to], message("bounce"))
+    assert out.code == 550 and "gone-sender@src.test" not in out.text, out.text
+    rows = error_rows(mx)[before:]
+    assert {(r["direction"], r["alias"], r["code"]) for r in rows} == {
+        ("outbound", "(SRS bounce)", 550), ("inbound", "(SRS bounce)", 550)}
+    assert "gone-sender" not in str(rows) and "src.test" not in str(rows), rows
+
+
 def test_srs1_is_reversed_to_the_first_forwarder(mx: Daemon, sink: SmtpSink) -> None:
     srs0 = "SRS0=8Nqu=IZ=example.com=alice@first.test"
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)

@@ -208,6 +208,11 @@ class _Group:
     destinations: list[str] = field(default_factory=list)
     already: int = 0
 
+    @property
+    def logged(self) -> str:
+        """The recipient as the error log names it: a bounce's SRS address encodes a stranger's address."""
+        return SRS_BOUNCE_ALIAS if self.route.alias == SRS_BOUNCE_ALIAS else self.rcpt
+
 
 class Mx:
     """MX policy without sockets: what to answer a sender, a recipient and a message."""
@@ -455,7 +460,7 @@ class Mx:
         permanent = [(g, d, e) for g, d, e in failed if e.permanent]
         accepted = [d for _, d, e in outcomes if e is None]
         rows = [(now, "outbound", g.route.domain, g.route.alias, e.code, e.enhanced_code,
-                 _mask(e.text, d, g.rcpt)) for g, d, e in failed]
+                 _mask(e.text, d, g.logged)) for g, d, e in failed]
         if temporary:
             for d in accepted:
                 self.delivered.remember(fingerprint(digest, d), mono)
@@ -463,8 +468,9 @@ class Mx:
             code = e.code if 450 <= e.code < 500 else 451  # a 421 would tell the client we hung up
             enhanced = e.enhanced_code if e.enhanced_code.startswith("4.") else "4.0.0"
             reply = SmtpError(code, enhanced, f"<{g.rcpt}>: {_mask(e.text, d, g.rcpt)}")
+            text = f"<{g.logged}>: {_mask(e.text, d, g.logged)}"
             deferred = {(g.route.domain, g.route.alias) for g, _, _ in temporary}
-            rows += [(now, "inbound", dom, alias, reply.code, reply.enhanced_code, reply.text)
+            rows += [(now, "inbound", dom, alias, reply.code, reply.enhanced_code, text)
                      for dom, alias in sorted(deferred)]
             await self.errors.write(rows)
             log.debug("message deferred: %d temporary failure(s)", len(temporary))
@@ -479,7 +485,8 @@ class Mx:
             code = e.code if 500 <= e.code < 600 else 550
             enhanced = e.enhanced_code if e.enhanced_code.startswith("5.") else "5.0.0"
             reply = SmtpError(code, enhanced, f"<{g.rcpt}>: {_mask(e.text, d, g.rcpt)}")
-            rows += [(now, "inbound", dom, alias, reply.code, reply.enhanced_code, reply.text)
+            text = f"<{g.logged}>: {_mask(e.text, d, g.logged)}"
+            rows += [(now, "inbound", dom, alias, reply.code, reply.enhanced_code, text)
                      for dom, alias in sorted({(g.route.domain, g.route.alias) for g, _, _ in permanent})]
             await self.errors.write(rows)
             log.debug("message refused: every destination failed permanently")
