@@ -132,6 +132,19 @@ def test_failed_logins_are_limited_per_ip_and_the_ip_is_never_written(daemon: Da
     assert "127.0.0.21" not in daemon.logs()
 
 
+def test_parallel_guesses_from_one_ip_cannot_outrun_the_limit(daemon: Daemon, pw: dict[str, str]) -> None:
+    def guess(i: int) -> int:
+        try:
+            with connect(daemon, source="127.0.0.23") as s:
+                return login_once(s, ALICE, f"guess {i}")[0]
+        except smtplib.SMTPServerDisconnected:
+            return 421
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        codes = list(pool.map(guess, range(12)))
+    assert sorted(codes) == [421] * (12 - MAX_FAILURES) + [535] * MAX_FAILURES
+
+
 def test_sender_spoofing_is_refused(daemon: Daemon, pw: dict[str, str]) -> None:
     with connect(daemon) as s:
         s.login(ALICE, pw[ALICE])

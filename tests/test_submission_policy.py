@@ -60,6 +60,26 @@ def test_limiter_memory_is_bounded() -> None:
     assert "ip999" in lim._failures and "ip0" not in lim._failures
 
 
+def test_limiter_turns_serialise_one_ip_and_are_forgotten_after() -> None:
+    lim = AuthLimiter(max_failures=2, lockout=60)
+    checked: list[str] = []
+
+    async def attempt(ip: str) -> None:
+        async with lim.turn(ip):
+            if lim.blocked(ip, 0):
+                return
+            checked.append(ip)
+            await asyncio.sleep(0)
+            lim.failed(ip, 0)
+
+    async def scenario() -> None:
+        await asyncio.gather(*(attempt(ip) for ip in ["a"] * 10 + ["b"] * 10))
+
+    asyncio.run(scenario())
+    assert checked.count("a") == 2 and checked.count("b") == 2
+    assert lim._turns == {}, "no IP is remembered once its logins are checked"
+
+
 @pytest.mark.parametrize(("login", "address", "ok"), [
     (ALICE, "alice@example.test", True),
     (ALICE, "Alice@EXAMPLE.test", True),

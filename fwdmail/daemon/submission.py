@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import datetime as dt
 import email.errors
 import email.header
@@ -20,7 +21,7 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +78,23 @@ class AuthLimiter:
         self.max_entries = max_entries
         self._failures: dict[str, deque[float]] = {}
         self._locked: dict[str, float] = {}
+        self._turns: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def turn(self, ip: str) -> AsyncIterator[None]:
+        """Check one login of `ip` at a time, so parallel guesses cannot outrun the count. Remembers
+        an IP only while one of its logins is being checked."""
+        lock, users = self._turns.get(ip) or (asyncio.Lock(), 0)
+        self._turns[ip] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._turns[ip]
+            if users == 1:
+                del self._turns[ip]
+            else:
+                self._turns[ip] = (lock, users - 1)
 
     def blocked(self, ip: str, now: float) -> bool:
         until = self._locked.get(ip)
@@ -258,10 +276,7 @@ class SubmissionHandler:
                           args: list[str]) -> str | None:
         ip = _peer_ip(session)
         if self.limiter.blocked(ip, time.monotonic()):
-            await server.push(replies.AUTH_RATE_LIMITED.reply)
-            if server.transport is not None:
-                server.transport.close()
-            return None
+            return await self._locked_out(server)
         try:
             if args[0].upper() == "PLAIN":
                 creds = await self._plain(server, args)
@@ -271,14 +286,23 @@ class SubmissionHandler:
             return exc.reply
         if creds is None:
             return None
-        login = await self.authenticate(*creds)
-        if login is None:
-            locked = self.limiter.failed(ip, time.monotonic())
-            log.info("submission login failed%s", "; client locked out for a while" if locked else "")
-            return replies.AUTH_FAILED.reply
+        async with self.limiter.turn(ip):
+            if self.limiter.blocked(ip, time.monotonic()):
+                return await self._locked_out(server)
+            login = await self.authenticate(*creds)
+            if login is None:
+                locked = self.limiter.failed(ip, time.monotonic())
+                log.info("submission login failed%s", "; client locked out for a while" if locked else "")
+                return replies.AUTH_FAILED.reply
         session.authenticated = True
         session.auth_data = login
         return replies.AUTH_OK
+
+    @staticmethod
+    async def _locked_out(server: SmtpServer) -> None:
+        await server.push(replies.AUTH_RATE_LIMITED.reply)
+        if server.transport is not None:
+            server.transport.close()
 
     @staticmethod
     def _b64(text: str) -> bytes:
