@@ -344,3 +344,20 @@ def test_received_header_never_names_an_ip_helo(mx: Daemon, sink: SmtpSink) -> N
     [got] = sink.messages
     first = got.data.split(b"\r\n", 1)[0]
     assert first.startswith(b"Received: from unknown by mx.fwdmail.test")
+
+
+def test_protocol_errors_are_logged_without_client_input(mx: Daemon) -> None:
+    """Replies no MX decision produced (syntax, sequence, SIZE) are error-log rows too, scrubbed."""
+    before = len(error_rows(mx))
+    with smtplib.SMTP("127.0.0.1", mx.mx_port, local_hostname=CLIENT, timeout=30) as s:
+        s.ehlo()
+        assert s.docmd("XSPY", "victim@leak.test 127.0.0.9")[0] == 500
+        assert s.docmd("RCPT TO:<someone@ours.test>")[0] == 503
+        assert s.docmd("MAIL FROM:<alice@src.test> SIZE=999999999999")[0] == 552
+    deadline = time.monotonic() + 10
+    while len(error_rows(mx)) < before + 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rows = error_rows(mx)[before:]
+    assert sorted(r["code"] for r in rows) == [500, 503, 552]
+    assert all(r["direction"] == "inbound" and r["domain_name"] == "" and r["alias"] == "" for r in rows)
+    assert "leak.test" not in str(rows) and "127.0.0" not in str(rows) and "src.test" not in str(rows)

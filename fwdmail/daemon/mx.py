@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from .. import store
 from ..addresses import Address, AddressError, parse_address
+from ..logsetup import scrub
 from . import replies, srs
 from .context import Context
 from .dedup import DeliveredMemory, RateLimiter, fingerprint, message_digest
@@ -48,6 +49,7 @@ _RECEIVED = re.compile(rb"(?im)^received[ \t]*:")
 _HELO_OK = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?")
 _DIGEST_IN_THREAD = 256 * 1024
 _REPLY_TEXT_LIMIT = 300
+_PROTOCOL_ROWS_PER_SECOND = 20
 
 
 @dataclass(frozen=True)
@@ -234,6 +236,7 @@ class Mx:
         self._idle = asyncio.Event()
         self._idle.set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._protocol_window = (0.0, 0)
 
     # session events
 
@@ -567,6 +570,25 @@ class Mx:
                 await task
         await self.errors.close()
 
+    def protocol_error(self, reply: str) -> None:
+        """Log a 4xx/5xx that no MX decision produced (syntax and sequence errors, limits, timeouts).
+
+        At most `_PROTOCOL_ROWS_PER_SECOND` rows a second, so a client sending garbage cannot turn the
+        error log into a write load; client input that the reply echoes is scrubbed of addresses and IPs.
+        """
+        now = time.monotonic()
+        start, count = self._protocol_window
+        if now - start >= 1.0:
+            start, count = now, 0
+        if count >= _PROTOCOL_ROWS_PER_SECOND:
+            return
+        self._protocol_window = (start, count + 1)
+        err = SmtpError.parse(reply.splitlines()[0] if reply else reply)
+        row = (store.utcnow(), "inbound", "", "", err.code, err.enhanced_code, scrub(err.text))
+        task = asyncio.get_running_loop().create_task(self.errors.write([row]))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _log_ours(self, error: SmtpError, domain: str, alias: str) -> None:
         await self.errors.write([(store.utcnow(), "inbound", domain, alias, error.code, error.enhanced_code,
                                   error.text)])
@@ -600,7 +622,8 @@ class MxHandler:
                           rcpt_options: list[str]) -> str:
         tx = envelope.state  # type: ignore[attr-defined]
         if not isinstance(tx, Transaction):
-            return "503 5.5.1 Error: need MAIL command"
+            self.mx.protocol_error(replies.NEED_MAIL)
+            return replies.NEED_MAIL
         result = await self.mx.recipient(SessionInfo.of(session), tx, address)
         if isinstance(result, SmtpError):
             return result.reply
@@ -636,7 +659,7 @@ class MxService:
             sessions=self.sessions, tls_context=self.ctx.server_tls(), require_starttls=False,
             auth_exclude_mechanism=["LOGIN", "PLAIN"], loop=asyncio.get_running_loop(),
             timeout=self.ctx.config.abuse.idle_timeout, data_timeout=self.ctx.config.abuse.command_timeout,
-            max_errors=self.ctx.config.abuse.max_errors_per_session,
+            max_errors=self.ctx.config.abuse.max_errors_per_session, on_error_reply=self.mx.protocol_error,
         )
 
     async def start(self) -> None:

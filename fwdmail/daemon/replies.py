@@ -101,3 +101,4 @@ RATE_LIMITED = SmtpError(451, "4.7.1", "Too many messages from your address, slo
 TOO_MANY_ERRORS = SmtpError(421, "4.7.0", "Too many errors, closing the connection")
 COMMAND_TIMEOUT = SmtpError(421, "4.4.2", "Timeout, closing the connection")
 DNSBL_LISTED = SmtpError(554, "5.7.1", "Service unavailable; client host blocked using {zone}")
+NEED_MAIL = "503 5.5.1 Error: need MAIL command"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
@@ -104,9 +105,10 @@ class SmtpServer(SMTP):
 
     def __init__(self, handler: Any, *, hostname: str, data_size_limit: int,
                  sessions: Sessions | None = None, data_timeout: float = 0.0, max_errors: int = 0,
-                 **kwargs: Any) -> None:
+                 on_error_reply: Callable[[str], None] | None = None, **kwargs: Any) -> None:
         """`data_timeout`: seconds the message data may take to arrive (0: no limit); `max_errors`: error
-        replies allowed before 421 and close (0: no limit)."""
+        replies allowed before 421 and close (0: no limit); `on_error_reply`: called with every 4xx/5xx
+        reply that did not come from a handler hook (syntax errors, limits, timeouts)."""
         kwargs.setdefault("ident", "ESMTP fwdmail")
         super().__init__(handler, hostname=hostname, data_size_limit=data_size_limit, enable_SMTPUTF8=True,
                          decode_data=False, **kwargs)
@@ -114,6 +116,8 @@ class SmtpServer(SMTP):
         self.data_timeout = data_timeout
         self.max_errors = max_errors
         self.errors = 0
+        self.on_error_reply = on_error_reply
+        self._hook_reply: str | None = None
         # Per instance: aiosmtpd's class-level dict is shared (and mutated) by every session.
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
         self.command_size_limits.update(MAIL=_COMMAND_LIMIT, RCPT=_COMMAND_LIMIT)
@@ -166,14 +170,28 @@ class SmtpServer(SMTP):
         raw, _, rest = text.partition(" ")
         return raw, rest.strip()
 
+    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+        status = await super()._call_handler_hook(command, *args)
+        self._hook_reply = status if isinstance(status, str) else None
+        return status
+
     async def push(self, status: str | bytes) -> None:
         """Send a reply; past `max_errors` error replies, also 421 and close the connection."""
         await super().push(status)
         text = status if isinstance(status, str) else status.decode("ascii", "replace")
-        if self.max_errors and text[:1] in ("4", "5") and not text.startswith("421") and self.transport:
+        if text[:1] not in ("4", "5"):
+            self._hook_reply = None
+            return
+        if text == self._hook_reply:
+            self._hook_reply = None
+        elif self.on_error_reply is not None:
+            self.on_error_reply(text)
+        if self.max_errors and not text.startswith("421") and self.transport:
             self.errors += 1
             if self.errors > self.max_errors:
                 await super().push(replies.TOO_MANY_ERRORS.reply)
+                if self.on_error_reply is not None:
+                    self.on_error_reply(replies.TOO_MANY_ERRORS.reply)
                 self.close()
 
     async def handle_exception(self, error: Exception) -> str:
