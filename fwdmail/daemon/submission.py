@@ -35,7 +35,7 @@ from .context import Context
 from .groupcommit import GroupCommitter
 from .listeners import listen
 from .replies import SmtpError
-from .smtpserver import SmtpServer
+from .smtpserver import Sessions, SmtpServer
 
 __all__ = [
     "AuthLimiter", "Login", "Prepared", "SubmissionHandler", "SubmissionService",
@@ -415,22 +415,6 @@ class SubmissionHandler:
         return replies.QUEUED.format(queue_id=queue_id)
 
 
-class _Session(SmtpServer):
-    """A submission session that the service can find (and close) when the daemon stops."""
-
-    def __init__(self, live: set[_Session], handler: SubmissionHandler, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
-        self._live = live
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self._live.add(self)
-
-    def connection_lost(self, error: Exception | None) -> None:
-        self._live.discard(self)
-        super().connection_lost(error)
-
-
 class SubmissionService:
     """The submission listeners on the serve loop, with their group committer and login limiter."""
 
@@ -444,15 +428,15 @@ class SubmissionService:
         self.limiter = AuthLimiter(cfg.auth_failures_per_hour, cfg.auth_lockout)
         self.handler = SubmissionHandler(ctx, self.committer, self.limiter, on_queued or (lambda: None))
         self._servers: list[asyncio.Server] = []
-        self._live: set[_Session] = set()
+        self.sessions = Sessions()
 
-    def _factory(self, implicit_tls: bool) -> Callable[[], _Session]:
+    def _factory(self, implicit_tls: bool) -> Callable[[], SmtpServer]:
         cfg = self.ctx.config.submission
         tls = None if implicit_tls else self.ctx.server_tls()
 
-        def make() -> _Session:
-            return _Session(
-                self._live, self.handler, hostname=self.ctx.config.server_hostname,
+        def make() -> SmtpServer:
+            return SmtpServer(
+                self.handler, hostname=self.ctx.config.server_hostname, sessions=self.sessions,
                 data_size_limit=cfg.max_message_size, tls_context=tls, require_starttls=not implicit_tls,
                 auth_require_tls=not implicit_tls,
             )
@@ -467,15 +451,18 @@ class SubmissionService:
                  len(cfg.listen), len(cfg.listen_tls))
 
     async def stop(self) -> None:
+        """Refuse new connections, let messages being received or committed get their reply (at most
+        `shutdown_timeout`, or until a second signal), then close every session with a 421."""
         for server in self._servers:
             server.close()
+        log.info("submission closed to new connections; %d session(s) inside a message", self.sessions.busy)
+        if not await self.sessions.drain(self.ctx.config.shutdown_timeout, self.ctx.force_stop):
+            log.warning("submission stopping with %d message(s) still being received", self.sessions.busy)
         try:
             await asyncio.wait_for(self.committer.drain(), self.ctx.config.shutdown_timeout)
         except TimeoutError:
             log.warning("stopping with submissions still being committed")
-        for session in list(self._live):
-            if session.transport is not None:
-                session.transport.close()
+        self.sessions.close(replies.SHUTTING_DOWN.reply)
         for server in self._servers:
             try:
                 await asyncio.wait_for(server.wait_closed(), 5)

@@ -1,0 +1,90 @@
+"""SIGTERM drains submission: a message mid-DATA is received, committed and answered with its queue id,
+then the session is closed with 421; the message is delivered after the restart."""
+
+from __future__ import annotations
+
+import base64
+import signal
+import socket
+import ssl
+import time
+from pathlib import Path
+
+from tests.outbound_support import add_domain, client_tls
+from tests.support.daemon import Daemon
+from tests.support.dns_server import LoopbackDNS
+from tests.support.smtp_sink import SmtpSink
+
+ALICE = "alice@example.test"
+
+
+class TlsClient:
+    """A raw implicit-TLS SMTP client that can stop half way through a message."""
+
+    def __init__(self, port: int) -> None:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.sock = client_tls().wrap_socket(raw)
+        self.file = self.sock.makefile("rb")
+        assert self.reply()[0] == 220
+
+    def reply(self) -> tuple[int, bytes]:
+        for _ in range(100):
+            line = self.file.readline()
+            assert line, "connection closed"
+            if line[3:4] != b"-":
+                return int(line[:3]), line[4:].strip()
+        raise AssertionError("endless reply")
+
+    def cmd(self, text: bytes) -> tuple[int, bytes]:
+        self.sock.sendall(text)
+        return self.reply()
+
+    def close(self) -> None:
+        self.file.close()
+        try:
+            self.sock.close()
+        except (OSError, ssl.SSLError):
+            pass
+
+
+def _wait_for_log(d: Daemon, text: str) -> None:
+    deadline = time.monotonic() + 30
+    while text not in d.logs():
+        assert d.proc is not None and d.proc.poll() is None, d.logs()
+        assert time.monotonic() < deadline, f"no {text!r} in the log:\n{d.logs()}"
+        time.sleep(0.05)
+
+
+def test_sigterm_lets_a_submission_mid_data_be_committed(tmp_path: Path, dns_server: LoopbackDNS,
+                                                          sink: SmtpSink) -> None:
+    d = Daemon(tmp_path, {"dns": {"nameservers": [dns_server.address]},
+                          "delivery": {"routes": {"*": sink.address}}, "shutdown_timeout": 120})
+    password = add_domain(d, "example.test", ALICE)[ALICE]
+    d.start()
+    assert d.proc is not None
+    head = f"From: {ALICE}\r\nTo: bob@dest.test\r\nSubject: drained\r\n\r\nfirst half\r\n".encode()
+    c = TlsClient(d.submission_tls_port)
+    try:
+        assert c.cmd(b"EHLO client.test\r\n")[0] == 250
+        token = base64.b64encode(f"\0{ALICE}\0{password}".encode())
+        assert c.cmd(b"AUTH PLAIN " + token + b"\r\n")[0] == 235
+        assert c.cmd(f"MAIL FROM:<{ALICE}>\r\n".encode())[0] == 250
+        assert c.cmd(b"RCPT TO:<bob@dest.test>\r\n")[0] == 250
+        assert c.cmd(b"DATA\r\n")[0] == 354
+        c.sock.sendall(head)
+        d.proc.send_signal(signal.SIGTERM)
+        _wait_for_log(d, "submission closed to new connections; 1 session(s) inside a message")
+        try:
+            socket.create_connection(("127.0.0.1", d.submission_tls_port), timeout=10).close()
+            raise AssertionError("a new connection was accepted while stopping")
+        except ConnectionRefusedError:
+            pass
+        code, text = c.cmd(b"second half\r\n.\r\n")
+        assert code == 250 and text.startswith(b"2.0.0 Queued as "), text
+        assert c.file.readline().startswith(b"421 ")
+    finally:
+        c.close()
+    assert d.proc.wait(60) == 0
+    d.start()
+    (got,) = sink.wait_for(1, timeout=30)
+    assert got.rcpt_tos == ["bob@dest.test"] and b"second half" in got.data
