@@ -5,7 +5,6 @@ no double delivery on the sender's retry, MX preference and fallback, size limit
 from __future__ import annotations
 
 import smtplib
-import socket
 from collections.abc import Iterator
 
 import dkim
@@ -15,6 +14,7 @@ from fwdmail import keys
 from tests.mx_helpers import CLIENT, error_rows, message, send, start_daemon
 from tests.support.daemon import Daemon, free_port
 from tests.support.dns_server import LoopbackDNS
+from tests.support.raw_smtp import RawSmtp
 from tests.support.smtp_sink import SmtpSink
 
 LIMIT = 100_000
@@ -234,39 +234,12 @@ def test_our_own_marker_is_a_loop_for_the_same_alias(mx: Daemon, sink: SmtpSink)
     assert send(mx, "alice@src.test", ["other@ours.test"], came_back).code == 250  # another alias: fine
 
 
-class Raw:
-    """A plain socket SMTP client, for what smtplib would not send."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.file = self.sock.makefile("rb")
-        assert self.reply()[0] == 220
-
-    def reply(self) -> tuple[int, bytes]:
-        lines = []
-        for _ in range(100):
-            line = self.file.readline()
-            assert line, "connection closed"
-            lines.append(line)
-            if line[3:4] != b"-":
-                break
-        return int(lines[-1][:3]), b"".join(x[4:] for x in lines).strip()
-
-    def cmd(self, text: bytes) -> tuple[int, bytes]:
-        self.sock.sendall(text)
-        return self.reply()
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
-
-
 SMUGGLED = b"MAIL FROM:<evil@src.test>\r\nRCPT TO:<ok@ours.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nevil\r\n"
 
 
 @pytest.mark.parametrize("end", [b"\n.\n", b"\r.\r", b"\r\n.\n", b"\n.\r\n", b"\r.\r\n"])
 def test_smuggling_is_not_an_end_of_data(mx: Daemon, sink: SmtpSink, end: bytes) -> None:
-    c = Raw(mx.mx_port)
+    c = RawSmtp(mx.mx_port)
     try:
         assert c.cmd(b"EHLO client.test\r\n")[0] == 250
         assert c.cmd(b"MAIL FROM:<alice@src.test>\r\n")[0] == 250
@@ -281,7 +254,7 @@ def test_smuggling_is_not_an_end_of_data(mx: Daemon, sink: SmtpSink, end: bytes)
 
 
 def test_bare_lf_inside_a_message_is_refused_and_a_clean_one_passes(mx: Daemon, sink: SmtpSink) -> None:
-    c = Raw(mx.mx_port)
+    c = RawSmtp(mx.mx_port)
     try:
         c.cmd(b"EHLO client.test\r\n")
         c.cmd(b"MAIL FROM:<alice@src.test>\r\n")
@@ -305,7 +278,7 @@ def test_8bit_body_is_forwarded_byte_for_byte(mx: Daemon, sink: SmtpSink) -> Non
 
 
 def test_smtputf8_sender(mx: Daemon, sink: SmtpSink) -> None:
-    c = Raw(mx.mx_port)
+    c = RawSmtp(mx.mx_port)
     try:
         c.cmd(b"EHLO client.test\r\n")
         assert c.cmd("MAIL FROM:<jürgen@src.test>\r\n".encode())[:1] == (553,)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from tests.mx_helpers import message, start_daemon
 from tests.support.daemon import Daemon
 from tests.support.dns_server import LoopbackDNS
+from tests.support.raw_smtp import RawSmtp
 from tests.support.smtp_sink import SmtpSink
 
 DRAINING = "MX closed to new connections"
@@ -30,44 +30,12 @@ def _daemon(tmp: Path, dns: LoopbackDNS, sink: SmtpSink, shutdown_timeout: float
     ])
 
 
-class Client:
-    """A plain socket SMTP client that can stop half way through a message."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        self.file = self.sock.makefile("rb")
-        assert self.reply()[0] == 220
-
-    def reply(self) -> tuple[int, bytes]:
-        for _ in range(100):
-            line = self.file.readline()
-            assert line, "connection closed"
-            if line[3:4] != b"-":
-                return int(line[:3]), line[4:].strip()
-        raise AssertionError("endless reply")
-
-    def cmd(self, text: bytes) -> tuple[int, bytes]:
-        self.sock.sendall(text)
-        return self.reply()
-
-    def start_message(self, first_part: bytes) -> None:
-        assert self.cmd(b"EHLO client.test\r\n")[0] == 250
-        assert self.cmd(b"MAIL FROM:<alice@src.test>\r\n")[0] == 250
-        assert self.cmd(b"RCPT TO:<a@ours.test>\r\n")[0] == 250
-        assert self.cmd(b"DATA\r\n")[0] == 354
-        self.sock.sendall(first_part)
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
-
-
-def _wait_for_log(d: Daemon, text: str) -> None:
-    deadline = time.monotonic() + 30
-    while text not in d.logs():
-        assert d.proc is not None and d.proc.poll() is None, d.logs()
-        assert time.monotonic() < deadline, f"no {text!r} in the log:\n{d.logs()}"
-        time.sleep(0.05)
+def _start_message(c: RawSmtp, first_part: bytes) -> None:
+    assert c.cmd(b"EHLO client.test\r\n")[0] == 250
+    assert c.cmd(b"MAIL FROM:<alice@src.test>\r\n")[0] == 250
+    assert c.cmd(b"RCPT TO:<a@ours.test>\r\n")[0] == 250
+    assert c.cmd(b"DATA\r\n")[0] == 354
+    c.sock.sendall(first_part)
 
 
 def test_sigterm_lets_a_message_mid_data_finish(tmp_path: Path, dns_server: LoopbackDNS,
@@ -76,11 +44,11 @@ def test_sigterm_lets_a_message_mid_data_finish(tmp_path: Path, dns_server: Loop
     assert d.proc is not None
     msg = message("drained", body=b"first half\r\nsecond half\r\n")
     head, tail = msg[: msg.index(b"second half")], msg[msg.index(b"second half"):]
-    c = Client(d.mx_port)
+    c = RawSmtp(d.mx_port)
     try:
-        c.start_message(head)
+        _start_message(c, head)
         d.proc.send_signal(signal.SIGTERM)
-        _wait_for_log(d, DRAINING)
+        d.wait_for_log(DRAINING)
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", d.mx_port), timeout=10).close()
         assert d.proc.poll() is None
@@ -97,11 +65,11 @@ def test_sigterm_lets_a_message_mid_data_finish(tmp_path: Path, dns_server: Loop
 def test_second_signal_forces_the_stop(tmp_path: Path, dns_server: LoopbackDNS, sink: SmtpSink) -> None:
     d = _daemon(tmp_path, dns_server, sink, shutdown_timeout=600)
     assert d.proc is not None
-    c = Client(d.mx_port)
+    c = RawSmtp(d.mx_port)
     try:
-        c.start_message(message("forced")[:40])
+        _start_message(c, message("forced")[:40])
         d.proc.send_signal(signal.SIGTERM)
-        _wait_for_log(d, DRAINING)
+        d.wait_for_log(DRAINING)
         d.proc.send_signal(signal.SIGTERM)
         assert d.proc.wait(60) == 0  # well before the 600 s drain limit
     finally:

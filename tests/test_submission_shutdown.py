@@ -6,53 +6,15 @@ from __future__ import annotations
 import base64
 import signal
 import socket
-import ssl
-import time
 from pathlib import Path
 
 from tests.outbound_support import add_domain, client_tls
 from tests.support.daemon import Daemon
 from tests.support.dns_server import LoopbackDNS
+from tests.support.raw_smtp import RawSmtp
 from tests.support.smtp_sink import SmtpSink
 
 ALICE = "alice@example.test"
-
-
-class TlsClient:
-    """A raw implicit-TLS SMTP client that can stop half way through a message."""
-
-    def __init__(self, port: int) -> None:
-        raw = socket.create_connection(("127.0.0.1", port), timeout=30)
-        self.sock = client_tls().wrap_socket(raw)
-        self.file = self.sock.makefile("rb")
-        assert self.reply()[0] == 220
-
-    def reply(self) -> tuple[int, bytes]:
-        for _ in range(100):
-            line = self.file.readline()
-            assert line, "connection closed"
-            if line[3:4] != b"-":
-                return int(line[:3]), line[4:].strip()
-        raise AssertionError("endless reply")
-
-    def cmd(self, text: bytes) -> tuple[int, bytes]:
-        self.sock.sendall(text)
-        return self.reply()
-
-    def close(self) -> None:
-        self.file.close()
-        try:
-            self.sock.close()
-        except (OSError, ssl.SSLError):
-            pass
-
-
-def _wait_for_log(d: Daemon, text: str) -> None:
-    deadline = time.monotonic() + 30
-    while text not in d.logs():
-        assert d.proc is not None and d.proc.poll() is None, d.logs()
-        assert time.monotonic() < deadline, f"no {text!r} in the log:\n{d.logs()}"
-        time.sleep(0.05)
 
 
 def test_sigterm_lets_a_submission_mid_data_be_committed(tmp_path: Path, dns_server: LoopbackDNS,
@@ -63,7 +25,7 @@ def test_sigterm_lets_a_submission_mid_data_be_committed(tmp_path: Path, dns_ser
     d.start()
     assert d.proc is not None
     head = f"From: {ALICE}\r\nTo: bob@dest.test\r\nSubject: drained\r\n\r\nfirst half\r\n".encode()
-    c = TlsClient(d.submission_tls_port)
+    c = RawSmtp(d.submission_tls_port, client_tls())
     try:
         assert c.cmd(b"EHLO client.test\r\n")[0] == 250
         token = base64.b64encode(f"\0{ALICE}\0{password}".encode())
@@ -73,7 +35,7 @@ def test_sigterm_lets_a_submission_mid_data_be_committed(tmp_path: Path, dns_ser
         assert c.cmd(b"DATA\r\n")[0] == 354
         c.sock.sendall(head)
         d.proc.send_signal(signal.SIGTERM)
-        _wait_for_log(d, "submission closed to new connections; 1 session(s) inside a message")
+        d.wait_for_log("submission closed to new connections; 1 session(s) inside a message")
         try:
             socket.create_connection(("127.0.0.1", d.submission_tls_port), timeout=10).close()
             raise AssertionError("a new connection was accepted while stopping")

@@ -139,6 +139,14 @@ class Daemon:
                     time.sleep(0.05)
         return self
 
+    def wait_for_log(self, text: str, timeout: float = 30) -> None:
+        """Block until `text` is in the daemon's log (the daemon must stay up meanwhile)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.logs():
+            assert self.proc is not None and self.proc.poll() is None, self.logs()
+            assert time.monotonic() < deadline, f"no {text!r} in the log:\n{self.logs()}"
+            time.sleep(0.05)
+
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
