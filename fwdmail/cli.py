@@ -136,6 +136,7 @@ def serve(state: State) -> None:
     """Run the MX, submission, outbound queue and retention jobs in one process."""
     from . import logsetup
     from .daemon import serve as daemon
+    from .daemon.context import StartupError
 
     rt = state.open()
     store.close_store()
@@ -145,7 +146,11 @@ def serve(state: State) -> None:
         runner: Callable[..., int] = uvloop.run
     except ImportError:
         runner = asyncio.run
-    sys.exit(runner(daemon.run(rt)))
+    try:
+        code = runner(daemon.run(rt))
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(code)
 
 
 # accounts

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -84,3 +85,37 @@ def test_python_dash_m() -> None:
     assert done.stdout.startswith("Usage: ") and "fwdmail" in done.stdout
     for command in ("init", "serve", "check-config", "account", "domain", "alias"):
         assert command in done.stdout
+
+
+def test_serve_with_a_port_taken_says_so_in_one_line(tmp_path: Path) -> None:
+    """A listen address already in use is a one-line error and exit 1, not a traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "fwdmail.toml"
+        config.write_text(f'data_dir = "data"\nhostname = "mx.fwdmail.test"\n'
+                          f'[mx]\nlisten = ["127.0.0.1:{port}"]\n'
+                          '[submission]\nlisten = []\nlisten_tls = []\n'
+                          '[dns]\nnameservers = ["127.0.0.1:9"]\n')
+        proc = subprocess.run([sys.executable, "-m", "fwdmail", "--config", str(config), "serve"],
+                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == f"Error: cannot listen on 127.0.0.1:{port}: address already in use"
+
+
+def test_serve_with_a_broken_certificate_says_so_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "cert.pem").write_text("not a certificate\n")
+    (tmp_path / "key.pem").write_text("not a key\n")
+    config = tmp_path / "fwdmail.toml"
+    config.write_text('data_dir = "data"\nhostname = "mx.fwdmail.test"\n'
+                      '[tls]\ncert = "cert.pem"\nkey = "key.pem"\n'
+                      '[mx]\nlisten = ["127.0.0.1:0"]\n[submission]\nlisten = []\nlisten_tls = []\n'
+                      '[dns]\nnameservers = ["127.0.0.1:9"]\n')
+    proc = subprocess.run([sys.executable, "-m", "fwdmail", "--config", str(config), "serve"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode in (1, 2), proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "tls" in proc.stderr.strip().splitlines()[-1].lower(), proc.stderr

@@ -15,11 +15,19 @@ if TYPE_CHECKING:
     from .delivery import Delivery
 
 
+class StartupError(RuntimeError):
+    """The daemon cannot start (a port taken, a certificate unreadable); the message says which."""
+
+
 def server_tls_context(runtime: Runtime) -> ssl.SSLContext:
     """TLS 1.2+ with the configured (or generated) certificate."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(str(runtime.cert_path), str(runtime.key_path))
+    try:
+        ctx.load_cert_chain(str(runtime.cert_path), str(runtime.key_path))
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"tls.cert / tls.key: cannot load {runtime.cert_path} with "
+                           f"{runtime.key_path}: {getattr(exc, 'strerror', None) or exc}") from None
     return ctx
 
 

@@ -7,6 +7,7 @@ import ssl
 from collections.abc import Callable
 
 from ..config import parse_host_port
+from .context import StartupError
 
 
 async def listen(addresses: tuple[str, ...], factory: Callable[[], asyncio.Protocol],
@@ -16,9 +17,17 @@ async def listen(addresses: tuple[str, ...], factory: Callable[[], asyncio.Proto
     servers = []
     for addr in addresses:
         host, port = parse_host_port(addr)
-        servers.append(await loop.create_server(
-            factory, host, port, ssl=tls, backlog=1024, reuse_address=True, start_serving=True,
-        ))
+        try:
+            servers.append(await loop.create_server(
+                factory, host, port, ssl=tls, backlog=1024, reuse_address=True, start_serving=True,
+            ))
+        except OSError as exc:
+            for s in servers:
+                s.close()
+            reason = exc.strerror or str(exc)
+            if "address already in use" in str(exc).lower():
+                reason = "address already in use"
+            raise StartupError(f"cannot listen on {addr}: {reason}") from None
     return servers
 
 
