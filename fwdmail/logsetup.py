@@ -10,21 +10,24 @@ import logging
 import re
 import sys
 
-_EMAIL = re.compile(r"[^\s<>\"'(),;:\[\]]+@[^\s<>\"'(),;:\[\]]+")
+# local part: quoted ("a b"@x) or plain; "@" or percent-encoded "%40"; domain: a name or a [literal]
+_EMAIL = re.compile(r"(?:\"[^\"\r\n]*\"|[^\s<>\"'(),;:\[\]]+)(?:@|%40)"
+                    r"(?:\[[^\[\]\s]*\]|[^\s<>\"'(),;:\[\]]+)")
 _IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
-_IPV6 = re.compile(r"(?<![\w:.])[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(?![\w:.])")
+_IPV6 = re.compile(r"(?:(?<=[Ii][Pp][Vv]6:)|(?<![\w:.]))[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(?![\w:.])")
 
 
 def scrub(text: str) -> str:
     """Replace anything that looks like a mail address or an IP address."""
     text = _EMAIL.sub("[address]", text)
-    text = _IPV4.sub("[ip]", text)
-    return _IPV6.sub(_ipv6, text)
+    text = _IPV6.sub(_ipv6, text)
+    return _IPV4.sub("[ip]", text)
 
 
 def _ipv6(m: re.Match[str]) -> str:
     token = m.group(0)
-    return "[ip]" if "::" in token or token.count(":") >= 7 else token
+    colons = token.count(":")
+    return "[ip]" if "::" in token or colons >= 7 or (colons == 6 and "." in token) else token
 
 
 class ScrubFilter(logging.Filter):
@@ -46,5 +49,5 @@ def setup(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    logging.getLogger("mail.log").setLevel(logging.ERROR)  # its warnings name the client's IP
     logging.getLogger("peewee").setLevel(logging.WARNING)  # at debug it logs every SQL value
