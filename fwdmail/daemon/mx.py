@@ -152,7 +152,10 @@ def received_header(helo: str, hostname: str, session: SessionInfo, smtputf8: bo
 
 
 def _mask(text: str, destination: str, shown: str) -> str:
-    masked = re.sub(re.escape(destination), shown, text, flags=re.IGNORECASE)
+    """A destination's reply text naming `destination` as `shown`; any other address or IP it echoes
+    (our SRS sender spells out the original sender's address) is scrubbed."""
+    pieces = re.split(re.escape(destination), text, flags=re.IGNORECASE)
+    masked = shown.join(scrub(p) for p in pieces)
     return " ".join(masked.split())[:_REPLY_TEXT_LIMIT]
 
 
@@ -315,8 +318,17 @@ class Mx:
         elif addr.domain == self.srs_domain and srs.is_srs(addr.local):
             await self._log_ours(err, addr.domain, SRS_BOUNCE_ALIAS)  # the address encodes a stranger's
         else:
-            await self._log_ours(err, addr.domain, str(addr).lower())
+            await self._log_ours(err, addr.domain, str(addr).lower() if await self._hosted(addr) else "")
         return err
+
+    async def _hosted(self, addr: Address) -> bool:
+        """Whether `addr` is ours, so the error log may name it (refusals before routing may not be)."""
+        if addr.domain == self.srs_domain:
+            return True
+        try:
+            return (await self.directory.get()).hosts(addr.domain)
+        except Exception:
+            return False
 
     async def _route(self, addr: Address) -> Route | SmtpError:
         if addr.domain == self.srs_domain and srs.is_srs(addr.local):
