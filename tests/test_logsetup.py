@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 
@@ -58,3 +59,23 @@ def test_filter_scrubs_arguments_and_tracebacks() -> None:
     assert "ValueError" in text and "[address]" in text and "[ip]" in text
     for secret in ("private.sender", "hidden.dest", "127.0.0.2", "2001:db8"):
         assert secret not in text, text
+
+
+def test_unexpected_session_error_is_logged_without_its_message(caplog: pytest.LogCaptureFixture) -> None:
+    """An exception's message may quote client input; the 451's log line keeps its type and place."""
+    from fwdmail.daemon.smtpserver import SmtpServer
+
+    async def fail() -> str:
+        server = SmtpServer(object(), hostname="mx.test", data_size_limit=1000)
+        address, ip = "private.sender@sender-domain.test", "127.0.0.2"
+        try:
+            raise ValueError(f"cannot route <{address}> from {ip}")
+        except ValueError as exc:
+            return await server.handle_exception(exc)
+
+    with caplog.at_level(logging.ERROR, logger="fwdmail.smtp"):
+        assert asyncio.run(fail()).startswith("451 ")
+    [record] = caplog.records
+    text = logging.Formatter().format(record)
+    assert "ValueError" in text and "in fail" in text
+    assert "private.sender" not in text and "127.0.0.2" not in text, text

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -195,8 +196,10 @@ class SmtpServer(SMTP):
                 self.close()
 
     async def handle_exception(self, error: Exception) -> str:
-        log.error("unexpected error in an SMTP session: %s: %s", type(error).__name__, error,
-                  exc_info=error)
+        """A 451; the log gets the error's type and where it was raised, not its message, which may
+        quote client input (addresses)."""
+        where = "".join(traceback.format_tb(error.__traceback__)).rstrip()
+        log.error("unexpected error in an SMTP session: %s\n%s", type(error).__name__, where)
         return replies.TRY_LATER.reply
 
     @syntax("EHLO hostname")
