@@ -11,8 +11,11 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import os
 import smtplib
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -227,3 +230,46 @@ def test_submission_logins_and_mail_log_no_password_ip_or_address(
     for needle in (CLIENT_IP, OTHER_IP, WRONG_PASSWORD, password, BODY.strip()):
         assert needle.encode() not in stored, needle
     assert db_rows(daemon, "SELECT count(*) FROM abuse_event")[0][0] == 0
+
+
+def _open_files(pid: int) -> set[str]:
+    """The paths of the files process `pid` holds open (sockets, pipes and the like left out)."""
+    fds = Path(f"/proc/{pid}/fd")
+    links = set()
+    for fd in fds.iterdir():
+        try:
+            links.add(os.readlink(fd))
+        except FileNotFoundError:
+            continue
+    return {link for link in links if link.startswith("/")}
+
+
+def test_a_large_forwarded_message_is_held_in_memory_only(daemon: Daemon, sink: SmtpSink) -> None:
+    """While the destination holds its reply, the daemon has the whole message and no file but its own
+    database and log open: nothing spooled it to disk (a deleted temp file shows as "(deleted)")."""
+    assert daemon.proc is not None and Path(f"/proc/{daemon.proc.pid}/fd").is_dir()
+    arrived, release = threading.Event(), threading.Event()
+    seen: list[set[str]] = []
+
+    def hold(envelope: object) -> None:
+        arrived.set()
+        release.wait(30)
+        return None
+
+    sink.behaviour.data = hold
+    body = (b"A private body 8e0d " * 3 + b"\r\n") * 50_000  # 3 MB
+    result: list[int | None] = []
+    client = threading.Thread(target=lambda: result.append(
+        send(daemon, SENDER, [ALIAS], message(SUBJECT, body=body), source=CLIENT_IP).code))
+    client.start()
+    try:
+        assert arrived.wait(30), "the message never reached the destination"
+        seen.append(_open_files(daemon.proc.pid))
+    finally:
+        release.set()
+        client.join(60)
+    assert result == [250]
+    db = str(daemon.data_dir / "fwdmail.db")
+    allowed = {db, f"{db}-wal", f"{db}-shm", str(daemon.log_path), "/dev/null", "/dev/urandom"}
+    assert seen[0] - allowed == set(), seen[0]
+    assert len(sink.wait_for(1)[0].data) > len(body)
