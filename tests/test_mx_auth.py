@@ -96,6 +96,19 @@ def transact(d: Daemon, mail_from: str, rcpt: str, data: bytes, *, starttls: boo
         return mail, rcpt, code, text.decode()
 
 
+def assert_ip_only_in_abuse_events(d: Daemon, ip: str = "127.0.0.1") -> None:
+    """The client IP may be in abuse events (7 days); never in the error log nor in a log line (not even
+    scrubbed: "[ip]" would mean code logged it and only the scrubber hid it)."""
+    db = sqlite3.connect(f"file:{d.data_dir / 'fwdmail.db'}?mode=ro", uri=True, timeout=10)
+    try:
+        errors = db.execute("SELECT * FROM smtp_error_log").fetchall()
+    finally:
+        db.close()
+    assert errors and ip not in str(errors), errors
+    logs = d.logs()
+    assert ip not in logs and "[ip]" not in logs, logs
+
+
 def abuse_events(d: Daemon) -> list[tuple[str, str | None, str]]:
     db = sqlite3.connect(f"file:{d.data_dir / 'fwdmail.db'}?mode=ro", uri=True, timeout=10)
     try:
@@ -177,6 +190,7 @@ def test_enforced_policy_refuses_spoofing_and_records_it(
     listed = json.loads(cli(auth_daemon, ["abuse", "--kind", "dmarc-reject", "--json"])[0])
     assert [(e["kind"], e["client_ip"], e["domain"]) for e in listed] == [
         ("dmarc-reject", "127.0.0.1", hosted)]
+    assert_ip_only_in_abuse_events(auth_daemon)
 
 
 def test_report_only_and_off_policies(auth_daemon: Daemon, dns_server: LoopbackDNS, sink: SmtpSink) -> None:
@@ -299,6 +313,7 @@ def test_per_ip_limits(make_daemon: Callable[..., Daemon]) -> None:
 
     kinds = [(k, ip) for k, ip, _ in abuse_events(d)]
     assert kinds == [("too-many-connections", "127.0.0.1"), ("rate-limit", "127.0.0.1")]
+    assert_ip_only_in_abuse_events(d)
 
 
 def test_timeouts_close_idle_and_slow_clients(make_daemon: Callable[..., Daemon], dns_server: LoopbackDNS,
@@ -351,6 +366,7 @@ def test_dnsbl_listed_client_is_refused_at_connect(make_daemon: Callable[..., Da
     assert code == 554 and zone in text and "5.7.1" in text
     [(kind, ip, detail)] = abuse_events(d)
     assert (kind, ip, detail) == ("dnsbl", "127.0.0.1", f"listed in {zone}")
+    assert_ip_only_in_abuse_events(d)
     dns_server.remove(f"1.0.0.127.{zone}")
     dns_server.add(f"1.0.0.127.{quiet}", "TXT", "not an A record", ttl=0)
     assert _greeting(d)[0] == 220
