@@ -44,6 +44,7 @@ def test_pragmas(db: Path) -> None:
     assert pragma("journal_mode") == "wal"
     assert pragma("foreign_keys") == 1
     assert pragma("secure_delete") == 1
+    assert pragma("temp_store") == 2  # no temp file outside the database files holds a removed page
     assert pragma("busy_timeout") == 10_000
     assert pragma("synchronous") == 2
 

@@ -14,6 +14,7 @@ PRAGMAS = {
     "journal_mode": "wal",
     "foreign_keys": 1,
     "secure_delete": 1,
+    "temp_store": 2,  # MEMORY: sorter and statement-journal temp files could hold bodies being redacted
     "synchronous": 2,  # FULL: a commit is on disk before it returns
     "busy_timeout": 10_000,
 }
