@@ -202,6 +202,21 @@ def test_partial_failure_notice_and_row_hold_no_ip_and_nothing_of_the_message(
     assert_clean_logs(daemon, start)
 
 
+def test_header_contents_quoted_by_a_failed_arc_check_stay_out_of_the_log(
+        daemon: Daemon, sink: SmtpSink) -> None:
+    """dkimpy's reason for a broken ARC set quotes the header it choked on."""
+    start = len(daemon.logs())
+    bad = f"not*base64 {SUBJECT} {SENDER}".encode()
+    arc = (b"ARC-Seal: i=1; a=rsa-sha256; cv=none; d=sender-domain.test; s=sel; t=1; b=" + bad + b"\r\n"
+           b"ARC-Message-Signature: i=1; a=rsa-sha256; c=relaxed/relaxed; d=sender-domain.test; s=sel; t=1;"
+           b" h=from; bh=AAAA; b=" + bad + b"\r\n"
+           b"ARC-Authentication-Results: i=1; mx.test; spf=pass\r\n")
+    out = send(daemon, SENDER, [ALIAS], message(body=BODY.encode(), headers=arc), source=CLIENT_IP)
+    assert out.code == 250, out.text
+    assert b"arc=fail" in sink.wait_for(1)[0].data
+    assert "ARC chain does not validate" in assert_clean_logs(daemon, start)
+
+
 def _plain(user: str, password: str) -> str:
     return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
 
