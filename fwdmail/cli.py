@@ -140,6 +140,7 @@ def serve(state: State) -> None:
 
     rt = state.open()
     store.close_store()
+    lock = datadir.lock_for_serve(rt.config)  # held until this process exits
     logsetup.setup(rt.config.log_level)
     try:
         import uvloop  # type: ignore[import-not-found]
@@ -150,6 +151,8 @@ def serve(state: State) -> None:
         code = runner(daemon.run(rt))
     except StartupError as exc:
         raise click.ClickException(str(exc)) from None
+    finally:
+        os.close(lock)
     sys.exit(code)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import ssl
 from dataclasses import dataclass
@@ -9,6 +10,10 @@ from pathlib import Path
 
 from . import keys, store
 from .config import Config, ConfigError
+
+
+class DataDirInUse(store.StoreError):
+    """Another `fwdmail serve` runs on this data dir."""
 
 
 @dataclass(frozen=True)
@@ -46,3 +51,27 @@ def prepare(cfg: Config, *, open_db: bool = True) -> Runtime:
     if open_db:
         store.open_store(cfg.db_path)
     return Runtime(cfg, secret, cfg.cert_path, cfg.key_path)
+
+
+def lock_for_serve(cfg: Config) -> int:
+    """Take the data dir's serve lock for the life of this process; return its descriptor.
+
+    Two daemons on one store would each take back the other's queue claims at start and deliver the
+    same messages twice, so a second `serve` is refused before it touches anything. The lock is an
+    flock on `serve.lock` (never SQLite's own locks), released by the kernel when the process ends.
+    """
+    path = cfg.data_path / "serve.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"data_dir: cannot create {path}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        raise DataDirInUse(f"another fwdmail serve{f' (pid {pid})' if pid.isdigit() else ''} is running "
+                           f"on data dir {cfg.data_path.resolve()}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

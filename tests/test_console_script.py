@@ -119,3 +119,29 @@ def test_serve_with_a_broken_certificate_says_so_in_one_line(tmp_path: Path) -> 
     assert proc.returncode in (1, 2), proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
     assert "tls" in proc.stderr.strip().splitlines()[-1].lower(), proc.stderr
+
+
+def test_a_second_serve_on_the_same_data_dir_is_refused_before_it_starts(tmp_path: Path) -> None:
+    """Two daemons on one store would take back each other's queue claims at start (double delivery):
+    the second one stops with one line naming the first, on other ports too; a killed first one does
+    not block the next start."""
+    from tests.support.daemon import Daemon
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = Daemon(tmp_path / "a").start()
+    second = Daemon(tmp_path / "b", {"data_dir": str(first.data_dir)})
+    assert first.proc is not None and set(second.ports).isdisjoint(first.ports)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "fwdmail", "--config", str(second.config_path), "serve"],
+                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr == (f"Error: another fwdmail serve (pid {first.proc.pid}) is running on data dir "
+                               f"{first.data_dir.resolve()}\n")
+        assert first.proc.poll() is None
+        first.kill()
+        second.start()
+        assert second.cli("account", "list", "--json").output.strip() == "[]"
+    finally:
+        first.kill()
+        second.stop()
