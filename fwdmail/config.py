@@ -21,6 +21,10 @@ from typing import Any
 import idna
 
 DEFAULT_DATA_DIR = "./fwdmail-data"
+# Every float key is a duration in seconds; past a year it is a typo, and far past it `now + duration`
+# overflows the date range. Integer keys are counts and sizes that SQLite and the OS take as C ints.
+MAX_SECONDS = 365 * 86400
+MAX_INT = 2**31 - 1
 
 
 class ConfigError(ValueError):
@@ -84,6 +88,11 @@ def _positive(key: str, value: float) -> None:
         raise ConfigError(f"{key}: must be greater than 0, got {value}")
 
 
+def _at_most(key: str, value: float, limit: int, why: str = "") -> None:
+    if value > limit:
+        raise ConfigError(f"{key}: must be at most {limit}{f' ({why})' if why else ''}, got {value}")
+
+
 @dataclass(frozen=True)
 class MxConfig:
     listen: tuple[str, ...] = ("127.0.0.1:2525",)
@@ -125,6 +134,7 @@ class SubmissionConfig:
         _positive(f"{key}.auth_failures_per_hour", self.auth_failures_per_hour)
         _positive(f"{key}.auth_lockout", self.auth_lockout)
         _positive(f"{key}.max_future_date_days", self.max_future_date_days)
+        _at_most(f"{key}.max_future_date_days", self.max_future_date_days, 365, "a year")
 
 
 @dataclass(frozen=True)
@@ -217,7 +227,10 @@ class RetentionConfig:
     def validate(self, key: str) -> None:
         _positive(f"{key}.interval", self.interval)
         _positive(f"{key}.error_log_days", self.error_log_days)
+        _at_most(f"{key}.error_log_days", self.error_log_days, 7, "the privacy promise; shorter is fine")
         _positive(f"{key}.outbound_record_days", self.outbound_record_days)
+        _at_most(f"{key}.outbound_record_days", self.outbound_record_days, 30,
+                 "the privacy promise; shorter is fine")
         _positive(f"{key}.batch_size", self.batch_size)
 
 
@@ -328,10 +341,12 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad
+        _at_most(key, value, MAX_INT)
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise bad
+        _at_most(key, value, MAX_SECONDS, "a year, in seconds")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

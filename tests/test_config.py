@@ -324,3 +324,38 @@ def test_missing_config_file_is_exit_2(tmp_path: Path) -> None:
     result = run("--config", str(tmp_path / "nope.toml"), "check-config")
     assert result.exit_code == 2
     assert "cannot read config file" in result.output
+
+
+# ------------------------------------------------------------------ upper bounds
+
+
+@pytest.mark.parametrize("path", FLOATS, ids=".".join)
+def test_durations_stop_at_a_year(path: tuple[str, ...]) -> None:
+    """A duration past a year is a typo; far past it, `now + duration` overflows in the queue or purge."""
+    year = nested(path, config.MAX_SECONDS)
+    if path == ("queue", "min_backoff"):
+        year["queue"]["max_backoff"] = config.MAX_SECONDS
+    assert from_dict(year)  # a year itself is fine
+    message = error(nested(path, 1e20))
+    assert message == f"{'.'.join(path)}: must be at most 31536000 (a year, in seconds), got 1e+20"
+
+
+@pytest.mark.parametrize("path", [p for p, tp in all_keys() if tp is int], ids=".".join)
+def test_integers_stop_at_a_c_int(path: tuple[str, ...]) -> None:
+    """SQLite LIMITs and the like take these; 2**63 would be an OverflowError at run time."""
+    assert error(nested(path, 2**63)).startswith(f"{'.'.join(path)}: must be at most")
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"retention": {"error_log_days": 8}},
+     "retention.error_log_days: must be at most 7 (the privacy promise; shorter is fine), got 8"),
+    ({"retention": {"outbound_record_days": 31}},
+     "retention.outbound_record_days: must be at most 30 (the privacy promise; shorter is fine), got 31"),
+    ({"submission": {"max_future_date_days": 366}},
+     "submission.max_future_date_days: must be at most 365 (a year), got 366"),
+])
+def test_day_counts_have_their_limits(data: dict[str, Any], message: str) -> None:
+    assert error(data) == message
+    edge = {table: {key: value - 1 for key, value in keys.items()} for table, keys in data.items()}
+    assert from_dict(edge)
+
