@@ -362,7 +362,14 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
     if origin is dict:
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             raise bad
-        return {_domain_key(k): v for k, v in value.items()}
+        out: dict[str, str] = {}
+        written: dict[str, str] = {}
+        for k, v in value.items():
+            name = _domain_key(k)
+            if name in out:
+                raise ConfigError(f"{key}: {written[name]!r} and {k!r} are the same domain; keep one")
+            out[name], written[name] = v, k
+        return out
     raise bad
 
 
@@ -415,6 +422,8 @@ def load(path: str | Path | None) -> Config:
     """
     if path is None:
         return from_dict({})
+    if not str(path).strip():
+        raise ConfigError("--config: empty path (leave it out, and FWDMAIL_CONFIG unset, for the defaults)")
     p = Path(path)
     try:
         raw = p.read_bytes()

@@ -359,3 +359,25 @@ def test_day_counts_have_their_limits(data: dict[str, Any], message: str) -> Non
     edge = {table: {key: value - 1 for key, value in keys.items()} for table, keys in data.items()}
     assert from_dict(edge)
 
+
+
+@pytest.mark.parametrize("routes", [
+    {"Example.COM.": "127.0.0.1:25", "example.com": "127.0.0.1:26"},
+    {"bücher.example": "127.0.0.1:25", "xn--bcher-kva.example": "127.0.0.1:26"},
+])
+def test_two_routes_for_one_domain_are_refused(routes: dict[str, str]) -> None:
+    """Both spellings normalise to one key: silently keeping the last one would route to the wrong host."""
+    first, second = routes
+    assert error({"delivery": {"routes": routes}}) == (
+        f"delivery.routes: {first!r} and {second!r} are the same domain; keep one")
+
+
+@pytest.mark.parametrize("value", ["", " "])
+def test_an_empty_config_path_is_named_as_such(tmp_path: Path, value: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # "" used to be read as the working directory: "... .: Is a directory"
+    result = run("--config", value, "check-config")
+    assert result.exit_code == 2
+    assert result.output == (
+        "Error: --config: empty path (leave it out, and FWDMAIL_CONFIG unset, for the defaults)\n")
+    assert not (tmp_path / "fwdmail-data").exists()
