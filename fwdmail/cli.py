@@ -371,7 +371,7 @@ def alias_add(state: State, address: str, destinations: tuple[str, ...], as_json
 def alias_list(state: State, domain_name: str | None, as_json: bool) -> None:
     """List aliases."""
     state.open()
-    rows = store.list_aliases(admin.get_domain(domain_name).name if domain_name else None)
+    rows = store.list_aliases(admin.get_domain(domain_name).name if domain_name is not None else None)
     if as_json:
         emit_json([_alias_json(a) for a in rows])
     else:
@@ -438,7 +438,7 @@ def logs(state: State, domain_name: str | None, as_json: bool) -> None:
     from .addresses import normalize_domain
 
     state.open()
-    rows = store.list_smtp_errors(normalize_domain(domain_name) if domain_name else None)
+    rows = store.list_smtp_errors(normalize_domain(domain_name) if domain_name is not None else None)
     if as_json:
         emit_json([{"time": r.created_at, "direction": r.direction, "domain": r.domain, "alias": r.alias,
                     "code": r.code, "enhanced_code": r.enhanced_code, "text": r.text} for r in rows])

@@ -393,6 +393,13 @@ def test_alias_list_by_domain(dom: Daemon) -> None:
     assert refused(dom, "alias", "list", "--domain", "example.net") == "Error: no domain example.net"
 
 
+@pytest.mark.parametrize("command", [("alias", "list"), ("logs",), ("emails", "list")])
+def test_an_empty_domain_filter_is_refused_not_ignored(dom: Daemon, command: tuple[str, ...]) -> None:
+    """`--domain "$D"` with D unset must not silently list every domain's rows."""
+    dom.cli("alias", "add", "a@example.com", "you@example.org")
+    assert refused(dom, *command, "--domain", "", "--json") == "Error: empty domain"
+
+
 def test_alias_disable_and_enable(dom: Daemon) -> None:
     dom.cli("alias", "add", "a@example.com", "you@example.org")
 
