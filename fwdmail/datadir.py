@@ -29,6 +29,8 @@ class Runtime:
 def prepare(cfg: Config, *, open_db: bool = True) -> Runtime:
     """Create the data dir (0700), secrets and cert if missing; open and migrate the database."""
     data = cfg.data_path
+    if data.exists() and not data.is_dir():
+        raise ConfigError(f"data_dir: {data} exists and is not a directory")
     try:
         data.mkdir(parents=True, exist_ok=True)
         os.chmod(data, 0o700)

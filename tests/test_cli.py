@@ -79,6 +79,9 @@ def test_init_problems_are_config_errors(tmp_path: Path) -> None:
     blocker.write_text("")
     d = Daemon(tmp_path, {"data_dir": str(blocker / "data")})
     assert refused(d, "init", code=2).startswith("Error: data_dir: cannot set up")
+    d = Daemon(tmp_path, {"data_dir": str(blocker)})
+    assert refused(d, "account", "list", code=2) == (
+        f"Error: data_dir: {blocker} exists and is not a directory")
 
     tls = {"cert": str(tmp_path / "no-cert.pem"), "key": str(tmp_path / "no-key.pem")}
     d = Daemon(tmp_path, {"tls": tls})
@@ -86,6 +89,22 @@ def test_init_problems_are_config_errors(tmp_path: Path) -> None:
     (tmp_path / "no-cert.pem").write_text("not a cert")
     (tmp_path / "no-key.pem").write_text("not a key")
     assert "not a PEM certificate chain" in refused(d, "account", "list", code=2)
+
+
+@pytest.mark.parametrize("value,message", [
+    ("x", "its schema version 'x' is not a number (not written by fwdmail?)"),
+    ("99", f"its schema version 99 is newer than this fwdmail supports ({store.SCHEMA_VERSION}); "
+           "upgrade fwdmail"),
+])
+def test_a_database_of_another_schema_is_named(d: Daemon, value: str, message: str) -> None:
+    import sqlite3
+
+    db = d.data_dir / "fwdmail.db"
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (value,))
+    con.close()
+    for args in (("account", "list", "--json"), ("account", "add", "a@example.org")):
+        assert refused(d, *args) == f"Error: cannot open database {db}: {message}"
 
 
 def test_version_and_help() -> None:

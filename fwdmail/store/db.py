@@ -70,7 +70,11 @@ def schema_version(db: pw.SqliteDatabase) -> int:
     if not db.table_exists("meta"):
         return 0
     row = Meta.get_or_none(Meta.key == "schema_version")
-    return int(row.value) if row else 0
+    if row is None:
+        return 0
+    if not row.value.isdigit():
+        raise StoreError(f"its schema version {row.value!r} is not a number (not written by fwdmail?)")
+    return int(row.value)
 
 
 def migrate(db: pw.SqliteDatabase) -> None:
