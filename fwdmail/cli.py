@@ -116,7 +116,9 @@ def init(state: State) -> None:
 @json_option
 @pass_state
 def check_config(state: State, as_json: bool) -> None:
-    """Validate the configuration and print the effective values."""
+    """Validate the configuration (and a configured TLS pair) and print the effective values."""
+    if state.config.tls.cert:  # the generated pair is made by init/serve; nothing is created here
+        datadir.check_tls(state.config)
     data = as_dict(state.config)
     if as_json:
         emit_json(data)

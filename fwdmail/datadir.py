@@ -39,6 +39,14 @@ def prepare(cfg: Config, *, open_db: bool = True) -> Runtime:
             keys.ensure_self_signed_cert(cfg.cert_path, cfg.key_path, cfg.server_hostname)
     except OSError as exc:
         raise ConfigError(f"data_dir: cannot set up {data}: {exc.strerror or exc}") from None
+    check_tls(cfg)
+    if open_db:
+        store.open_store(cfg.db_path)
+    return Runtime(cfg, secret, cfg.cert_path, cfg.key_path)
+
+
+def check_tls(cfg: Config) -> None:
+    """The TLS pair can be read and, when configured (not generated), is a matching PEM chain and key."""
     for key, path in (("tls.cert", cfg.cert_path), ("tls.key", cfg.key_path)):
         try:
             path.read_bytes()
@@ -50,9 +58,6 @@ def prepare(cfg: Config, *, open_db: bool = True) -> Runtime:
         except ssl.SSLError as exc:
             raise ConfigError(f"tls.cert: {cfg.cert_path} and tls.key {cfg.key_path} are not a PEM "
                               f"certificate chain and its key ({exc.reason or exc})") from None
-    if open_db:
-        store.open_store(cfg.db_path)
-    return Runtime(cfg, secret, cfg.cert_path, cfg.key_path)
 
 
 def lock_for_serve(cfg: Config) -> int:

@@ -381,3 +381,25 @@ def test_an_empty_config_path_is_named_as_such(tmp_path: Path, value: str,
     assert result.output == (
         "Error: --config: empty path (leave it out, and FWDMAIL_CONFIG unset, for the defaults)\n")
     assert not (tmp_path / "fwdmail-data").exists()
+
+
+def test_check_config_checks_a_configured_tls_pair_without_creating_anything(tmp_path: Path) -> None:
+    """A cert path that `serve` cannot load must not pass check-config as "valid"."""
+    from tests.support.tls import server_cert_files
+
+    path = tmp_path / "c.toml"
+    path.write_text('data_dir = "data"\n[tls]\ncert = "cert.pem"\nkey = "key.pem"\n')
+    missing = run("--config", str(path), "check-config")
+    assert missing.exit_code == 2
+    assert missing.output == (
+        f"Error: tls.cert: cannot read {tmp_path / 'cert.pem'}: No such file or directory\n")
+    (tmp_path / "cert.pem").write_text("not a certificate\n")
+    (tmp_path / "key.pem").write_text("not a key\n")
+    broken = run("--config", str(path), "check-config", "--json")
+    assert broken.exit_code == 2 and "are not a PEM certificate chain and its key" in broken.output
+    cert, key = server_cert_files(tmp_path / "pki")
+    path.write_text(f'data_dir = "data"\n[tls]\ncert = "{cert}"\nkey = "{key}"\n')
+    good = run("--config", str(path), "check-config", "--json")
+    assert good.exit_code == 0, good.output
+    assert json.loads(good.output)["tls"] == {"cert": str(cert), "key": str(key)}
+    assert not (tmp_path / "data").exists()
