@@ -9,9 +9,15 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import Daemon, merge
+from tests.support.daemon import Daemon, end_leftovers, merge
 from tests.support.dns_server import LoopbackDNS
 from tests.support.smtp_sink import SmtpSink
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_leftover_daemons() -> Iterator[None]:
+    yield
+    end_leftovers()
 
 
 @pytest.fixture(scope="session")

@@ -6,21 +6,19 @@ from __future__ import annotations
 import base64
 import signal
 import socket
-from pathlib import Path
+from collections.abc import Callable
 
 from tests.outbound_support import add_domain, client_tls
 from tests.support.daemon import Daemon
-from tests.support.dns_server import LoopbackDNS
 from tests.support.raw_smtp import RawSmtp
 from tests.support.smtp_sink import SmtpSink
 
 ALICE = "alice@example.test"
 
 
-def test_sigterm_lets_a_submission_mid_data_be_committed(tmp_path: Path, dns_server: LoopbackDNS,
+def test_sigterm_lets_a_submission_mid_data_be_committed(make_daemon: Callable[..., Daemon],
                                                           sink: SmtpSink) -> None:
-    d = Daemon(tmp_path, {"dns": {"nameservers": [dns_server.address]},
-                          "delivery": {"routes": {"*": sink.address}}, "shutdown_timeout": 120})
+    d = make_daemon({"delivery": {"routes": {"*": sink.address}}, "shutdown_timeout": 120}, start=False)
     password = add_domain(d, "example.test", ALICE)[ALICE]
     d.start()
     assert d.proc is not None

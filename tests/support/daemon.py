@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from click.testing import CliRunner, Result
 
@@ -70,7 +70,10 @@ class Daemon:
     """A `fwdmail serve` subprocess with its own data dir, config file and free loopback ports.
 
     `daemon.cli("alias", "add", ...)` runs the real CLI in-process against the same config.
+    Every started process is also in `Daemon.running`, so the session can end any a test left behind.
     """
+
+    running: ClassVar[set[subprocess.Popen[bytes]]] = set()
 
     def __init__(self, tmp: Path, overrides: dict[str, Any] | None = None) -> None:
         self.dir = tmp
@@ -124,6 +127,7 @@ class Daemon:
             env=env,
             cwd=self.dir,
         )
+        Daemon.running.add(self.proc)
         deadline = time.monotonic() + timeout
         for port in self.ports if wait_ports is None else wait_ports:
             while True:
@@ -170,3 +174,12 @@ class Daemon:
             self.proc.kill()
             self.proc.wait()
             self._log.close()
+
+
+def end_leftovers() -> None:
+    """Kill every daemon a test started and did not stop (the end of the session's safety net)."""
+    for proc in list(Daemon.running):
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    Daemon.running.clear()
