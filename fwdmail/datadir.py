@@ -34,6 +34,7 @@ def prepare(cfg: Config, *, open_db: bool = True) -> Runtime:
     try:
         data.mkdir(parents=True, exist_ok=True)
         os.chmod(data, 0o700)
+        _tighten(cfg)
         secret = cfg.srs.secret.encode() if cfg.srs.secret else keys.ensure_secret(data / "srs.secret")
         if not cfg.tls.cert:
             keys.ensure_self_signed_cert(cfg.cert_path, cfg.key_path, cfg.server_hostname)
@@ -43,6 +44,19 @@ def prepare(cfg: Config, *, open_db: bool = True) -> Runtime:
     if open_db:
         store.open_store(cfg.db_path)
     return Runtime(cfg, secret, cfg.cert_path, cfg.key_path)
+
+
+def _tighten(cfg: Config) -> None:
+    """Put the private files fwdmail created back to 0600, in case someone loosened them."""
+    db = str(cfg.db_path)
+    private = [Path(db), Path(f"{db}-wal"), Path(f"{db}-shm"), cfg.data_path / "srs.secret"]
+    if not cfg.tls.cert:
+        private += [cfg.cert_path, cfg.key_path]
+        if cfg.key_path.parent.is_dir():
+            os.chmod(cfg.key_path.parent, 0o700)
+    for path in private:
+        if path.is_file() and path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)
 
 
 def check_tls(cfg: Config) -> None:

@@ -69,9 +69,15 @@ def test_init_creates_a_private_data_dir_in_the_working_directory(tmp_path: Path
         if f.is_file():
             assert mode(f) == 0o600, f
     secret = (data / "srs.secret").read_bytes()
+    for name in ("fwdmail.db", "srs.secret", "tls/key.pem"):
+        (data / name).chmod(0o644)  # loosened by hand, or by a careless restore from backup
+    (data / "tls").chmod(0o755)
     again = CliRunner().invoke(cli, ["init"], catch_exceptions=False)
     assert again.exit_code == 0
     assert (data / "srs.secret").read_bytes() == secret  # nothing regenerated
+    for name in ("fwdmail.db", "srs.secret", "tls/key.pem"):
+        assert mode(data / name) == 0o600, f"{name} was not made private again"
+    assert mode(data / "tls") == 0o700
 
 
 def test_init_problems_are_config_errors(tmp_path: Path) -> None:
