@@ -68,7 +68,7 @@ def test_the_default_now_is_the_present(d: Daemon) -> None:
     assert out["smtp_error_logs"] == 12 and out["abuse_events"] == 1 and out["emails_deleted"] == 2
 
 
-@pytest.mark.parametrize("bad", ["tomorrow", "2024-02-30", "", "12:00"])
+@pytest.mark.parametrize("bad", ["tomorrow", "2024-02-30", "", "12:00", "0001-01-02", "9999-12-31T23:59"])
 def test_a_bad_now_is_a_one_line_error_with_exit_2(d: Daemon, bad: str) -> None:
     result = d.cli("purge", "--now", bad, expect=2)
     assert result.output.count("\n") == 1 and result.output.startswith("Error: --now:")

@@ -193,6 +193,8 @@ def parse_instant(text: str) -> dt.datetime:
         raise ValueError(f"not an ISO-8601 time: {text!r} (e.g. 2024-05-01T12:00:00Z)") from None
     if value.tzinfo is not None:
         value = value.astimezone(dt.UTC).replace(tzinfo=None)
+    if not 1971 <= value.year <= 9000:  # the windows reach 30 days either side
+        raise ValueError(f"{text!r} is out of range: give a time between the years 1971 and 9000")
     return value
 
 
