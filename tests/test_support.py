@@ -51,12 +51,6 @@ def resolver_for(server: LoopbackDNS, lifetime: float = 2.0) -> dns.resolver.Res
 
 
 @pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    with SmtpSink() as server:
-        yield server
-
-
-@pytest.fixture
 def tls_sink() -> Iterator[SmtpSink]:
     with SmtpSink(tls_context=tls.server_context()) as server:
         yield server
