@@ -43,7 +43,7 @@ def log_smtp_errors(rows: Sequence[tuple[dt.datetime, str, str, str, int, str, s
     if not rows:
         return 0
     names = {r[2].lower() for r in rows if r[2]}
-    with database.atomic():
+    with database.atomic("IMMEDIATE"):
         ids = {d.name: d.id for d in Domain.select(Domain.id, Domain.name).where(Domain.name.in_(names))}
         SmtpErrorLog.insert_many([_row(*r, domain_ids=ids) for r in rows]).execute()
     return len(rows)
