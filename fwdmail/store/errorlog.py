@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .models import Domain, SmtpErrorLog, database
 
-__all__ = ["SmtpErrorRecord", "list_smtp_errors", "log_smtp_error", "log_smtp_errors"]
+__all__ = ["SmtpErrorRecord", "list_smtp_errors", "log_smtp_errors"]
 
 _TEXT_LIMIT = 1000
 
@@ -39,7 +39,10 @@ def _row(now: dt.datetime, direction: str, domain: str, alias: str, code: int, e
 
 
 def log_smtp_errors(rows: Sequence[tuple[dt.datetime, str, str, str, int, str, str]]) -> int:
-    """Insert many (now, direction, domain, alias, code, enhanced_code, text) rows in one transaction."""
+    """Insert many (now, direction, domain, alias, code, enhanced_code, text) rows in one transaction.
+
+    `domain` is a name, linked to the hosted domain when there is one.
+    """
     if not rows:
         return 0
     names = {r[2].lower() for r in rows if r[2]}
@@ -47,12 +50,6 @@ def log_smtp_errors(rows: Sequence[tuple[dt.datetime, str, str, str, int, str, s
         ids = {d.name: d.id for d in Domain.select(Domain.id, Domain.name).where(Domain.name.in_(names))}
         SmtpErrorLog.insert_many([_row(*r, domain_ids=ids) for r in rows]).execute()
     return len(rows)
-
-
-def log_smtp_error(now: dt.datetime, direction: str, domain: str, alias: str, code: int,
-                   enhanced_code: str, text: str) -> None:
-    """Record one SMTP error; `domain` is a name (linked to the hosted domain when there is one)."""
-    log_smtp_errors([(now, direction, domain, alias, code, enhanced_code, text)])
 
 
 def list_smtp_errors(domain: str | None = None) -> list[SmtpErrorRecord]:
