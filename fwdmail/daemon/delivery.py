@@ -121,9 +121,7 @@ class Delivery:
             return NO_DOMAIN
         except dns.resolver.NoAnswer:
             return [Target(domain, self.cfg.port)]  # RFC 5321 5.1: the domain itself is the implicit MX
-        except (dns.exception.Timeout, dns.resolver.NoNameservers, dns.resolver.LifetimeTimeout):
-            return DNS_TEMPFAIL
-        except dns.exception.DNSException:
+        except dns.exception.DNSException:  # timeouts, SERVFAIL (no nameservers), malformed answers
             return DNS_TEMPFAIL
         records = sorted(answer, key=lambda r: (r.preference, random.random()))
         if any(r.exchange == dns.name.root for r in records):
