@@ -254,9 +254,10 @@ def _log_errors(email: OutboundEmail, domain_name: str, replies: Mapping[str, Re
                      for r in replies.values()])
 
 
-def _overall_status(statuses: list[str], attempted: bool) -> str:
+def _overall_status(statuses: list[str]) -> str:
+    """A message's status after an attempt, from its recipients' statuses."""
     if any(s in PENDING_STATUSES for s in statuses):
-        return "deferred" if attempted else "queued"
+        return "deferred"
     if all(s == "delivered" for s in statuses):
         return "delivered"
     if all(s == "bounced" for s in statuses):
@@ -290,7 +291,7 @@ def record_attempt(email_id: int, token: str, now: dt.datetime, *,
             _insert(notice, domain.id, now)
         statuses = [r.status for r in OutboundRecipient.select(OutboundRecipient.status)
                     .where(OutboundRecipient.email == email_id)]
-        status = _overall_status(statuses, attempted=True)
+        status = _overall_status(statuses)
         final = status in FINAL_STATUSES
         changes: dict[pw.Field, object] = {
             OutboundEmail.status: status, OutboundEmail.attempts: OutboundEmail.attempts + 1,
