@@ -64,7 +64,7 @@ def test_record_throttle_once_per_window() -> None:
     assert throttle.first("rate", "192.0.2.1", 600)
     for ip in ("192.0.2.2", "192.0.2.3", "192.0.2.4"):
         assert throttle.first("rate", ip, 700)
-    assert len(throttle._seen) == 3
+    assert len(throttle) == 3
 
 
 def test_limits_from_config() -> None:

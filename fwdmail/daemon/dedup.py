@@ -79,6 +79,9 @@ class RateLimiter:
     def __init__(self, interval: float, max_keys: int = 10_000) -> None:
         self._map = _Expiring(interval, max_keys)
 
+    def __len__(self) -> int:
+        return len(self._map)
+
     def allow(self, key: str, now: float) -> bool:
         """True (and the key is counted) if no event for `key` happened in the last `interval`."""
         if self._map.get(key, now):

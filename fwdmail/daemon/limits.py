@@ -19,7 +19,7 @@ import dns.asyncresolver
 from .. import store
 from ..config import AbuseConfig
 from ..resolver import async_resolver
-from . import dnsbl
+from . import dedup, dnsbl
 from .context import Context
 from .mx import InboundPolicy, SessionInfo, Transaction
 from .replies import DNSBL_LISTED, RATE_LIMITED, TOO_MANY_CONNECTIONS, SmtpError
@@ -114,19 +114,13 @@ class RecordThrottle:
 
     def __init__(self, window: float = 600.0, max_entries: int = 10_000) -> None:
         self.window = window
-        self.max_entries = max_entries
-        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._seen = dedup.RateLimiter(window, max_entries)
+
+    def __len__(self) -> int:
+        return len(self._seen)
 
     def first(self, kind: str, ip: str, now: float) -> bool:
-        key = (kind, client_key(ip))
-        at = self._seen.get(key)
-        if at is not None and now - at < self.window:
-            return False
-        self._seen.pop(key, None)
-        self._seen[key] = now
-        while len(self._seen) > self.max_entries:
-            self._seen.popitem(last=False)
-        return True
+        return self._seen.allow(f"{kind}\0{client_key(ip)}", now)
 
 
 class Limits:
