@@ -420,7 +420,7 @@ class Mx:
                        delivered: list[bytes]) -> str:
         headers = header_block(data)
         if count_received(headers) > self.cfg.max_received_headers or any(
-            self.marker(a.route.alias).encode() in headers for a in tx.recipients
+            self.marker(alias).encode() in headers for alias in {a.route.alias for a in tx.recipients}
         ):
             return await self.refuse(tx, replies.LOOP_DETECTED)
         prepend = b""
