@@ -39,14 +39,8 @@ def get_account(email: str) -> store.AccountRecord:
 
 def delete_account(email: str) -> dict[str, int]:
     email = normalize_address(email).lower()
-    return _settled(store.delete_account(email), f"account {email}")
-
-
-def _settled(counts: dict[str, int], what: str) -> dict[str, int]:
-    """Make sure the deleted bytes left the WAL too (the daemon's own checkpoints can get in the way)."""
-    if not store.settle_wal():
-        raise store.StoreError(f"{what} deleted, but a reader kept its bytes in the WAL file; "
-                               "run `fwdmail purge` to finish")
+    counts = store.delete_account(email)
+    store.settle_deleted(f"account {email}")
     return counts
 
 
@@ -63,7 +57,9 @@ def add_domain(name: str, account_email: str, now: dt.datetime) -> store.DomainR
 
 def remove_domain(name: str) -> dict[str, int]:
     name = normalize_domain(name)
-    return _settled(store.remove_domain(name), f"domain {name}")
+    counts = store.remove_domain(name)
+    store.settle_deleted(f"domain {name}")
+    return counts
 
 
 def get_domain(name: str) -> store.DomainRecord:

@@ -61,9 +61,7 @@ def delete_email(queue_id: str) -> None:
     """Delete a message; its bytes must leave the WAL too (a reader can hold them there for a while)."""
     qid = _queue_id(queue_id)
     store.delete_email(qid)
-    if not store.settle_wal():
-        raise store.StoreError(f"email {qid} deleted, but a reader kept its bytes in the WAL file; "
-                               "run `fwdmail purge` to finish")
+    store.settle_deleted(f"email {qid}")
 
 
 def raw_message(record: store.EmailRecord) -> bytes:

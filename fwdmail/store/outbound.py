@@ -416,6 +416,6 @@ def retry_email(queue_id: str, now: dt.datetime) -> EmailRecord:
 
 
 def delete_email(queue_id: str) -> None:
-    """Delete a message with its recipients (the caller then settles the WAL: `settle_wal`)."""
+    """Delete a message with its recipients (the caller then settles the WAL: `settle_deleted`)."""
     with database.atomic("IMMEDIATE"):
         _email(queue_id).delete_instance()

@@ -13,13 +13,15 @@ import time
 
 import peewee as pw
 
+from .db import StoreError
 from .models import AbuseEvent, Domain, Meta, OutboundEmail, SmtpErrorLog, database
 from .outbound import FINAL_STATUSES
 
 __all__ = [
     "count_abuse_events_before", "count_bodies_due", "count_emails_due",
     "count_error_logs_before", "delete_emails_due", "last_retention_run", "purge_abuse_events_before",
-    "purge_error_logs_before", "redact_bodies_due", "set_last_retention_run", "settle_wal", "wal_checkpoint",
+    "purge_error_logs_before", "redact_bodies_due", "set_last_retention_run", "settle_deleted", "settle_wal",
+    "wal_checkpoint",
 ]
 
 _LAST_RUN_KEY = "retention_last_run"
@@ -146,6 +148,13 @@ def settle_wal(attempts: int = 20, wait_ms: int = 200) -> bool:
             return True
         time.sleep(min(0.05 * 2**attempt, 0.5))
     return False
+
+
+def settle_deleted(what: str) -> None:
+    """After deleting `what` from the CLI: make sure its bytes left the WAL too, or raise StoreError."""
+    if not settle_wal():
+        raise StoreError(f"{what} deleted, but a reader kept its bytes in the WAL file; "
+                         "run `fwdmail purge` to finish")
 
 
 def last_retention_run() -> dt.datetime | None:
