@@ -49,7 +49,11 @@ def add_domain(name: str, account_email: str, now: dt.datetime) -> store.DomainR
     domain = normalize_domain(name)
     account = normalize_address(account_email).lower()
     store.get_account(account)
-    if any(d.name == domain for d in store.list_domains()):
+    try:
+        store.get_domain(domain)
+    except store.NotFound:
+        pass
+    else:  # checked before the slow RSA key generation; store.add_domain checks again
         raise store.AlreadyExists(f"domain {domain} exists already")
     return store.add_domain(domain, account, keys.new_selector(now), keys.generate_dkim_key(),
                             keys.new_token())
