@@ -247,6 +247,13 @@ def _spf_next(key: tuple[str, str], value: Any, addr_type: str) -> list[tuple[st
     return out[:10]
 
 
+def _spf_unchecked(result: str, mail_from: str, helo: str) -> SpfResult:
+    """`result` for the identity SPF checks: MAIL FROM's domain, or HELO for a null sender."""
+    if "@" in mail_from:
+        return SpfResult(result, mail_from.rpartition("@")[2].lower().rstrip("."), "mailfrom")
+    return SpfResult(result, helo.lower().rstrip("."), "helo")
+
+
 async def check_spf(resolver: dns.asyncresolver.Resolver, client_ip: str, mail_from: str, helo: str,
                     *, cpu: Offload = _inline, max_rounds: int = MAX_SPF_ROUNDS) -> SpfResult:
     """SPF (RFC 7208) of the MAIL FROM identity, or of HELO for a null sender.
@@ -257,10 +264,10 @@ async def check_spf(resolver: dns.asyncresolver.Resolver, client_ip: str, mail_f
     `max_rounds` bounds the rounds, MAX_SPF_TXT_BYTES the work of each.
     """
     sender = mail_from if "@" in mail_from else ""
-    domain = (sender.rpartition("@")[2] if sender else helo).lower().rstrip(".")
-    identity = "mailfrom" if sender else "helo"
-    if not domain:
-        return SpfResult("none", "", identity)
+    unchecked = _spf_unchecked("none", mail_from, helo)
+    if not unchecked.domain:
+        return unchecked
+    domain, identity = unchecked.domain, unchecked.identity
     addr_type = "AAAA" if ":" in client_ip and not client_ip.lower().startswith("::ffff:") else "A"
     answers: dict[tuple[str, str], Any] = {}
     for _ in range(max_rounds):
@@ -624,8 +631,7 @@ async def check_sender(message: bytes, mail_from: str, client_ip: str, helo: str
 
     spf_result, keys, looked_up = await asyncio.gather(
         _bounded(check_spf(resolver, client_ip, mail_from, helo, cpu=cpu), timeout,
-                 SpfResult("temperror", (mail_from.rpartition("@")[2] or helo).lower(),
-                           "mailfrom" if "@" in mail_from else "helo")),
+                 _spf_unchecked("temperror", mail_from, helo)),
         _bounded(_fetch_keys(resolver, [s.key_name for s in sigs if not s.error] + arc_names), timeout,
                  dict.fromkeys([s.key_name for s in sigs] + arc_names, TEMPFAIL)),
         _bounded(dmarc_records(), timeout, [(TEMPFAIL, d) for d in from_domains]),
