@@ -50,10 +50,7 @@ def open_store(path: str | Path) -> pw.SqliteDatabase:
     try:
         db.connect(reuse_if_open=True)
         migrate(db)
-    except pw.DatabaseError as exc:
-        db.close()
-        raise StoreError(f"cannot open database {path}: {exc}") from None
-    except StoreError as exc:
+    except (pw.DatabaseError, StoreError) as exc:
         db.close()
         raise StoreError(f"cannot open database {path}: {exc}") from None
     return db
