@@ -219,6 +219,20 @@ class _Group:
         return SRS_BOUNCE_ALIAS if self.route.alias == SRS_BOUNCE_ALIAS else self.rcpt
 
 
+def _whole_reply(
+    failures: list[tuple[_Group, str, SmtpError]], code: int, enhanced_class: str, now: dt.datetime,
+) -> tuple[SmtpError, list[tuple[dt.datetime, str, str, str, int, str, str]]]:
+    """The reply refusing or deferring the whole message, quoting the first failure with its destination
+    masked as the address the client used, and its error-log row for each alias that failed."""
+    g, d, e = failures[0]
+    enhanced = e.enhanced_code if e.enhanced_code.startswith(enhanced_class) else f"{enhanced_class}0.0"
+    reply = SmtpError(code, enhanced, f"<{g.rcpt}>: {_mask(e.text, d, g.rcpt)}")
+    text = f"<{g.logged}>: {_mask(e.text, d, g.logged)}"
+    aliases = sorted({(g.route.domain, g.route.alias) for g, _, _ in failures})
+    return reply, [(now, "inbound", dom, alias, reply.code, reply.enhanced_code, text)
+                   for dom, alias in aliases]
+
+
 class Mx:
     """MX policy without sockets: what to answer a sender, a recipient and a message."""
 
@@ -479,15 +493,10 @@ class Mx:
         if temporary:
             for d in accepted:
                 self.delivered.remember(fingerprint(digest, d), mono)
-            g, d, e = temporary[0]
-            code = e.code if 450 <= e.code < 500 else 451  # a 421 would tell the client we hung up
-            enhanced = e.enhanced_code if e.enhanced_code.startswith("4.") else "4.0.0"
-            reply = SmtpError(code, enhanced, f"<{g.rcpt}>: {_mask(e.text, d, g.rcpt)}")
-            text = f"<{g.logged}>: {_mask(e.text, d, g.logged)}"
-            deferred = {(g.route.domain, g.route.alias) for g, _, _ in temporary}
-            rows += [(now, "inbound", dom, alias, reply.code, reply.enhanced_code, text)
-                     for dom, alias in sorted(deferred)]
-            await self.errors.write(rows)
+            code = temporary[0][2].code
+            code = code if 450 <= code < 500 else 451  # a 421 would tell the client we hung up
+            reply, inbound = _whole_reply(temporary, code, "4.", now)
+            await self.errors.write(rows + inbound)
             log.debug("message deferred: %d temporary failure(s)", len(temporary))
             return reply.reply
         for g in groups:
@@ -496,14 +505,8 @@ class Mx:
         delivered_any = bool(accepted) or any(g.already for g in groups) or any(
             a.route.discard for a in tx.recipients)
         if permanent and not delivered_any:
-            g, d, e = permanent[0]
-            code = e.code if 500 <= e.code < 600 else 550
-            enhanced = e.enhanced_code if e.enhanced_code.startswith("5.") else "5.0.0"
-            reply = SmtpError(code, enhanced, f"<{g.rcpt}>: {_mask(e.text, d, g.rcpt)}")
-            text = f"<{g.logged}>: {_mask(e.text, d, g.logged)}"
-            rows += [(now, "inbound", dom, alias, reply.code, reply.enhanced_code, text)
-                     for dom, alias in sorted({(g.route.domain, g.route.alias) for g, _, _ in permanent})]
-            await self.errors.write(rows)
+            reply, inbound = _whole_reply(permanent, permanent[0][2].code, "5.", now)
+            await self.errors.write(rows + inbound)
             log.debug("message refused: every destination failed permanently")
             return reply.reply
         if permanent:
