@@ -201,6 +201,7 @@ def remove_alias(address: str) -> str:
     """Remove an alias; return its address as stored."""
     spec = _spec(address)
     store.remove_alias(spec.domain, spec.kind, spec.local)
+    store.settle_deleted(f"alias {spec.address}")
     return spec.address
 
 

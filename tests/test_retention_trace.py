@@ -113,3 +113,19 @@ def test_domain_remove_leaves_no_trace(d: Daemon) -> None:
     d.cli("domain", "remove", owned.domain, "--yes")
     assert on_disk(d, *removed) == {}
     assert set(on_disk(d, owned.t["account"], other)) == {owned.t["account"], other}
+
+
+def test_alias_remove_leaves_no_trace_of_its_destinations(d: Daemon) -> None:
+    domain = f"{token('dom')}.test"
+    gone, kept = token("gone"), token("kept")
+    d.cli("account", "add", "owner@owner.test")
+    d.cli("domain", "add", domain, "--account", "owner@owner.test")
+    d.cli("alias", "add", f"{gone}@{domain}", f"{gone}@elsewhere.test")
+    d.cli("alias", "add", f"{kept}@{domain}", f"{kept}@elsewhere.test")
+    open_db(d)
+    settle(d)
+    assert set(on_disk(d, gone, kept)) == {gone, kept}
+
+    d.cli("alias", "remove", f"{gone}@{domain}")
+    assert on_disk(d, gone) == {}
+    assert set(on_disk(d, kept)) == {kept}
