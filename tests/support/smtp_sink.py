@@ -2,7 +2,8 @@
 
 ``SmtpSink`` accepts mail on loopback and records it.  Tests script failures
 through ``sink.behaviour`` (per-recipient replies, 4xx-then-2xx DATA, connect-time
-421, stalls, dropped connections) to exercise the daemon's delivery logic.
+421, stalls, dropped connections, refused or broken STARTTLS) to exercise the daemon's
+delivery logic.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ from types import TracebackType
 from typing import Any
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
-__all__ = ["Behaviour", "Received", "SmtpSink"]
+__all__ = ["BREAK_TLS", "Behaviour", "Received", "SmtpSink"]
+
+BREAK_TLS = "break"
+"""``Behaviour.starttls`` value: answer 220, then send bytes that are no TLS handshake and hang up."""
 
 DataReply = str | Callable[[Envelope], "str | None"] | None
 
@@ -59,6 +63,12 @@ class Behaviour:
     """Sleep this long after the payload arrives before replying to it."""
     close_mid_data: bool = False
     """After 354 and the first line of the payload, drop the connection without replying."""
+    stall_seconds_at: dict[str, float] = field(default_factory=dict)
+    """Stage ("CONNECT" for the greeting, "MAIL", "RCPT") -> seconds to wait before replying."""
+    data_command: str | None = None
+    """Reply to the DATA command itself instead of 354, once a recipient was accepted."""
+    starttls: str | None = None
+    """Reply to STARTTLS instead of 220 (e.g. ``"454 4.7.0 TLS not available"``), or ``BREAK_TLS``."""
 
 
 class _SinkSMTP(SMTP):
@@ -77,6 +87,7 @@ class _SinkSMTP(SMTP):
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
+        await self._sink._stall("CONNECT")
         reply = self._sink.behaviour.connect
         if reply is None:
             await super()._handle_client()
@@ -85,8 +96,24 @@ class _SinkSMTP(SMTP):
         if self.transport is not None:
             self.transport.close()
 
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        reply = self._sink.behaviour.starttls
+        if reply is None or arg or not self.tls_context:
+            await super().smtp_STARTTLS(arg)
+        elif reply != BREAK_TLS:
+            await self.push(reply)
+        elif self.transport is not None:
+            await self.push("220 Ready to start TLS")
+            self.transport.write(b"this is no TLS handshake\r\n")
+            self.transport.close()
+
     async def smtp_DATA(self, arg: str) -> None:
         envelope = self.envelope
+        command_reply = self._sink.behaviour.data_command
+        if command_reply is not None and envelope is not None and envelope.rcpt_tos and not arg:
+            await self.push(command_reply)
+            return
         if not (
             self._sink.behaviour.close_mid_data
             and envelope is not None
@@ -115,6 +142,7 @@ class _Handler:
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
     ) -> str:
+        await self.sink._stall("MAIL")
         reply = self.sink.behaviour.mail or "250 2.1.0 OK"
         if reply.startswith("2"):
             envelope.mail_from = address
@@ -124,6 +152,7 @@ class _Handler:
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
+        await self.sink._stall("RCPT")
         reply = self.sink.behaviour.rcpt.get(address.lower()) or "250 2.1.5 OK"
         if reply.startswith("2"):
             envelope.rcpt_tos.append(address)
@@ -282,6 +311,11 @@ class SmtpSink:
             self._counter += 1
             self._cond.notify_all()
             return self._counter
+
+    async def _stall(self, stage: str) -> None:
+        seconds = self.behaviour.stall_seconds_at.get(stage, 0.0)
+        if seconds > 0:
+            await asyncio.sleep(seconds)
 
     def _data_reply(self, envelope: Envelope) -> str | None:
         behaviour = self.behaviour
