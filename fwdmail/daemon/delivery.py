@@ -67,6 +67,12 @@ def _smtp_error(exc: aiosmtplib.SMTPResponseException) -> SmtpError:
     return SmtpError.parse(f"{exc.code} {exc.message}", default_code=exc.code)
 
 
+def _connect_error(exc: Exception) -> SmtpError:
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return _smtp_error(exc)
+    return TIMED_OUT if isinstance(exc, TimeoutError) else CONNECT_FAILED
+
+
 def group_by_domain(recipients: Sequence[str]) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = defaultdict(list)
     for rcpt in recipients:
@@ -216,25 +222,18 @@ class Delivery:
                     await self._quit(conn)
 
     async def _connect(self, target: Target) -> aiosmtplib.SMTP:
-        starttls = self.cfg.starttls == "opportunistic"
-        try:
-            return await self._open(target, starttls)
-        except (ssl.SSLError, aiosmtplib.SMTPException) as exc:
-            if not starttls or isinstance(exc, aiosmtplib.SMTPResponseException):
-                if isinstance(exc, aiosmtplib.SMTPResponseException):
-                    raise _HostFailure(_smtp_error(exc)) from exc
-                raise _HostFailure(CONNECT_FAILED) from exc
-            log.info("STARTTLS failed with a destination server; retrying without TLS")
+        """A session with `target`: over STARTTLS when offered, in plain text when TLS is refused or fails."""
+        if self.cfg.starttls == "opportunistic":
             try:
-                return await self._open(target, False)
-            except aiosmtplib.SMTPResponseException as exc2:
-                raise _HostFailure(_smtp_error(exc2)) from exc2
-            except (aiosmtplib.SMTPException, OSError) as exc2:
-                raise _HostFailure(CONNECT_FAILED) from exc2
-        except (TimeoutError, aiosmtplib.SMTPTimeoutError) as exc:
-            raise _HostFailure(TIMED_OUT) from exc
-        except OSError as exc:
-            raise _HostFailure(CONNECT_FAILED) from exc
+                return await self._open(target, True)
+            except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPHeloError) as exc:
+                raise _HostFailure(_connect_error(exc)) from exc  # before STARTTLS: not TLS's fault
+            except (aiosmtplib.SMTPException, OSError):
+                log.info("STARTTLS failed with a destination server; retrying without TLS")
+        try:
+            return await self._open(target, False)
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise _HostFailure(_connect_error(exc)) from exc
 
     async def _open(self, target: Target, starttls: bool) -> aiosmtplib.SMTP:
         conn = aiosmtplib.SMTP(
