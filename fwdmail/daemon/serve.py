@@ -1,7 +1,8 @@
 """`fwdmail serve`: one asyncio loop running the MX, submission, queue workers and retention jobs.
 
 Start order: store -> queue recovery -> workers -> listeners -> scheduler; stop in reverse.
-SIGTERM/SIGINT drain in-flight work; a second signal forces the stop.
+SIGTERM/SIGINT drain in-flight work; a second signal forces the stop. SIGHUP reloads the TLS
+certificate and key for new sessions.
 """
 
 from __future__ import annotations
@@ -55,8 +56,18 @@ async def run(runtime: Runtime) -> int:
             log.info("%s: draining and stopping", signame)
             ctx.stopping.set()
 
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_hangup() -> None:
+        if ctx.stopping.is_set():
+            return
+        task = loop.create_task(ctx.reload_tls())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig.name)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
 
     services = build_services(ctx)
     started: list[Service] = []
@@ -74,7 +85,7 @@ async def run(runtime: Runtime) -> int:
                 log.exception("error while stopping %s", service.name)
         await ctx.delivery.close()
         ctx.blocking.shutdown()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
     log.info("fwdmail stopped")
     return 0

@@ -26,7 +26,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, TLSSetupException, syntax
 
 from . import replies
 from .replies import SmtpError
@@ -197,7 +197,12 @@ class SmtpServer(SMTP):
 
     async def handle_exception(self, error: Exception) -> str:
         """A 451; the log gets the error's type and where it was raised, not its message, which may
-        quote client input (addresses)."""
+        quote client input (addresses). A failed STARTTLS handshake (an old or hostile client) is one
+        info line; aiosmtpd then closes the connection without a reply."""
+        if isinstance(error, TLSSetupException):
+            cause = error.__cause__
+            log.info("STARTTLS handshake failed: %s", getattr(cause, "reason", None) or type(cause).__name__)
+            return replies.TRY_LATER.reply
         where = "".join(traceback.format_tb(error.__traceback__)).rstrip()
         log.error("unexpected error in an SMTP session: %s\n%s", type(error).__name__, where)
         return replies.TRY_LATER.reply
