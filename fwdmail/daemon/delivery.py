@@ -286,6 +286,7 @@ class Delivery:
             try:
                 await conn.data(message, timeout=self.cfg.data_timeout)
             except aiosmtplib.SMTPResponseException as exc:
+                await self._reset(conn)  # a refused DATA command leaves the transaction open
                 err = _smtp_error(exc)
                 result.update(dict.fromkeys(accepted, err))
                 return result
