@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 
 import idna
+import regex
 
 # RFC 5322 atext, plus any non-ASCII character (RFC 6531 SMTPUTF8).
 _ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff"
@@ -125,8 +126,8 @@ def parse_alias_spec(value: str) -> AliasSpec:
         if not pattern:
             raise AddressError(f"invalid regex alias {value!r}: empty pattern")
         try:
-            re.compile(pattern)
-        except re.error as exc:
+            regex.compile(pattern)  # as the MX matches it (fwdmail.daemon.routing)
+        except regex.error as exc:
             raise AddressError(f"invalid regex alias {value!r}: {exc}") from None
         return AliasSpec("regex", pattern, normalize_domain(text[end + 2:]))
     if text.startswith("*@"):

@@ -102,3 +102,6 @@ TOO_MANY_ERRORS = SmtpError(421, "4.7.0", "Too many errors, closing the connecti
 COMMAND_TIMEOUT = SmtpError(421, "4.4.2", "Timeout, closing the connection")
 DNSBL_LISTED = SmtpError(554, "5.7.1", "Service unavailable; client host blocked using {zone}")
 NEED_MAIL = "503 5.5.1 Error: need MAIL command"
+
+# hostile input
+ALIAS_LOOKUP_TIMEOUT = SmtpError(451, "4.3.0", "Recipient lookup took too long, try again later")

@@ -3,6 +3,9 @@
 Untrusted input: recipient addresses from RCPT TO (already parsed by `fwdmail.addresses`). Resolution is
 pure and in memory, against a `Directory` snapshot that `DirectoryCache` reloads when the store's
 directory version changes (CLI edits are seen within `check_interval` seconds, without a restart).
+Regex aliases are admin-written patterns matched against client-chosen local parts, so they run with the
+`regex` module under a time budget: a pattern that backtracks catastrophically costs one 451, not the
+event loop.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+
+import regex
 
 from .. import store
 from ..addresses import Address, AddressError, parse_address
@@ -26,6 +31,7 @@ log = logging.getLogger("fwdmail.routing")
 
 MAX_DESTINATIONS = 10
 _GROUP_REF = re.compile(r"\$(\d)")
+_REGEX_BUDGET = 0.1  # seconds the regex aliases of a domain may take, together, to match one local part
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,7 @@ class Route:
 @dataclass(frozen=True)
 class _DomainAliases:
     exact: dict[str, store.AliasRecord] = field(default_factory=dict)
-    regex: list[tuple[re.Pattern[str], store.AliasRecord]] = field(default_factory=list)
+    regex: list[tuple[regex.Pattern[str], store.AliasRecord]] = field(default_factory=list)
     catch_all: store.AliasRecord | None = None
 
 
@@ -66,8 +72,8 @@ class Directory:
                 entry.exact[a.local.lower()] = a
             elif a.kind == "regex":
                 try:
-                    entry.regex.append((re.compile(a.local, re.IGNORECASE), a))
-                except re.error:
+                    entry.regex.append((regex.compile(a.local, regex.IGNORECASE), a))
+                except regex.error:
                     log.warning("a regex alias of %s does not compile; ignored", a.domain)
             elif a.kind == "catch-all":
                 by_domain[a.domain] = _DomainAliases(entry.exact, entry.regex, a)
@@ -99,7 +105,7 @@ def _with_tag(destination: str, tag: str) -> str:
     return f"{local}+{tag}@{domain}"
 
 
-def _substitute(destination: str, match: re.Match[str]) -> str:
+def _substitute(destination: str, match: regex.Match[str]) -> str:
     def group(m: re.Match[str]) -> str:
         n = int(m.group(1))
         if n == 0 or n > (match.re.groups or 0):
@@ -110,7 +116,9 @@ def _substitute(destination: str, match: re.Match[str]) -> str:
 
 
 def _match(aliases: _DomainAliases, local: str) -> tuple[store.AliasRecord, list[str]] | None:
-    """Exact, then plus-addressing (tag kept), then regex ($n substituted), then catch-all."""
+    """Exact, then plus-addressing (tag kept), then regex ($n substituted), then catch-all.
+
+    Raises TimeoutError when the regex aliases together take longer than `_REGEX_BUDGET`."""
     key = local.lower()
     hit = aliases.exact.get(key)
     if hit is not None:
@@ -120,8 +128,9 @@ def _match(aliases: _DomainAliases, local: str) -> tuple[store.AliasRecord, list
         hit = aliases.exact.get(base.lower())
         if hit is not None:
             return hit, [_with_tag(d, tag) for d in hit.destinations]
+    deadline = time.monotonic() + _REGEX_BUDGET
     for pattern, alias in aliases.regex:
-        m = pattern.search(local)
+        m = pattern.search(local, timeout=max(deadline - time.monotonic(), 0.001))
         if m is not None:
             return alias, [_substitute(d, m) for d in alias.destinations]
     if aliases.catch_all is not None:
@@ -135,7 +144,11 @@ def resolve(directory: Directory, address: Address) -> Route | SmtpError:
     settings = directory.settings.get(address.domain.lower())
     if aliases is None:
         return replies.RELAY_DENIED
-    found = _match(aliases, address.local)
+    try:
+        found = _match(aliases, address.local)
+    except TimeoutError:
+        log.warning("the regex aliases of %s took too long to match a recipient", address.domain)
+        return replies.ALIAS_LOOKUP_TIMEOUT
     if found is None:
         return replies.NO_SUCH_USER
     alias, destinations = found
