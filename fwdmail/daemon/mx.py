@@ -1,9 +1,9 @@
 """The MX: inbound SMTP for hosted domains, forwarded to the aliases' destinations during the session.
 
 Untrusted input: everything an SMTP client on port 25 sends (envelope addresses including relay tricks
-and SRS bounces, message bytes: size, loops, smuggling) and the destinations' replies. A forwarded
-message lives in memory only, until the reply after DATA: no row, no file, no log line names an
-address or an IP. Errors (ours and the destinations') go to the SMTP error log, without IP or body.
+and SRS bounces, message bytes: size, header size, loops, smuggling) and the destinations' replies.
+A forwarded message lives in memory only, until the reply after DATA: no row, no file, no log line
+names an address or an IP. Errors (ours and the destinations') go to the SMTP error log, without IP or body.
 
 `MxHandler` only translates aiosmtpd events into calls of `Mx` (sender / recipient / message / refuse)
 and back into replies. `Mx.policies` is the seam for inbound checks (sender authentication, per-IP
@@ -50,6 +50,7 @@ _HELO_OK = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?")
 _DIGEST_IN_THREAD = 256 * 1024
 _REPLY_TEXT_LIMIT = 300
 _PROTOCOL_ROWS_PER_SECOND = 20
+_MAX_HEADER_BYTES = 1 << 20  # as Exim's header_maxsize; sane headers are a few KB
 
 
 @dataclass(frozen=True)
@@ -433,6 +434,8 @@ class Mx:
     async def _message(self, session: SessionInfo, tx: Transaction, data: bytes,
                        delivered: list[bytes]) -> str:
         headers = header_block(data)
+        if len(headers) > _MAX_HEADER_BYTES:
+            return await self.refuse(tx, replies.HEADER_TOO_BIG)
         if count_received(headers) > self.cfg.max_received_headers or any(
             self.marker(alias).encode() in headers for alias in {a.route.alias for a in tx.recipients}
         ):

@@ -105,3 +105,4 @@ NEED_MAIL = "503 5.5.1 Error: need MAIL command"
 
 # hostile input
 ALIAS_LOOKUP_TIMEOUT = SmtpError(451, "4.3.0", "Recipient lookup took too long, try again later")
+HEADER_TOO_BIG = SmtpError(552, "5.3.4", "Message header too big")
