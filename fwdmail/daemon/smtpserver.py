@@ -7,6 +7,10 @@ Untrusted input: every byte an SMTP client sends. On top of aiosmtpd this class
 - hands an address it cannot parse (`<a@b@c>`, `<a@b.>`) to the handler as written, so policy, not
   the parser, words the refusal;
 - advertises SIZE, 8BITMIME, SMTPUTF8 and PIPELINING (and STARTTLS/AUTH when configured);
+- answers an unknown command without echoing it, and closes with a 421 (not aiosmtpd's 502) after
+  `_UNKNOWN_COMMAND_LIMIT` of them; never sends a control character or an undecodable byte the client
+  sent back in a reply;
+- reads an AUTH response line over the line limit to its end and answers 500 5.5.6 (RFC 4954);
 - answers an unexpected exception with a 451, never a traceback.
 
 Handlers may define, besides aiosmtpd's hooks:
@@ -20,10 +24,13 @@ Handlers may define, besides aiosmtpd's hooks:
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import collections
 import logging
+import re
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, TLSSetupException, syntax
@@ -38,6 +45,16 @@ log = logging.getLogger("fwdmail.smtp")
 _COMMAND_LIMIT = 1000
 _TIMEOUT_RESET_BYTES = 1 << 20
 _FINAL_REPLY_WAIT = 600.0
+_UNKNOWN_COMMAND_LIMIT = 5  # aiosmtpd's BOGUS_LIMIT: the fifth unknown command ends the session
+_NOT_PRINTABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def _printable(status: str) -> str:
+    """A reply (one or more CRLF-separated lines) with control characters and undecodable bytes as "?"."""
+    return "\r\n".join(_NOT_PRINTABLE.sub("?", line) for line in status.split("\r\n"))
+_DATA_READ_LIMIT = 256 * 1024
+_END_OF_DATA = b"\r\n.\r\n"
+_LINE_START, _AFTER_CR, _MID, _ENDED = range(4)
 
 
 class DataEnvelope(Envelope):
@@ -101,6 +118,18 @@ class Sessions:
             session.close(reply)
 
 
+class _Commands(dict[str, Any]):
+    """aiosmtpd's command table, where an unknown command finds `fallback` instead of aiosmtpd's own
+    answer (which echoes the command and closes the connection with a 502 at the fifth)."""
+
+    def __init__(self, methods: dict[str, Any], fallback: Callable[[str | None], Awaitable[None]]) -> None:
+        super().__init__(methods)
+        self.fallback = fallback
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return super().get(key, self.fallback)
+
+
 class SmtpServer(SMTP):
     """One SMTP session. `hostname` is required (aiosmtpd's default would block on getfqdn)."""
 
@@ -122,6 +151,8 @@ class SmtpServer(SMTP):
         # Per instance: aiosmtpd's class-level dict is shared (and mutated) by every session.
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
         self.command_size_limits.update(MAIL=_COMMAND_LIMIT, RCPT=_COMMAND_LIMIT)
+        self.unknown_commands = 0
+        self._smtp_methods = _Commands(self._smtp_methods, self._unknown_command)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -173,11 +204,13 @@ class SmtpServer(SMTP):
 
     async def _call_handler_hook(self, command: str, *args: Any) -> Any:
         status = await super()._call_handler_hook(command, *args)
-        self._hook_reply = status if isinstance(status, str) else None
+        self._hook_reply = _printable(status) if isinstance(status, str) else None
         return status
 
     async def push(self, status: str | bytes) -> None:
         """Send a reply; past `max_errors` error replies, also 421 and close the connection."""
+        if isinstance(status, str):
+            status = _printable(status)
         await super().push(status)
         text = status if isinstance(status, str) else status.decode("ascii", "replace")
         if text[:1] not in ("4", "5"):
@@ -206,6 +239,48 @@ class SmtpServer(SMTP):
         where = "".join(traceback.format_tb(error.__traceback__)).rstrip()
         log.error("unexpected error in an SMTP session: %s\n%s", type(error).__name__, where)
         return replies.TRY_LATER.reply
+
+    async def _unknown_command(self, arg: str | None) -> None:
+        self.unknown_commands += 1
+        if self.unknown_commands >= _UNKNOWN_COMMAND_LIMIT:
+            await self.push(replies.TOO_MANY_UNKNOWN.reply)
+            self.close()
+            return
+        await self.push(replies.UNKNOWN_COMMAND.reply)
+
+    async def challenge_auth(self, challenge: str | bytes, encode_to_b64: bool = True,
+                             log_client_response: bool = False) -> Any:
+        """aiosmtpd's, except that a response line over the line limit is read to its end and answered
+        500 5.5.6 (aiosmtpd's readline would raise in the middle of it). Never logs the response."""
+        raw = challenge.encode() if isinstance(challenge, str) else challenge
+        await self.push(b"334 " + (base64.b64encode(raw) if encode_to_b64 else raw))
+        line = await self._auth_response()
+        if line is None:
+            await self.push(replies.AUTH_LINE_TOO_LONG.reply)
+            return MISSING
+        blob = line.strip()
+        if blob == b"*":
+            await self.push("501 5.7.0 Auth aborted")
+            return MISSING
+        try:
+            return base64.b64decode(blob, validate=True)
+        except binascii.Error:
+            await self.push("501 5.5.2 Can't decode base64")
+            return MISSING
+
+    async def _auth_response(self) -> bytes | None:
+        """The next line (what is left of it at the end of input), or None once an over-long line is read."""
+        too_long = False
+        while True:
+            try:
+                line = await self._reader.readuntil(b"\n")
+            except asyncio.LimitOverrunError as exc:
+                await self._reader.readexactly(exc.consumed)
+                too_long = True
+                continue
+            except asyncio.IncompleteReadError as exc:
+                line = exc.partial
+            return None if too_long else line
 
     @syntax("EHLO hostname")
     async def smtp_EHLO(self, hostname: str) -> None:
@@ -280,43 +355,84 @@ class SmtpServer(SMTP):
 
     async def _read_data(self) -> bytes | SmtpError | None:
         """The message up to <CRLF>.<CRLF>, dot-unstuffed; an SmtpError if refused; None if the
-        connection ended."""
+        connection ended.
+
+        The body is read in large pieces (up to the end marker, or as much as is buffered), not line
+        by line; lines are only looked at while the input sits at the start of the message.
+        """
+        reader = self._reader
+        # The stream's limit (private in asyncio) is aiosmtpd's command line limit; the body gets a
+        # larger one, so it arrives in large pieces and the transport is not paused every 2 KB.
+        line_limit = reader._limit
+        reader._limit = _DATA_READ_LIMIT
+        try:
+            raw = await self._read_raw_data()
+        finally:
+            reader._limit = line_limit
+        if raw is None or isinstance(raw, SmtpError):
+            return raw
+        if raw.count(b"\r\n") != raw.count(b"\r") or raw.count(b"\r\n") != raw.count(b"\n"):
+            return replies.BARE_NEWLINE
+        if raw[:1] == b".":
+            raw = raw[1:]
+        return raw.replace(b"\r\n.", b"\r\n")
+
+    async def _read_raw_data(self) -> bytes | SmtpError | None:
+        """The message as sent (still dot-stuffed) up to the end marker, without its ".<CRLF>"."""
         limit = self.data_size_limit
         chunks: list[bytes] = []
         size = since_reset = 0
-        mid_line = too_big = bare = False
-        while True:
+        where = _LINE_START
+        while where != _ENDED:
             try:
-                piece = await self._reader.readuntil(b"\r\n")
-                complete = True
-            except asyncio.LimitOverrunError as exc:
-                piece = await self._reader.read(exc.consumed)
-                complete = False
+                piece, where = await self._next_piece(where)
             except asyncio.IncompleteReadError:
                 if self.transport is not None:
                     self.transport.close()
                 return None
-            if not piece:
-                return None
-            if complete and not mid_line and piece == b".\r\n":
-                break
             size += len(piece)
             since_reset += len(piece)
-            text = piece[:-2] if complete else piece
-            if b"\n" in text or b"\r" in text:
-                bare = True
             if limit and size > limit:
-                too_big = True
-            if too_big or bare:
                 chunks.clear()
             else:
-                chunks.append(piece[1:] if not mid_line and piece[:1] == b"." else piece)
-            mid_line = not complete
+                chunks.append(piece)
             if since_reset >= _TIMEOUT_RESET_BYTES:
                 since_reset = 0
                 self._reset_timeout()
-        if too_big:
+        if limit and size > limit:
             return replies.MESSAGE_TOO_BIG
-        if bare:
-            return replies.BARE_NEWLINE
         return b"".join(chunks)
+
+    async def _next_piece(self, where: int) -> tuple[bytes, int]:
+        """The next piece of message data and where the input then is.
+
+        In the middle of the data one search finds the end marker <CRLF>.<CRLF>: its CRLF is still
+        unread, and a piece taken when the search gives up leaves the marker's length minus one bytes
+        buffered, so no marker straddles two pieces. Only the start of the message (where the CRLF of
+        the DATA line is already read) and a CR just read (maybe the marker's) go byte by byte.
+        """
+        reader = self._reader
+        if where == _MID:
+            try:
+                piece = await reader.readuntil(_END_OF_DATA)
+            except asyncio.LimitOverrunError as exc:
+                return await reader.readexactly(exc.consumed), _MID
+            return piece[:-3], _ENDED
+        byte = await reader.readexactly(1)
+        if byte == b"\r":
+            return byte, _AFTER_CR
+        if where == _AFTER_CR:
+            return byte, _LINE_START if byte == b"\n" else _MID
+        if byte != b".":
+            return byte, _MID
+        rest, complete = await self._read_line()
+        if rest == b"\r\n":
+            return b"", _ENDED
+        return byte + rest, _LINE_START if complete else _MID
+
+    async def _read_line(self) -> tuple[bytes, bool]:
+        """Up to and including the next CRLF (complete), or as much of a longer line as is buffered."""
+        try:
+            return await self._reader.readuntil(b"\r\n"), True
+        except asyncio.LimitOverrunError as exc:
+            return await self._reader.readexactly(exc.consumed), False
