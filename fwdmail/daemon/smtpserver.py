@@ -299,8 +299,7 @@ class SmtpServer(SMTP):
         responses = [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"]
         if "EHLO" in self._handle_hooks:
             responses = await self._call_handler_hook("EHLO", hostname, responses)
-        for r in responses:
-            await self.push(r)
+        await self.push("\r\n".join(responses))  # one write for the whole reply
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
