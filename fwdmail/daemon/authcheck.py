@@ -6,7 +6,8 @@ raises: a malformed record, header or signature becomes a `permerror`/`none` res
 
 DNS goes through `dns.asyncresolver` only. pyspf evaluates SPF, replaying answers we fetched
 asynchronously (a lookup it has not seen yet is recorded, fetched, and the evaluation re-run);
-dkimpy verifies DKIM and ARC with a `dnsfunc` that answers from keys fetched beforehand.
+`dkimcore` verifies DKIM signatures and `arc` the ARC chain, from keys fetched beforehand: the message
+is parsed and each canonical body hashed once for all of them, and RSA runs in OpenSSL.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from dataclasses import dataclass, field
 from email.utils import getaddresses
 from typing import Any, Final
 
-import dkim
 import dkim.util
 import dns.asyncresolver
 import dns.exception
@@ -34,7 +34,7 @@ from publicsuffixlist import PublicSuffixList
 from .. import store
 from ..addresses import AddressError, normalize_domain
 from ..resolver import async_resolver
-from . import arc
+from . import arc, dkimcore
 from .arc import header_fields
 from .context import Context
 from .friendly_from import needs_rewrite, rewrite_from
@@ -73,9 +73,7 @@ TEMPFAIL: Final = _TempFail()
 
 KeyTable = dict[str, bytes | _TempFail | None]  # DKIM/ARC key name -> TXT, TEMPFAIL, or None (no key)
 
-_quiet = logging.getLogger("fwdmail.authcheck.dkimpy")
-_quiet.addHandler(logging.NullHandler())
-_quiet.propagate = False
+_ARC_FIELDS = frozenset({b"arc-seal", b"arc-message-signature", b"arc-authentication-results"})
 
 
 async def _inline(fn: Callable[..., Any], *args: Any) -> Any:
@@ -349,67 +347,56 @@ async def _fetch_keys(resolver: dns.asyncresolver.Resolver, names: Iterable[str]
     return keys
 
 
-def _dnsfunc(keys: KeyTable) -> Callable[..., bytes | None]:
-    def lookup(name: bytes | str, timeout: object = None) -> bytes | None:
-        text = name.decode("ascii", "replace") if isinstance(name, bytes) else name
-        value = keys.get(text.lower().rstrip("."))
+def _keyring(keys: KeyTable) -> dkimcore.Keys:
+    """The message's signer keys, each parsed once, from the records fetched beforehand (`keys` only)."""
+    def lookup(name: str) -> bytes | None:
+        value = keys.get(name.lower().rstrip("."))
         if isinstance(value, _TempFail):
-            raise dkim.DnsTimeoutError("temporary DNS failure")
+            raise dkimcore.KeyUnavailable(name)
         return value
 
-    return lookup
+    return dkimcore.Keys(lookup)
 
 
-def _verify_dkim(message: bytes, sigs: Sequence[_Signature], keys: KeyTable
-                 ) -> list[DkimResult]:
+def _verify_dkim(parsed: dkimcore.Message | None, sigs: Sequence[_Signature], keys: KeyTable,
+                 ring: dkimcore.Keys | None = None) -> list[DkimResult]:
     """Verify each signature (CPU work: body hashes and RSA); keys come from `keys` only."""
-    try:
-        verifier = dkim.DKIM(message, logger=_quiet, minkey=1024)
-    except Exception:
-        verifier = None
-    dnsfunc = _dnsfunc(keys)
+    ring = ring or _keyring(keys)
     results = []
     for idx, sig in enumerate(sigs):
         def res(result: str, reason: str, sig: _Signature = sig) -> DkimResult:
             return DkimResult(result, sig.domain, sig.selector, sig.b, reason)
 
-        if sig.error or verifier is None:
+        if sig.error or parsed is None:
             results.append(res("permerror", sig.error or "malformed message headers"))
             continue
-        key = keys.get(sig.key_name)
-        if isinstance(key, _TempFail):
+        record = keys.get(sig.key_name)
+        if isinstance(record, _TempFail):
             results.append(res("temperror", "key lookup failed"))
             continue
-        if key is None:
+        if record is None:
             results.append(res("permerror", "no key"))
             continue
         try:
-            dkim.evaluate_pk(sig.key_name, key)
-        except Exception:
+            verdict = dkimcore.verify_dkim(parsed, idx, ring.get(sig.key_name))
+        except dkimcore.KeyRecordError:
             results.append(res("permerror", "bad key"))
-            continue
-        try:
-            ok = verifier.verify(idx=idx, dnsfunc=dnsfunc)
-        except dkim.ValidationError as exc:
-            mismatch = "body hash mismatch" in str(exc)
-            results.append(res("fail" if mismatch else "permerror", "body hash mismatch" if mismatch else
-                               "invalid signature"))
             continue
         except Exception:
             results.append(res("permerror", "invalid signature"))
             continue
-        results.append(res("pass", "") if ok else res("fail", "bad signature"))
+        results.append(res("pass", "") if verdict == "pass" else res("fail", verdict))
     return results
 
 
 async def check_dkim(message: bytes, resolver: dns.asyncresolver.Resolver, *, cpu: Offload = _inline
                      ) -> list[DkimResult]:
     """Verify the first MAX_DKIM_SIGNATURES DKIM signatures of `message`."""
-    sigs = (await cpu(_prepare, message))[0]
-    if not sigs:
+    prepared = await cpu(_prepare, message)
+    if not prepared.sigs:
         return []
-    keys = await _fetch_keys(resolver, [s.key_name for s in sigs if not s.error])
-    return list(await cpu(_verify_dkim, message, sigs, keys))
+    keys = await _fetch_keys(resolver, [s.key_name for s in prepared.sigs if not s.error])
+    return list(await cpu(_verify_dkim, prepared.parsed, prepared.sigs, keys))
 
 
 # DMARC
@@ -561,6 +548,7 @@ class AuthReport:
     dkim: tuple[DkimResult, ...]
     dmarc: DmarcResult
     arc: str = "none"  # none | pass | fail: the ARC chain the message arrived with
+    body_hash: bytes = field(default=b"", repr=False, compare=False)  # relaxed SHA-256, for our ARC seals
 
     @property
     def dkim_pass(self) -> bool:
@@ -622,7 +610,9 @@ async def check_sender(message: bytes, mail_from: str, client_ip: str, helo: str
 
     Header parsing and signature checks run through `cpu` (pass `ctx.blocking.cpu` in the daemon).
     """
-    sigs, arc_names, (from_domains, from_error) = await cpu(_prepare, message)
+    prepared = await cpu(_prepare, message)
+    sigs, arc_names = prepared.sigs, prepared.arc_names
+    from_domains, from_error = prepared.from_domains, prepared.from_error
     if len(from_domains) > MAX_FROM_DOMAINS:
         from_domains, from_error = (), TOO_MANY_FROM_DOMAINS
 
@@ -636,26 +626,50 @@ async def check_sender(message: bytes, mail_from: str, client_ip: str, helo: str
                  dict.fromkeys([s.key_name for s in sigs] + arc_names, TEMPFAIL)),
         _bounded(dmarc_records(), timeout, [(TEMPFAIL, d) for d in from_domains]),
     )
-    dkim_results, arc_result = await cpu(_verify_signatures, message, sigs, keys, bool(arc_names))
+    dkim_results, arc_result, body_hash = await cpu(_verify_signatures, prepared, keys)
     if from_error:
         dmarc = DmarcResult("permerror", reason=from_error)
     else:
         dmarc = max((evaluate_dmarc(d, found, spf_result, dkim_results)
                      for d, found in zip(from_domains, looked_up, strict=True)), key=_dmarc_rank)
-    return AuthReport(spf_result, tuple(dkim_results), dmarc, arc_result)
+    return AuthReport(spf_result, tuple(dkim_results), dmarc, arc_result, body_hash)
 
 
-def _prepare(message: bytes) -> tuple[list[_Signature], list[str], tuple[tuple[str, ...], str]]:
+@dataclass(frozen=True)
+class _Prepared:
+    """What the header section says before any lookup: the message parsed for DKIM and ARC (None if it
+    cannot be), its signatures, the ARC key names, whether it has ARC fields, and the author domains."""
+
+    parsed: dkimcore.Message | None
+    sigs: list[_Signature]
+    arc_names: list[str]
+    has_arc: bool
+    from_domains: tuple[str, ...]
+    from_error: str
+
+
+def _prepare(message: bytes) -> _Prepared:
     _psl()  # the first call reads and parses the bundled list: keep that file I/O off the loop
     headers = _headers(message)
-    return _signatures(headers)[:MAX_DKIM_SIGNATURES], arc.key_names(headers), _from_domains(headers)
+    try:
+        parsed: dkimcore.Message | None = dkimcore.Message(message)
+    except dkimcore.MessageFormatError:
+        parsed = None
+    fields = [(n.lower(), v) for n, v in parsed.headers] if parsed is not None else headers
+    has_arc = any(n in _ARC_FIELDS for n, _ in fields)
+    return _Prepared(parsed, _signatures(fields)[:MAX_DKIM_SIGNATURES], arc.key_names(fields), has_arc,
+                     *_from_domains(headers))
 
 
-def _verify_signatures(message: bytes, sigs: Sequence[_Signature], keys: KeyTable,
-                       has_arc: bool) -> tuple[list[DkimResult], str]:
-    dkim_results = _verify_dkim(message, sigs, keys) if sigs else []
-    arc_result = arc.verify_chain(message, _dnsfunc(keys)) if has_arc else "none"
-    return dkim_results, arc_result
+def _verify_signatures(prepared: _Prepared, keys: KeyTable) -> tuple[list[DkimResult], str, bytes]:
+    """DKIM results, ARC chain status, and the relaxed body hash (b"" for an unparsable message): DKIM,
+    ARC and the seals of the forwarded copies share that one hash."""
+    ring, parsed = _keyring(keys), prepared.parsed
+    dkim_results = _verify_dkim(parsed, prepared.sigs, keys, ring) if prepared.sigs else []
+    if parsed is None:
+        return dkim_results, "fail" if prepared.has_arc else "none", b""
+    arc_result = arc.verify_chain(parsed, ring) if prepared.has_arc else "none"
+    return dkim_results, arc_result, parsed.body_hash(relaxed=True)
 
 
 # policy
@@ -718,13 +732,15 @@ def outcome(report: AuthReport) -> str:
 def forwarded_copy(message: bytes, report: AuthReport, authserv_id: str, domain: store.DomainRecord | None,
                    friendly_alias: str, timestamp: int) -> bytes:
     """One forwarded copy (CPU work): friendly-From if `friendly_alias`, our Authentication-Results, and
-    an ARC set sealed with the hosted domain's DKIM key."""
+    an ARC set sealed with the hosted domain's DKIM key. `message` has the body that `report` checked
+    (only header fields are added or changed), so the seal reuses the report's body hash."""
     if friendly_alias:
         message = rewrite_from(message, friendly_alias)
     message = stamp(message, report, authserv_id)
     if domain is not None and domain.dkim_private_key and domain.dkim_selector:
         message = arc.seal(message, authserv_id, domain.name, domain.dkim_selector, domain.dkim_private_key,
-                           timestamp)
+                           timestamp, authres=report.header_value(authserv_id), cv=report.arc,
+                           body_hash=report.body_hash or None)
     return message
 
 
