@@ -1,0 +1,1 @@
+"""Benchmarks of fwdmail beside Postfix, the smtp-source/smtp-sink harness and a bare aiosmtpd floor."""

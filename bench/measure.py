@@ -1,0 +1,309 @@
+"""The measurements, one method per kind of row; each returns `Record`s and never raises for a failed run.
+
+Servers start on first use and stay up for the whole bench (one sink, one Postfix, one fwdmail, one
+floor); counters are cumulative, so every run takes a baseline first and waits for its own messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import fwd
+from .clients import hold_idle_sessions, measure_latency, submit
+from .dns_helper import DnsHelper
+from .floor import Floor
+from .plan import KIB, MIB, Plan, Workload
+from .postfix import Postfix
+from .procs import BenchError, RssSampler, tree_memory_kib
+from .report import FLOOR, OPENSSL, Record
+from .signing import openssl_sign_rate, signing_rates
+from .sink import SmtpSink, SourceRun, smtp_source
+
+SETTLE = 1.0
+"""Pause between runs so one run's tail (queue flushes, closing sockets) does not land in the next."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a system listens for MX traffic, which process to watch, whether mail reaches the sink."""
+
+    port: int
+    pid: int
+    reaches_sink: bool
+
+
+def _percentile(values: list[float], q: int) -> float:
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+class Bench:
+    """Runs measurements against lazily started servers; `close()` stops everything it started."""
+
+    def __init__(self, plan: Plan, workdir: Path, progress: Callable[[str], None]) -> None:
+        self.plan = plan
+        self.workdir = workdir
+        self.progress = progress
+        self.source_output = workdir / "smtp-source.out"
+        self._stack = ExitStack()
+        self._sink: SmtpSink | None = None
+        self._floor: Floor | None = None
+        self._postfix: Postfix | None = None
+        self._fwdmail: fwd.Fwdmail | None = None
+        self.peaks: dict[tuple[str, int, int], float] = {}
+        """(system, size, round) -> msgs/s of the reuse workload, for the latency row's offered rate."""
+
+    # ------------------------------------------------------------------ servers
+    def close(self) -> None:
+        self._stack.close()
+
+    def sink(self) -> SmtpSink:
+        if self._sink is None:
+            self._sink = SmtpSink(self.workdir).start()
+            self._stack.callback(self._sink.stop)
+        return self._sink
+
+    def floor(self) -> Floor:
+        if self._floor is None:
+            self._floor = Floor(self.workdir).start()
+            self._stack.callback(self._floor.stop)
+        return self._floor
+
+    def postfix(self) -> Postfix:
+        if self._postfix is None:
+            instance = Postfix(self.workdir, self.sink().port, fwd.ALIAS, fwd.DESTINATION)
+            self._stack.callback(instance.stop)
+            self._postfix = instance.start()
+        return self._postfix
+
+    def fwdmail(self) -> fwd.Fwdmail:
+        if self._fwdmail is None:
+            dns = DnsHelper(fwd.DNS_RECORDS).start()
+            self._stack.callback(dns.stop)
+            instance = fwd.Fwdmail(self.workdir, self.sink().port, dns.address).set_up()
+            self._stack.callback(instance.stop)
+            self._fwdmail = instance.start()
+        elif not self._fwdmail.alive():
+            self.progress("[red]fwdmail serve had exited; restarting it[/red]")
+            self._fwdmail.start()
+        return self._fwdmail
+
+    def target(self, system: str) -> Target:
+        if system == "harness":
+            sink = self.sink()
+            return Target(sink.port, sink.pid, reaches_sink=True)
+        if system == FLOOR:
+            floor = self.floor()
+            return Target(floor.port, floor.pid, reaches_sink=False)
+        if system == "postfix":
+            postfix = self.postfix()
+            master = postfix.master_pid()
+            if master is None:
+                raise BenchError("Postfix has no master.pid")
+            return Target(postfix.mx_port, master, reaches_sink=True)
+        fwdmail = self.fwdmail()
+        return Target(fwdmail.ports.mx, fwdmail.pid, reaches_sink=True)
+
+    # ---------------------------------------------------------------- throughput
+    def throughput(self, system: str, workload: Workload, round_: int) -> Record:
+        """smtp-source into `system`; end to end = until the sink counted every message."""
+        record = Record(system, workload.label, round_, "msg/s", None)
+        policy_changed = False
+        try:
+            if system == "fwdmail-noauth":
+                self.fwdmail().set_auth_policy("off")
+                policy_changed = True
+            self._throughput(self.target(system.removesuffix("-noauth")), workload, record)
+        except BenchError as exc:
+            record.error = str(exc)
+        finally:
+            if policy_changed:
+                self.fwdmail().set_auth_policy("enforce")
+        if record.value is not None and workload.reuse:
+            self.peaks[(system, workload.size, round_)] = record.value
+        time.sleep(SETTLE)
+        return record
+
+    def _throughput(self, target: Target, workload: Workload, record: Record) -> None:
+        sink = self.sink()
+        base = sink.delivered()
+        with RssSampler(target.pid) as rss:
+            run = smtp_source(target.port, count=workload.count, size=workload.size,
+                              sessions=workload.sessions, reuse=workload.reuse, sender=fwd.SENDER,
+                              recipient=fwd.ALIAS, cap=self.plan.run_cap_s, output=self.source_output)
+            if not run.ok:
+                raise BenchError(f"smtp-source: {run.output}")
+            sent, done = self._end_to_end(target, run, base, workload.count)
+        record.value = sent / (done - run.started)
+        record.peak_rss_mib = rss.peak_mib
+        record.detail = {"sent": sent, "accept_s": run.elapsed, "end_to_end_s": done - run.started,
+                         "capped": run.capped}
+        if run.capped:
+            record.note = f"stopped at {self.plan.run_cap_s:.0f} s: {sent:,} of {workload.count:,} sent"
+        elif done - run.finished > 0.5:
+            record.note = f"accepts at {workload.count / run.elapsed:,.0f}/s"
+        if not run.capped:
+            self._check_no_duplicates(sink, base, workload.count if target.reaches_sink else 0, record)
+
+    def _end_to_end(self, target: Target, run: SourceRun, base: int, count: int) -> tuple[int, float]:
+        """Messages that made it and when the last one did: at the sink, or at the floor's 250."""
+        sink = self.sink()
+        if not target.reaches_sink:
+            return (run.completed if run.capped else count), run.finished
+        if run.capped:
+            delivered, moved = sink.wait_settled(quiet=2.0, timeout=self.plan.timeout_for(count))
+            return delivered - base, moved
+        return count, sink.wait_for(base + count, self.plan.timeout_for(count))
+
+    @staticmethod
+    def _check_no_duplicates(sink: SmtpSink, base: int, expected: int, record: Record) -> None:
+        time.sleep(0.3)
+        extra = sink.delivered() - base - expected
+        if extra > 0:
+            record.error = f"sink counted {extra} more messages than sent"
+
+    # ------------------------------------------------------------------ latency
+    def latency(self, system: str, size: int, round_: int) -> Record:
+        """DATA-to-reply latency at half of the peak rate measured just before (reused sessions)."""
+        label = f"{size // KIB} KB at ½ peak rate"
+        record = Record(system, label, round_, "msg/s", None)
+        try:
+            target = self.target(system)
+            peak = self.peaks.get((system, size, round_)) or self._short_peak(system, size, round_)
+            rate = peak / 2
+            count = min(int(rate * self.plan.latency_seconds), self.plan.latency_max_messages)
+            base = self.sink().delivered()
+            with RssSampler(target.pid) as rss:
+                result = asyncio.run(measure_latency(
+                    target.port, rate=rate, count=max(count, 1), duration=self.plan.latency_seconds,
+                    size=size, sessions=self.plan.latency_sessions, sender=fwd.SENDER, recipient=fwd.ALIAS))
+            if target.reaches_sink:
+                self.sink().wait_for(base + result.sent, self.plan.timeout_for(result.sent))
+            if result.failed or result.errors or not result.latencies:
+                raise BenchError(f"{result.failed} refused; {'; '.join(result.errors[:3])}")
+            record.value = result.achieved_rate
+            record.p50_ms = _percentile(result.latencies, 50) * 1000
+            record.p99_ms = _percentile(result.latencies, 99) * 1000
+            record.peak_rss_mib = rss.peak_mib
+            record.note = f"offered {rate:,.0f}/s"
+            record.detail = {"sent": result.sent, "max_ms": max(result.latencies) * 1000}
+        except BenchError as exc:
+            record.error = str(exc)
+        time.sleep(SETTLE)
+        return record
+
+    def _short_peak(self, system: str, size: int, round_: int) -> float:
+        """The reuse workload's rate, measured briefly when the throughput rows were not selected."""
+        count = max(200, min(2_000, 200 * MIB // (size * 10)))
+        record = self.throughput(system, Workload(size, count, True), round_)
+        if record.value is None:
+            raise BenchError(f"no peak rate to offer half of: {record.error}")
+        return record.value
+
+    # ---------------------------------------------------------------- submission
+    def submission(self, system: str, round_: int) -> list[Record]:
+        """N messages over STARTTLS from K clients: accept rate (durable 250s) and drain to the sink."""
+        plan = self.plan
+        stem = f"{plan.submit_count:,} × {plan.submit_size // KIB} KB, {plan.submit_clients} TLS clients"
+        accept = Record(system, f"submit {stem}: accept", round_, "msg/s", None)
+        drain = Record(system, f"submit {stem}: drain", round_, "msg/s", None)
+        try:
+            port, pid, login = self._submission_endpoint(system)
+            sink = self.sink()
+            base = sink.delivered()
+            timeout = plan.timeout_for(plan.submit_count)
+            with RssSampler(pid) as rss:
+                result = asyncio.run(submit(
+                    port, count=plan.submit_count, clients=plan.submit_clients, size=plan.submit_size,
+                    sender=fwd.ALIAS, recipient=fwd.OUTBOUND_RECIPIENT, login=login, timeout=timeout))
+                if result.errors or result.accepted != plan.submit_count:
+                    raise BenchError(f"{result.accepted} accepted; {'; '.join(result.errors[:3])}")
+                done = sink.wait_for(base + plan.submit_count, timeout)
+            accept.value = result.accept_rate
+            drain.value = plan.submit_count / (done - result.started)
+            accept.peak_rss_mib = drain.peak_rss_mib = rss.peak_mib
+            drain.note = "DKIM-signed" if system == "fwdmail" else "not signed"
+            accept.note = "AUTH PLAIN once per session" if login else "no AUTH (mynetworks)"
+            self._check_no_duplicates(sink, base, plan.submit_count, drain)
+        except BenchError as exc:
+            accept.error = drain.error = str(exc)
+        time.sleep(SETTLE)
+        return [accept, drain]
+
+    def _submission_endpoint(self, system: str) -> tuple[int, int, tuple[str, str] | None]:
+        if system == "postfix":
+            postfix = self.postfix()
+            return postfix.submission_port, self.target("postfix").pid, None
+        fwdmail = self.fwdmail()
+        return fwdmail.ports.submission, fwdmail.pid, (fwd.ALIAS, fwdmail.password)
+
+    # ------------------------------------------------------------------- memory
+    def idle_sessions(self, system: str, round_: int) -> Record:
+        """Memory with N idle MX sessions (greeting read, EHLO answered), after they settled for 2 s."""
+        record = Record(system, f"{self.plan.idle_sessions:,} idle MX sessions", round_, "MiB", None)
+        try:
+            target = self.target(system)
+            before = tree_memory_kib(target.pid)
+            established, memory = asyncio.run(hold_idle_sessions(
+                target.port, self.plan.idle_sessions, hold=2.0, measure=lambda: tree_memory_kib(target.pid)))
+            if established < self.plan.idle_sessions:
+                raise BenchError(f"only {established} of {self.plan.idle_sessions} sessions established")
+            record.value = memory / 1024
+            record.note = f"{before / 1024:,.1f} MiB before"
+            record.detail = {"before_mib": before / 1024}
+        except BenchError as exc:
+            record.error = str(exc)
+        if system == "postfix" and self._postfix is not None:
+            self._postfix.shed_idle_processes()
+        time.sleep(SETTLE)
+        return record
+
+    def big_message(self, system: str, round_: int) -> Record:
+        """Peak memory while one large message is forwarded (or discarded, for the floor)."""
+        size = self.plan.big_message
+        record = Record(system, f"one {size // MIB} MiB message", round_, "MiB", None)
+        try:
+            target = self.target(system)
+            sink = self.sink()
+            base = sink.delivered()
+            with RssSampler(target.pid, interval=0.05) as rss:
+                run = smtp_source(target.port, count=1, size=size, sessions=1, reuse=False,
+                                  sender=fwd.SENDER, recipient=fwd.ALIAS, cap=120, output=self.source_output)
+                if run.capped:
+                    raise BenchError("the message was not accepted within 120 s")
+                if not run.ok:
+                    raise BenchError(f"smtp-source: {run.output[-300:]}")
+                if target.reaches_sink:
+                    sink.wait_for(base + 1, 120)
+            record.value = rss.peak_mib
+            record.note = "peak: VmHWM, or summed PSS for Postfix"
+        except BenchError as exc:
+            record.error = str(exc)
+        time.sleep(SETTLE)
+        return record
+
+    # ------------------------------------------------------------------ signing
+    def signing(self, round_: int) -> list[Record]:
+        """fwdmail's DKIM signing and ARC sealing rates beside OpenSSL's raw RSA-2048 signing rate."""
+        workload = "RSA-2048 signatures, 1 thread"
+        records = []
+        try:
+            rates = signing_rates(self.plan.sign_seconds)
+            openssl = openssl_sign_rate(self.plan.sign_seconds)
+            records.append(Record(OPENSSL, workload, round_, "sig/s", openssl, floor_ref=OPENSSL,
+                                  note="openssl speed rsa2048"))
+            records.append(Record("fwdmail DKIM sign", workload, round_, "sig/s", rates["dkim_sign"],
+                                  floor_ref=OPENSSL, note="4 KB message"))
+            records.append(Record("fwdmail ARC seal", workload, round_, "sig/s", rates["arc_seal"],
+                                  floor_ref=OPENSSL, note="4 KB message"))
+        except BenchError as exc:
+            records.append(Record(OPENSSL, workload, round_, "sig/s", None, floor_ref=OPENSSL,
+                                  error=str(exc)))
+        return records

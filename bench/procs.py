@@ -1,0 +1,166 @@
+"""Process plumbing for the bench: free loopback ports, readiness waits, RSS from /proc, clean stops."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LOOPBACK = "127.0.0.1"
+
+
+class BenchError(RuntimeError):
+    """A run could not produce a valid measurement (a peer failed, a wait timed out)."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Block until something accepts TCP connections on loopback `port`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise BenchError(f"process {proc.args!r} exited {proc.returncode} before listening on {port}")
+        try:
+            socket.create_connection((LOOPBACK, port), timeout=0.5).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise BenchError(f"nothing listening on {LOOPBACK}:{port} after {timeout:.0f}s") from None
+            time.sleep(0.05)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM the process we started, SIGKILL it if it lingers."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def python_env() -> dict[str, str]:
+    """Environment for Python subprocesses: this checkout first on the path, unbuffered output."""
+    return dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+
+
+def _status_kib(pid: int, field: str) -> int:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def rss_kib(pid: int) -> int:
+    return _status_kib(pid, "VmRSS")
+
+
+def peak_rss_kib(pid: int) -> int:
+    """VmHWM: the highest RSS since start or since the last `reset_peak_rss`."""
+    return _status_kib(pid, "VmHWM")
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Restart VmHWM at the current RSS (Linux: write 5 to clear_refs; needs to own the process or root)."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size: shared pages split among their users, so a sum over processes is honest."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _parent_of(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return -1
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and all its descendants alive now."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            children.setdefault(_parent_of(int(entry)), []).append(int(entry))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def tree_memory_kib(root: int) -> int:
+    """Memory of a process and its descendants: its RSS if alone, else the sum of their PSS.
+
+    PSS splits shared pages among the processes using them, so the sum over a multi-process server
+    (Postfix) counts each page once, where summed RSS would count shared libraries many times.
+    """
+    tree = process_tree(root)
+    if len(tree) == 1:
+        return rss_kib(root)
+    return sum(pss_kib(pid) for pid in tree)
+
+
+class RssSampler:
+    """Samples a process tree's memory in a thread; `peak_kib` is the highest sample.
+
+    The root's own VmHWM (reset on entry) is folded in, so a spike between two samples is not missed.
+    """
+
+    def __init__(self, root: int, interval: float = 0.25) -> None:
+        self.root = root
+        self.interval = interval
+        self.peak_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        reset_peak_rss(self.root)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sample()
+        self.peak_kib = max(self.peak_kib, peak_rss_kib(self.root))
+
+    def _sample(self) -> None:
+        self.peak_kib = max(self.peak_kib, tree_memory_kib(self.root))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    @property
+    def peak_mib(self) -> float:
+        return self.peak_kib / 1024
