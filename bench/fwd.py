@@ -23,6 +23,9 @@ DESTINATION = "dest@dest.bench.test"
 OWNER = "owner@owner.bench.test"
 OUTBOUND_RECIPIENT = "friend@dest.bench.test"
 READY = "fwdmail ready"
+CHECK_ALIAS = f"check@{HOSTED_DOMAIN}"
+CHECK_DOMAIN = "check.bench.test"
+"""Mail for this domain goes to the sanity check's capturing server instead of the counting sink."""
 
 ABUSE_LIMITS = {"max_connections_per_ip": 5000, "max_messages_per_ip_per_minute": 10_000_000}
 
@@ -49,7 +52,7 @@ def _toml(value: object) -> str:
     return repr(value)
 
 
-def render_config(data_dir: Path, ports: Ports, sink_port: int, dns: str) -> str:
+def render_config(data_dir: Path, ports: Ports, sink_port: int, capture_port: int, dns: str) -> str:
     """The bench's fwdmail.toml."""
     tables = {
         "mx": {"listen": [f"{LOOPBACK}:{ports.mx}"]},
@@ -57,7 +60,7 @@ def render_config(data_dir: Path, ports: Ports, sink_port: int, dns: str) -> str
                        "listen_tls": [f"{LOOPBACK}:{ports.submission_tls}"]},
         "srs": {"domain": "srs.bench.test"},
         "dns": {"nameservers": [dns]},
-        "delivery.routes": {"*": f"{LOOPBACK}:{sink_port}"},
+        "delivery.routes": {CHECK_DOMAIN: f"{LOOPBACK}:{capture_port}", "*": f"{LOOPBACK}:{sink_port}"},
         "abuse": ABUSE_LIMITS,
     }
     lines = [f"data_dir = {_toml(str(data_dir))}", 'hostname = "mx.bench.test"']
@@ -70,14 +73,17 @@ def render_config(data_dir: Path, ports: Ports, sink_port: int, dns: str) -> str
 class Fwdmail:
     """`fwdmail serve` with a hosted domain, an alias to the sink and an SMTP password for the alias."""
 
-    def __init__(self, workdir: Path, sink_port: int, dns: str) -> None:
+    def __init__(self, workdir: Path, sink_port: int, capture_port: int, dns: str) -> None:
         self.root = workdir / "fwdmail"
         self.root.mkdir(parents=True, exist_ok=True)
         self.ports = Ports(free_port(), free_port(), free_port())
         self.config_path = self.root / "fwdmail.toml"
-        self.config_path.write_text(render_config(self.root / "data", self.ports, sink_port, dns))
+        config = render_config(self.root / "data", self.ports, sink_port, capture_port, dns)
+        self.config_path.write_text(config)
         self.log_path = self.root / "serve.log"
         self.password = ""
+        self.dkim_record: tuple[str, str] = ("", "")
+        """(name, TXT value) of the hosted domain's DKIM key, as `domain add` tells the owner to publish."""
         self.proc: subprocess.Popen[bytes] | None = None
 
     def cli(self, *args: str) -> str:
@@ -92,8 +98,10 @@ class Fwdmail:
 
     def set_up(self) -> Fwdmail:
         self.cli("account", "add", OWNER)
-        self.cli("domain", "add", HOSTED_DOMAIN, "--account", OWNER)
+        added = json.loads(self.cli("domain", "add", HOSTED_DOMAIN, "--account", OWNER, "--json"))
+        self.dkim_record = next((r["name"], r["value"]) for r in added["dns"] if "_domainkey" in r["name"])
         self.cli("alias", "add", ALIAS, DESTINATION)
+        self.cli("alias", "add", CHECK_ALIAS, f"inbox@{CHECK_DOMAIN}")
         self.password = json.loads(self.cli("alias", "password", ALIAS, "--json"))["password"]
         return self
 

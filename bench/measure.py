@@ -14,14 +14,17 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.smtp_sink import SmtpSink as CapturingServer
+
 from . import fwd
 from .clients import hold_idle_sessions, measure_latency, submit
 from .dns_helper import DnsHelper
 from .floor import Floor
 from .plan import KIB, MIB, Plan, Workload
 from .postfix import Postfix
-from .procs import BenchError, RssSampler, tree_memory_kib
+from .procs import LOOPBACK, BenchError, RssSampler, tree_memory_kib
 from .report import FLOOR, OPENSSL, Record
+from .sanity import check_fwdmail
 from .signing import openssl_sign_rate, signing_rates
 from .sink import SmtpSink, SourceRun, smtp_source
 
@@ -57,6 +60,9 @@ class Bench:
         self._floor: Floor | None = None
         self._postfix: Postfix | None = None
         self._fwdmail: fwd.Fwdmail | None = None
+        self._capture: CapturingServer | None = None
+        self.sanity: dict[str, bool] = {}
+        """What the sanity check proved about the fwdmail under test (empty if fwdmail was not run)."""
         self.peaks: dict[tuple[str, int, int], float] = {}
         """(system, size, round) -> msgs/s of the reuse workload, for the latency row's offered rate."""
 
@@ -87,13 +93,28 @@ class Bench:
         if self._fwdmail is None:
             dns = DnsHelper(fwd.DNS_RECORDS).start()
             self._stack.callback(dns.stop)
-            instance = fwd.Fwdmail(self.workdir, self.sink().port, dns.address).set_up()
+            capture = CapturingServer(LOOPBACK).start()
+            self._stack.callback(capture.stop)
+            self._capture = capture
+            instance = fwd.Fwdmail(self.workdir, self.sink().port, capture.port, dns.address).set_up()
             self._stack.callback(instance.stop)
             self._fwdmail = instance.start()
+            self.sanity = self._check(self._fwdmail)
         elif not self._fwdmail.alive():
             self.progress("[red]fwdmail serve had exited; restarting it[/red]")
             self._fwdmail.start()
         return self._fwdmail
+
+    def _check(self, instance: fwd.Fwdmail) -> dict[str, bool]:
+        assert self._capture is not None
+        try:
+            checks = check_fwdmail(instance, self._capture)
+        except (BenchError, AssertionError, OSError) as exc:
+            self.progress(f"[red]sanity check of fwdmail failed: {exc}[/red]")
+            return {"sanity check ran": False}
+        for name, passed in checks.items():
+            self.progress(f"  sanity: {name}: {'ok' if passed else '[red]FAILED[/red]'}")
+        return checks
 
     def target(self, system: str) -> Target:
         if system == "harness":

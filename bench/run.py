@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     meta["duration_s"] = round(time.monotonic() - runner.started, 1)
     meta["load_average"] = runner.load
+    meta["fwdmail_sanity"] = bench.sanity
     lines = summarise(runner.records)
     targets = evaluate(target_specs(plan), lines)
     print_table(lines, targets, console)
