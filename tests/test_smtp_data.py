@@ -15,10 +15,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from aiosmtpd.smtp import SMTP
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from fwdmail.daemon.smtpserver import Sessions, SmtpServer
+from fwdmail.daemon.smtpserver import _PLAIN_PATH, Sessions, SmtpServer
 from tests.support.raw_smtp import RawSmtp
 
 LIMIT = 300
@@ -213,3 +214,42 @@ def test_pipelined_commands_after_the_end_marker_are_commands(server: LoopbackSe
         assert server.handler.contents[-1] == b"Subject: p\r\n\r\nhi\r\n"
     finally:
         client.close()
+
+
+path_parts = st.lists(st.sampled_from(
+    ["a", "B", "0", ".", "@", "<", ">", " ", "\t", '"', "-", "+", "=", "(", ")", "[", "]", ":", ",", "\\",
+     "é", "x.y", "ex-ample", "SIZE=10", "BODY=8BITMIME"]), max_size=14).map("".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(arg=st.one_of(path_parts, path_parts.map(lambda s: f"<{s}>"), path_parts.map(lambda s: f"<a@b>{s}"),
+                     st.tuples(path_parts, path_parts, path_parts).map(lambda t: f"{t[0]}<{t[1]}@{t[2]}>")))
+def test_the_fast_address_path_agrees_with_aiosmtpd(arg: str) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        server = SmtpServer(Recorder(), hostname="data.test", data_size_limit=0, loop=loop)
+        if _PLAIN_PATH.match(arg):
+            assert server._getaddr(arg) == SMTP._getaddr(server, arg)
+    finally:
+        loop.close()
+
+
+def test_the_fast_address_path_takes_the_common_forms() -> None:
+    for arg, expected in [("<a.b+c@ex-ample.test>", ("a.b+c@ex-ample.test", "")),
+                          (" <A@B.C> SIZE=10 BODY=8BITMIME", ("A@B.C", "SIZE=10 BODY=8BITMIME"))]:
+        assert _PLAIN_PATH.match(arg)
+        loop = asyncio.new_event_loop()
+        server = SmtpServer(Recorder(), hostname="data.test", data_size_limit=0, loop=loop)
+        assert server._getaddr(arg) == expected == SMTP._getaddr(server, arg)
+        loop.close()
+
+
+def test_the_command_tables_are_aiosmtpds() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        ours = SmtpServer(Recorder(), hostname="data.test", data_size_limit=0, loop=loop)
+        plain = SMTP(Recorder(), hostname="data.test", loop=loop)
+        assert set(ours._smtp_methods) == set(plain._smtp_methods) >= {"EHLO", "MAIL", "DATA", "STARTTLS"}
+        assert set(ours._auth_methods) == set(plain._auth_methods) == {"LOGIN", "PLAIN"}
+    finally:
+        loop.close()
