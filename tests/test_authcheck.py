@@ -6,9 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 import authres
+import dkim as dkimpy
 import pytest
 import spf as spflib
 
+from fwdmail import keys
 from fwdmail.daemon import authcheck
 from fwdmail.daemon.authcheck import AuthReport, DkimResult, DmarcResult, SpfResult
 from fwdmail.daemon.replies import AUTH_TEMPFAIL, DMARC_REJECTED, SPF_REJECTED
@@ -209,6 +211,45 @@ def test_dkim_none_malformed_and_several_signatures(dns_server: LoopbackDNS) -> 
     assert [(x.result, x.domain) for x in results] == [("pass", other), ("pass", dom)]
     broken_first = twice.replace(b"s=s2;", b"s=s3;", 1)
     assert [x.result for x in run(authcheck.check_dkim(broken_first, r))] == ["permerror", "pass"]
+
+
+
+@pytest.mark.parametrize("options", [
+    {"canonicalize": (b"simple", b"simple")},
+    {"canonicalize": (b"relaxed", b"simple"), "length": True},
+    {"canonicalize": (b"simple", b"relaxed"), "signature_algorithm": b"rsa-sha1"},
+], ids=["simple", "relaxed-simple-l", "simple-relaxed-sha1"])
+def test_dkim_canonicalisations_and_algorithms_dkimpy_verifies(dns_server: LoopbackDNS,
+                                                               options: dict[str, object]) -> None:
+    dom = unique_domain()
+    publish_key(dns_server, dom, "sel", key("a"))
+    msg = message(f"a@{dom}", body="Some  text \r\n\r\nend\r\n\r\n")
+    signed = dkimpy.sign(msg, b"sel", dom.encode(), key("a").encode(), **options) + msg  # type: ignore[arg-type]
+    r = resolver(dns_server)
+    assert [(x.result, x.reason) for x in run(authcheck.check_dkim(signed, r))] == [("pass", "")]
+    changed = signed.replace(b"Some  text", b"Some other text")
+    assert [(x.result, x.reason) for x in run(authcheck.check_dkim(changed, r))] == [
+        ("fail", "body hash mismatch")]
+
+
+def test_dkim_keys_we_may_not_use_are_permerrors(dns_server: LoopbackDNS) -> None:
+    dom = unique_domain()
+    public = keys.dkim_public_record(key("a")).split("p=")[1]
+    dns_server.add(f"tls._domainkey.{dom}", "TXT", f"v=DKIM1; k=rsa; s=tlsrpt; p={public}")
+    dns_server.add(f"revoked._domainkey.{dom}", "TXT", "v=DKIM1; k=rsa; p=")
+    dns_server.add(f"ed._domainkey.{dom}", "TXT", f"v=DKIM1; k=ed25519; p={public}")
+    r = resolver(dns_server)
+    for selector in ("tls", "revoked", "ed"):
+        signed = sign(message(f"a@{dom}"), dom, selector, key("a"))
+        assert [(x.result, x.reason) for x in run(authcheck.check_dkim(signed, r))] == [
+            ("permerror", "bad key")], selector
+
+
+def test_arc_fields_that_make_no_chain_fail_it(dns_server: LoopbackDNS) -> None:
+    dom = unique_domain()
+    msg = b"ARC-Seal: garbage without tags\r\n" + message(f"a@{dom}")
+    assert check(dns_server, msg, f"x@{dom}").arc == "fail"
+    assert check(dns_server, message(f"a@{dom}"), f"x@{dom}").arc == "none"
 
 
 # DMARC

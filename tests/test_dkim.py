@@ -91,6 +91,35 @@ def test_bad_keys_and_messages_are_clear_errors() -> None:
                   NOW)
 
 
+
+AWKWARD = [
+    MSG.replace(b"\r\n", b"\n"),  # bare line feeds: canonicalised as CRLF, as a verifier reads them
+    MSG.split(b"\r\n\r\n")[0] + b"\r\n\r\n",  # empty body
+    MSG.split(b"\r\n\r\n")[0] + b"\r\n",  # no body at all
+    MSG + b"\r\n" * 500 + b" \t \r\n",  # a long blank tail
+    MSG.replace(b"Subject: Hello  there", b"Subject: Hello\r\n\tthere\r\nCc: a@x.test,\r\n b@x.test"),
+    MSG.replace(b"Line two", b"Line\ttwo \t with\t\ttabs   and  spaces " * 50),
+]
+
+
+@pytest.mark.parametrize("msg", AWKWARD, ids=["lf", "empty-body", "no-body", "blank-tail", "folded", "wsp"])
+def test_awkward_messages_sign_and_verify(key: tuple[str, bytes], msg: bytes) -> None:
+    pem, record = key
+    signed = dkim.signed_message(msg, "example.test", "sel", pem, NOW)
+    assert verify(signed, record)
+    assert not verify(signed.replace(b"Date:", b"Date: Sat,", 1), record)
+
+
+def test_awkward_message_verifies_with_opendkim(key: tuple[str, bytes], tmp_path: Path) -> None:
+    pem, record = key
+    signed = dkim.signed_message(AWKWARD[-1] + b"\r\n\r\n", "example.test", "sel", pem, NOW)
+    good = opendkim_testmsg(signed, "sel._domainkey.example.test", record.decode(), tmp_path)
+    assert good.returncode == 0, good.stderr
+    bad = opendkim_testmsg(signed.replace(b"with\t\ttabs", b"with\t\tcats", 1), "sel._domainkey.example.test",
+                           record.decode(), tmp_path)
+    assert bad.returncode != 0
+
+
 # the daemon signs what it delivers
 
 @pytest.fixture(scope="module")
