@@ -48,8 +48,10 @@ def _hash(secret: bytes, *parts: str) -> str:
 
 
 def _check_hash(given: str, secret: bytes, *parts: str) -> None:
-    # Case-insensitive, like libsrs2: some MTAs lowercase local parts.
-    if len(given) != HASH_LENGTH or not hmac.compare_digest(given.lower(), _hash(secret, *parts).lower()):
+    # Case-insensitive, like libsrs2: some MTAs lowercase local parts. A base64 hash is ASCII (and
+    # compare_digest refuses non-ASCII text with a TypeError).
+    if (len(given) != HASH_LENGTH or not given.isascii()
+            or not hmac.compare_digest(given.lower(), _hash(secret, *parts).lower())):
         raise SrsError("bad SRS hash")
 
 
