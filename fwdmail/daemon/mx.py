@@ -195,7 +195,7 @@ class ErrorLogWriter:
             try:
                 await self.blocking.db(store.log_smtp_errors, rows)
             except Exception as exc:
-                log.warning("could not write %d SMTP error log row(s): %s", len(rows), type(exc).__name__)
+                log.warning("could not write %d SMTP error log row(s): %s", len(rows), store.failure(exc))
             for w in waiters:
                 if not w.done():
                     w.set_result(None)

@@ -89,6 +89,7 @@ FROM_NOT_ALLOWED = SmtpError(550, "5.7.1", "From header must be the one address 
 HEADER_MALFORMED = SmtpError(550, "5.6.0", "Malformed message header")
 HEADER_NOT_UTF8 = SmtpError(550, "5.6.0", "Message header is not valid UTF-8")
 STORE_UNAVAILABLE = SmtpError(451, "4.3.0", "Temporary local problem, try again later")
+STORAGE_FULL = SmtpError(452, "4.3.1", "Insufficient system storage, try again later")
 SHUTTING_DOWN = SmtpError(421, "4.3.2", "Service shutting down, try again later")
 TRY_LATER = SmtpError(451, "4.3.0", "Temporary failure, try again later")
 

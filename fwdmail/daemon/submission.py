@@ -407,8 +407,8 @@ class SubmissionHandler:
         try:
             await self.committer.submit(item)
         except Exception as exc:
-            log.warning("could not queue a submitted message: %s", type(exc).__name__)
-            return replies.STORE_UNAVAILABLE.reply
+            log.warning("could not queue a submitted message: %s", store.failure(exc))
+            return (replies.STORAGE_FULL if store.storage_full(exc) else replies.STORE_UNAVAILABLE).reply
         self.on_queued()
         log.info("queued %s: %d recipient(s), %d bytes", queue_id, len(item.recipients),
                  len(msg.headers) + len(msg.body))

@@ -8,7 +8,17 @@ from __future__ import annotations
 from peewee import DatabaseError as DatabaseFailure
 
 from .abuse import *
-from .db import SCHEMA_VERSION, StoreError, checkpoint, close_store, data_version, open_store
+from .db import (
+    SCHEMA_VERSION,
+    StoreError,
+    checkpoint,
+    close_store,
+    data_version,
+    failure,
+    open_store,
+    storage_full,
+    unavailable,
+)
 from .directory import *
 from .errorlog import *
 from .models import utcnow

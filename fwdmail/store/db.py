@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +23,36 @@ PRAGMAS = {
 
 class StoreError(RuntimeError):
     """The store cannot be opened or used (locked, read-only, full, corrupt)."""
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the store as a whole cannot work now (locked, full, read-only, I/O error),
+    rather than that it refused one particular write."""
+    return isinstance(exc, pw.OperationalError | StoreError)
+
+
+def storage_full(exc: BaseException) -> bool:
+    """Whether `exc` is SQLite's SQLITE_FULL: no room left on the data dir's file system."""
+    return any(getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+               for e in (exc, exc.__context__, exc.__cause__))
+
+
+def failure(exc: BaseException) -> str:
+    """A store failure as a log line may say it: SQLite's own message ("database is locked"), or the
+    exception's type for anything else (its text could quote stored data)."""
+    return str(exc) if unavailable(exc) and str(exc) else type(exc).__name__
+
+
+class _SqliteDatabase(pw.SqliteDatabase):
+    """peewee's SqliteDatabase, except that a ROLLBACK is skipped when SQLite already rolled back by itself
+    (it does on SQLITE_FULL and some I/O errors): the caller then sees the error that caused it, not
+    "cannot rollback - no transaction is active"."""
+
+    def rollback(self) -> None:
+        conn = self._state.conn
+        if conn is not None and not conn.in_transaction:
+            return
+        super().rollback()
 
 
 # MIGRATIONS[i] brings an existing database from schema version i + 1 to i + 2. A new database is created
@@ -45,7 +76,7 @@ def open_store(path: str | Path) -> pw.SqliteDatabase:
         pass
     except OSError as exc:
         raise StoreError(f"cannot open database {path}: {exc.strerror or exc}") from None
-    db = pw.SqliteDatabase(str(path), pragmas=PRAGMAS, check_same_thread=False)
+    db = _SqliteDatabase(str(path), pragmas=PRAGMAS, check_same_thread=False)
     database.initialize(db)
     try:
         db.connect(reuse_if_open=True)
