@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
+from .. import store
 from .executor import Blocking
 
 log = logging.getLogger("fwdmail.groupcommit")
@@ -24,7 +25,8 @@ Out = TypeVar("Out")
 class GroupCommitter(Generic[Item, Out]):
     """Collects items and writes them with `commit(items, now) -> outputs` on the database thread.
 
-    If a whole batch fails, its items are retried one by one, so one bad item fails alone.
+    If a whole batch fails, its items are retried one by one, so one bad item fails alone; unless the
+    store as a whole failed (locked, full, read-only): then the batch fails at once, not once per item.
     """
 
     def __init__(self, blocking: Blocking, commit: Callable[[Sequence[Item], dt.datetime], list[Out]],
@@ -52,8 +54,9 @@ class GroupCommitter(Generic[Item, Out]):
             try:
                 outs = await self._blocking.db(self._commit, [item for item, _ in batch], self._clock())
             except Exception as exc:
-                if len(batch) == 1:
-                    _settle(batch[0][1], exc=exc)
+                if len(batch) == 1 or store.unavailable(exc):
+                    for _, fut in batch:
+                        _settle(fut, exc=exc)
                     continue
                 log.warning("group commit of %d messages failed (%s); committing them one by one",
                             len(batch), type(exc).__name__)
