@@ -72,6 +72,16 @@ def plan_attempt(email: store.ClaimedEmail, results: Mapping[str, SmtpError | No
                        may_notify and bool(plan.bounced), delay_notice)
 
 
+@dataclass(frozen=True)
+class _Finished:
+    """A delivery attempt that is over, and what to write about it."""
+
+    email: store.ClaimedEmail
+    now: dt.datetime
+    plan: AttemptPlan
+    notices: list[store.NewEmail]
+
+
 class QueueService:
     """Runs the queue on the serve loop: recovery at start, then up to `concurrency` deliveries at once."""
 
@@ -84,6 +94,7 @@ class QueueService:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._unrecorded: dict[int, _Finished] = {}  # outcomes the store could not take yet
         self._runner: asyncio.Task[None] | None = None
         self._checkpoint_owed = False
         self._last_checkpoint = 0.0
@@ -114,8 +125,16 @@ class QueueService:
                 log.warning("stopped %d delivery attempt(s) in flight; they are retried on start",
                             len(pending))
                 await asyncio.wait(pending)
-        await self.ctx.blocking.db(store.release_claims, self.token, store.utcnow())
-        await self.ctx.blocking.db(store.wal_checkpoint)
+        for finished in list(self._unrecorded.values()):
+            await self._record(finished)
+        try:
+            await self.ctx.blocking.db(store.release_claims, self.token, store.utcnow())
+            await self.ctx.blocking.db(store.wal_checkpoint)
+        except Exception as exc:
+            if not store.unavailable(exc):
+                raise
+            log.warning("could not give back this worker's claims (%s); the next start takes them back",
+                        store.failure(exc))
 
     async def _wait_in_flight(self) -> list[asyncio.Task[None]]:
         """Let deliveries in flight finish until `shutdown_timeout` or a second stop signal; return
@@ -134,18 +153,28 @@ class QueueService:
         return [t for t in self._tasks.values() if not t.done()]
 
     async def _run(self) -> None:
+        failing = ""
         while not self._stop.is_set():
             self._wake.clear()
             try:
                 await self._tick()
             except Exception as exc:
-                log.error("queue worker: %s: %s", type(exc).__name__, exc)
+                problem = f"{type(exc).__name__}: {exc}"
+                if problem != failing:
+                    log.error("queue worker: %s (logged once while it lasts)", problem)
+                failing = problem
+            else:
+                if failing:
+                    log.info("queue worker: working again")
+                failing = ""
             try:
                 await asyncio.wait_for(self._wake.wait(), self.cfg.poll_interval)
             except TimeoutError:
                 pass
 
     async def _tick(self) -> None:
+        for finished in list(self._unrecorded.values()):
+            await self._record(finished)
         free = self.cfg.concurrency - len(self._tasks)
         if free > 0:
             for email in await self.ctx.blocking.db(store.claim_due, store.utcnow(), self.token, free):
@@ -163,7 +192,7 @@ class QueueService:
             now = store.utcnow()
             released, held = await self.ctx.blocking.db(
                 store.release_stale_claims, now, self.cfg.max_crashes,
-                now - dt.timedelta(seconds=self.cfg.claim_timeout), list(self._tasks))
+                now - dt.timedelta(seconds=self.cfg.claim_timeout), [*self._tasks, *self._unrecorded])
             if released:
                 log.warning("took back %d stale claim(s); %d now held", released, held)
 
@@ -177,14 +206,14 @@ class QueueService:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.error("queue worker failed on %s: %s", email.queue_id, type(exc).__name__)
+            log.error("queue worker failed on %s: %s", email.queue_id, store.failure(exc))
             now = store.utcnow()
             retry_at = now + dt.timedelta(seconds=backoff(email.attempts + 1, self.cfg))
             try:
                 status = await self.ctx.blocking.db(store.record_crash, email.id, email.token, now, retry_at,
                                                     self.cfg.max_crashes)
             except Exception as exc2:
-                log.error("could not record the failure of %s: %s", email.queue_id, type(exc2).__name__)
+                log.error("could not record the failure of %s: %s", email.queue_id, store.failure(exc2))
                 return
             if status == "held":
                 log.warning("%s held after %d failed attempts to process it", email.queue_id,
@@ -203,11 +232,28 @@ class QueueService:
             notices.append(self._report("failed", email, plan.bounced, now, None))
         if plan.delay_notice:
             notices.append(self._report("delayed", email, plan.deferred, now, plan.expires_at))
-        outcome = await self.ctx.blocking.db(
-            store.record_attempt, email.id, email.token, now, delivered=plan.delivered,
-            deferred=plan.deferred, bounced=plan.bounced, retry_at=plan.retry_at, notices=notices,
-            delay_notified=plan.delay_notice,
-        )
+        await self._record(_Finished(email, now, plan, notices))
+
+    async def _record(self, finished: _Finished) -> None:
+        """Write an attempt's outcome. While the store cannot take it (locked, full, read-only) it is kept
+        and written on a later tick: the message is neither left claimed nor delivered twice."""
+        email, plan, notices = finished.email, finished.plan, finished.notices
+        try:
+            outcome = await self.ctx.blocking.db(
+                store.record_attempt, email.id, email.token, finished.now, delivered=plan.delivered,
+                deferred=plan.deferred, bounced=plan.bounced, retry_at=plan.retry_at, notices=notices,
+                delay_notified=plan.delay_notice,
+            )
+        except Exception as exc:
+            if not store.unavailable(exc):
+                self._unrecorded.pop(email.id, None)
+                raise
+            if email.id not in self._unrecorded:
+                log.warning("cannot record the attempt on %s yet (%s); trying again", email.queue_id,
+                            store.failure(exc))
+            self._unrecorded[email.id] = finished
+            return
+        self._unrecorded.pop(email.id, None)
         if outcome is None:
             log.info("%s was removed or reclaimed during delivery", email.queue_id)
             return
