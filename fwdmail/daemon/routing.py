@@ -174,27 +174,35 @@ class DirectoryCache:
     """The current `Directory`, re-checked against the store at most every `check_interval` seconds."""
 
     def __init__(self, blocking: Blocking, check_interval: float = 0.2,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, max_wait: float = 2.0) -> None:
         self.blocking = blocking
         self.check_interval = check_interval
         self.clock = clock
+        self.max_wait = max_wait
         self._directory: Directory | None = None
         self._checked = float("-inf")
-        self._lock = asyncio.Lock()
+        self._refreshing: asyncio.Task[None] | None = None
 
     def _fresh(self) -> bool:
         return self._directory is not None and self.clock() - self._checked < self.check_interval
 
     async def get(self) -> Directory:
-        """The snapshot; raises the store's error only if no snapshot was ever loaded."""
+        """The snapshot; raises the store's error only if no snapshot was ever loaded.
+
+        A refresh held up on the database thread (behind writes waiting out another process's long
+        transaction) is waited for at most `max_wait` seconds; the previous snapshot serves meanwhile.
+        """
         if self._fresh():
             assert self._directory is not None
             return self._directory
-        async with self._lock:
-            if not self._fresh():
-                await self._refresh()
-            assert self._directory is not None
-            return self._directory
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
+        if self._directory is None:
+            await asyncio.shield(self._refreshing)
+        else:
+            await asyncio.wait([self._refreshing], timeout=self.max_wait)
+        assert self._directory is not None
+        return self._directory
 
     async def _refresh(self) -> None:
         try:
