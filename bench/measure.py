@@ -28,6 +28,8 @@ from .sanity import check_fwdmail
 from .signing import openssl_sign_rate, signing_rates
 from .sink import SmtpSink, SourceRun, smtp_source
 
+WARM_UP = 500
+"""MX messages a restarted fwdmail forwards before a memory row."""
 SETTLE = 1.0
 """Pause between runs so one run's tail (queue flushes, closing sockets) does not land in the next."""
 
@@ -115,6 +117,22 @@ class Bench:
         for name, passed in checks.items():
             self.progress(f"  sanity: {name}: {'ok' if passed else '[red]FAILED[/red]'}")
         return checks
+
+    def fresh(self, system: str) -> None:
+        """Restart fwdmail and warm it with a few hundred MX messages, so a memory row does not depend on
+        which rows ran before it (Python keeps the heap it grew under earlier load)."""
+        if system != "fwdmail":
+            return
+        instance = self.fwdmail()
+        instance.stop()
+        instance.start()
+        target = self.target(system)
+        base = self.sink().delivered()
+        run = smtp_source(target.port, count=WARM_UP, size=4 * KIB, sessions=20, reuse=True,
+                          sender=fwd.SENDER, recipient=fwd.ALIAS, cap=120, output=self.source_output)
+        if not run.ok or run.capped:
+            raise BenchError(f"warm-up after restart failed: {run.output}")
+        self.sink().wait_for(base + WARM_UP, 60)
 
     def target(self, system: str) -> Target:
         if system == "harness":
@@ -270,6 +288,7 @@ class Bench:
         """Memory with N idle MX sessions (greeting read, EHLO answered), after they settled for 2 s."""
         record = Record(system, f"{self.plan.idle_sessions:,} idle MX sessions", round_, "MiB", None)
         try:
+            self.fresh(system)
             target = self.target(system)
             before = tree_memory_kib(target.pid)
             established, memory = asyncio.run(hold_idle_sessions(
@@ -291,6 +310,7 @@ class Bench:
         size = self.plan.big_message
         record = Record(system, f"one {size // MIB} MiB message", round_, "MiB", None)
         try:
+            self.fresh(system)
             target = self.target(system)
             sink = self.sink()
             base = sink.delivered()

@@ -156,7 +156,7 @@ class Runner:
         rows, bench = self.plan.rows, self.bench
         for workload in self.plan.workloads:
             for system in THROUGHPUT_SYSTEMS:
-                if system in rows and (workload.reuse or system != "fwdmail-noauth"):
+                if system in rows and (system != "fwdmail-noauth" or (workload.reuse and round_ == 1)):
                     self.add([bench.throughput(system, workload, round_)])
         if "latency" in rows:
             for size in self.plan.latency_sizes():
