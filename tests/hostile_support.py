@@ -67,9 +67,11 @@ class Session:
     """
 
     def __init__(self, port: int, *, source: str = "127.0.0.1", timeout: float = 60,
-                 greeting: bool = True) -> None:
+                 greeting: bool = True, tls: ssl.SSLContext | None = None) -> None:
         self.sock: socket.socket = socket.create_connection(("127.0.0.1", port), timeout=timeout,
                                                             source_address=(source, 0))
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock)
         self.file = self.sock.makefile("rb")
         self.last: int | None = None
         TALLY.sessions_held += 1
@@ -112,9 +114,12 @@ class Session:
         self.file = self.sock.makefile("rb")
 
     def closed(self) -> bool:
-        """True if the server has closed the connection (after its last reply)."""
+        """True if the server has closed the connection (after its last reply); False if it sends more
+        or keeps the connection open until the timeout."""
         try:
             return self.file.read(1) == b""
+        except TimeoutError:
+            return False
         except OSError:
             return True
 
@@ -122,6 +127,12 @@ class Session:
         with contextlib.suppress(OSError):
             self.file.close()
             self.sock.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @contextlib.contextmanager
@@ -154,9 +165,9 @@ def delivered(sink: SmtpSink, n: int, timeout: float = 30) -> list[Received]:
         raise
 
 
-def assert_clean_log(d: Daemon) -> None:
-    """No traceback and no handler error in the daemon's log."""
-    logs = d.logs()
+def assert_clean_log(d: Daemon, since: int = 0) -> None:
+    """No traceback and no handler error in the daemon's log (from character `since` on)."""
+    logs = d.logs()[since:]
     assert "Traceback" not in logs, logs[-5000:]
     assert "unexpected error" not in logs, logs[-5000:]
 

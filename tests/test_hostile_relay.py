@@ -112,6 +112,7 @@ RELAY_TRICKS: list[tuple[str, str | Dialogue]] = [
     ("srs0-tampered-user", _srs("victim@other.test").replace("=victim@", "=victin@")),
     ("srs0-tampered-domain", _srs("victim@other.test").replace("=other.test=", "=otter.test=")),
     ("srs0-truncated", f"SRS0=AAAA@{SRS_DOMAIN}"),
+    ("srs0-non-ascii-hash", f"SRS0=ÄÄÄÄ={_stamp(0)}=other.test=victim@{SRS_DOMAIN}"),
     ("srs1-forged", f"SRS1=AAAA=first.test==BBBB={_stamp(0)}=other.test=victim@{SRS_DOMAIN}"),
     ("srs1-malformed", f"SRS1=AAAA=first.test@{SRS_DOMAIN}"),
     ("srs-for-foreign-domain", _srs("victim@other.test", domain="other.test")),
@@ -177,6 +178,11 @@ def test_the_list_is_long_enough() -> None:
     assert set(ACCEPTED) <= {name for name, _ in MX_TRICKS}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _summary(request: pytest.FixtureRequest) -> None:
+    register_summary(request.config)
+
+
 @pytest.fixture(scope="module")
 def downstream() -> Iterator[SmtpSink]:
     with SmtpSink() as s:
@@ -190,9 +196,8 @@ def sink(downstream: SmtpSink) -> SmtpSink:
 
 
 @pytest.fixture(scope="module")
-def daemon(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, dns_server: LoopbackDNS,
+def daemon(tmp_path_factory: pytest.TempPathFactory, dns_server: LoopbackDNS,
            downstream: SmtpSink) -> Iterator[Daemon]:
-    register_summary(request.config)
     d = Daemon(tmp_path_factory.mktemp("hostile-relay"), {
         "dns": {"nameservers": [dns_server.address]},
         "srs": {"secret": SECRET, "max_age_days": 21},
