@@ -118,7 +118,7 @@ def _survived(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 def fault(inputs: int = 1) -> None:
-    """Count one fault scenario of `inputs` hostile inputs; the fixture below checks it was survived."""
+    """Count one fault scenario of `inputs` hostile inputs; `_survived` checks the daemon survived it."""
     TALLY.faults_injected += 1
     TALLY.hostile_inputs_tried += inputs
 
@@ -314,7 +314,7 @@ def test_replies_never_carry_control_characters_sent_by_the_client(daemon: Daemo
         for line in (b"VRFY <\x00\x01\r\x7f", b"NO\x00OP", b"MAIL FROM:<\x00@src.test>", b"HELP \x00\x1b[2J"):
             s.send(line + b"\r\n")
             _, lines = s.reply()
-            assert all(c >= 0x20 and c != 0x7f for line in lines for c in line[:-2]), lines
+            assert all(c >= 0x20 and c != 0x7f for reply in lines for c in reply[:-2]), lines
 
 
 def test_too_many_errors_end_the_session_with_421(daemon: Daemon) -> None:
