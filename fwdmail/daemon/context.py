@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -80,6 +81,15 @@ class Context:
     force_stop: asyncio.Event = field(default_factory=asyncio.Event)
     tls: ServerTls | None = None
     delivery: Delivery = field(init=False)
+    _drain_until: float | None = field(default=None, init=False)
+
+    def drain_left(self) -> float:
+        """Seconds the stop may still spend draining: one `shutdown_timeout` for all services together,
+        counted from the first call (serve makes it when the stop signal arrives)."""
+        now = time.monotonic()
+        if self._drain_until is None:
+            self._drain_until = now + self.config.shutdown_timeout
+        return max(0.0, self._drain_until - now)
 
     @property
     def config(self) -> Config:

@@ -691,10 +691,9 @@ class MxService:
         for server in self._servers:
             server.close()
         log.info("MX closed to new connections; %d session(s) inside a message", self.sessions.busy)
-        deadline = time.monotonic() + self.ctx.config.shutdown_timeout
-        if not await self.sessions.drain(self.ctx.config.shutdown_timeout, self.ctx.force_stop):
+        if not await self.sessions.drain(self.ctx.drain_left(), self.ctx.force_stop):
             log.warning("MX stopping with %d message(s) still being received", self.sessions.busy)
-        await self.mx.drain(max(0.0, deadline - time.monotonic()))
+        await self.mx.drain(self.ctx.drain_left())
         self.sessions.close(replies.SHUTTING_DOWN.reply)
         await close_servers(self._servers)
         await self.mx.close()

@@ -141,7 +141,7 @@ class QueueService:
         those still running."""
         forced = asyncio.ensure_future(self.ctx.force_stop.wait())
         try:
-            async with asyncio.timeout(self.ctx.config.shutdown_timeout):
+            async with asyncio.timeout(self.ctx.drain_left()):
                 while running := [t for t in self._tasks.values() if not t.done()]:
                     await asyncio.wait([*running, forced], return_when=asyncio.FIRST_COMPLETED)
                     if forced.done():

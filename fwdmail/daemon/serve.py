@@ -54,6 +54,7 @@ async def run(runtime: Runtime) -> int:
             ctx.force_stop.set()
         else:
             log.info("%s: draining and stopping", signame)
+            ctx.drain_left()
             ctx.stopping.set()
 
     reloads: set[asyncio.Task[bool]] = set()

@@ -456,10 +456,11 @@ class SubmissionService:
         for server in self._servers:
             server.close()
         log.info("submission closed to new connections; %d session(s) inside a message", self.sessions.busy)
-        if not await self.sessions.drain(self.ctx.config.shutdown_timeout, self.ctx.force_stop):
+        if not await self.sessions.drain(self.ctx.drain_left(), self.ctx.force_stop):
             log.warning("submission stopping with %d message(s) still being received", self.sessions.busy)
         try:
-            await asyncio.wait_for(self.committer.drain(), self.ctx.config.shutdown_timeout)
+            async with asyncio.timeout(self.ctx.drain_left()):
+                await self.committer.drain()
         except TimeoutError:
             log.warning("stopping with submissions still being committed")
         self.sessions.close(replies.SHUTTING_DOWN.reply)
