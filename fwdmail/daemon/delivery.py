@@ -185,6 +185,9 @@ class Delivery:
                     if reused:
                         continue  # the server closed an idle connection; try once on a fresh one
                     raise _HostFailure(LOST) from exc
+                except asyncio.CancelledError:
+                    conn.close()  # stopping: no QUIT that waits for a server still busy with our DATA
+                    raise
                 except BaseException:
                     await self._quit(conn)
                     raise
