@@ -22,10 +22,10 @@ from .dns_helper import DnsHelper
 from .floor import Floor
 from .plan import KIB, MIB, Plan, Workload
 from .postfix import Postfix
-from .procs import LOOPBACK, BenchError, RssSampler, tree_memory_kib
+from .procs import LOOPBACK, BenchError, CpuMeter, RssSampler, tree_memory_kib
 from .report import FLOOR, OPENSSL, Record
 from .sanity import check_fwdmail
-from .signing import openssl_sign_rate, signing_rates
+from .signing import signing_rates
 from .sink import SmtpSink, SourceRun, smtp_source
 
 WARM_UP = 500
@@ -63,6 +63,7 @@ class Bench:
         self._postfix: Postfix | None = None
         self._fwdmail: fwd.Fwdmail | None = None
         self._capture: CapturingServer | None = None
+        self._dns: DnsHelper | None = None
         self.sanity: dict[str, bool] = {}
         """What the sanity check proved about the fwdmail under test (empty if fwdmail was not run)."""
         self.peaks: dict[tuple[str, int, int], float] = {}
@@ -93,7 +94,7 @@ class Bench:
 
     def fwdmail(self) -> fwd.Fwdmail:
         if self._fwdmail is None:
-            dns = DnsHelper(fwd.DNS_RECORDS).start()
+            dns = self._dns = DnsHelper(fwd.DNS_RECORDS).start()
             self._stack.callback(dns.stop)
             capture = CapturingServer(LOOPBACK).start()
             self._stack.callback(capture.stop)
@@ -173,6 +174,7 @@ class Bench:
     def _throughput(self, target: Target, workload: Workload, record: Record) -> None:
         sink = self.sink()
         base = sink.delivered()
+        cpu = CpuMeter(target.pid, self._dns.proc.pid if self._dns and self._dns.proc else None)
         with RssSampler(target.pid) as rss:
             run = smtp_source(target.port, count=workload.count, size=workload.size,
                               sessions=workload.sessions, reuse=workload.reuse, sender=fwd.SENDER,
@@ -180,14 +182,21 @@ class Bench:
             if not run.ok:
                 raise BenchError(f"smtp-source: {run.output}")
             sent, done = self._end_to_end(target, run, base, workload.count)
+        server_cpu, dns_cpu = cpu.used()
         record.value = sent / (done - run.started)
         record.peak_rss_mib = rss.peak_mib
+        record.cpu_ms_per_msg = server_cpu * 1000 / sent
         record.detail = {"sent": sent, "accept_s": run.elapsed, "end_to_end_s": done - run.started,
                          "capped": run.capped}
+        notes = []
         if run.capped:
-            record.note = f"stopped at {self.plan.run_cap_s:.0f} s: {sent:,} of {workload.count:,} sent"
+            notes.append(f"stopped at {self.plan.run_cap_s:.0f} s: {sent:,} of {workload.count:,} sent")
         elif done - run.finished > 0.5:
-            record.note = f"accepts at {workload.count / run.elapsed:,.0f}/s"
+            notes.append(f"accepts at {workload.count / run.elapsed:,.0f}/s")
+        if dns_cpu > 0.01 * server_cpu:
+            record.detail["dns_server_cpu_ms_per_msg"] = dns_cpu * 1000 / sent
+            notes.append(f"+{dns_cpu * 1000 / sent:.2f} ms/msg in the bench's DNS server")
+        record.note = "; ".join(notes)
         if not run.capped:
             self._check_no_duplicates(sink, base, workload.count if target.reaches_sink else 0, record)
 
@@ -258,6 +267,7 @@ class Bench:
             sink = self.sink()
             base = sink.delivered()
             timeout = plan.timeout_for(plan.submit_count)
+            cpu = CpuMeter(pid)
             with RssSampler(pid) as rss:
                 result = asyncio.run(submit(
                     port, count=plan.submit_count, clients=plan.submit_clients, size=plan.submit_size,
@@ -268,6 +278,7 @@ class Bench:
             accept.value = result.accept_rate
             drain.value = plan.submit_count / (done - result.started)
             accept.peak_rss_mib = drain.peak_rss_mib = rss.peak_mib
+            drain.cpu_ms_per_msg = cpu.used()[0] * 1000 / plan.submit_count
             drain.note = "DKIM-signed" if system == "fwdmail" else "not signed"
             accept.note = "AUTH PLAIN once per session" if login else "no AUTH (mynetworks)"
             self._check_no_duplicates(sink, base, plan.submit_count, drain)
@@ -336,9 +347,8 @@ class Bench:
         workload = "RSA-2048 signatures, 1 thread"
         records = []
         try:
-            rates = signing_rates(self.plan.sign_seconds)
-            openssl = openssl_sign_rate(self.plan.sign_seconds)
-            records.append(Record(OPENSSL, workload, round_, "sig/s", openssl, floor_ref=OPENSSL,
+            rates = signing_rates(self.plan.sign_slices)
+            records.append(Record(OPENSSL, workload, round_, "sig/s", rates["openssl"], floor_ref=OPENSSL,
                                   note="openssl speed rsa2048"))
             records.append(Record("fwdmail DKIM sign", workload, round_, "sig/s", rates["dkim_sign"],
                                   floor_ref=OPENSSL, note="4 KB message"))

@@ -104,6 +104,40 @@ def _parent_of(pid: int) -> int:
     return int(stat.rsplit(")", 1)[1].split()[1])
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of the process and of its children it has reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / _TICKS
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU time of a process tree so far (a child that exited counts in its parent once reaped)."""
+    return sum(_cpu_seconds(pid) for pid in process_tree(root))
+
+
+class CpuMeter:
+    """CPU seconds a server's process tree (and optionally one helper process) used since creation."""
+
+    def __init__(self, server: int, helper: int | None = None) -> None:
+        self.server, self.helper = server, helper
+        self._start = self._now()
+
+    def _now(self) -> tuple[float, float]:
+        helper = tree_cpu_seconds(self.helper) if self.helper is not None else 0.0
+        return tree_cpu_seconds(self.server), helper
+
+    def used(self) -> tuple[float, float]:
+        server, helper = self._now()
+        return server - self._start[0], helper - self._start[1]
+
+
 def process_tree(root: int) -> list[int]:
     """`root` and all its descendants alive now."""
     children: dict[int, list[int]] = {}

@@ -36,6 +36,7 @@ class Record:
     p50_ms: float | None = None
     p99_ms: float | None = None
     peak_rss_mib: float | None = None
+    cpu_ms_per_msg: float | None = None
     note: str = ""
     error: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
@@ -69,6 +70,7 @@ class Line:
     p50_ms: Spread | None
     p99_ms: Spread | None
     peak_rss_mib: Spread | None
+    cpu_ms_per_msg: Spread | None
     notes: list[str]
     errors: list[str]
 
@@ -102,6 +104,7 @@ def summarise(records: list[Record]) -> list[Line]:
             p50_ms=Spread.of(r.p50_ms for r in ok),
             p99_ms=Spread.of(r.p99_ms for r in ok),
             peak_rss_mib=Spread.of(r.peak_rss_mib for r in ok),
+            cpu_ms_per_msg=Spread.of(r.cpu_ms_per_msg for r in ok),
             notes=sorted({r.note for r in ok if r.note}),
             errors=[f"round {r.round}: {r.error}" for r in group if r.error],
         ))
@@ -181,12 +184,17 @@ def _fmt_ms(spread: Spread | None) -> str:
     return "" if spread is None else f"{spread.median:.1f}"
 
 
+def _fmt_cpu(spread: Spread | None) -> str:
+    return "" if spread is None else f"{spread.median:.2f}"
+
+
 def print_table(lines: list[Line], targets: list[Target], console: Console | None = None) -> None:
     console = console or Console(width=200)
     table = Table(title="fwdmail bench (median over rounds; spread = min–max; ratios taken within a round)")
     for name, justify in [("system", "left"), ("workload", "left"), ("value", "right"), ("unit", "left"),
                           ("spread", "right"), ("× Postfix", "right"), ("× floor", "right"),
                           ("p50 ms", "right"), ("p99 ms", "right"), ("peak RSS MiB", "right"),
+                          ("CPU ms/msg", "right"),
                           ("notes", "left")]:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for ln in lines:
@@ -194,7 +202,8 @@ def print_table(lines: list[Line], targets: list[Target], console: Console | Non
         rss = _fmt_spread(ln.peak_rss_mib, "MiB")[0] if ln.peak_rss_mib else ""
         notes = "; ".join(ln.notes + [f"[red]{e}[/red]" for e in ln.errors])
         table.add_row(ln.system, ln.workload, value, ln.unit, spread, _fmt_ratio(ln.vs_postfix),
-                      _fmt_ratio(ln.vs_floor), _fmt_ms(ln.p50_ms), _fmt_ms(ln.p99_ms), rss, notes)
+                      _fmt_ratio(ln.vs_floor), _fmt_ms(ln.p50_ms), _fmt_ms(ln.p99_ms), rss,
+                      _fmt_cpu(ln.cpu_ms_per_msg), notes)
     console.print(table)
     goals = Table(title="Targets of issue 7 (medians)")
     for name in ("target", "measured", "limit", "status"):

@@ -65,6 +65,16 @@ def _command_output(args: list[str]) -> str:
     return (done.stdout or done.stderr).strip().splitlines()[0] if (done.stdout or done.stderr) else "?"
 
 
+def _uncommitted(path: Path) -> list[str]:
+    """Files under `path` that differ from the commit (the code measured is not exactly that commit)."""
+    try:
+        done = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", str(path)],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ["?"]
+    return [line[3:] for line in done.stdout.splitlines()]
+
+
 def machine() -> dict[str, Any]:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
@@ -77,8 +87,7 @@ def machine() -> dict[str, Any]:
         "openssl": _command_output(["openssl", "version"]),
         "postfix": _command_output(["/usr/sbin/postconf", "-d", "-h", "mail_version"]),
         "fwdmail_commit": _command_output(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
-        "fwdmail_tree_dirty": bool(_command_output(["git", "-C", str(REPO), "status", "--porcelain",
-                                                    "fwdmail"]).strip("?")),
+        "fwdmail_uncommitted_changes": _uncommitted(REPO / "fwdmail"),
     }
 
 
