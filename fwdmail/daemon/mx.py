@@ -169,10 +169,15 @@ def _utf8(raw: str) -> bool:
 
 
 class ErrorLogWriter:
-    """Writes SMTP error-log rows through the db thread, batching rows that wait together."""
+    """Writes SMTP error-log rows through the db thread, batching rows that wait together.
+
+    Rows the store refuses (locked, full, read-only) are dropped, not kept: the failure is logged once,
+    and how many rows were lost once it works again.
+    """
 
     def __init__(self, blocking: Blocking) -> None:
         self.blocking = blocking
+        self.dropped = 0
         self._rows: list[tuple[dt.datetime, str, str, str, int, str, str]] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._task: asyncio.Task[None] | None = None
@@ -195,7 +200,14 @@ class ErrorLogWriter:
             try:
                 await self.blocking.db(store.log_smtp_errors, rows)
             except Exception as exc:
-                log.warning("could not write %d SMTP error log row(s): %s", len(rows), store.failure(exc))
+                if not self.dropped:
+                    log.warning("could not write %d SMTP error log row(s): %s; dropping them until it works",
+                                len(rows), store.failure(exc))
+                self.dropped += len(rows)
+            else:
+                if self.dropped:
+                    log.warning("SMTP error log written again; %d row(s) were dropped", self.dropped)
+                self.dropped = 0
             for w in waiters:
                 if not w.done():
                     w.set_result(None)
