@@ -30,7 +30,7 @@ from fwdmail.daemon.executor import Blocking
 from fwdmail.daemon.groupcommit import GroupCommitter
 from fwdmail.daemon.routing import DirectoryCache
 from fwdmail.store.models import database
-from tests.mx_helpers import cli, cli_batch
+from tests.mx_helpers import cli, cli_batch, error_rows
 from tests.mx_helpers import message as mx_message
 from tests.outbound_support import connect, message, queue_id, send, submit, wait_until
 from tests.support.daemon import Daemon
@@ -222,6 +222,9 @@ def test_database_locked_by_a_long_cli_transaction(make_daemon: Callable[..., Da
     assert refused not in subjects(sink), "the refused message was never committed"
     cli(d, "alias", "add", "b@ours.test", "b@dest.test")
     assert mx_send(d, "b@ours.test", mx_message()) == (250, 250)
+    assert mx_send(d, "nobody@ours.test", mx_message()) == (550, None)
+    wait_until(lambda: "SMTP error log written again; 1 row(s) were dropped" in d.logs(), 30, "the count")
+    assert [r["alias"] for r in error_rows(d) if r["code"] == 550] == ["nobody@ours.test"]
     assert integrity(d) == "ok"
 
 
