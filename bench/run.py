@@ -7,10 +7,12 @@ minutes-apart measurements), prints one table and the issue's targets, and write
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -53,7 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def make_plan(args: argparse.Namespace) -> Plan:
     plan = quick_plan(args.rows, args.budget) if args.quick else full_plan(args.rows, 3, args.budget)
     if args.rounds is not None:
-        plan = Plan(**{**plan.__dict__, "rounds": max(1, args.rounds)})
+        plan = dataclasses.replace(plan, rounds=max(1, args.rounds))
     return plan
 
 
@@ -194,7 +196,12 @@ def check_tools() -> None:
         sys.exit(f"bench: missing {', '.join(missing)} (Debian packages postfix and openssl)")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)  # stop the private Postfix and the rest on `kill` too
     args = parse_args(argv)
     check_tools()
     plan = make_plan(args)

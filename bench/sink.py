@@ -126,6 +126,9 @@ def smtp_source(port: int, *, count: int, size: int, sessions: int, reuse: bool,
         except subprocess.TimeoutExpired:
             stop_process(proc)
             capped = True
+        except BaseException:
+            stop_process(proc)
+            raise
         finished = time.monotonic()
     text = output.read_bytes()
     message = text.decode(errors="replace").replace("\r", " ").strip()
