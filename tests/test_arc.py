@@ -287,3 +287,12 @@ def test_verify_chain_with_a_message_parsed_once_and_shared_keys() -> None:
     assert arc.verify_chain(parsed, dkimcore.Keys(counting)) == "pass"
     assert sorted(asked) == ["arc._domainkey.up.test", "fwd._domainkey.h.test"]  # one lookup per key
     assert len(parsed._digests) == 1  # only the newest AMS hashes the body
+
+
+def test_malformed_tags_in_the_newest_set_fail_the_chain_without_raising() -> None:
+    chain = _chains()["dkimpy,ours"]
+    for old, new in ((b"; bh=", b"; l=; bh="), (b"; bh=", b"; l=x; bh="), (b"cv=pass", b"cv=maybe"),
+                     (b"; h=", b"; h=; h=")):
+        msg = chain.replace(old, new, 1)
+        assert msg != chain
+        assert arc.verify_chain(msg, lookup) == "fail", new

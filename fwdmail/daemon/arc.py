@@ -180,6 +180,8 @@ def verify_chain(message: bytes | Message, keys: dkimcore.Keys | Callable[[str],
         log.debug("ARC chain does not validate: malformed message or ARC header field")
     except (dkimcore.KeyRecordError, dkimcore.KeyUnavailable):
         log.debug("ARC chain does not validate: no usable key")
+    except Exception as exc:  # bad input never raises: whatever else it trips on fails the chain
+        log.debug("ARC chain does not validate: %s", exc.__class__.__name__)
     return "fail"
 
 

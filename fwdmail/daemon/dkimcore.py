@@ -313,7 +313,10 @@ def check(message: Message, field: Field, tags: dict[bytes, bytes], key: PublicK
         raise SignatureError("invalid c=") from None
     relaxed_headers = policy.header_algorithm is Relaxed
     if b"bh" in tags:
-        length = int(tags[b"l"]) if b"l" in tags else None
+        try:
+            length = int(tags[b"l"]) if b"l" in tags else None
+        except ValueError:
+            raise SignatureError("malformed l=") from None
         try:
             expected = base64.b64decode(_WSP.sub(b"", tags[b"bh"]))
         except (binascii.Error, ValueError):
