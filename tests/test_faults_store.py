@@ -4,6 +4,8 @@ message that got a 250, and goes away when the fault does.
 
 The disk is a small tmpfs mounted as the data dir (root only; skipped otherwise). The CLI runs in its own
 process, as beside a real daemon, so no test process holds the database open across a mount change.
+Linux refuses to remount a file system read-only while the daemon has its database open for writing, so
+the read-only data dir is the one a start or restart meets.
 """
 
 from __future__ import annotations
