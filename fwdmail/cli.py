@@ -133,8 +133,9 @@ def check_config(state: State, as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--mx-worker-fd", type=int, default=None, hidden=True)
 @pass_state
-def serve(state: State) -> None:
+def serve(state: State, mx_worker_fd: int | None) -> None:
     """Run the MX, submission, outbound queue and retention jobs in one process."""
     from . import logsetup
     from .daemon import serve as daemon
@@ -142,7 +143,8 @@ def serve(state: State) -> None:
 
     rt = state.open()
     store.close_store()
-    lock = datadir.lock_for_serve(rt.config)  # held until this process exits
+    # An MX worker runs under the serving process, which holds the lock.
+    lock = datadir.lock_for_serve(rt.config) if mx_worker_fd is None else None
     logsetup.setup(rt.config.log_level)
     try:
         import uvloop  # type: ignore[import-not-found]
@@ -150,11 +152,12 @@ def serve(state: State) -> None:
     except ImportError:
         runner = asyncio.run
     try:
-        code = runner(daemon.run(rt))
+        code = runner(daemon.run(rt, state.config_path, mx_worker_fd))
     except StartupError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
-        os.close(lock)
+        if lock is not None:
+            os.close(lock)
     sys.exit(code)
 
 

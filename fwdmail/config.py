@@ -102,8 +102,11 @@ class MxConfig:
     dedup_ttl: float = 3600.0
     dedup_max_entries: int = 100_000
     partial_failure_notice_interval: float = 3600.0
+    workers: int = 1
 
     def validate(self, key: str) -> None:
+        if not 1 <= self.workers <= 64:
+            raise ConfigError(f"{key}.workers: must be from 1 to 64, got {self.workers}")
         for addr in self.listen:
             _host_port(f"{key}.listen", addr)
         _positive(f"{key}.max_message_size", self.max_message_size)

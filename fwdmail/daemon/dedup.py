@@ -7,7 +7,9 @@ bounded in count and time; nothing here is ever written to disk.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 __all__ = ["DeliveredMemory", "RateLimiter", "fingerprint", "message_digest"]
 
@@ -59,6 +61,8 @@ class DeliveredMemory:
 
     def __init__(self, ttl: float, max_entries: int) -> None:
         self._map = _Expiring(ttl, max_entries)
+        self.tell: Callable[[bytes], None] | None = None
+        """Set when MX processes share the memory: called with each change, for the other processes."""
 
     def __len__(self) -> int:
         return len(self._map)
@@ -68,9 +72,21 @@ class DeliveredMemory:
 
     def remember(self, fp: bytes, now: float) -> None:
         self._map.put(fp, now)
+        if self.tell is not None:
+            self.tell(b"r" + fp)
 
     def forget(self, fp: bytes) -> None:
+        if self.tell is not None and self._map.get(fp, time.monotonic()):
+            self.tell(b"f" + fp)
         self._map.discard(fp)
+
+    def apply(self, note: bytes) -> None:
+        """A change another MX process made (see `tell`)."""
+        kind, fp = note[:1], note[1:]
+        if kind == b"r":
+            self._map.put(fp, time.monotonic())
+        elif kind == b"f":
+            self._map.discard(fp)
 
 
 class RateLimiter:

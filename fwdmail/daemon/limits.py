@@ -23,6 +23,7 @@ from . import dedup, dnsbl
 from .context import Context
 from .mx import InboundPolicy, SessionInfo, Transaction
 from .replies import DNSBL_LISTED, RATE_LIMITED, TOO_MANY_CONNECTIONS, SmtpError
+from .workers import share
 
 __all__ = ["AbusePolicy", "ConnectionLimiter", "Limits", "Rate", "RateLimiter", "RecordThrottle",
            "client_key"]
@@ -126,10 +127,11 @@ class RecordThrottle:
 class Limits:
     """The MX's shared limit tables, built from `[abuse]`."""
 
-    def __init__(self, cfg: AbuseConfig) -> None:
+    def __init__(self, cfg: AbuseConfig, processes: int = 1) -> None:
+        """With several MX processes (`[mx] workers`) each enforces its share of every limit."""
         self.cfg = cfg
-        self.connections = ConnectionLimiter(cfg.max_connections_per_ip)
-        self.rate = RateLimiter(cfg.max_messages_per_ip_per_minute)
+        self.connections = ConnectionLimiter(share(cfg.max_connections_per_ip, processes))
+        self.rate = RateLimiter(share(cfg.max_messages_per_ip_per_minute, processes))
         self.records = RecordThrottle()
 
 
@@ -145,7 +147,7 @@ class AbusePolicy(InboundPolicy):
         self.ctx = ctx
         self.cfg = ctx.config.abuse
         self.clock = clock
-        self.limits = Limits(self.cfg)
+        self.limits = Limits(self.cfg, ctx.config.mx.workers)
         self.resolver = resolver or async_resolver(ctx.config.dns)
         self._counted: set[tuple[str, int]] = set()
 

@@ -21,6 +21,8 @@ import hmac
 import logging
 import re
 import secrets
+import signal
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ from .listeners import close_servers, listen
 from .replies import SmtpError
 from .routing import DirectoryCache, Route, resolve
 from .smtpserver import Session, Sessions, SmtpServer
+from .workers import Dispatcher, Inbox
 
 __all__ = [
     "Accepted", "DataVerdict", "InboundPolicy", "Mx", "MxHandler", "MxService", "SessionInfo", "Transaction",
@@ -676,12 +679,20 @@ class MxService:
 
     name = "mx"
 
-    def __init__(self, ctx: Context, policies: Sequence[InboundPolicy] = ()) -> None:
+    def __init__(self, ctx: Context, policies: Sequence[InboundPolicy] = (), *,
+                 worker_command: list[str] | None = None, inbox_fd: int | None = None) -> None:
+        """`worker_command` starts a worker process when `[mx] workers` > 1; a worker itself is given
+        `inbox_fd`, where the serving process sends it connections, instead of listening."""
         self.ctx = ctx
         self.mx = Mx(ctx, policies)
         self.handler = MxHandler(self.mx)
         self.sessions = Sessions()
         self._servers: list[asyncio.Server] = []
+        self._worker_command = worker_command
+        self._inbox_fd = inbox_fd
+        self._dispatcher: Dispatcher | None = None
+        self._inbox: Inbox | None = None
+        self._adopting: set[asyncio.Task[object]] = set()
 
     def _protocol(self) -> SmtpServer:
         return SmtpServer(
@@ -694,14 +705,45 @@ class MxService:
 
     async def start(self) -> None:
         self.ctx.server_tls()
-        self._servers = await listen(self.ctx.config.mx.listen, self._protocol)
-        log.info("MX listening on %d address(es)", len(self._servers))
+        workers = self.ctx.config.mx.workers
+        if self._inbox_fd is not None:
+            self._inbox = Inbox(self._inbox_fd, self._adopt, self.mx.delivered.apply, self.ctx.stopping.set)
+            self.mx.delivered.tell = self._inbox.tell
+            self._inbox.start()
+        elif workers > 1 and self._worker_command:
+            self._dispatcher = Dispatcher(workers, self._worker_command, self._adopt, self.mx.delivered.apply)
+            self.mx.delivered.tell = self._dispatcher.tell
+            await self._dispatcher.start(self.ctx.config.mx.listen)
+        else:
+            self._servers = await listen(self.ctx.config.mx.listen, self._protocol)
+            log.info("MX listening on %d address(es)", len(self._servers))
+
+    def _adopt(self, sock: socket.socket) -> None:
+        """Serve a connection accepted elsewhere (by the dispatcher, or sent by the serving process)."""
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(loop.connect_accepted_socket(self._protocol, sock))
+        self._adopting.add(task)
+        task.add_done_callback(self._adopted)
+
+    def _adopted(self, task: asyncio.Task[object]) -> None:
+        self._adopting.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("an MX connection could not be set up: %s", type(task.exception()).__name__)
+
+    def hangup(self) -> None:
+        """Pass SIGHUP on to the worker processes (each reloads its TLS certificate)."""
+        if self._dispatcher is not None:
+            self._dispatcher.signal(signal.SIGHUP)
 
     async def stop(self) -> None:
         """Refuse new connections, let messages being received or forwarded finish (at most
         `shutdown_timeout`, or until a second signal), then close every session with a 421."""
         for server in self._servers:
             server.close()
+        if self._dispatcher is not None:
+            self._dispatcher.close()
+        if self._inbox is not None:
+            self._inbox.stop()
         log.info("MX closed to new connections; %d session(s) inside a message", self.sessions.busy)
         if not await self.sessions.drain(self.ctx.drain_left(), self.ctx.force_stop):
             log.warning("MX stopping with %d message(s) still being received", self.sessions.busy)
@@ -709,3 +751,7 @@ class MxService:
         self.sessions.close(replies.SHUTTING_DOWN.reply)
         await close_servers(self._servers)
         await self.mx.close()
+        if self._dispatcher is not None:
+            if self.ctx.force_stop.is_set():
+                self._dispatcher.signal(signal.SIGTERM)  # their second signal: stop at once
+            await self._dispatcher.wait(self.ctx.drain_left())

@@ -20,6 +20,7 @@ from .limits import AbusePolicy
 from .mx import MxService
 from .queue import QueueService
 from .submission import SubmissionService
+from .workers import worker_command
 
 log = logging.getLogger("fwdmail.serve")
 
@@ -32,21 +33,27 @@ class Service(Protocol):
     async def stop(self) -> None: ...
 
 
-def build_services(ctx: Context) -> list[Service]:
-    """The daemon's services in start order."""
+def build_services(ctx: Context, config_file: str | None = None, mx_worker_fd: int | None = None,
+                   ) -> list[Service]:
+    """The daemon's services in start order (an MX worker process runs only the MX)."""
+    policies = [AbusePolicy(ctx), SenderAuthPolicy(ctx)]
+    if mx_worker_fd is not None:
+        return [MxService(ctx, policies, inbox_fd=mx_worker_fd)]
     queue = QueueService(ctx)  # its start() takes back claims of a crashed run, then starts the workers
     return [
         queue,
         SubmissionService(ctx, on_queued=queue.wake),
-        MxService(ctx, policies=[AbusePolicy(ctx), SenderAuthPolicy(ctx)]),
+        MxService(ctx, policies, worker_command=worker_command(config_file)),
         RetentionScheduler(ctx),  # last: starts after the listeners, stops first
     ]
 
 
-async def run(runtime: Runtime) -> int:
-    """Run until a stop signal; return the process exit code."""
+async def run(runtime: Runtime, config_file: str | None = None, mx_worker_fd: int | None = None) -> int:
+    """Run until a stop signal; return the process exit code. `config_file` is passed on to MX worker
+    processes; `mx_worker_fd` makes this process one of them."""
     ctx = Context(runtime)
     loop = asyncio.get_running_loop()
+    services = build_services(ctx, config_file, mx_worker_fd)
 
     def on_signal(signame: str) -> None:
         if ctx.stopping.is_set():
@@ -65,12 +72,14 @@ async def run(runtime: Runtime) -> int:
         task = loop.create_task(ctx.reload_tls())
         reloads.add(task)
         task.add_done_callback(reloads.discard)
+        for service in services:
+            if isinstance(service, MxService):
+                service.hangup()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig.name)
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
 
-    services = build_services(ctx)
     started: list[Service] = []
     try:
         for service in services:
