@@ -605,10 +605,11 @@ async def _bounded(coro: Awaitable[Any], timeout: float, fallback: Any) -> Any:
 
 async def check_sender(message: bytes, mail_from: str, client_ip: str, helo: str,
                        resolver: dns.asyncresolver.Resolver, *, cpu: Offload = _inline,
-                       timeout: float = 20.0) -> AuthReport:
+                       spf_cpu: Offload | None = None, timeout: float = 20.0) -> AuthReport:
     """SPF, DKIM, DMARC and the incoming ARC chain of one message; all lookups within `timeout` seconds.
 
-    Header parsing and signature checks run through `cpu` (pass `ctx.blocking.cpu` in the daemon).
+    Header parsing and signature checks run through `cpu` (their cost follows the message's size),
+    SPF evaluation through `spf_cpu` (its cost follows the sender's records; default `cpu`).
     """
     prepared = await cpu(_prepare, message)
     sigs, arc_names = prepared.sigs, prepared.arc_names
@@ -620,7 +621,7 @@ async def check_sender(message: bytes, mail_from: str, client_ip: str, helo: str
         return list(await asyncio.gather(*(lookup_dmarc(resolver, d) for d in from_domains)))
 
     spf_result, keys, looked_up = await asyncio.gather(
-        _bounded(check_spf(resolver, client_ip, mail_from, helo, cpu=cpu), timeout,
+        _bounded(check_spf(resolver, client_ip, mail_from, helo, cpu=spf_cpu or cpu), timeout,
                  _spf_unchecked("temperror", mail_from, helo)),
         _bounded(_fetch_keys(resolver, [s.key_name for s in sigs if not s.error] + arc_names), timeout,
                  dict.fromkeys([s.key_name for s in sigs] + arc_names, TEMPFAIL)),
@@ -788,7 +789,8 @@ class SenderAuthPolicy(InboundPolicy):
         if policy == "off":
             return DataVerdict()
         report = await check_sender(message, tx.sender, session.peer_ip, session.helo, self.resolver,
-                                    cpu=self.ctx.blocking.cpu, timeout=self.timeout)
+                                    cpu=self.ctx.blocking.cpu_for(len(message)),
+                                    spf_cpu=self.ctx.blocking.cpu, timeout=self.timeout)
         tx.notes[_NOTE] = _TxAuth(report)
         found = verdict(report)
         if found is None:

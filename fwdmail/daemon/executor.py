@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+INLINE_BYTES = 64 * 1024
+
+
+async def _inline(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    return fn(*args, **kwargs)
 
 
 class Blocking:
@@ -25,6 +31,11 @@ class Blocking:
 
     async def cpu(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await self._run(self._cpu, fn, *args, **kwargs)
+
+    def cpu_for(self, nbytes: int) -> Callable[..., Awaitable[Any]]:
+        """`cpu` for work on `nbytes` bytes of input, or, below `INLINE_BYTES`, a call on the loop
+        itself: a thread handoff then costs more than the work (parsing, hashing, verifying a few KB)."""
+        return self.cpu if nbytes >= INLINE_BYTES else _inline
 
     @staticmethod
     async def _run(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: object, **kwargs: object) -> T:

@@ -50,7 +50,6 @@ log = logging.getLogger("fwdmail.mx")
 SRS_BOUNCE_ALIAS = "(SRS bounce)"
 _RECEIVED = re.compile(rb"(?im)^received[ \t]*:")
 _HELO_OK = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?")
-_DIGEST_IN_THREAD = 256 * 1024
 _REPLY_TEXT_LIMIT = 300
 _PROTOCOL_ROWS_PER_SECOND = 20
 _MAX_HEADER_BYTES = 1 << 20  # as Exim's header_maxsize; sane headers are a few KB
@@ -465,10 +464,7 @@ class Mx:
         if not groups:
             return replies.FORWARDED
         base = prepend + data
-        if len(data) > _DIGEST_IN_THREAD:
-            digest = await self.ctx.blocking.cpu(message_digest, data)
-        else:
-            digest = message_digest(data)
+        digest = await self.ctx.blocking.cpu_for(len(data))(message_digest, data)
         now = store.utcnow()
         mono = time.monotonic()
         sender = srs.forward(tx.sender, self.secret, self.srs_domain, now)
