@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 GROUPS: dict[str, tuple[str, ...]] = {
-    "faults": ("tests/test_faults_destination.py", "tests/test_faults_store.py",
+    "faults": ("tests/test_faults_destination.py", "tests/test_faults_dns.py", "tests/test_faults_store.py",
                "tests/test_faults_process.py"),
     "hostile": ("tests/test_hostile_relay.py", "tests/test_hostile_smtp.py", "tests/test_fuzz_smtp.py"),
 }
