@@ -279,6 +279,8 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(what, figures, verdict) for the summary table."""
     out: list[tuple[str, str, str]] = []
     p1, soak = result.get("sessions"), result.get("soak")
+    if result.get("load_error"):
+        out.append(("load run", f"ended early: {result['load_error'][:90]}", "FAIL"))
     if p1:
         f = p1["forwarded"]
         out.append(("sessions held",
@@ -391,7 +393,12 @@ def main(argv: list[str] | None = None) -> int:
         f"load average {os.getloadavg()[0]:.1f})")
     exit_code = 0
     if not args.tests_only:
-        exit_code = run_load(prof, workdir, result)
+        try:
+            exit_code = run_load(prof, workdir, result)
+        except Exception as exc:  # still print what was measured, and why the load run ended
+            result["load_error"] = f"{type(exc).__name__}: {exc}"[:500]
+            say(f"the load run failed: {result['load_error']}")
+            exit_code = 1
     if args.with_tests or args.tests_only:
         result["tests"] = {}
         for group in suites.GROUPS:
