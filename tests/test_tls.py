@@ -279,13 +279,14 @@ def leaf_fingerprint(cert: trustme.LeafCert) -> str:
     return hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert.cert_chain_pems[0].bytes().decode())).hexdigest()
 
 
-def hangup(d: Daemon, expect: str, timeout: float = 30) -> None:
-    """SIGHUP, then wait until the log has one more `expect` line than before (the daemon staying up)."""
+def hangup(d: Daemon, expect: str, processes: int = 1, timeout: float = 30) -> None:
+    """SIGHUP, then wait until the log has `processes` more `expect` lines than before (one per serving
+    process; the daemon staying up)."""
     before = d.logs().count(expect)
     assert d.proc is not None
     d.proc.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + timeout
-    while d.logs().count(expect) <= before:
+    while d.logs().count(expect) < before + processes:
         assert d.proc.poll() is None, f"the daemon exited on SIGHUP:\n{d.logs()}"
         assert time.monotonic() < deadline, f"no new {expect!r} after SIGHUP:\n{d.logs()}"
         time.sleep(0.05)
@@ -384,4 +385,22 @@ def test_sighup_with_a_broken_pair_keeps_the_old_one(pair_daemon: tuple[Daemon, 
     hangup(d, RELOADED)
     with open_tls(d, "mx", tls.client_context()) as s:
         assert fingerprint(s) == leaf_fingerprint(spare)
+    assert d.stop() == 0
+
+
+def test_sighup_reaches_the_mx_worker_processes(make_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    """With `[mx] workers = 2` the serving process hands connections to a worker too: after SIGHUP every
+    new MX session, whichever process serves it, shows the new certificate."""
+    first, second = (tls.ca().issue_cert("localhost", "127.0.0.1") for _ in range(2))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    write_pair(first, cert_path, key_path)
+    d = make_daemon({"mx": {"workers": 2}, "tls": {"cert": str(cert_path), "key": str(key_path)}})
+    for _ in range(4):
+        with open_tls(d, "mx", tls.client_context()) as s:
+            assert fingerprint(s) == leaf_fingerprint(first)
+    write_pair(second, cert_path, key_path)
+    hangup(d, RELOADED, processes=2)
+    for _ in range(6):
+        with open_tls(d, "mx", tls.client_context()) as s:
+            assert fingerprint(s) == leaf_fingerprint(second)
     assert d.stop() == 0
