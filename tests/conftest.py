@@ -34,6 +34,20 @@ def sink() -> Iterator[SmtpSink]:
         yield s
 
 
+@pytest.fixture(scope="module")
+def downstream() -> Iterator[SmtpSink]:
+    """One sink for a module whose daemons (module-scoped) route to it; tests take `clean_downstream`."""
+    with SmtpSink() as s:
+        yield s
+
+
+@pytest.fixture
+def clean_downstream(downstream: SmtpSink) -> SmtpSink:
+    """The module's sink, emptied and with its scripted behaviour reset."""
+    downstream.reset()
+    return downstream
+
+
 @pytest.fixture
 def make_daemon(tmp_path: Path, dns_server: LoopbackDNS) -> Iterator[Callable[..., Daemon]]:
     """Factory: `make_daemon(overrides, start=True)` -> a running `fwdmail serve`; stopped at teardown.

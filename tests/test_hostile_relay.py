@@ -183,16 +183,9 @@ def _summary(request: pytest.FixtureRequest) -> None:
     register_summary(request.config)
 
 
-@pytest.fixture(scope="module")
-def downstream() -> Iterator[SmtpSink]:
-    with SmtpSink() as s:
-        yield s
-
-
 @pytest.fixture
-def sink(downstream: SmtpSink) -> SmtpSink:
-    downstream.reset()
-    return downstream
+def sink(clean_downstream: SmtpSink) -> SmtpSink:
+    return clean_downstream
 
 
 @pytest.fixture(scope="module")

@@ -25,16 +25,9 @@ SETUP = [
 ]
 
 
-@pytest.fixture(scope="module")
-def downstream() -> Iterator[SmtpSink]:
-    with SmtpSink() as s:
-        yield s
-
-
 @pytest.fixture
-def sink(downstream: SmtpSink) -> SmtpSink:
-    downstream.reset()
-    return downstream
+def sink(clean_downstream: SmtpSink) -> SmtpSink:
+    return clean_downstream
 
 
 def start(tmp: Path, dns_server: LoopbackDNS, downstream: SmtpSink, **abuse: int) -> Daemon:
