@@ -148,3 +148,15 @@ def test_workers_stop_with_sigterm_and_when_the_server_dies(
     while any(alive(pid) for pid in workers):
         assert time.monotonic() < deadline, "an MX worker outlived the serving process"
         time.sleep(0.05)
+
+
+def test_a_taken_port_is_a_one_line_error(tmp_path: Path, dns_server: LoopbackDNS) -> None:
+    d = Daemon(tmp_path, {"mx": {"workers": 2}, "dns": {"nameservers": [dns_server.address]}})
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", d.mx_port))
+        taken.listen()
+        d.start(wait_ports=[])
+        assert d.proc is not None
+        assert d.proc.wait(30) == 1
+    assert f"cannot listen on 127.0.0.1:{d.mx_port}: address already in use" in d.logs()
+    assert "Traceback" not in d.logs()

@@ -24,11 +24,16 @@ async def listen(addresses: tuple[str, ...], factory: Callable[[], asyncio.Proto
         except OSError as exc:
             for s in servers:
                 s.close()
-            reason = exc.strerror or str(exc)
-            if "address already in use" in str(exc).lower():
-                reason = "address already in use"
-            raise StartupError(f"cannot listen on {addr}: {reason}") from None
+            raise listen_error(addr, exc) from None
     return servers
+
+
+def listen_error(addr: str, exc: OSError) -> StartupError:
+    """The one-line start-up error for an address that cannot be listened on."""
+    reason = exc.strerror or str(exc)
+    if "address already in use" in str(exc).lower():
+        reason = "address already in use"
+    return StartupError(f"cannot listen on {addr}: {reason}")
 
 
 async def close_servers(servers: list[asyncio.Server]) -> None:

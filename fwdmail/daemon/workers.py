@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable
 
 from ..config import parse_host_port
-from .context import StartupError
+from .listeners import listen_error
 
 __all__ = ["Dispatcher", "Inbox", "share", "worker_command"]
 
@@ -67,10 +67,7 @@ class Dispatcher:
                 sock = socket.create_server((host, port), family=family, backlog=1024)
             except OSError as exc:
                 self._close_listeners()
-                reason = exc.strerror or str(exc)
-                if "in use" in str(exc).lower():
-                    reason = "address already in use"
-                raise StartupError(f"cannot listen on {addr}: {reason}") from None
+                raise listen_error(addr, exc) from None
             sock.setblocking(False)
             self._listeners.append(sock)
         for _ in range(self.count - 1):
