@@ -7,6 +7,7 @@ sink, and `[abuse]` per-IP limits raised so one benchmark client on 127.0.0.1 is
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -52,10 +53,16 @@ def _toml(value: object) -> str:
     return repr(value)
 
 
+def mx_workers() -> int:
+    """`[mx] workers` for the bench: `--mx-workers` (passed on in FWDMAIL_BENCH_MX_WORKERS), else one
+    per core, as bench/README.md recommends for production."""
+    return int(os.environ.get("FWDMAIL_BENCH_MX_WORKERS") or os.cpu_count() or 1)
+
+
 def render_config(data_dir: Path, ports: Ports, sink_port: int, capture_port: int, dns: str) -> str:
     """The bench's fwdmail.toml."""
     tables = {
-        "mx": {"listen": [f"{LOOPBACK}:{ports.mx}"]},
+        "mx": {"listen": [f"{LOOPBACK}:{ports.mx}"], "workers": mx_workers()},
         "submission": {"listen": [f"{LOOPBACK}:{ports.submission}"],
                        "listen_tls": [f"{LOOPBACK}:{ports.submission_tls}"]},
         "srs": {"domain": "srs.bench.test"},

@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="minutes: no round starts that would end past this (default 30)")
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results.json", help="JSON output path")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, configs)")
+    parser.add_argument("--mx-workers", type=int, default=os.cpu_count() or 1,
+                        help="fwdmail's [mx] workers (default: one per core)")
     args = parser.parse_args(argv)
     rows = tuple(r.strip() for r in args.only.split(",") if r.strip())
     unknown = [r for r in rows if r not in ROWS]
@@ -203,6 +205,9 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # stop the private Postfix and the rest on `kill` too
     args = parse_args(argv)
+    if args.mx_workers < 1:
+        sys.exit("--mx-workers: at least 1")
+    os.environ["FWDMAIL_BENCH_MX_WORKERS"] = str(args.mx_workers)
     check_tools()
     plan = make_plan(args)
     console = Console(width=200)
@@ -211,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(plan, bench, console)
     meta = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": machine(),
             "quick": args.quick, "rows": list(plan.rows), "rounds": plan.rounds,
-            "workloads": [w.label for w in plan.workloads]}
+            "mx_workers": args.mx_workers, "workloads": [w.label for w in plan.workloads]}
     runner.say(f"workdir {workdir}; rows: {', '.join(plan.rows)}; {plan.rounds} round(s)")
     try:
         runner.run()
