@@ -147,12 +147,12 @@ async def hold_idle_sessions(port: int, count: int, hold: float, measure: Callab
     """
     held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     gate = asyncio.Semaphore(50)
+    tasks = [asyncio.create_task(_idle_session(port, gate, held)) for _ in range(count)]
     try:
-        outcome = await asyncio.wait_for(
-            asyncio.gather(*(_idle_session(port, gate, held) for _ in range(count)), return_exceptions=True),
-            timeout=timeout,
-        )
-        established = sum(1 for o in outcome if not isinstance(o, BaseException))
+        done, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        established = sum(1 for t in done if t.exception() is None)
         await asyncio.sleep(hold)
         return established, measure()
     finally:

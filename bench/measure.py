@@ -120,8 +120,13 @@ class Bench:
         return checks
 
     def fresh(self, system: str) -> None:
-        """Restart fwdmail and warm it with a few hundred MX messages, so a memory row does not depend on
-        which rows ran before it (Python keeps the heap it grew under earlier load)."""
+        """Bring `system` to a state that does not depend on which rows ran before a memory row.
+
+        fwdmail is restarted and forwards a few hundred messages (Python keeps the heap it grew under
+        earlier load); Postfix is restarted, which ends the idle `smtpd` processes earlier runs left.
+        """
+        if system == "postfix":
+            self.postfix().restart()
         if system != "fwdmail":
             return
         instance = self.fwdmail()
@@ -305,14 +310,15 @@ class Bench:
             established, memory = asyncio.run(hold_idle_sessions(
                 target.port, self.plan.idle_sessions, hold=2.0, measure=lambda: tree_memory_kib(target.pid)))
             if established < self.plan.idle_sessions:
-                raise BenchError(f"only {established} of {self.plan.idle_sessions} sessions established")
+                said = self._postfix.warnings() if system == "postfix" and self._postfix else ""
+                raise BenchError(f"{established} of {self.plan.idle_sessions} sessions established {said}")
             record.value = memory / 1024
             record.note = f"{before / 1024:,.1f} MiB before"
             record.detail = {"before_mib": before / 1024}
         except BenchError as exc:
             record.error = str(exc)
-        if system == "postfix" and self._postfix is not None:
-            self._postfix.shed_idle_processes()
+        if system == "postfix":
+            self.fresh(system)  # the thousand smtpd processes would otherwise linger for max_idle
         time.sleep(SETTLE)
         return record
 

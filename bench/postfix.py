@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .procs import LOOPBACK, BenchError, free_port, process_tree, wait_listening
+from .procs import LOOPBACK, BenchError, free_port, wait_listening
 
 POSTFIX = "/usr/sbin/postfix"
 MAX_SMTPD = 1100
@@ -78,28 +78,31 @@ class Postfix:
         wait_listening(self.submission_port, timeout)
         return self
 
-    def stop(self, timeout: float = 20.0) -> None:
-        """`postfix stop`, then wait for the master to exit; remove the instance's directories."""
-        master = self.master_pid()
-        if master is not None:
-            self._postfix("stop", check=False)
-            deadline = time.monotonic() + timeout
-            while Path(f"/proc/{master}").exists() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if Path(f"/proc/{master}").exists():
-                os.kill(master, 9)
+    def stop(self) -> None:
+        """Stop Postfix and remove the instance's directories."""
+        self._halt()
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def shed_idle_processes(self, keep: int = 60, timeout: float = 60.0) -> int:
-        """`postfix reload` so idle smtpd processes exit now instead of after max_idle; wait for them."""
+    def restart(self, timeout: float = 30.0) -> None:
+        """Stop and start again, so no process of earlier runs is left (idle `smtpd` processes otherwise
+        stay up to `max_idle`, 100 s). `postfix reload` does not do here: afterwards the master at times
+        spawned no new `smtpd` while the listen queue filled."""
+        self._halt()
+        self._postfix("start")
+        wait_listening(self.mx_port, timeout)
+        wait_listening(self.submission_port, timeout)
+
+    def _halt(self, timeout: float = 20.0) -> None:
+        """`postfix stop`, then wait for the master to exit (SIGKILL it if it does not)."""
         master = self.master_pid()
         if master is None:
-            return 0
-        self._postfix("reload", check=False)
+            return
+        self._postfix("stop", check=False)
         deadline = time.monotonic() + timeout
-        while len(process_tree(master)) > keep and time.monotonic() < deadline:
-            time.sleep(0.2)
-        return len(process_tree(master))
+        while Path(f"/proc/{master}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if Path(f"/proc/{master}").exists():
+            os.kill(master, 9)
 
     def master_pid(self) -> int | None:
         try:
@@ -114,6 +117,12 @@ class Postfix:
             for _, _, files in os.walk(self.queue / sub):
                 count += len(files)
         return count
+
+    def warnings(self, last: int = 3) -> str:
+        """The last warning/fatal/panic lines of Postfix's log, for a failed row's error."""
+        marks = (" warning: ", " fatal: ", " panic: ")
+        lines = [ln for ln in self.logs().splitlines() if any(m in ln for m in marks)]
+        return " | ".join(lines[-last:])
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -88,6 +88,14 @@ def _ratios(group: list[Record], index: dict[tuple[str, str, int], Record], refe
     return Spread.of(ratios)
 
 
+def _notes(records: list[Record]) -> list[str]:
+    """The first round's note, marked as such when later rounds said something else (other figures)."""
+    notes = [r.note for r in records if r.note]
+    if not notes:
+        return []
+    return [notes[0] if len(set(notes)) == 1 else f"{notes[0]} (round {records[0].round})"]
+
+
 def summarise(records: list[Record]) -> list[Line]:
     index = _index(records)
     groups: dict[tuple[str, str], list[Record]] = {}
@@ -105,7 +113,7 @@ def summarise(records: list[Record]) -> list[Line]:
             p99_ms=Spread.of(r.p99_ms for r in ok),
             peak_rss_mib=Spread.of(r.peak_rss_mib for r in ok),
             cpu_ms_per_msg=Spread.of(r.cpu_ms_per_msg for r in ok),
-            notes=sorted({r.note for r in ok if r.note}),
+            notes=_notes(ok),
             errors=[f"round {r.round}: {r.error}" for r in group if r.error],
         ))
     return lines

@@ -22,7 +22,7 @@ _OPENSSL_RSA2048 = re.compile(r"rsa\s+2048 bits\s+[\d.]+s\s+[\d.]+s\s+([\d.]+)\s
 
 
 def openssl_sign_rate(seconds: int) -> float:
-    """RSA-2048 private-key operations per second, as `openssl speed` reports them."""
+    """RSA-2048 private-key operations per second of user CPU time, as `openssl speed` reports them."""
     done = subprocess.run(["openssl", "speed", "-seconds", str(seconds), "rsa2048"],
                           capture_output=True, text=True, timeout=seconds * 10 + 60)
     found = _OPENSSL_RSA2048.search(done.stdout)
@@ -32,13 +32,17 @@ def openssl_sign_rate(seconds: int) -> float:
 
 
 def _rate(operation: Callable[[], object], seconds: float, max_ops: int = 1_000_000) -> float:
+    """Operations per CPU-second of this thread, measured for `seconds` of its CPU time.
+
+    CPU time, as `openssl speed` divides by (its default is user CPU time, not wall time), so other load
+    on the machine does not skew one side of the ratio. Bounded by wall time and count as well.
+    """
     operation()  # warm caches (key parsing) outside the timing
-    count, started = 0, time.perf_counter()
-    deadline = started + seconds
-    while time.perf_counter() < deadline and count < max_ops:
+    count, cpu_start, wall_deadline = 0, time.thread_time(), time.monotonic() + 10 * seconds
+    while time.thread_time() - cpu_start < seconds and count < max_ops and time.monotonic() < wall_deadline:
         operation()
         count += 1
-    return count / (time.perf_counter() - started)
+    return count / (time.thread_time() - cpu_start)
 
 
 def signing_rates(slices: int, seconds: int = 1, size: int = 4096) -> dict[str, float]:
