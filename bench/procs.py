@@ -165,9 +165,10 @@ def tree_memory_kib(root: int) -> int:
 
 
 class RssSampler:
-    """Samples a process tree's memory in a thread; `peak_kib` is the highest sample.
+    """Samples a process tree's memory (`tree_memory_kib`) in a thread; `peak_kib` is the highest sample.
 
-    The root's own VmHWM (reset on entry) is folded in, so a spike between two samples is not missed.
+    Every process's VmHWM is reset on entry and folded in on exit (its own peak plus what the others use
+    at the end), so a spike between two samples is not missed, in a worker process either.
     """
 
     def __init__(self, root: int, interval: float = 0.25) -> None:
@@ -178,7 +179,8 @@ class RssSampler:
         self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
 
     def __enter__(self) -> RssSampler:
-        reset_peak_rss(self.root)
+        for pid in process_tree(self.root):
+            reset_peak_rss(pid)
         self._thread.start()
         return self
 
@@ -186,7 +188,15 @@ class RssSampler:
         self._stop.set()
         self._thread.join(5)
         self._sample()
-        self.peak_kib = max(self.peak_kib, peak_rss_kib(self.root))
+        self.peak_kib = max(self.peak_kib, self._peak_bound())
+
+    def _peak_bound(self) -> int:
+        tree = process_tree(self.root)
+        if len(tree) == 1:
+            return peak_rss_kib(self.root)
+        now = {pid: pss_kib(pid) for pid in tree}
+        total = sum(now.values())
+        return max(peak_rss_kib(pid) + total - now[pid] for pid in tree)
 
     def _sample(self) -> None:
         self.peak_kib = max(self.peak_kib, tree_memory_kib(self.root))

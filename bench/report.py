@@ -233,3 +233,42 @@ def write_json(path: Path, meta: dict[str, Any], records: list[Record], lines: l
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _md_spread(spread: dict[str, Any] | None, unit: str) -> tuple[str, str]:
+    return _fmt_spread(Spread(**spread) if spread else None, unit)
+
+
+def _md_ratio(spread: dict[str, Any] | None) -> str:
+    return _fmt_ratio(Spread(**spread) if spread else None)
+
+
+def _md_number(spread: dict[str, Any] | None, digits: int = 1) -> str:
+    return "" if not spread else f"{spread['median']:.{digits}f}"
+
+
+def to_markdown(data: dict[str, Any]) -> str:
+    """The summary and targets of a results JSON as Markdown tables (for bench/README.md)."""
+    out = ["| system | workload | value | spread | × Postfix | × floor | p50 ms | p99 ms | peak RSS MiB "
+           "| CPU ms/msg | notes |", "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+    for ln in data["summary"]:
+        value, spread = _md_spread(ln["value"], ln["unit"])
+        cells = [ln["system"], ln["workload"], f"{value} {ln['unit']}", spread, _md_ratio(ln["vs_postfix"]),
+                 _md_ratio(ln["vs_floor"]), _md_number(ln["p50_ms"]), _md_number(ln["p99_ms"]),
+                 _md_number(ln["peak_rss_mib"]), _md_number(ln.get("cpu_ms_per_msg"), 2),
+                 "; ".join(ln["notes"] + ln["errors"])]
+        out.append("| " + " | ".join(cells) + " |")
+    out += ["", "| target | measured | limit | status |", "|---|--:|--:|---|"]
+    for t in data["targets"]:
+        measured = "—" if t["measured"] is None else f"{t['measured']:,.2f} {t['unit']}"
+        status = {True: "met", False: "**not met**", None: "not measured"}[t["met"]]
+        limit = f"{'≥' if t['at_least'] else '≤'} {t['limit']:,.2f} {t['unit']}"
+        out.append(f"| {t['name']} | {measured} | {limit} | {status} |")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    source = Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results.json")
+    print(to_markdown(json.loads(source.read_text())))

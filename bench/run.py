@@ -135,8 +135,9 @@ class Runner:
         self.console = console
         self.records: list[Record] = []
         self.started = time.monotonic()
-        self.load: list[str] = []
-        """/proc/loadavg at each round's start and at the end: how busy the machine was."""
+        self.states: list[dict[str, Any]] = []
+        """Load average and fwdmail's code at each round's start and at the end: how busy the machine was,
+        and which code a fwdmail (re)started in that round ran (the memory rows restart it)."""
 
     def say(self, text: str) -> None:
         self.console.print(f"[dim]{time.monotonic() - self.started:7.1f}s[/dim] {text}")
@@ -158,12 +159,13 @@ class Runner:
                 self.say(f"[yellow]budget of {self.plan.budget_s / 60:.0f} min: rounds {round_}.."
                          f"{self.plan.rounds} skipped[/yellow]")
                 break
-            self.load.append(load_average())
-            self.say(f"[bold]round {round_}/{self.plan.rounds}[/bold] (load average {self.load[-1]})")
+            self.states.append(snapshot(f"round {round_}"))
+            self.say(f"[bold]round {round_}/{self.plan.rounds}[/bold] "
+                     f"(load average {self.states[-1]['load_average']})")
             round_started = time.monotonic()
             self.run_round(round_)
             round_seconds = max(round_seconds, time.monotonic() - round_started)
-        self.load.append(load_average())
+        self.states.append(snapshot("end"))
 
     def run_round(self, round_: int) -> None:
         rows, bench = self.plan.rows, self.bench
@@ -188,8 +190,10 @@ class Runner:
             self.add(bench.signing(round_))
 
 
-def load_average() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+def snapshot(when: str) -> dict[str, Any]:
+    return {"when": when, "load_average": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+            "fwdmail_commit": _command_output(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
+            "fwdmail_uncommitted_changes": _uncommitted(REPO / "fwdmail")}
 
 
 def check_tools() -> None:
@@ -229,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     meta["duration_s"] = round(time.monotonic() - runner.started, 1)
-    meta["load_average"] = runner.load
+    meta["states"] = runner.states
     meta["fwdmail_sanity"] = bench.sanity
     lines = summarise(runner.records)
     targets = evaluate(target_specs(plan), lines)
