@@ -341,7 +341,7 @@ class Bench:
                 if target.reaches_sink:
                     sink.wait_for(base + 1, 120)
             record.value = rss.peak_mib
-            record.note = "peak: VmHWM, or summed PSS for Postfix"
+            record.note = "peak; summed PSS for several processes"
         except BenchError as exc:
             record.error = str(exc)
         time.sleep(SETTLE)
