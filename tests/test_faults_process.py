@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import base64
 import email
-import json
 import os
 import random
 import signal
 import smtplib
-import sqlite3
 import subprocess
 import threading
 import time
@@ -23,7 +21,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from tests.mx_helpers import cli, cli_batch
+from tests.faults_support import ALICE, integrity, setup
 from tests.outbound_support import client_tls, connect, message, send, wait_until
 from tests.support.daemon import Daemon
 from tests.support.raw_smtp import RawSmtp
@@ -33,32 +31,10 @@ KILL_ROUNDS = 20
 SEED = int(os.environ.get("FWDMAIL_KILL_SEED") or random.randrange(2**32))
 SUBMITTERS = 3
 SHUTDOWN = 4
-ALICE = "alice@example.test"
-OWNER = "owner@owner.test"
-
-
-def setup(d: Daemon) -> str:
-    """A submission login (ALICE) and an MX alias (a@ours.test -> a@dest.test); return ALICE's password."""
-    cli_batch(d, [
-        ["account", "add", OWNER],
-        ["domain", "add", "example.test", "--account", OWNER],
-        ["alias", "add", ALICE, "someone@dest.test"],
-        ["domain", "add", "ours.test", "--account", OWNER],
-        ["alias", "add", "a@ours.test", "a@dest.test"],
-    ])
-    return json.loads(cli(d, "alias", "password", ALICE, "--json").stdout)["password"]
 
 
 def subjects(sink: SmtpSink) -> set[str]:
     return {str(email.message_from_bytes(m.data)["Subject"]) for m in list(sink.messages)}
-
-
-def integrity(d: Daemon) -> str:
-    con = sqlite3.connect(f"file:{d.data_dir / 'fwdmail.db'}?mode=ro", uri=True, timeout=30)
-    try:
-        return con.execute("PRAGMA integrity_check").fetchone()[0]
-    finally:
-        con.close()
 
 
 class Burst:

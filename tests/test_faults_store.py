@@ -32,26 +32,12 @@ from fwdmail.daemon.executor import Blocking
 from fwdmail.daemon.groupcommit import GroupCommitter
 from fwdmail.daemon.routing import DirectoryCache
 from fwdmail.store.models import database
-from tests.mx_helpers import cli, cli_batch, error_rows
+from tests.faults_support import ALICE, OWNER, integrity, setup
+from tests.mx_helpers import cli, error_rows
 from tests.mx_helpers import message as mx_message
 from tests.outbound_support import connect, message, queue_id, send, submit, wait_until
 from tests.support.daemon import Daemon
 from tests.support.smtp_sink import SmtpSink
-
-ALICE = "alice@example.test"
-OWNER = "owner@owner.test"
-
-
-def setup(d: Daemon) -> str:
-    """A submission login (ALICE) and an MX alias (a@ours.test -> a@dest.test); return ALICE's password."""
-    cli_batch(d, [
-        ["account", "add", OWNER],
-        ["domain", "add", "example.test", "--account", OWNER],
-        ["alias", "add", ALICE, "someone@dest.test"],
-        ["domain", "add", "ours.test", "--account", OWNER],
-        ["alias", "add", "a@ours.test", "a@dest.test"],
-    ])
-    return json.loads(cli(d, "alias", "password", ALICE, "--json").stdout)["password"]
 
 
 def start(make_daemon: Callable[..., Daemon], sink: SmtpSink, mount: Callable[[Path], None] | None = None,
@@ -83,14 +69,6 @@ def submit_token(d: Daemon, password: str, subject: str, body: str = "Hello ther
         return submit(d, ALICE, password, message(ALICE, subject=subject, body=body), timeout=120)
     except OSError as exc:
         return 0, repr(exc)
-
-
-def integrity(d: Daemon) -> str:
-    con = sqlite3.connect(f"file:{d.data_dir / 'fwdmail.db'}?mode=ro", uri=True, timeout=30)
-    try:
-        return con.execute("PRAGMA integrity_check").fetchone()[0]
-    finally:
-        con.close()
 
 
 def one_line_error(proc: subprocess.CompletedProcess[str], *words: str) -> str:
