@@ -34,7 +34,7 @@ from publicsuffixlist import PublicSuffixList
 from .. import store
 from ..addresses import AddressError, normalize_domain
 from ..resolver import async_resolver
-from . import arc, dkimcore
+from . import arc, dkimcore, dnsmemo
 from .arc import header_fields
 from .context import Context
 from .friendly_from import needs_rewrite, rewrite_from
@@ -97,17 +97,31 @@ def _unfold(value: bytes) -> str:
 
 # DNS
 
-async def _query(resolver: dns.asyncresolver.Resolver, name: str, rdtype: str) -> list[Any] | _TempFail:
-    """Records of `name`; [] when there are none (or the name is unusable); TEMPFAIL on failure."""
+async def _lookup(resolver: dns.asyncresolver.Resolver, name: str, rdtype: str
+                  ) -> tuple[list[Any] | _TempFail, float]:
+    """(records of `name`, until when they are fresh): [] when there are none (or the name is unusable),
+    TEMPFAIL on failure; only a positive answer has a freshness (else 0) and is remembered."""
+    memo = dnsmemo.memo_for(resolver).answers
+    key = (name.lower(), rdtype)
+    found = memo.get(key)
+    if found is not None:
+        return found
     try:
         answer = await resolver.resolve(name, rdtype, search=False)
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.resolver.YXDOMAIN):
-        return []
+        return [], 0.0
     except (dns.exception.Timeout, dns.resolver.NoNameservers):
-        return TEMPFAIL
+        return TEMPFAIL, 0.0
     except (dns.exception.DNSException, ValueError, UnicodeError):
-        return []
-    return list(answer)
+        return [], 0.0
+    records = list(answer)
+    memo.put(key, (records, answer.expiration), answer.expiration)
+    return records, answer.expiration
+
+
+async def _query(resolver: dns.asyncresolver.Resolver, name: str, rdtype: str) -> list[Any] | _TempFail:
+    """Records of `name`; [] when there are none (or the name is unusable); TEMPFAIL on failure."""
+    return (await _lookup(resolver, name, rdtype))[0]
 
 
 async def _txt(resolver: dns.asyncresolver.Resolver, name: str) -> list[bytes] | _TempFail:
@@ -204,20 +218,21 @@ def _spf_round(ip: str, sender: str, helo: str, answers: dict[tuple[str, str], A
     return (result if result in _SPF_RESULTS else "permerror"), replay.misses
 
 
-async def _spf_fetch(resolver: dns.asyncresolver.Resolver, key: tuple[str, str]) -> Any:
+async def _spf_fetch(resolver: dns.asyncresolver.Resolver, key: tuple[str, str]) -> tuple[Any, float]:
+    """pyspf's form of one answer, and until when it is fresh (0: not to be remembered)."""
     name, qtype = key
-    records = await _query(resolver, name, qtype)
+    records, fresh = await _lookup(resolver, name, qtype)
     if isinstance(records, _TempFail):
-        return records
+        return records, 0.0
     if qtype in ("A", "AAAA"):
-        return [(key, r.address) for r in records]
+        return [(key, r.address) for r in records], fresh
     if qtype == "MX":
-        return [(key, (r.preference, r.exchange.to_text(omit_final_dot=True))) for r in records]
+        return [(key, (r.preference, r.exchange.to_text(omit_final_dot=True))) for r in records], fresh
     if qtype == "PTR":
-        return [(key, r.target.to_text(omit_final_dot=True)) for r in records]
+        return [(key, r.target.to_text(omit_final_dot=True)) for r in records], fresh
     if any(sum(map(len, r.strings)) > MAX_SPF_TXT_BYTES for r in records):
-        return _TOO_LARGE
-    return [(key, tuple(r.strings)) for r in records]
+        return _TOO_LARGE, fresh
+    return [(key, tuple(r.strings)) for r in records], fresh
 
 
 _SPF_TARGET = re.compile(rb"(?i)(?:^|\s)[+?~-]?(include:|redirect=|a:|mx:)([^\s/%]+)")
@@ -259,22 +274,34 @@ async def check_spf(resolver: dns.asyncresolver.Resolver, client_ip: str, mail_f
     pyspf evaluates (through `cpu`) over the answers fetched so far; the lookups it still needs are
     fetched asynchronously, with the ones the new answers name, and it runs again. Every round adds
     at least one answer; pyspf's limits (10 lookups, 2 void lookups, 10 MX/PTR names) bound them,
-    `max_rounds` bounds the rounds, MAX_SPF_TXT_BYTES the work of each.
+    `max_rounds` bounds the rounds, MAX_SPF_TXT_BYTES the work of each. A result made only from
+    positive answers is remembered (`dnsmemo`) for the same IP, sender and HELO until one expires.
     """
     sender = mail_from if "@" in mail_from else ""
     unchecked = _spf_unchecked("none", mail_from, helo)
     if not unchecked.domain:
         return unchecked
+    memo = dnsmemo.memo_for(resolver)
+    memo_key = memo.spf_key(client_ip, mail_from, helo)
+    remembered = memo.spf.get(memo_key)
+    if isinstance(remembered, SpfResult):
+        return remembered
     domain, identity = unchecked.domain, unchecked.identity
     addr_type = "AAAA" if ":" in client_ip and not client_ip.lower().startswith("::ffff:") else "A"
     answers: dict[tuple[str, str], Any] = {}
+    fresh_until = float("inf")
     for _ in range(max_rounds):
         result, misses = await cpu(_spf_round, client_ip, sender, helo, answers)
         if not misses:
-            return SpfResult(result, domain, identity)
+            found = SpfResult(result, domain, identity)
+            if answers and fresh_until != float("inf"):
+                memo.spf.put(memo_key, found, fresh_until)
+            return found
         wanted = list(dict.fromkeys(m for m in misses if m not in answers))
         for _depth in range(2):
-            fetched = await asyncio.gather(*(_spf_fetch(resolver, k) for k in wanted))
+            fetched_fresh = await asyncio.gather(*(_spf_fetch(resolver, k) for k in wanted))
+            fetched = [value for value, _ in fetched_fresh]
+            fresh_until = min([fresh_until, *(fresh for _, fresh in fetched_fresh)])
             answers.update(zip(wanted, fetched, strict=True))
             follow = [n for k, v in zip(wanted, fetched, strict=True) for n in _spf_next(k, v, addr_type)]
             wanted = [k for k in dict.fromkeys(follow) if k not in answers][:MAX_SPF_PREFETCH]
