@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import random
 from collections.abc import Callable
 
@@ -17,6 +18,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa as crypto_rsa
 from dkim.canonicalization import Relaxed, Simple
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fwdmail.daemon import dkimcore
 from fwdmail.keys import dkim_public_record, generate_dkim_key
@@ -80,6 +83,45 @@ def test_each_canonical_body_is_hashed_once() -> None:
     assert parsed.body_hash(relaxed=True) is first
     assert parsed.body_hash(relaxed=False) != first
     assert parsed.body_hash(relaxed=True, length=3) != first
+
+
+class _Collect:
+    """A stand-in hasher that keeps what it is fed."""
+
+    def __init__(self) -> None:
+        self.fed: list[bytes] = []
+
+    def update(self, data: bytes) -> None:
+        self.fed.append(bytes(data))
+
+
+_BODY_PARTS = st.sampled_from([b"a", b"b", b" ", b"\t", b"\r", b"\n", b"\r\n", b"\r\n ", b"x  ", b"\r\n\r\n"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(parts=st.lists(_BODY_PARTS, max_size=40), size=st.integers(1, 16), relaxed=st.booleans(),
+       length=st.none() | st.integers(0, 40))
+def test_the_body_canonicalised_in_pieces_is_the_whole_body_canonicalised(
+        parts: list[bytes], size: int, relaxed: bool, length: int | None) -> None:
+    head = b"A: b\r\n\r\n"
+    message = head + b"".join(parts)
+    whole = dkimcore.Message(message).body
+    expected = (dkimcore.relaxed_body if relaxed else dkimcore.simple_body)(whole)
+    fed = _Collect()
+    dkimcore.hash_body(dkimcore.body_pieces(message, len(head), size), relaxed, fed, length)
+    assert b"".join(fed.fed) == (expected if length is None else expected[:length])
+    pieces = list(dkimcore.body_pieces(message, len(head), size))
+    assert b"".join(pieces) == message[len(head):]
+    assert all(p[-1:] not in (b" ", b"\t", b"\r") for p in pieces[:-1])
+
+
+def test_a_large_body_hashes_as_dkimpy_hashes_it() -> None:
+    rng = random.Random(5)
+    lines = [b"." * rng.randint(0, 30) + b" \t " * rng.randint(0, 3) for _ in range(40_000)]
+    body = b"\r\n".join(lines) + b"x" * 300_000 + b"  \r\n" * 5000 + b"\r\n" * 70_000
+    parsed = dkimcore.Message(b"A: b\r\n\r\n" + body)
+    for relaxed, canon in ((True, Relaxed), (False, Simple)):
+        assert parsed.body_hash(relaxed) == hashlib.sha256(canon.canonicalize_body(body)).digest()
 
 
 def test_names_to_sign() -> None:

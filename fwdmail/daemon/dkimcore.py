@@ -5,6 +5,7 @@ their signers publish. A message is parsed once, as dkimpy parses it (`dkim.rfc8
 canonical body (simple, relaxed) is made once and each body hash computed once per message, however
 many signatures ask for it; every RSA operation goes through `rsa` (OpenSSL). dkimpy supplies the
 tag-list parser, the signature field checks, header selection and header canonicalisation.
+Bodies are canonicalised and hashed in pieces of about `BODY_PIECE` bytes, never copied whole.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import base64
 import binascii
 import hashlib
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import dkim
 import dkim.util
@@ -25,16 +27,18 @@ from . import rsa
 
 __all__ = [
     "MIN_KEY_BITS", "Field", "KeyRecordError", "KeyUnavailable", "Keys", "Message", "MessageFormatError",
-    "PublicKey", "SignatureError", "check", "header_digest", "key_name", "names_to_sign", "parse_key_record",
-    "parse_tags", "relaxed_body", "relaxed_field", "signed_field", "signed_names", "simple_body",
-    "verify_digest", "verify_dkim",
+    "PublicKey", "SignatureError", "body_hash", "body_pieces", "check", "hash_body", "header_digest",
+    "key_name", "names_to_sign", "parse_key_record", "parse_tags", "relaxed_body", "relaxed_field",
+    "signed_field", "signed_names", "simple_body", "verify_digest", "verify_dkim",
 ]
 
 MIN_KEY_BITS = 1024
+BODY_PIECE = 64 * 1024
 HASHES = {b"rsa-sha256": "sha256", b"rsa-sha1": "sha1"}
 Field = tuple[bytes, bytes]  # (name, value): the value as it follows the colon, CRLF-terminated
 
 _LINE_END = re.compile(rb"\r?\n")
+_CUTTABLE = re.compile(rb"[^ \t\r]")
 _BLANK_LINE = re.compile(rb"\n\r?\n")
 _FIELD_NAME = re.compile(rb"([\x21-\x7e]+?):")
 _WSP = re.compile(rb"\s+")
@@ -60,15 +64,15 @@ class KeyUnavailable(Exception):
 
 # parsing and canonicalisation
 
-def _parse(message: bytes) -> tuple[list[Field], bytes]:
-    """(header fields, raw body): the header fields `dkim.rfc822_parse` gives, which splits the whole
-    message into lines; here only the header section is split. `_crlf_body` of the raw body is the
-    body it gives."""
+def _parse(message: bytes) -> tuple[list[Field], int]:
+    """(header fields, where the body starts): the header fields `dkim.rfc822_parse` gives, which splits
+    the whole message into lines; here only the header section is split. `_crlf_body` of the raw body
+    (message[start:]) is the body it gives."""
     if message[:1] == b"\n" or message[:2] == b"\r\n":
-        head, body = b"", message[message.index(b"\n") + 1:]
+        head, start = b"", message.index(b"\n") + 1
     else:
         blank = _BLANK_LINE.search(message)
-        head, body = (message, b"") if blank is None else (message[:blank.start() + 1], message[blank.end():])
+        head, start = (message, len(message)) if blank is None else (message[:blank.start() + 1], blank.end())
     lines = _LINE_END.split(head)
     if lines[-1] == b"":
         lines.pop()
@@ -84,7 +88,7 @@ def _parse(message: bytes) -> tuple[list[Field], bytes]:
             fields.append([match.group(1), line[match.end():]])
         elif not line.startswith(b"From "):
             raise MessageFormatError("a header line that is not a header field")
-    return [(f[0], b"\r\n".join(f[1:]) + b"\r\n") for f in fields], body
+    return [(f[0], b"\r\n".join(f[1:]) + b"\r\n") for f in fields], start
 
 
 def _crlf_body(body: bytes) -> bytes:
@@ -109,15 +113,102 @@ def simple_body(body: bytes) -> bytes:
     return body[:_crlf_run_start(body)] + b"\r\n"
 
 
-def relaxed_body(body: bytes) -> bytes:
-    """The "relaxed" canonical body (RFC 6376 3.4.4) of a CRLF body, by bytes methods rather than regexes."""
+def _relaxed_lines(body: bytes) -> bytes:
+    """The "relaxed" rules that work within a line: tabs made spaces, runs of spaces one space, and
+    spaces at the end of a line removed."""
     if b"\t" in body:
         body = body.replace(b"\t", b" ")
     while b"  " in body:
         body = body.replace(b"  ", b" ")
-    body = body.replace(b" \r\n", b"\r\n")
+    return body.replace(b" \r\n", b"\r\n")
+
+
+def relaxed_body(body: bytes) -> bytes:
+    """The "relaxed" canonical body (RFC 6376 3.4.4) of a CRLF body, by bytes methods rather than regexes."""
+    body = _relaxed_lines(body)
     end = _crlf_run_start(body)
     return body[:end] + b"\r\n" if end else b""
+
+
+def body_pieces(message: bytes, start: int = 0, size: int = BODY_PIECE) -> Iterator[bytes]:
+    """message[start:] in pieces of about `size` bytes, each ending after a LF, or within a longer line
+    after a byte that is not a space, tab or CR: no CRLF, run of blanks or blank before a line end
+    straddles two pieces, so each canonical rule can be applied to each piece alone."""
+    total = len(message)
+    while start < total:
+        end = start + size
+        if end >= total:
+            end = total
+        else:
+            lf = message.rfind(b"\n", start, end)
+            if lf >= 0:
+                end = lf + 1
+            else:
+                cut = _CUTTABLE.search(message, end)
+                end = total if cut is None else cut.end()
+        yield message[start:end]
+        start = end
+
+
+def hash_body(pieces: Iterable[bytes], relaxed: bool, hasher: Any, length: int | None = None) -> None:
+    """Feed the simple or relaxed canonical form of the body given in `pieces` (cut as `body_pieces`
+    cuts, bare LFs not yet made CRLF) to `hasher`, at most its first `length` bytes. The same bytes as
+    `simple_body`/`relaxed_body` of the whole body: a trailing run of CRLFs (and a CR after it) is held
+    back until more content follows, since the canonical body ends in exactly one CRLF."""
+    left = -1 if length is None else length
+    sent = False
+
+    def emit(data: bytes) -> None:
+        nonlocal left, sent
+        if not data or left == 0:
+            return
+        if left > 0:
+            data = data[:left]
+            left -= len(data)
+        sent = True
+        hasher.update(data)
+
+    def emit_held(pairs: int, cr: bool) -> None:
+        while pairs:
+            step = min(pairs, 32768)
+            emit(b"\r\n" * step)
+            pairs -= step
+        if cr:
+            emit(b"\r")
+
+    pairs, cr = 0, False  # held back: that many CRLFs, then a CR if `cr`
+    for piece in pieces:
+        piece = _crlf_body(piece)
+        if relaxed:
+            piece = _relaxed_lines(piece)
+        if not piece:
+            continue
+        ends_cr = piece.endswith(b"\r")
+        t = len(piece) - ends_cr
+        run = _crlf_run_start(piece[:t]) if t else 0
+        if run == 0 and not cr:
+            pairs += t // 2
+        elif run == 1 and cr and piece[:1] == b"\n":
+            pairs += 1 + (t - 1) // 2
+        else:
+            emit_held(pairs, cr)
+            emit(piece[:run])
+            pairs = (t - run) // 2
+        cr = ends_cr
+    if cr:
+        emit_held(pairs, cr)
+        emit(b"\r\n")
+    elif sent or not relaxed:
+        emit(b"\r\n")
+
+
+def body_hash(message: bytes, start: int, relaxed: bool, algorithm: str = "sha256",
+              length: int | None = None) -> bytes:
+    """The hash of the canonical form of the body message[start:] (its first `length` bytes if given),
+    computed piece by piece."""
+    hasher = hashlib.new(algorithm)
+    hash_body(body_pieces(message, start), relaxed, hasher, length)
+    return hasher.digest()
 
 
 def relaxed_field(name: bytes, value: bytes) -> Field:
@@ -132,24 +223,22 @@ def relaxed_field(name: bytes, value: bytes) -> Field:
 
 
 class Message:
-    """A message parsed once: its header fields as dkimpy reads them and its body with CRLF line ends.
-    The body, canonical header lists, canonical bodies and body hashes are made on first use and kept."""
+    """A message parsed once: its header fields as dkimpy reads them, and where its body starts. The
+    canonical header lists and body hashes are made on first use and kept; the body is never copied."""
 
-    __slots__ = ("_bodies", "_body", "_digests", "_headers", "_raw_body", "headers")
+    __slots__ = ("_body_start", "_digests", "_headers", "_message", "headers")
 
     def __init__(self, message: bytes) -> None:
         """Raises MessageFormatError when the header section cannot be parsed."""
-        self.headers, self._raw_body = _parse(message)
-        self._body: bytes | None = None
+        self.headers, self._body_start = _parse(message)
+        self._message = message
         self._headers: dict[bool, list[Field]] = {}
-        self._bodies: dict[bool, bytes] = {}
         self._digests: dict[tuple[bool, str, int | None], bytes] = {}
 
     @property
     def body(self) -> bytes:
-        if self._body is None:
-            self._body = _crlf_body(self._raw_body)
-        return self._body
+        """The body with CRLF line ends (a copy: for tests and small messages)."""
+        return _crlf_body(self._message[self._body_start:])
 
     def canonical_headers(self, relaxed: bool) -> list[Field]:
         found = self._headers.get(relaxed)
@@ -168,11 +257,8 @@ class Message:
         key = (relaxed, algorithm, length)
         digest = self._digests.get(key)
         if digest is None:
-            body = self._bodies.get(relaxed)
-            if body is None:
-                body = self._bodies[relaxed] = (relaxed_body if relaxed else simple_body)(self.body)
-            digest = hashlib.new(algorithm, body if length is None else body[:length]).digest()
-            self._digests[key] = digest
+            digest = self._digests[key] = body_hash(self._message, self._body_start, relaxed, algorithm,
+                                                    length)
         return digest
 
 
