@@ -9,6 +9,7 @@ still in step afterwards.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import threading
 import time
@@ -19,7 +20,7 @@ from aiosmtpd.smtp import SMTP
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from fwdmail.daemon.smtpserver import _PLAIN_PATH, Sessions, SmtpServer
+from fwdmail.daemon.smtpserver import _PLAIN_PATH, Sessions, SmtpServer, _unstuffed
 from tests.support.raw_smtp import RawSmtp
 
 LIMIT = 300
@@ -192,6 +193,36 @@ def test_a_large_message_with_long_lines_arrives_intact(big_server: LoopbackServ
         assert code == 250
         assert big_server.handler.contents[-1] == content
         assert client.cmd(b"QUIT\r\n")[0] == 221
+    finally:
+        client.close()
+
+
+@settings(max_examples=400, deadline=None)
+@given(body=body_bytes, cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=4))
+def test_unstuffing_piece_by_piece_is_unstuffing_the_whole(body: bytes, cuts: list[int]) -> None:
+    """However the data is cut into pieces (a CRLF or a CRLF "." may be split), each piece unstuffed
+    with the byte before it gives what the whole unstuffed gives."""
+    whole = body[1:] if body[:1] == b"." else body
+    whole = whole.replace(b"\r\n.", b"\r\n")
+    bounds = [0, *sorted(c for c in set(cuts) if 0 < c < len(body)), len(body)]
+    pieces = [body[a:b] for a, b in itertools.pairwise(bounds)]
+    out, last = [], b"\n"
+    for piece in pieces:
+        out.append(_unstuffed(piece, last))
+        last = piece[-1:] or last
+    assert b"".join(out) == whole
+
+
+def test_a_large_message_of_dot_lines_arrives_unstuffed(big_server: LoopbackServer) -> None:
+    """Dot lines and CRLFs across the large pieces the body is read in (256 KiB), cut anywhere."""
+    lines = [b"." * (i % 3) + b"z" * (i * 7919 % 3000) for i in range(4000)]
+    content = b"".join(line + b"\r\n" for line in lines)
+    stuffed = b"".join((b"." + line if line[:1] == b"." else line) + b"\r\n" for line in lines)
+    cuts = [i for i in range(1, len(stuffed)) if stuffed[i - 1:i + 1] in (b"\r\n", b"\n.")][::97]
+    code, client = send_message(big_server.port, stuffed + b".\r\n", cuts)
+    try:
+        assert code == 250
+        assert big_server.handler.contents[-1] == content
     finally:
         client.close()
 

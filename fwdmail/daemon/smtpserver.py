@@ -28,6 +28,7 @@ import base64
 import binascii
 import collections
 import functools
+import io
 import logging
 import re
 import traceback
@@ -62,6 +63,16 @@ _PLAIN_PATH = re.compile(
     rf"[ \t]*<(({_ATOM}(?:\.{_ATOM})*)@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
     rf"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*)>"
     r"(?:\Z|[ \t]+([A-Za-z0-9][A-Za-z0-9=+._-]*(?:[ \t]+[A-Za-z0-9][A-Za-z0-9=+._-]*)*)?[ \t]*\Z)")
+
+
+def _unstuffed(piece: bytes, last: bytes) -> bytes:
+    """`piece` of message data without the dot that starts a line (RFC 5321 4.5.2); `last` is the byte
+    before it, so a CRLF or CRLF "." split between two pieces is seen as well."""
+    if piece[:1] == b"." and last == b"\n":
+        piece = piece[1:]
+    elif piece[:2] == b"\n." and last == b"\r":
+        piece = b"\n" + piece[2:]
+    return piece.replace(b"\r\n.", b"\r\n")
 
 
 class DataEnvelope(Envelope):
@@ -386,22 +397,18 @@ class SmtpServer(SMTP):
         line_limit = reader._limit
         reader._limit = _DATA_READ_LIMIT
         try:
-            raw = await self._read_raw_data()
+            return await self._read_raw_data()
         finally:
             reader._limit = line_limit
-        if raw is None or isinstance(raw, SmtpError):
-            return raw
-        if raw.count(b"\r\n") != raw.count(b"\r") or raw.count(b"\r\n") != raw.count(b"\n"):
-            return replies.BARE_NEWLINE
-        if raw[:1] == b".":
-            raw = raw[1:]
-        return raw.replace(b"\r\n.", b"\r\n")
 
     async def _read_raw_data(self) -> bytes | SmtpError | None:
-        """The message as sent (still dot-stuffed) up to the end marker, without its ".<CRLF>"."""
+        """The message up to the end marker, without its ".<CRLF>", unstuffed piece by piece into one
+        buffer whose bytes are then taken without a copy (BytesIO.getvalue). Bare CRs and LFs are
+        counted as it goes: the CRs, the LFs and the CRLFs (one may straddle two pieces) must agree."""
         limit = self.data_size_limit
-        chunks: list[bytes] = []
-        size = since_reset = 0
+        out: io.BytesIO | None = io.BytesIO()
+        size = since_reset = crs = lfs = crlfs = 0
+        last = b"\n"  # the CRLF of the DATA line: the first byte is at the start of a line
         where = _LINE_START
         while where != _ENDED:
             try:
@@ -410,18 +417,27 @@ class SmtpServer(SMTP):
                 if self.transport is not None:
                     self.transport.close()
                 return None
+            if not piece:
+                continue
             size += len(piece)
             since_reset += len(piece)
-            if limit and size > limit:
-                chunks.clear()
-            else:
-                chunks.append(piece)
             if since_reset >= _TIMEOUT_RESET_BYTES:
                 since_reset = 0
                 self._reset_timeout()
-        if limit and size > limit:
+            if limit and size > limit:
+                out = None
+            if out is None:
+                continue
+            crs += piece.count(b"\r")
+            lfs += piece.count(b"\n")
+            crlfs += piece.count(b"\r\n") + (last == b"\r" and piece[:1] == b"\n")
+            out.write(_unstuffed(piece, last))
+            last = piece[-1:]
+        if out is None:
             return replies.MESSAGE_TOO_BIG
-        return b"".join(chunks)
+        if not crs == lfs == crlfs:
+            return replies.BARE_NEWLINE
+        return out.getvalue()
 
     async def _next_piece(self, where: int) -> tuple[bytes, int]:
         """The next piece of message data and where the input then is.
