@@ -8,6 +8,7 @@ certificate and key for new sessions.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from typing import Protocol
@@ -48,6 +49,14 @@ def build_services(ctx: Context, config_file: str | None = None, mx_worker_fd: i
     ]
 
 
+def freeze_startup_objects() -> None:
+    """Take what starting made (modules, config, the store's and TLS's objects) out of the cyclic
+    collector's sight, so a full collection walks only what serving creates. Over the ~50,000
+    startup objects one took ~45 ms, stalling every session at once: the MX's p99 latency."""
+    gc.collect()
+    gc.freeze()
+
+
 async def run(runtime: Runtime, config_file: str | None = None, mx_worker_fd: int | None = None) -> int:
     """Run until a stop signal; return the process exit code. `config_file` is passed on to MX worker
     processes; `mx_worker_fd` makes this process one of them."""
@@ -86,6 +95,7 @@ async def run(runtime: Runtime, config_file: str | None = None, mx_worker_fd: in
             await service.start()
             started.append(service)
         log.info("fwdmail ready: %s", ", ".join(s.name for s in started) or "no services")
+        freeze_startup_objects()
         await ctx.stopping.wait()
     finally:
         for service in reversed(started):
