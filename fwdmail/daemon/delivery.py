@@ -10,11 +10,12 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import socket
 import ssl
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import aiosmtplib
@@ -39,6 +40,57 @@ LOST = SmtpError(451, "4.4.2", "Connection to the destination mail server was lo
 NO_SMTPUTF8 = SmtpError(553, "5.6.7", "Destination does not support internationalised addresses")
 
 Result = dict[str, SmtpError | None]
+Content = bytes | tuple[bytes | memoryview, ...]
+"""A message, whole or as parts sent one after the other (never joined: a large body stays one copy)."""
+
+_DATA_PIECE = 256 * 1024
+_LINE_END = re.compile(rb"\r\n|\n|\r(?!\n)")  # as aiosmtplib normalises: a lone CR or LF becomes CRLF
+_NOT_ASCII = re.compile(rb"[\x80-\xff]")
+
+
+def _parts(message: Content) -> tuple[bytes | memoryview, ...]:
+    return message if isinstance(message, tuple) else (message,)
+
+
+def _raw_pieces(parts: Sequence[bytes | memoryview]) -> Iterator[bytes]:
+    """The bytes of `parts` in pieces of about `_DATA_PIECE`; no piece but the last ends with a CR, so
+    no CRLF is split between two."""
+    carry = b""
+    for part in parts:
+        view = memoryview(part)
+        for pos in range(0, len(view), _DATA_PIECE):
+            piece = bytes(view[pos:pos + _DATA_PIECE])
+            if carry:
+                piece, carry = carry + piece, b""
+            if piece.endswith(b"\r"):
+                carry, piece = b"\r", piece[:-1]
+            if piece:
+                yield piece
+    if carry:
+        yield carry
+
+
+def data_stream(message: Content) -> Iterator[bytes]:
+    """What follows the 354 for `message`, as aiosmtplib sends it (lone CRs and LFs made CRLF, a CRLF
+    added at the end if missing, dots at the start of a line doubled, then ".CRLF"), in pieces."""
+    line_start, empty = True, True
+    for piece in _raw_pieces(_parts(message)):
+        if not piece.count(b"\r") == piece.count(b"\n") == piece.count(b"\r\n"):
+            piece = _LINE_END.sub(b"\r\n", piece)
+        piece = piece.replace(b"\n.", b"\n..")
+        if line_start and piece[:1] == b".":
+            piece = b"." + piece
+        line_start, empty = piece.endswith(b"\n"), False
+        yield piece
+    yield b".\r\n" if line_start and not empty else b"\r\n.\r\n"
+
+
+def _size(message: Content) -> int:
+    return sum(len(memoryview(p)) for p in _parts(message))
+
+
+def _is_ascii(message: Content) -> bool:
+    return all(p.isascii() if isinstance(p, bytes) else _NOT_ASCII.search(p) is None for p in _parts(message))
 
 
 @dataclass(frozen=True)
@@ -95,7 +147,7 @@ class Delivery:
         self._reaper: asyncio.Task[None] | None = None
         self._closed = False
 
-    async def send(self, mail_from: str, recipients: Sequence[str], message: bytes) -> Result:
+    async def send(self, mail_from: str, recipients: Sequence[str], message: Content) -> Result:
         """Deliver `message` to every recipient; return None (accepted) or an SmtpError for each."""
         groups = group_by_domain(recipients)
         results = await asyncio.gather(*(self._send_domain(d, mail_from, rcpts, message)
@@ -153,7 +205,7 @@ class Delivery:
 
     # one domain
 
-    async def _send_domain(self, domain: str, mail_from: str, rcpts: list[str], message: bytes) -> Result:
+    async def _send_domain(self, domain: str, mail_from: str, rcpts: list[str], message: Content) -> Result:
         targets = await self.targets(domain)
         if isinstance(targets, SmtpError):
             return dict.fromkeys(rcpts, targets)
@@ -171,7 +223,7 @@ class Delivery:
             last = NO_ROUTE
         return dict.fromkeys(rcpts, last)
 
-    async def _send_via(self, target: Target, mail_from: str, rcpts: list[str], message: bytes) -> Result:
+    async def _send_via(self, target: Target, mail_from: str, rcpts: list[str], message: Content) -> Result:
         pool = self._pools[target]
         if pool.slots is None:
             pool.slots = asyncio.Semaphore(self.cfg.max_connections_per_host)
@@ -253,7 +305,7 @@ class Delivery:
         return conn
 
     async def _transaction(self, conn: aiosmtplib.SMTP, mail_from: str, rcpts: list[str],
-                           message: bytes) -> Result:
+                           message: Content) -> Result:
         utf8 = not (mail_from.isascii() and all(r.isascii() for r in rcpts))
         options = []
         if utf8:
@@ -261,10 +313,10 @@ class Delivery:
                 await self._reset(conn)
                 return dict.fromkeys(rcpts, NO_SMTPUTF8)
             options.append("SMTPUTF8")
-        if conn.supports_extension("8bitmime") and not message.isascii():
+        if conn.supports_extension("8bitmime") and not _is_ascii(message):
             options.append("BODY=8BITMIME")
         if conn.supports_extension("size"):
-            options.append(f"SIZE={len(message)}")
+            options.append(f"SIZE={_size(message)}")
         encoding = "utf-8" if utf8 else "ascii"
         try:
             try:
@@ -287,7 +339,7 @@ class Delivery:
                 await self._reset(conn)
                 return result
             try:
-                await conn.data(message, timeout=self.cfg.data_timeout)
+                await self._data(conn, message)
             except aiosmtplib.SMTPResponseException as exc:
                 await self._reset(conn)  # a refused DATA command leaves the transaction open
                 err = _smtp_error(exc)
@@ -298,6 +350,29 @@ class Delivery:
         except (TimeoutError, aiosmtplib.SMTPTimeoutError) as exc:
             await self._quit(conn)
             raise _HostFailure(TIMED_OUT) from exc
+
+    async def _data(self, conn: aiosmtplib.SMTP, message: Content) -> None:
+        """DATA, written piece by piece as the socket takes it (aiosmtplib's `data` makes two whole
+        copies of the message and hands the transport a third). Raises as `conn.data` does; the whole
+        transfer and its reply take at most `data_timeout`."""
+        try:
+            async with asyncio.timeout(self.cfg.data_timeout):
+                reply = await conn.execute_command(b"DATA")
+                if reply.code != 354:
+                    raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+                protocol = conn.protocol
+                if protocol is None:
+                    raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+                for i, piece in enumerate(data_stream(message)):
+                    if i:
+                        await protocol._drain_helper()  # aiosmtplib's copy of StreamWriter.drain's wait
+                    protocol.write(piece)
+                reply = await protocol.read_response()
+        except (aiosmtplib.SMTPServerDisconnected, TimeoutError):
+            conn.close()
+            raise
+        if reply.code != 250:
+            raise aiosmtplib.SMTPDataError(reply.code, reply.message)
 
     @staticmethod
     async def _reset(conn: aiosmtplib.SMTP) -> None:

@@ -33,6 +33,7 @@ from ..logsetup import scrub
 from . import replies, srs
 from .context import Context
 from .dedup import DeliveredMemory, RateLimiter, fingerprint, message_digest
+from .delivery import Content
 from .executor import Blocking
 from .listeners import close_servers, listen
 from .replies import SmtpError
@@ -118,9 +119,11 @@ class InboundPolicy:
         return DataVerdict()
 
     async def forward(self, session: SessionInfo, tx: Transaction, route: Route, rcpt: str,
-                      message: bytes) -> bytes:
-        """The copy sent for one alias (`rcpt`: the address it was reached at); by default `message`."""
-        return message
+                      header: bytes) -> bytes:
+        """The header section of the copy sent for one alias (`rcpt`: the address it was reached at);
+        by default `header`, the message's own (with the policies' prepends). The body follows it
+        unchanged: it is never copied per alias."""
+        return header
 
 
 # message helpers (pure)
@@ -463,7 +466,8 @@ class Mx:
         groups = self._groups(tx)
         if not groups:
             return replies.FORWARDED
-        base = prepend + data
+        head = prepend + headers
+        body = memoryview(data)[len(headers):]
         digest = await self.ctx.blocking.cpu_for(len(data))(message_digest, data)
         now = store.utcnow()
         mono = time.monotonic()
@@ -473,19 +477,19 @@ class Mx:
             pending = [d for d in g.destinations if not self.delivered.seen(fingerprint(digest, d), mono)]
             g.already = len(g.destinations) - len(pending)
             if pending:
-                head = received_header(session.helo, self.hostname, session, tx.smtputf8,
-                                       self.marker(g.route.alias), now)
-                copy = base
+                received = received_header(session.helo, self.hostname, session, tx.smtputf8,
+                                           self.marker(g.route.alias), now)
+                copy = head
                 for policy in self.policies:
                     copy = await policy.forward(session, tx, g.route, g.rcpt, copy)
-                jobs.append(self._send(g, sender, pending, head + copy))
+                jobs.append(self._send(g, sender, pending, (received, copy, body)))
         outcomes = [item for batch in await asyncio.gather(*jobs) for item in batch]
         done = {d.lower() for _, d, e in outcomes if e is None}
         delivered.extend(fingerprint(digest, d) for g in groups for d in g.destinations
                          if d.lower() in done or self.delivered.seen(fingerprint(digest, d), mono))
         return await self._conclude(tx, groups, outcomes, digest)
 
-    async def _send(self, group: _Group, sender: str, destinations: list[str], message: bytes,
+    async def _send(self, group: _Group, sender: str, destinations: list[str], message: Content,
                     ) -> list[tuple[_Group, str, SmtpError | None]]:
         try:
             results = await self.ctx.delivery.send(sender, destinations, message)
