@@ -191,3 +191,32 @@ def test_retry_refuses_final_mail(db: Path) -> None:
     store.record_attempt(email.id, "w", T0, delivered=["a@dest.test"])
     with pytest.raises(ValueError, match="delivered"):
         store.retry_email(qid, T0)
+
+
+def test_attempts_of_several_messages_are_recorded_in_one_transaction(db: Path) -> None:
+    kept, redacted, lost = new("keep.test"), new(), new()
+    deferred = new(rcpts=("a@dest.test", "b@dest.test"))
+    store.enqueue([kept, redacted, deferred, lost], T0)
+    claims = {c.queue_id: c for c in store.claim_due(T0, "w", 10)}
+    assert [claims[m.queue_id].send_at for m in (kept, redacted)] == [T0, T0]
+    store.release_stale_claims(T0, max_crashes=3, exclude=[claims[m.queue_id].id
+                                                            for m in (kept, redacted, deferred)])
+    later = T0 + secs(5)
+    attempts = [
+        store.Attempt(claims[kept.queue_id].id, "w", later, delivered=["a@dest.test"]),
+        store.Attempt(claims[lost.queue_id].id, "w", later, delivered=["a@dest.test"]),
+        store.Attempt(claims[redacted.queue_id].id, "w", later, delivered=["a@dest.test"]),
+        store.Attempt(claims[deferred.queue_id].id, "w", later, delivered=["a@dest.test"],
+                      deferred={"b@dest.test": TEMP}, retry_at=later + secs(300)),
+    ]
+    assert store.record_attempts(attempts) == [
+        store.AttemptOutcome("delivered", True, False), None, store.AttemptOutcome("delivered", True, True),
+        store.AttemptOutcome("deferred", False, False)]
+    assert store.get_email(kept.queue_id).body == b"secret body\r\n"
+    assert store.get_email(redacted.queue_id).body is None
+    again = store.get_email(deferred.queue_id)
+    assert again.next_attempt_at == later + secs(300) and again.claimed_at is None
+    assert [(r.address, r.status, r.code) for r in again.recipients] == [
+        ("a@dest.test", "delivered", None), ("b@dest.test", "deferred", 451)]
+    assert store.get_email(lost.queue_id).status == "queued", "a lost claim leaves its message alone"
+    assert [e.code for e in store.list_smtp_errors("example.test")] == [451]

@@ -21,6 +21,7 @@ from .. import store
 from ..config import QueueConfig
 from . import dkim, dsn
 from .context import Context
+from .groupcommit import GroupCommitter
 from .replies import SmtpError
 
 __all__ = ["AttemptPlan", "QueueService", "backoff", "plan_attempt"]
@@ -95,6 +96,8 @@ class QueueService:
         self._stop = asyncio.Event()
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._unrecorded: dict[int, _Finished] = {}  # outcomes the store could not take yet
+        self._recorder: GroupCommitter[store.Attempt, store.AttemptOutcome | None] = GroupCommitter(
+            ctx.blocking, store.record_attempts, store.utcnow)
         self._runner: asyncio.Task[None] | None = None
         self._checkpoint_owed = False
         self._last_checkpoint = 0.0
@@ -235,15 +238,15 @@ class QueueService:
         await self._record(_Finished(email, now, plan, notices))
 
     async def _record(self, finished: _Finished) -> None:
-        """Write an attempt's outcome. While the store cannot take it (locked, full, read-only) it is kept
-        and written on a later tick: the message is neither left claimed nor delivered twice."""
+        """Write an attempt's outcome, in one transaction with the outcomes of attempts that end meanwhile.
+        While the store cannot take it (locked, full, read-only) it is kept and written on a later tick:
+        the message is neither left claimed nor delivered twice."""
         email, plan, notices = finished.email, finished.plan, finished.notices
         try:
-            outcome = await self.ctx.blocking.db(
-                store.record_attempt, email.id, email.token, finished.now, delivered=plan.delivered,
-                deferred=plan.deferred, bounced=plan.bounced, retry_at=plan.retry_at, notices=notices,
-                delay_notified=plan.delay_notice,
-            )
+            outcome = await self._recorder.submit(store.Attempt(
+                email.id, email.token, finished.now, plan.delivered, plan.deferred, plan.bounced,
+                plan.retry_at, notices, plan.delay_notice,
+            ))
         except Exception as exc:
             if not store.unavailable(exc):
                 self._unrecorded.pop(email.id, None)

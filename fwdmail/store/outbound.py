@@ -2,6 +2,9 @@
 
 Time-dependent verbs take `now` (naive UTC). Callers get plain records, never peewee objects. Verbs that
 read and then write begin IMMEDIATE, so they wait for another writer instead of failing on a stale snapshot.
+The verbs every submitted message goes through (`enqueue`, `claim_due`, `record_attempts`) use fixed
+parameterised SQL (plain SQL that PostgreSQL takes as well) instead of building peewee queries, whose
+compilation cost more than SQLite's work on them.
 """
 
 from __future__ import annotations
@@ -9,20 +12,18 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol
-
-import peewee as pw
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from .directory import NotFound
 from .errorlog import log_smtp_errors
-from .models import Account, Alias, Domain, OutboundEmail, OutboundRecipient, database
+from .models import Alias, Domain, OutboundEmail, OutboundRecipient, database
 
 __all__ = [
-    "EMAIL_STATUSES", "FINAL_STATUSES", "PENDING_STATUSES", "AttemptOutcome", "ClaimedEmail", "EmailRecord",
-    "LoginRecord", "NewEmail", "RecipientRecord", "claim_due", "delete_email", "enqueue", "get_email",
-    "list_emails", "login_record", "new_queue_id", "record_attempt", "record_crash", "release_claims",
-    "release_stale_claims", "retry_email",
+    "EMAIL_STATUSES", "FINAL_STATUSES", "PENDING_STATUSES", "Attempt", "AttemptOutcome", "ClaimedEmail",
+    "EmailRecord", "LoginRecord", "NewEmail", "RecipientRecord", "claim_due", "delete_email", "enqueue",
+    "get_email", "list_emails", "login_record", "new_queue_id", "record_attempt", "record_attempts",
+    "record_crash", "release_claims", "release_stale_claims", "retry_email",
 ]
 
 PENDING_STATUSES = ("queued", "deferred")
@@ -136,10 +137,49 @@ class ClaimedEmail:
 
 
 @dataclass(frozen=True)
+class Attempt:
+    """One delivery attempt of a claimed message, as `record_attempts` writes it."""
+
+    email_id: int
+    token: str
+    now: dt.datetime
+    delivered: Sequence[str] = ()
+    deferred: Mapping[str, Reply] = field(default_factory=dict)
+    bounced: Mapping[str, Reply] = field(default_factory=dict)
+    retry_at: dt.datetime | None = None
+    notices: Sequence[NewEmail] = ()
+    delay_notified: bool = False
+
+
+@dataclass(frozen=True)
 class AttemptOutcome:
     status: str
     final: bool
     redacted: bool
+
+
+def _sql(text: str) -> str:
+    """`text` with its `?` placeholders in the connected database's style."""
+    param = database.param
+    return text if param == "?" else text.replace("?", param)
+
+
+def _run(text: str, params: Sequence[Any] = ()) -> Any:
+    return database.execute_sql(_sql(text), params)
+
+
+def _run_many(text: str, rows: Sequence[Sequence[Any]]) -> None:
+    if rows:
+        database.cursor().executemany(_sql(text), rows)
+
+
+def _when(value: object) -> dt.datetime:
+    """A timestamp read by plain SQL (SQLite gives text), as peewee would return it."""
+    return OutboundEmail.created_at.python_value(value)  # type: ignore[no-any-return]
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
 
 
 def _blob(value: object) -> bytes | None:
@@ -172,17 +212,29 @@ def login_record(domain: str, kind: str, local: str) -> LoginRecord | None:
     return LoginRecord(row.id, row.domain.name, row.kind, row.local, row.password_hash)
 
 
-def _insert(email: NewEmail, domain_id: int, now: dt.datetime) -> None:
+_INSERT_EMAIL = (
+    'INSERT INTO "outbound_email" (queue_id, domain_id, alias_id, mail_from, headers, body, size, subject, '
+    "date_header, status, created_at, send_at, next_attempt_at, attempts, crash_count, delay_notified, "
+    "dsn_sent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?) RETURNING id"
+)
+_INSERT_RECIPIENT = ('INSERT INTO "outbound_recipient" (email_id, address, status, attempts, updated_at) '
+                     "VALUES (?, ?, ?, 0, ?)")
+
+
+def _insert(email: NewEmail, domain_id: int, now: dt.datetime) -> int:
     send_at = max(email.send_at or now, now)
-    row = OutboundEmail.create(
-        queue_id=email.queue_id, domain=domain_id, alias=email.alias_id, mail_from=email.mail_from,
-        headers=email.headers, body=email.body, size=len(email.headers) + 2 + len(email.body),
-        subject=email.subject, date_header=email.date_header, status="queued", created_at=now,
-        send_at=send_at, next_attempt_at=send_at,
-    )
-    OutboundRecipient.insert_many(
-        [{"email": row.id, "address": a, "updated_at": now} for a in email.recipients]
-    ).execute()
+    (email_id,) = _run(_INSERT_EMAIL, (
+        email.queue_id, domain_id, email.alias_id, email.mail_from, email.headers, email.body,
+        len(email.headers) + 2 + len(email.body), email.subject, email.date_header, "queued", now, send_at,
+        send_at, False, False,
+    )).fetchone()
+    _run_many(_INSERT_RECIPIENT, [(email_id, a, "queued", now) for a in email.recipients])
+    return int(email_id)
+
+
+def _domain_ids(names: set[str]) -> dict[str, int]:
+    rows = _run(f'SELECT name, id FROM "domain" WHERE name IN ({_marks(len(names))})', sorted(names))
+    return dict(rows.fetchall())
 
 
 def enqueue(emails: Sequence[NewEmail], now: dt.datetime) -> list[str]:
@@ -190,8 +242,7 @@ def enqueue(emails: Sequence[NewEmail], now: dt.datetime) -> list[str]:
     if not emails:
         return []
     with database.atomic("IMMEDIATE"):
-        names = {e.domain for e in emails}
-        ids = {d.name: d.id for d in Domain.select(Domain.id, Domain.name).where(Domain.name.in_(names))}
+        ids = _domain_ids({e.domain for e in emails})
         for email in emails:
             if email.domain not in ids:
                 raise NotFound(f"no domain {email.domain}")
@@ -199,58 +250,66 @@ def enqueue(emails: Sequence[NewEmail], now: dt.datetime) -> list[str]:
     return [e.queue_id for e in emails]
 
 
+_DUE = ('SELECT id FROM "outbound_email" WHERE status IN (?, ?) AND next_attempt_at <= ? '
+        "AND claimed_at IS NULL ORDER BY next_attempt_at, id LIMIT ?")
+_CLAIMED = (
+    "SELECT e.id, e.queue_id, d.name, d.dkim_selector, d.dkim_private_key, a.email, e.mail_from, e.headers, "
+    "e.body, e.created_at, e.send_at, e.attempts, e.delay_notified "
+    'FROM "outbound_email" e JOIN "domain" d ON d.id = e.domain_id JOIN "account" a ON a.id = d.account_id '
+    "WHERE e.id IN ({}) ORDER BY e.next_attempt_at, e.id"
+)
+
+
 def claim_due(now: dt.datetime, token: str, limit: int) -> list[ClaimedEmail]:
     """Claim up to `limit` unclaimed messages due at `now` (oldest due first) for the worker `token`."""
     if limit <= 0:
         return []
-    due = (
-        OutboundEmail.select(OutboundEmail.id)
-        .where(OutboundEmail.status.in_(PENDING_STATUSES), OutboundEmail.next_attempt_at <= now,
-               OutboundEmail.claimed_at.is_null())
-        .order_by(OutboundEmail.next_attempt_at, OutboundEmail.id)
-        .limit(limit)
-    )
-    if not due.exists():
+    due = (*PENDING_STATUSES, now, limit)
+    if _run(_DUE, due).fetchone() is None:
         return []  # the common idle poll: a read, no write lock
     with database.atomic("IMMEDIATE"):
-        ids = [r.id for r in due]
+        ids = [r[0] for r in _run(_DUE, due).fetchall()]
         if not ids:
             return []
-        OutboundEmail.update(claimed_at=now, claim_token=token).where(OutboundEmail.id.in_(ids)).execute()
+        marks = _marks(len(ids))
+        _run(f'UPDATE "outbound_email" SET claimed_at = ?, claim_token = ? WHERE id IN ({marks})',
+             (now, token, *ids))
         pending: dict[int, list[str]] = {i: [] for i in ids}
-        for r in (OutboundRecipient.select(OutboundRecipient.email, OutboundRecipient.address)
-                  .where(OutboundRecipient.email.in_(ids),
-                         OutboundRecipient.status.in_(PENDING_STATUSES))
-                  .order_by(OutboundRecipient.id)):
-            pending[r.email_id].append(r.address)
-        rows = (
-            OutboundEmail.select(OutboundEmail, Domain, Account).join(Domain).join(Account)
-            .where(OutboundEmail.id.in_(ids)).order_by(OutboundEmail.next_attempt_at, OutboundEmail.id)
-        )
-        return [
-            ClaimedEmail(
-                e.id, e.queue_id, token, e.domain.name, e.domain.dkim_selector, e.domain.dkim_private_key,
-                e.domain.account.email, e.mail_from, bytes(e.headers), bytes(e.body or b""),
-                tuple(pending[e.id]), e.created_at, e.send_at or e.created_at, e.attempts, e.delay_notified,
-            )
-            for e in rows
-        ]
+        for email_id, address in _run(
+                f'SELECT email_id, address FROM "outbound_recipient" WHERE email_id IN ({marks}) '
+                "AND status IN (?, ?) ORDER BY id", (*ids, *PENDING_STATUSES)).fetchall():
+            pending[email_id].append(address)
+        return [_claimed(row, token, pending) for row in _run(_CLAIMED.format(marks), ids).fetchall()]
+
+
+def _claimed(row: tuple[Any, ...], token: str, pending: dict[int, list[str]]) -> ClaimedEmail:
+    (email_id, queue_id, domain, selector, key, account, mail_from, headers, body, created_at, send_at,
+     attempts, delay_notified) = row
+    created = _when(created_at)
+    return ClaimedEmail(
+        email_id, queue_id, token, domain, selector, key, account, mail_from, bytes(headers),
+        bytes(body or b""), tuple(pending[email_id]), created, _when(send_at) if send_at else created,
+        attempts, bool(delay_notified),
+    )
+
+
+_SET_RECIPIENT = (
+    'UPDATE "outbound_recipient" SET status = ?, attempts = attempts + 1, updated_at = ?, code = ?, '
+    'enhanced_code = ?, "text" = ? WHERE email_id = ? AND address = ? AND status IN (?, ?)'
+)
 
 
 def _set_recipients(email_id: int, replies: Mapping[str, Reply | None], status: str,
                     now: dt.datetime) -> None:
-    for address, reply in replies.items():
-        OutboundRecipient.update(
-            status=status, attempts=OutboundRecipient.attempts + 1, updated_at=now,
-            code=reply.code if reply else None, enhanced_code=reply.enhanced_code if reply else None,
-            text=reply.text if reply else None,
-        ).where(OutboundRecipient.email == email_id, OutboundRecipient.address == address,
-                OutboundRecipient.status.in_(PENDING_STATUSES)).execute()
+    _run_many(_SET_RECIPIENT, [
+        (status, now, reply.code if reply else None, reply.enhanced_code if reply else None,
+         reply.text if reply else None, email_id, address, *PENDING_STATUSES)
+        for address, reply in replies.items()
+    ])
 
 
-def _log_errors(email: OutboundEmail, domain_name: str, replies: Mapping[str, Reply],
-                now: dt.datetime) -> None:
-    log_smtp_errors([(now, "outbound", domain_name, email.mail_from, r.code, r.enhanced_code, r.text)
+def _log_errors(mail_from: str, domain_name: str, replies: Mapping[str, Reply], now: dt.datetime) -> None:
+    log_smtp_errors([(now, "outbound", domain_name, mail_from, r.code, r.enhanced_code, r.text)
                      for r in replies.values()])
 
 
@@ -269,48 +328,64 @@ def record_attempt(email_id: int, token: str, now: dt.datetime, *,
                    delivered: Sequence[str] = (), deferred: Mapping[str, Reply] | None = None,
                    bounced: Mapping[str, Reply] | None = None, retry_at: dt.datetime | None = None,
                    notices: Sequence[NewEmail] = (), delay_notified: bool = False) -> AttemptOutcome | None:
-    """Record one delivery attempt in one transaction and release the claim.
+    """`record_attempts` of this one attempt."""
+    attempt = Attempt(email_id, token, now, delivered, deferred or {}, bounced or {}, retry_at, notices,
+                      delay_notified)
+    return record_attempts([attempt])[0]
+
+
+def record_attempts(attempts: Sequence[Attempt],
+                    now: dt.datetime | None = None) -> list[AttemptOutcome | None]:
+    """Record delivery attempts in one transaction (one durable commit for all) and release their claims.
 
     Per recipient: delivered, deferred or bounced (with the reply); every deferral and bounce is also an
-    outbound SMTP error log row. `notices` (DSNs, delay notices) are queued in the same transaction. A
-    message with no recipient left pending reaches its final state; its body is redacted at once when
-    its domain keeps none (retention_days 0). Returns None if the message is gone or no longer ours.
+    outbound SMTP error log row. An attempt's `notices` (DSNs, delay notices) are queued in the same
+    transaction. A message with no recipient left pending reaches its final state; its body is redacted at
+    once when its domain keeps none (retention_days 0). Each attempt carries its own time (`now` is only
+    the group committer's). An attempt on a message that is gone or no longer claimed by its token gets
+    None.
     """
-    deferred = deferred or {}
-    bounced = bounced or {}
     with database.atomic("IMMEDIATE"):
-        email = OutboundEmail.get_or_none(OutboundEmail.id == email_id)
-        if email is None or email.claim_token != token:
-            return None
-        domain = Domain.get_by_id(email.domain_id)
-        _set_recipients(email_id, dict.fromkeys(delivered), "delivered", now)
-        _set_recipients(email_id, deferred, "deferred", now)
-        _set_recipients(email_id, bounced, "bounced", now)
-        _log_errors(email, domain.name, {**deferred, **bounced}, now)
-        for notice in notices:
-            _insert(notice, domain.id, now)
-        statuses = [r.status for r in OutboundRecipient.select(OutboundRecipient.status)
-                    .where(OutboundRecipient.email == email_id)]
-        status = _overall_status(statuses)
-        final = status in FINAL_STATUSES
-        changes: dict[pw.Field, object] = {
-            OutboundEmail.status: status, OutboundEmail.attempts: OutboundEmail.attempts + 1,
-            OutboundEmail.claimed_at: None, OutboundEmail.claim_token: None,
-        }
-        if bounced and notices:
-            changes[OutboundEmail.dsn_sent] = True
-        if delay_notified:
-            changes[OutboundEmail.delay_notified] = True
-        redacted = False
-        if final:
-            changes[OutboundEmail.final_at] = now
-            if domain.retention_days == 0:
-                changes[OutboundEmail.body] = None
-                changes[OutboundEmail.redacted_at] = now
-                redacted = True
-        else:
-            changes[OutboundEmail.next_attempt_at] = retry_at or now
-        OutboundEmail.update(changes).where(OutboundEmail.id == email_id).execute()
+        return [_record_attempt(a) for a in attempts]
+
+
+_ATTEMPTED = ('SELECT e.claim_token, e.mail_from, d.id, d.name, d.retention_days FROM "outbound_email" e '
+              'JOIN "domain" d ON d.id = e.domain_id WHERE e.id = ?')
+
+
+def _record_attempt(a: Attempt) -> AttemptOutcome | None:
+    row = _run(_ATTEMPTED, (a.email_id,)).fetchone()
+    if row is None or row[0] != a.token:
+        return None
+    _, mail_from, domain_id, domain_name, retention_days = row
+    _set_recipients(a.email_id, dict.fromkeys(a.delivered), "delivered", a.now)
+    _set_recipients(a.email_id, a.deferred, "deferred", a.now)
+    _set_recipients(a.email_id, a.bounced, "bounced", a.now)
+    if a.deferred or a.bounced:
+        _log_errors(mail_from, domain_name, {**a.deferred, **a.bounced}, a.now)
+    for notice in a.notices:
+        _insert(notice, domain_id, a.now)
+    statuses = [r[0] for r in _run('SELECT status FROM "outbound_recipient" WHERE email_id = ?',
+                                   (a.email_id,)).fetchall()]
+    status = _overall_status(statuses)
+    final = status in FINAL_STATUSES
+    changes: dict[str, object] = {"status": status, "claimed_at": None, "claim_token": None}
+    if a.bounced and a.notices:
+        changes["dsn_sent"] = True
+    if a.delay_notified:
+        changes["delay_notified"] = True
+    redacted = False
+    if final:
+        changes["final_at"] = a.now
+        if retention_days == 0:
+            changes["body"] = None
+            changes["redacted_at"] = a.now
+            redacted = True
+    else:
+        changes["next_attempt_at"] = a.retry_at or a.now
+    assignments = ", ".join(f"{column} = ?" for column in changes)
+    _run(f'UPDATE "outbound_email" SET attempts = attempts + 1, {assignments} WHERE id = ?',
+         (*changes.values(), a.email_id))
     return AttemptOutcome(status, final, redacted)
 
 
