@@ -7,9 +7,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fwdmail.config import from_dict
-from fwdmail.daemon.delivery import Delivery
+from fwdmail.daemon.delivery import Content, Delivery, data_stream
 from fwdmail.daemon.replies import SmtpError
 from tests.support.dns_server import LoopbackDNS
 from tests.support.smtp_sink import SmtpSink
@@ -28,7 +31,7 @@ def make(dns_server: LoopbackDNS, **delivery: Any) -> Delivery:
 
 
 def send(d: Delivery, rcpts: list[str], mail_from: str = "s@src.test",
-         message: bytes = MSG) -> dict[str, SmtpError | None]:
+         message: Content = MSG) -> dict[str, SmtpError | None]:
     async def go() -> dict[str, SmtpError | None]:
         try:
             return await d.send(mail_from, rcpts, message)
@@ -50,6 +53,31 @@ def test_route_delivers_byte_exact(dns_server: LoopbackDNS, sink: SmtpSink) -> N
     assert got.mail_from == "s@src.test"
     assert got.rcpt_tos == ["b@dest.test", "c@dest.test"]
     assert got.data.replace(b"\r\n", b"\n") == MSG.replace(b"\r\n", b"\n")
+
+
+_BITS = st.sampled_from([b".", b"..", b"\r", b"\n", b"\r\n", b"a", b"\r\n.", b"\n.", b"\xe9"])
+_PARTS = st.lists(st.lists(_BITS, max_size=10).map(b"".join), min_size=1, max_size=3)
+
+
+@settings(max_examples=500, deadline=None)
+@given(parts=_PARTS, size=st.integers(1, 8), views=st.booleans())
+def test_the_data_stream_is_aiosmtplibs(parts: list[bytes], size: int, views: bool) -> None:
+    """Written piece by piece, the DATA stream of a message in parts is what aiosmtplib sends for the
+    parts joined: lone CR/LF made CRLF, a final CRLF, line-start dots doubled, the end marker."""
+    whole = b"".join(parts)
+    expected = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(whole)) + b".\r\n"
+    message = tuple(memoryview(p) if views else p for p in parts)
+    assert b"".join(data_stream(message, size)) == expected
+
+
+def test_a_large_message_in_parts_arrives_whole(dns_server: LoopbackDNS, sink: SmtpSink) -> None:
+    """Header parts and a body given as a memoryview, with dot lines across the 256 KiB pieces."""
+    body = b"".join(b"." * (i % 3) + b"b\xc3\xa9" * (i * 7919 % 300) + b"\r\n" for i in range(3000))
+    parts = (b"Received: x\r\n", b"From: a@src.test\r\nSubject: big\r\n", memoryview(b"X" + body)[1:])
+    d = make(dns_server, routes={"dest.test": sink.address})
+    assert send(d, ["b@dest.test"], message=parts) == {"b@dest.test": None}
+    (got,) = sink.wait_for(1)
+    assert got.data == b"".join(parts)
 
 
 def test_null_sender(dns_server: LoopbackDNS, sink: SmtpSink) -> None:
