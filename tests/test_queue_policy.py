@@ -15,6 +15,7 @@ from fwdmail import store
 from fwdmail.config import QueueConfig
 from fwdmail.daemon.queue import backoff, plan_attempt
 from fwdmail.daemon.replies import SmtpError
+from fwdmail.store.models import database
 
 T0 = dt.datetime(2030, 1, 1, 0, 0, 0)
 CFG = QueueConfig()
@@ -220,3 +221,15 @@ def test_attempts_of_several_messages_are_recorded_in_one_transaction(db: Path) 
         ("a@dest.test", "delivered", None), ("b@dest.test", "deferred", 451)]
     assert store.get_email(lost.queue_id).status == "queued", "a lost claim leaves its message alone"
     assert [e.code for e in store.list_smtp_errors("example.test")] == [451]
+
+
+def test_a_claim_leaves_commits_synchronous_again(db: Path) -> None:
+    store.enqueue([new()], T0)
+    synchronous = "PRAGMA synchronous"
+    assert store.claim_due(T0, "w", 10) and database.execute_sql(synchronous).fetchone() == (2,)
+    store.enqueue([store.NewEmail(store.new_queue_id(), "example.test", "a@example.test", ("b@dest.test",),
+                                  b"Subject: x\r\n", b"", send_at=T0)], T0)
+    database.execute_sql("DROP TABLE outbound_recipient")  # the claim's transaction fails half-way
+    with pytest.raises(store.DatabaseFailure):
+        store.claim_due(T0, "w", 10)
+    assert database.execute_sql(synchronous).fetchone() == (2,)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import peewee as pw
@@ -130,6 +131,18 @@ def migrate(db: pw.SqliteDatabase) -> None:
             for version in range(current, SCHEMA_VERSION):
                 MIGRATIONS[version - 1](db)
         Meta.insert(key="schema_version", value=str(SCHEMA_VERSION)).on_conflict_replace().execute()
+
+
+@contextlib.contextmanager
+def unsynced() -> Iterator[None]:
+    """Commits inside need not survive a power loss, only a crash of the process: SQLite writes them to
+    the WAL without an fsync (`synchronous` NORMAL), and the next synchronous commit or checkpoint makes
+    them durable with everything before it. For bookkeeping whose loss repeats work but loses nothing."""
+    database.execute_sql("PRAGMA synchronous = 1")
+    try:
+        yield
+    finally:
+        database.execute_sql(f"PRAGMA synchronous = {PRAGMAS['synchronous']}")
 
 
 def checkpoint() -> None:

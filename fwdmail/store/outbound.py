@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .db import unsynced
 from .directory import NotFound
 from .errorlog import log_smtp_errors
 from .models import Alias, Domain, OutboundEmail, OutboundRecipient, database
@@ -261,13 +262,17 @@ _CLAIMED = (
 
 
 def claim_due(now: dt.datetime, token: str, limit: int) -> list[ClaimedEmail]:
-    """Claim up to `limit` unclaimed messages due at `now` (oldest due first) for the worker `token`."""
+    """Claim up to `limit` unclaimed messages due at `now` (oldest due first) for the worker `token`.
+
+    The claim is committed without an fsync: if a power loss takes it back, the message is merely due
+    again (the commit that records its delivery attempt syncs the claim with it).
+    """
     if limit <= 0:
         return []
     due = (*PENDING_STATUSES, now, limit)
     if _run(_DUE, due).fetchone() is None:
         return []  # the common idle poll: a read, no write lock
-    with database.atomic("IMMEDIATE"):
+    with unsynced(), database.atomic("IMMEDIATE"):
         ids = [r[0] for r in _run(_DUE, due).fetchall()]
         if not ids:
             return []
