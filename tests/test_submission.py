@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import email.utils
+import json
 import smtplib
 import time
 from collections.abc import Iterator
@@ -143,6 +144,26 @@ def test_parallel_guesses_from_one_ip_cannot_outrun_the_limit(daemon: Daemon, pw
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
         codes = list(pool.map(guess, range(12)))
     assert sorted(codes) == [421] * (12 - MAX_FAILURES) + [535] * MAX_FAILURES
+
+
+def test_a_remembered_login_ends_with_a_new_password_and_never_admits_a_wrong_one(
+        daemon: Daemon, pw: dict[str, str]) -> None:
+    alias = "rotating@example.test"
+    daemon.cli("alias", "add", alias, "someone@dest.test")
+    old = json.loads(daemon.cli("alias", "password", alias, "--json").output)["password"]
+    for _ in range(2):  # the second login is answered from the login cache
+        with connect(daemon, source="127.0.0.31") as s:
+            assert login_once(s, alias, old)[0] == 235
+    with connect(daemon, source="127.0.0.32") as s:
+        assert login_once(s, alias, old + "x")[0] == 535
+    new = json.loads(daemon.cli("alias", "password", alias, "--json").output)["password"]
+    with connect(daemon, source="127.0.0.33") as s:
+        assert login_once(s, alias, old)[0] == 535, "the old password is refused once it was changed"
+    with connect(daemon, source="127.0.0.31") as s:
+        assert login_once(s, alias, new)[0] == 235
+    daemon.cli("alias", "remove", alias)
+    with connect(daemon, source="127.0.0.34") as s:
+        assert login_once(s, alias, new)[0] == 535, "a removed alias cannot log in"
 
 
 def test_sender_spoofing_is_refused(daemon: Daemon, pw: dict[str, str]) -> None:

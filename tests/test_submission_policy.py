@@ -14,7 +14,14 @@ from fwdmail.daemon import replies
 from fwdmail.daemon.executor import Blocking
 from fwdmail.daemon.groupcommit import GroupCommitter
 from fwdmail.daemon.replies import SmtpError
-from fwdmail.daemon.submission import AuthLimiter, Login, parse_header_block, prepare_message, split_message
+from fwdmail.daemon.submission import (
+    AuthLimiter,
+    Login,
+    LoginCache,
+    parse_header_block,
+    prepare_message,
+    split_message,
+)
 
 NOW = dt.datetime(2030, 5, 1, 12, 0, 0)
 CFG = SubmissionConfig()
@@ -78,6 +85,22 @@ def test_limiter_turns_serialise_one_ip_and_are_forgotten_after() -> None:
     asyncio.run(scenario())
     assert checked.count("a") == 2 and checked.count("b") == 2
     assert lim._turns == {}, "no IP is remembered once its logins are checked"
+
+
+def test_login_cache_matches_only_the_same_password_and_hash_until_it_expires() -> None:
+    cache = LoginCache(ttl=60, max_entries=2)
+    assert not cache.verified(1, "hash-a", "secret", 0)
+    cache.remember(1, "hash-a", "secret", 0)
+    assert cache.verified(1, "hash-a", "secret", 59)
+    assert not cache.verified(1, "hash-a", "Secret", 59)
+    assert not cache.verified(2, "hash-a", "secret", 59), "per alias"
+    assert not cache.verified(1, "hash-b", "secret", 59), "a changed password hash forgets the entry"
+    assert not cache.verified(1, "hash-a", "secret", 59)
+    cache.remember(1, "hash-a", "secret", 0)
+    assert not cache.verified(1, "hash-a", "secret", 60), "expired"
+    for alias in (1, 2, 3):
+        cache.remember(alias, "h", "p", 0)
+    assert [cache.verified(a, "h", "p", 1) for a in (1, 2, 3)] == [False, True, True], "bounded"
 
 
 @pytest.mark.parametrize(("login", "address", "ok"), [

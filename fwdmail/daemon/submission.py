@@ -16,6 +16,8 @@ import datetime as dt
 import email.errors
 import email.header
 import email.utils
+import hashlib
+import hmac
 import logging
 import re
 import secrets
@@ -38,7 +40,7 @@ from .replies import SmtpError
 from .smtpserver import Sessions, SmtpServer
 
 __all__ = [
-    "AuthLimiter", "Login", "Prepared", "SubmissionHandler", "SubmissionService",
+    "AuthLimiter", "Login", "LoginCache", "Prepared", "SubmissionHandler", "SubmissionService",
     "parse_header_block", "prepare_message", "split_message",
 ]
 
@@ -122,6 +124,42 @@ class AuthLimiter:
     def _trim(self, table: dict[str, Any]) -> None:
         while len(table) > self.max_entries:
             del table[next(iter(table))]
+
+
+class LoginCache:
+    """Passwords verified recently, so a client that logs in again with the same password (a new session
+    per message is common) does not cost another scrypt.
+
+    Kept in memory only, per alias: the stored password hash it was verified against and an HMAC-SHA256 of
+    the password under a key made at start. An entry holds for `ttl` seconds (monotonic) and only while
+    the stored hash is the same, so a changed password or a removed alias is never let in by it. A wrong
+    password never matches and gets the full scrypt, so the cache does not shorten a guess.
+    """
+
+    def __init__(self, ttl: float = 900.0, max_entries: int = 10_000) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._key = secrets.token_bytes(32)
+        self._entries: dict[int, tuple[str, bytes, float]] = {}
+
+    def _mac(self, password: str) -> bytes:
+        return hmac.digest(self._key, password.encode(), hashlib.sha256)
+
+    def verified(self, alias_id: int, stored_hash: str, password: str, now: float) -> bool:
+        entry = self._entries.get(alias_id)
+        if entry is None:
+            return False
+        known_hash, mac, until = entry
+        if now >= until or known_hash != stored_hash:
+            del self._entries[alias_id]
+            return False
+        return hmac.compare_digest(mac, self._mac(password))
+
+    def remember(self, alias_id: int, stored_hash: str, password: str, now: float) -> None:
+        self._entries.pop(alias_id, None)
+        self._entries[alias_id] = (stored_hash, self._mac(password), now + self.ttl)
+        while len(self._entries) > self.max_entries:
+            del self._entries[next(iter(self._entries))]
 
 
 # the message
@@ -268,6 +306,7 @@ class SubmissionHandler:
         self.committer = committer
         self.limiter = limiter
         self.on_queued = on_queued
+        self.logins = LoginCache()
         self._dummy_hash: str | None = None
 
     # AUTH
@@ -340,7 +379,8 @@ class SubmissionHandler:
         return username, password  # type: ignore[return-value]
 
     async def authenticate(self, username: bytes, password: bytes) -> Login | None:
-        """The alias these credentials log in as, or None. Costs one scrypt either way."""
+        """The alias these credentials log in as, or None. Costs one scrypt, unless the same password of
+        the alias was verified a short while ago (`LoginCache`)."""
         record = None
         try:
             spec = parse_alias_spec(username.decode("utf-8"))
@@ -350,6 +390,9 @@ class SubmissionHandler:
         if spec is not None and spec.kind in ("exact", "catch-all"):
             record = await self.ctx.blocking.db(store.login_record, spec.domain, spec.kind, spec.local)
         encoded = record.password_hash if record else None
+        if record is not None and encoded is not None and self.logins.verified(
+                record.alias_id, encoded, secret, time.monotonic()):
+            return Login(record.alias_id, record.domain, record.kind, record.local)
         if encoded is None:
             if self._dummy_hash is None:
                 self._dummy_hash = await self.ctx.blocking.cpu(keys.hash_password, secrets.token_hex(16))
@@ -357,6 +400,7 @@ class SubmissionHandler:
         ok = await self.ctx.blocking.cpu(keys.verify_password, secret, encoded)
         if not ok or record is None or record.password_hash is None:
             return None
+        self.logins.remember(record.alias_id, record.password_hash, secret, time.monotonic())
         return Login(record.alias_id, record.domain, record.kind, record.local)
 
     # the transaction
