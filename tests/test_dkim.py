@@ -19,8 +19,9 @@ from pathlib import Path
 import dkim as dkimpy
 import pytest
 
-from fwdmail import keys
+from fwdmail import keys, store
 from fwdmail.daemon import dkim
+from fwdmail.daemon.queue import sign_all
 from tests.conftest import require_tool
 from tests.outbound_support import add_domain, message, queue_id, submit, wait_status
 from tests.support.daemon import Daemon
@@ -202,3 +203,20 @@ def test_delivered_mail_verifies_with_opendkim(delivered: tuple[bytes, str, str]
     assert good.returncode == 0, good.stderr
     bad = opendkim_testmsg(data.replace(b"Hello", b"Hallo"), name, value, tmp_path)
     assert bad.returncode != 0 and "signature" in bad.stderr.lower(), "OpenDKIM really checks"
+
+
+def test_a_signing_batch_signs_each_message_and_a_bad_key_fails_alone(key: tuple[str, bytes]) -> None:
+    pem, record = key
+
+    def claimed(n: int, private_key: str) -> store.ClaimedEmail:
+        head, _, body = MSG.replace(b"Hello", f"Hello {n}".encode()).partition(b"\r\n\r\n")
+        return store.ClaimedEmail(n, f"Q{n}", "t", "example.test", "sel", private_key, "owner@owner.test",
+                                  "alice@example.test", head + b"\r\n", body, ("bob@dest.test",), NOW, NOW, 0,
+                                  False)
+
+    batch = [claimed(1, pem), claimed(2, "not a key"), claimed(3, pem)]
+    first, bad, third = sign_all(batch, NOW)
+    assert isinstance(bad, dkim.DkimError)
+    for email, signed in ((batch[0], first), (batch[2], third)):
+        assert isinstance(signed, bytes) and signed.endswith(email.message)
+        assert verify(signed, record)

@@ -14,6 +14,7 @@ import smtplib
 import time
 from collections.abc import Iterator
 
+import dkim as dkimpy
 import pytest
 
 from tests.outbound_support import (
@@ -228,17 +229,22 @@ def test_missing_date_and_message_id_are_added_and_bcc_removed(daemon: Daemon, p
     assert got.mail_from == ALICE
 
 
-def test_a_burst_of_concurrent_submissions_is_all_queued(daemon: Daemon, pw: dict[str, str],
-                                                          sink: SmtpSink) -> None:
+def test_a_burst_of_concurrent_submissions_is_all_queued_and_signed(daemon: Daemon, pw: dict[str, str],
+                                                                     sink: SmtpSink) -> None:
+    """The queue claims and signs a burst in batches: each message still arrives once, signed on its own."""
     def one(i: int) -> str:
         return queue_id(submit(daemon, ALICE, pw[ALICE], message(ALICE, subject=f"burst {i}")))
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        ids = list(pool.map(one, range(24)))
-    assert len(set(ids)) == 24
-    got = sink.wait_for(24)
-    assert sorted(header(m.data, "Subject") for m in got) == sorted(f"burst {i}" for i in range(24))
+        ids = list(pool.map(one, range(40)))
+    assert len(set(ids)) == 40
+    got = sink.wait_for(40)
+    assert sorted(header(m.data, "Subject") for m in got) == sorted(f"burst {i}" for i in range(40))
     assert all(show(daemon, q)["status"] == "delivered" for q in ids)
+    assert len(sink.messages) == 40, "each delivered once: a delivered message is never claimed again"
+    (record,) = [r["value"] for r in json.loads(daemon.cli("domain", "dns", "example.test", "--json").output)
+                 if "._domainkey." in r["name"]]
+    assert all(dkimpy.verify(m.data, dnsfunc=lambda name, timeout=5: record.encode()) for m in got)
 
 
 def test_log_lines_name_no_address_and_no_ip(daemon: Daemon, pw: dict[str, str]) -> None:

@@ -30,6 +30,10 @@ log = logging.getLogger("fwdmail.queue")
 
 NO_RESULT = SmtpError(451, "4.3.0", "No delivery result for this recipient, will retry")
 CHECKPOINT_EVERY = 1.0
+CLAIM_WAIT = 0.05
+"""Seconds a free delivery slot may wait for others to free up, so that claims come in batches."""
+SIGN_BATCH = 4
+"""Messages signed in one call on the CPU pool (one thread handoff for several RSA signatures)."""
 
 
 def backoff(attempts: int, cfg: QueueConfig) -> float:
@@ -73,6 +77,22 @@ def plan_attempt(email: store.ClaimedEmail, results: Mapping[str, SmtpError | No
                        may_notify and bool(plan.bounced), delay_notice)
 
 
+def sign_all(emails: list[store.ClaimedEmail], now: dt.datetime) -> list[bytes | Exception]:
+    """Each message DKIM-signed, or the error that kept it from being signed (a bad key fails alone)."""
+    out: list[bytes | Exception] = []
+    for email in emails:
+        try:
+            out.append(dkim.signed_message(email.message, email.domain, email.dkim_selector,
+                                           email.dkim_private_key, now))
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
+_Signed = tuple["asyncio.Future[list[bytes | Exception]]", int]
+"""A message's place in a signing batch: the batch's future and its index there."""
+
+
 @dataclass(frozen=True)
 class _Finished:
     """A delivery attempt that is over, and what to write about it."""
@@ -99,6 +119,8 @@ class QueueService:
         self._recorder: GroupCommitter[store.Attempt, store.AttemptOutcome | None] = GroupCommitter(
             ctx.blocking, store.record_attempts, store.utcnow)
         self._runner: asyncio.Task[None] | None = None
+        self._claim_owed = False  # free slots wait for CLAIM_WAIT, to be claimed together
+        self._last_claim = 0.0
         self._checkpoint_owed = False
         self._last_checkpoint = 0.0
         self._last_sweep = time.monotonic()
@@ -171,19 +193,30 @@ class QueueService:
                     log.info("queue worker: working again")
                 failing = ""
             try:
-                await asyncio.wait_for(self._wake.wait(), self.cfg.poll_interval)
+                await asyncio.wait_for(self._wake.wait(),
+                                       CLAIM_WAIT if self._claim_owed else self.cfg.poll_interval)
             except TimeoutError:
                 pass
+
+    def _claim_now(self, free: int, mono: float) -> bool:
+        """Whether to claim due messages for `free` slots now. While deliveries run, slots are claimed
+        a quarter of `concurrency` at a time, or once the last claim is CLAIM_WAIT old: one claim
+        transaction and one signing handoff serve several messages."""
+        if free <= 0:
+            return False
+        return (not self._tasks or free >= max(1, self.cfg.concurrency // 4)
+                or mono - self._last_claim >= CLAIM_WAIT)
 
     async def _tick(self) -> None:
         for finished in list(self._unrecorded.values()):
             await self._record(finished)
         free = self.cfg.concurrency - len(self._tasks)
-        if free > 0:
-            for email in await self.ctx.blocking.db(store.claim_due, store.utcnow(), self.token, free):
-                task = asyncio.get_running_loop().create_task(self._attempt(email))
-                self._tasks[email.id] = task
-                task.add_done_callback(lambda _t, i=email.id: self._done(i))
+        self._claim_owed = False
+        if self._claim_now(free, time.monotonic()):
+            self._last_claim = time.monotonic()
+            self._start(await self.ctx.blocking.db(store.claim_due, store.utcnow(), self.token, free))
+        else:
+            self._claim_owed = free > 0
         mono = time.monotonic()
         if self._checkpoint_owed and mono - self._last_checkpoint >= CHECKPOINT_EVERY:
             self._checkpoint_owed = False
@@ -199,13 +232,28 @@ class QueueService:
             if released:
                 log.warning("took back %d stale claim(s); %d now held", released, held)
 
+    def _start(self, claimed: list[store.ClaimedEmail]) -> None:
+        """A delivery task per claimed message; their signing is shared out in batches of SIGN_BATCH."""
+        loop = asyncio.get_running_loop()
+        to_sign = [email for email in claimed if email.recipients]
+        signed: dict[int, _Signed] = {}
+        for start in range(0, len(to_sign), SIGN_BATCH):
+            batch = to_sign[start:start + SIGN_BATCH]
+            future = asyncio.ensure_future(self.ctx.blocking.cpu(sign_all, batch, store.utcnow()))
+            future.add_done_callback(_retrieve)  # read by every attempt of the batch, unless all stopped
+            signed.update((email.id, (future, index)) for index, email in enumerate(batch))
+        for email in claimed:
+            task = loop.create_task(self._attempt(email, signed.get(email.id)))
+            self._tasks[email.id] = task
+            task.add_done_callback(lambda _t, i=email.id: self._done(i))
+
     def _done(self, email_id: int) -> None:
         self._tasks.pop(email_id, None)
         self._wake.set()
 
-    async def _attempt(self, email: store.ClaimedEmail) -> None:
+    async def _attempt(self, email: store.ClaimedEmail, signed: _Signed | None) -> None:
         try:
-            await self._deliver(email)
+            await self._deliver(email, signed)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -222,11 +270,13 @@ class QueueService:
                 log.warning("%s held after %d failed attempts to process it", email.queue_id,
                             self.cfg.max_crashes)
 
-    async def _deliver(self, email: store.ClaimedEmail) -> None:
+    async def _deliver(self, email: store.ClaimedEmail, signed: _Signed | None) -> None:
         results: dict[str, SmtpError | None] = {}
-        if email.recipients:
-            message = await self.ctx.blocking.cpu(dkim.signed_message, email.message, email.domain,
-                                                  email.dkim_selector, email.dkim_private_key, store.utcnow())
+        if email.recipients and signed is not None:
+            batch, index = signed
+            message = (await asyncio.shield(batch))[index]
+            if isinstance(message, Exception):
+                raise message
             results = await self.ctx.delivery.send(email.mail_from, email.recipients, message)
         now = store.utcnow()
         plan = plan_attempt(email, results, now, self.cfg)
@@ -280,3 +330,8 @@ class QueueService:
             recipients=(email.account_email,), headers=report.headers, body=report.body,
             subject=report.subject, date_header=now, send_at=now,
         )
+
+
+def _retrieve(future: asyncio.Future[object]) -> None:
+    if not future.cancelled():
+        future.exception()
