@@ -454,7 +454,7 @@ class SubmissionHandler:
             log.warning("could not queue a submitted message: %s", store.failure(exc))
             return (replies.STORAGE_FULL if store.storage_full(exc) else replies.STORE_UNAVAILABLE).reply
         self.on_queued()
-        log.info("queued %s: %d recipient(s), %d bytes", queue_id, len(item.recipients),
+        log.debug("queued %s: %d recipient(s), %d bytes", queue_id, len(item.recipients),
                  len(msg.headers) + len(msg.body))
         return replies.QUEUED.format(queue_id=queue_id)
 
