@@ -13,7 +13,7 @@ import datetime as dt
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from .db import unsynced
 from .directory import NotFound
@@ -304,20 +304,6 @@ _SET_RECIPIENT = (
 )
 
 
-def _set_recipients(email_id: int, replies: Mapping[str, Reply | None], status: str,
-                    now: dt.datetime) -> None:
-    _run_many(_SET_RECIPIENT, [
-        (status, now, reply.code if reply else None, reply.enhanced_code if reply else None,
-         reply.text if reply else None, email_id, address, *PENDING_STATUSES)
-        for address, reply in replies.items()
-    ])
-
-
-def _log_errors(mail_from: str, domain_name: str, replies: Mapping[str, Reply], now: dt.datetime) -> None:
-    log_smtp_errors([(now, "outbound", domain_name, mail_from, r.code, r.enhanced_code, r.text)
-                     for r in replies.values()])
-
-
 def _overall_status(statuses: list[str]) -> str:
     """A message's status after an attempt, from its recipients' statuses."""
     if any(s in PENDING_STATUSES for s in statuses):
@@ -351,27 +337,72 @@ def record_attempts(attempts: Sequence[Attempt],
     None.
     """
     with database.atomic("IMMEDIATE"):
-        return [_record_attempt(a) for a in attempts]
+        return _record_attempts(attempts)
 
 
-_ATTEMPTED = ('SELECT e.claim_token, e.mail_from, d.id, d.name, d.retention_days FROM "outbound_email" e '
-              'JOIN "domain" d ON d.id = e.domain_id WHERE e.id = ?')
+class _Claim(NamedTuple):
+    token: str | None
+    mail_from: str
+    domain_id: int
+    domain: str
+    retention_days: int
 
 
-def _record_attempt(a: Attempt) -> AttemptOutcome | None:
-    row = _run(_ATTEMPTED, (a.email_id,)).fetchone()
-    if row is None or row[0] != a.token:
-        return None
-    _, mail_from, domain_id, domain_name, retention_days = row
-    _set_recipients(a.email_id, dict.fromkeys(a.delivered), "delivered", a.now)
-    _set_recipients(a.email_id, a.deferred, "deferred", a.now)
-    _set_recipients(a.email_id, a.bounced, "bounced", a.now)
-    if a.deferred or a.bounced:
-        _log_errors(mail_from, domain_name, {**a.deferred, **a.bounced}, a.now)
-    for notice in a.notices:
-        _insert(notice, domain_id, a.now)
-    statuses = [r[0] for r in _run('SELECT status FROM "outbound_recipient" WHERE email_id = ?',
-                                   (a.email_id,)).fetchall()]
+_ATTEMPTED = ("SELECT e.id, e.claim_token, e.mail_from, d.id, d.name, d.retention_days "
+              'FROM "outbound_email" e JOIN "domain" d ON d.id = e.domain_id WHERE e.id IN ({})')
+
+
+def _record_attempts(attempts: Sequence[Attempt]) -> list[AttemptOutcome | None]:
+    """The work of `record_attempts` in a few statements for the whole batch, not a few per message."""
+    ids = sorted({a.email_id for a in attempts})
+    claims = {row[0]: _Claim(*row[1:]) for row in _run(_ATTEMPTED.format(_marks(len(ids))), ids).fetchall()}
+    ours: dict[int, Attempt] = {}
+    for a in attempts:
+        row = claims.get(a.email_id)
+        if row is not None and row.token == a.token and a.email_id not in ours:
+            ours[a.email_id] = a
+    if not ours:
+        return [None] * len(attempts)
+    _run_many(_SET_RECIPIENT, [
+        (status, a.now, reply.code if reply else None, reply.enhanced_code if reply else None,
+         reply.text if reply else None, a.email_id, address, *PENDING_STATUSES)
+        for a in ours.values()
+        for status, replies in (("delivered", dict.fromkeys(a.delivered)), ("deferred", a.deferred),
+                                ("bounced", a.bounced))
+        for address, reply in replies.items()
+    ])
+    log_smtp_errors([
+        (a.now, "outbound", claims[a.email_id].domain, claims[a.email_id].mail_from, r.code, r.enhanced_code,
+         r.text)
+        for a in ours.values() for r in (*a.deferred.values(), *a.bounced.values())
+    ])
+    for a in ours.values():
+        for notice in a.notices:
+            _insert(notice, claims[a.email_id].domain_id, a.now)
+    statuses: dict[int, list[str]] = {email_id: [] for email_id in ours}
+    for email_id, status in _run(f'SELECT email_id, status FROM "outbound_recipient" WHERE email_id IN '
+                                 f"({_marks(len(ours))})", list(ours)).fetchall():
+        statuses[email_id].append(status)
+    outcomes: dict[int, AttemptOutcome] = {}
+    updates: dict[tuple[str, ...], list[tuple[object, ...]]] = {}
+    for email_id, a in ours.items():
+        outcomes[email_id], changes = _attempt_changes(a, statuses[email_id], claims[email_id].retention_days)
+        updates.setdefault(tuple(changes), []).append((*changes.values(), email_id))
+    for columns, rows in updates.items():
+        assignments = ", ".join(f"{column} = ?" for column in columns)
+        _run_many(f'UPDATE "outbound_email" SET attempts = attempts + 1, {assignments} WHERE id = ?', rows)
+    seen: set[int] = set()
+    out: list[AttemptOutcome | None] = []
+    for a in attempts:
+        first = ours.get(a.email_id) is a and a.email_id not in seen
+        seen.add(a.email_id)
+        out.append(outcomes[a.email_id] if first else None)
+    return out
+
+
+def _attempt_changes(a: Attempt, statuses: list[str],
+                     retention_days: int) -> tuple[AttemptOutcome, dict[str, object]]:
+    """An attempt's outcome and the columns it sets on its message, given its recipients' statuses."""
     status = _overall_status(statuses)
     final = status in FINAL_STATUSES
     changes: dict[str, object] = {"status": status, "claimed_at": None, "claim_token": None}
@@ -388,10 +419,7 @@ def _record_attempt(a: Attempt) -> AttemptOutcome | None:
             redacted = True
     else:
         changes["next_attempt_at"] = a.retry_at or a.now
-    assignments = ", ".join(f"{column} = ?" for column in changes)
-    _run(f'UPDATE "outbound_email" SET attempts = attempts + 1, {assignments} WHERE id = ?',
-         (*changes.values(), a.email_id))
-    return AttemptOutcome(status, final, redacted)
+    return AttemptOutcome(status, final, redacted), changes
 
 
 def record_crash(email_id: int, token: str, now: dt.datetime, retry_at: dt.datetime,
