@@ -52,37 +52,45 @@ def _parts(message: Content) -> tuple[bytes | memoryview, ...]:
 
 
 def _raw_pieces(parts: Sequence[bytes | memoryview], size: int) -> Iterator[bytes]:
-    """The bytes of `parts` in pieces of about `size`; no piece but the last ends with a CR, so no CRLF
-    is split between two."""
-    carry = b""
+    """The bytes of `parts` in pieces of about `size` (small parts joined, so a short message is one
+    write); no piece but the last ends with a CR, so no CRLF is split between two."""
+    pending: list[bytes | memoryview] = []
+    room = size
     for part in parts:
         view = memoryview(part)
-        for pos in range(0, len(view), size):
-            piece = bytes(view[pos:pos + size])
-            if carry:
-                piece, carry = carry + piece, b""
-            if piece.endswith(b"\r"):
-                carry, piece = b"\r", piece[:-1]
-            if piece:
-                yield piece
-    if carry:
-        yield carry
+        pos = 0
+        while pos < len(view):
+            taken = view[pos:pos + room]
+            pending.append(taken)
+            pos += len(taken)
+            room -= len(taken)
+            if room == 0:
+                piece = b"".join(pending)
+                pending, room = [], size
+                if piece.endswith(b"\r"):
+                    pending, piece = [b"\r"], piece[:-1]
+                if piece:
+                    yield piece
+    if pending:
+        yield b"".join(pending)
 
 
 def data_stream(message: Content, size: int = _DATA_PIECE) -> Iterator[bytes]:
     """What follows the 354 for `message`, as aiosmtplib sends it (lone CRs and LFs made CRLF, a CRLF
     added at the end if missing, dots at the start of a line doubled, then ".CRLF"), in pieces of
-    about `size` bytes."""
-    line_start, empty = True, True
+    about `size` bytes; the end marker goes with the last piece."""
+    line_start, last = True, b""
     for piece in _raw_pieces(_parts(message), size):
         if not piece.count(b"\r") == piece.count(b"\n") == piece.count(b"\r\n"):
             piece = _LINE_END.sub(b"\r\n", piece)
         piece = piece.replace(b"\n.", b"\n..")
         if line_start and piece[:1] == b".":
             piece = b"." + piece
-        line_start, empty = piece.endswith(b"\n"), False
-        yield piece
-    yield b".\r\n" if line_start and not empty else b"\r\n.\r\n"
+        line_start = piece.endswith(b"\n")
+        if last:
+            yield last
+        last = piece
+    yield last + (b".\r\n" if last and line_start else b"\r\n.\r\n")
 
 
 def _size(message: Content) -> int:

@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 MIN_KEY_BITS = 1024
-BODY_PIECE = 64 * 1024
+BODY_PIECE = 256 * 1024
 HASHES = {b"rsa-sha256": "sha256", b"rsa-sha1": "sha1"}
 Field = tuple[bytes, bytes]  # (name, value): the value as it follows the colon, CRLF-terminated
 
@@ -100,7 +100,12 @@ def _crlf_body(body: bytes) -> bytes:
 
 def _crlf_run_start(data: bytes) -> int:
     """Where the run of CRLF pairs that ends `data` starts (len(data) if `data` does not end in CRLF)."""
-    kept = len(data.rstrip(b"\r\n"))
+    if not data.endswith(b"\r\n"):
+        return len(data)
+    base = max(len(data) - 64, 0)
+    kept = base + len(data[base:].rstrip(b"\r\n"))  # a short tail, without copying all of `data`
+    if kept == base:
+        kept = len(data.rstrip(b"\r\n"))
     tail = data[kept:]
     if not tail.endswith(b"\r\n"):
         return len(data)
@@ -158,7 +163,7 @@ def hash_body(pieces: Iterable[bytes], relaxed: bool, hasher: Any, length: int |
     left = -1 if length is None else length
     sent = False
 
-    def emit(data: bytes) -> None:
+    def emit(data: bytes | memoryview) -> None:
         nonlocal left, sent
         if not data or left == 0:
             return
@@ -192,7 +197,7 @@ def hash_body(pieces: Iterable[bytes], relaxed: bool, hasher: Any, length: int |
             pairs += 1 + (t - 1) // 2
         else:
             emit_held(pairs, cr)
-            emit(piece[:run])
+            emit(memoryview(piece)[:run])
             pairs = (t - run) // 2
         cr = ends_cr
     if cr:
