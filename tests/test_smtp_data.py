@@ -9,6 +9,7 @@ still in step afterwards.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import socket
 import threading
@@ -32,9 +33,11 @@ class Recorder:
 
     def __init__(self) -> None:
         self.contents: list[bytes] = []
+        self.digests: list[bytes] = []
 
     async def handle_DATA(self, server: SmtpServer, session: object, envelope: object) -> str:
         self.contents.append(envelope.content)  # type: ignore[attr-defined]
+        self.digests.append(envelope.digest)  # type: ignore[attr-defined]
         return "250 2.0.0 kept"
 
 
@@ -56,7 +59,7 @@ class LoopbackServer:
 
         def factory() -> SmtpServer:
             return SmtpServer(self.handler, hostname="data.test", data_size_limit=limit, loop=self.loop,
-                              sessions=self.sessions)
+                              sessions=self.sessions, data_hash=hashlib.sha256)
 
         self.server = self.loop.run_until_complete(self.loop.create_server(factory, "127.0.0.1", 0))
         self.port = self.server.sockets[0].getsockname()[1]
@@ -153,6 +156,7 @@ def test_pieces_read_as_lines_would_be(server: LoopbackServer, body: bytes, cuts
         else:
             assert code == 250
             assert server.handler.contents[-1] == expected
+            assert server.handler.digests[-1] == hashlib.sha256(expected).digest()
         assert client.cmd(b"NOOP\r\n")[0] == 250  # what follows the end marker is a command again
     finally:
         client.close()
@@ -206,10 +210,10 @@ def test_unstuffing_piece_by_piece_is_unstuffing_the_whole(body: bytes, cuts: li
     whole = whole.replace(b"\r\n.", b"\r\n")
     bounds = [0, *sorted(c for c in set(cuts) if 0 < c < len(body)), len(body)]
     pieces = [body[a:b] for a, b in itertools.pairwise(bounds)]
-    out, last = [], b"\n"
+    out, last = [], b"\r\n"
     for piece in pieces:
         out.append(_unstuffed(piece, last))
-        last = piece[-1:] or last
+        last = (last + piece)[-2:]
     assert b"".join(out) == whole
 
 
@@ -223,6 +227,7 @@ def test_a_large_message_of_dot_lines_arrives_unstuffed(big_server: LoopbackServ
     try:
         assert code == 250
         assert big_server.handler.contents[-1] == content
+        assert big_server.handler.digests[-1] == hashlib.sha256(content).digest()  # made while reading
     finally:
         client.close()
 

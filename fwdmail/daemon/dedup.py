@@ -11,11 +11,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-__all__ = ["DeliveredMemory", "RateLimiter", "fingerprint", "message_digest"]
+__all__ = ["DeliveredMemory", "RateLimiter", "fingerprint", "message_digest", "message_hasher"]
+
+
+message_hasher = hashlib.sha256
+"""Makes the hash of `message_digest`, for a message hashed piece by piece as it arrives."""
 
 
 def message_digest(message: bytes) -> bytes:
-    return hashlib.sha256(message).digest()
+    return message_hasher(message).digest()
 
 
 def fingerprint(digest: bytes, destination: str) -> bytes:

@@ -32,7 +32,7 @@ from ..addresses import Address, AddressError, parse_address
 from ..logsetup import scrub
 from . import replies, srs
 from .context import Context
-from .dedup import DeliveredMemory, RateLimiter, fingerprint, message_digest
+from .dedup import DeliveredMemory, RateLimiter, fingerprint, message_digest, message_hasher
 from .delivery import Content
 from .executor import Blocking
 from .listeners import close_servers, listen
@@ -399,14 +399,15 @@ class Mx:
                                  for d, a in sorted(routes)])
         return error.reply
 
-    async def message(self, session: SessionInfo, tx: Transaction, data: bytes) -> str:
+    async def message(self, session: SessionInfo, tx: Transaction, data: bytes, digest: bytes = b"") -> str:
         """Forward `data` to every accepted recipient's destinations; the reply per the delivery contract.
+        `digest`: its `message_digest` if already made (the SMTP server makes it while reading).
 
         If the client hangs up meanwhile, forwarding still completes and the destinations that took the
         message are remembered, so the sender's retry does not reach them twice.
         """
         delivered: list[bytes] = []
-        task = asyncio.get_running_loop().create_task(self._counted(session, tx, data, delivered))
+        task = asyncio.get_running_loop().create_task(self._counted(session, tx, data, digest, delivered))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -419,12 +420,12 @@ class Mx:
             for fp in delivered:
                 self.delivered.remember(fp, now)
 
-    async def _counted(self, session: SessionInfo, tx: Transaction, data: bytes,
+    async def _counted(self, session: SessionInfo, tx: Transaction, data: bytes, digest: bytes,
                        delivered: list[bytes]) -> str:
         self.in_flight += 1
         self._idle.clear()
         try:
-            return await self._message(session, tx, data, delivered)
+            return await self._message(session, tx, data, digest, delivered)
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:
@@ -448,7 +449,7 @@ class Mx:
                     group.destinations.append(dest)
         return list(groups.values())
 
-    async def _message(self, session: SessionInfo, tx: Transaction, data: bytes,
+    async def _message(self, session: SessionInfo, tx: Transaction, data: bytes, digest: bytes,
                        delivered: list[bytes]) -> str:
         headers = header_block(data)
         if len(headers) > _MAX_HEADER_BYTES:
@@ -468,7 +469,8 @@ class Mx:
             return replies.FORWARDED
         head = prepend + headers
         body = memoryview(data)[len(headers):]
-        digest = await self.ctx.blocking.cpu_for(len(data))(message_digest, data)
+        if not digest:
+            digest = await self.ctx.blocking.cpu_for(len(data))(message_digest, data)
         now = store.utcnow()
         mono = time.monotonic()
         sender = srs.forward(tx.sender, self.secret, self.srs_domain, now)
@@ -667,7 +669,7 @@ class MxHandler:
     async def handle_DATA(self, server: SmtpServer, session: Session, envelope: object) -> str:
         tx = envelope.state  # type: ignore[attr-defined]
         data = envelope.original_content  # type: ignore[attr-defined]
-        return await self.mx.message(SessionInfo.of(session), tx, data)
+        return await self.mx.message(SessionInfo.of(session), tx, data, getattr(envelope, "digest", b""))
 
     async def handle_DATA_ERROR(self, server: SmtpServer, session: Session, envelope: object,
                                 error: SmtpError) -> str:
@@ -701,6 +703,7 @@ class MxService:
             auth_exclude_mechanism=["LOGIN", "PLAIN"], loop=asyncio.get_running_loop(),
             timeout=self.ctx.config.abuse.idle_timeout, data_timeout=self.ctx.config.abuse.command_timeout,
             max_errors=self.ctx.config.abuse.max_errors_per_session, on_error_reply=self.mx.protocol_error,
+            data_hash=message_hasher,
         )
 
     async def start(self) -> None:

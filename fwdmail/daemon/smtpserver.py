@@ -66,21 +66,23 @@ _PLAIN_PATH = re.compile(
 
 
 def _unstuffed(piece: bytes, last: bytes) -> bytes:
-    """`piece` of message data without the dot that starts a line (RFC 5321 4.5.2); `last` is the byte
-    before it, so a CRLF or CRLF "." split between two pieces is seen as well."""
-    if piece[:1] == b"." and last == b"\n":
+    """`piece` of message data without the dot that starts a line (RFC 5321 4.5.2); `last` is the two
+    bytes before it, so a CRLF or CRLF "." split between two pieces is seen as well."""
+    if piece[:1] == b"." and last == b"\r\n":
         piece = piece[1:]
-    elif piece[:2] == b"\n." and last == b"\r":
+    elif piece[:2] == b"\n." and last[-1:] == b"\r":
         piece = b"\n" + piece[2:]
     return piece.replace(b"\r\n.", b"\r\n")
 
 
 class DataEnvelope(Envelope):
-    """aiosmtpd's Envelope plus `state`, where a handler keeps its per-transaction data."""
+    """aiosmtpd's Envelope plus `state`, where a handler keeps its per-transaction data, and `digest`,
+    the hash of the content made as it was read (b"" unless the server was given `data_hash`)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.state: Any = None
+        self.digest = b""
 
 
 class Sessions:
@@ -158,10 +160,12 @@ class SmtpServer(SMTP):
 
     def __init__(self, handler: Any, *, hostname: str, data_size_limit: int,
                  sessions: Sessions | None = None, data_timeout: float = 0.0, max_errors: int = 0,
-                 on_error_reply: Callable[[str], None] | None = None, **kwargs: Any) -> None:
+                 on_error_reply: Callable[[str], None] | None = None,
+                 data_hash: Callable[[], Any] | None = None, **kwargs: Any) -> None:
         """`data_timeout`: seconds the message data may take to arrive (0: no limit); `max_errors`: error
         replies allowed before 421 and close (0: no limit); `on_error_reply`: called with every 4xx/5xx
-        reply that did not come from a handler hook (syntax errors, limits, timeouts)."""
+        reply that did not come from a handler hook (syntax errors, limits, timeouts); `data_hash`: a
+        hashlib constructor, to fill `DataEnvelope.digest` while the data is read (no pass of its own)."""
         kwargs.setdefault("ident", "ESMTP fwdmail")
         super().__init__(handler, hostname=hostname, data_size_limit=data_size_limit, enable_SMTPUTF8=True,
                          decode_data=False, **kwargs)
@@ -170,6 +174,7 @@ class SmtpServer(SMTP):
         self.max_errors = max_errors
         self.errors = 0
         self.on_error_reply = on_error_reply
+        self.data_hash = data_hash
         self._hook_reply: str | None = None
         # Per instance: aiosmtpd's class-level dict is shared (and mutated) by every session.
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
@@ -372,8 +377,11 @@ class SmtpServer(SMTP):
             if status is MISSING:
                 status = content.reply
         else:
+            content, digest = content
             self.envelope.content = content
             self.envelope.original_content = content
+            if isinstance(self.envelope, DataEnvelope):
+                self.envelope.digest = digest
             # RFC 5321 4.5.3.2.6: the client waits 10 minutes for the reply to the end of data.
             self._reset_timeout(max(self._timeout_duration, _FINAL_REPLY_WAIT))
             status = await self._call_handler_hook("DATA")
@@ -384,9 +392,9 @@ class SmtpServer(SMTP):
         self._set_post_data_state()
         await self.push(status)
 
-    async def _read_data(self) -> bytes | SmtpError | None:
-        """The message up to <CRLF>.<CRLF>, dot-unstuffed; an SmtpError if refused; None if the
-        connection ended.
+    async def _read_data(self) -> tuple[bytes, bytes] | SmtpError | None:
+        """The message up to <CRLF>.<CRLF>, dot-unstuffed, and its digest (b"" without `data_hash`);
+        an SmtpError if refused; None if the connection ended.
 
         The body is read in large pieces (up to the end marker, or as much as is buffered), not line
         by line; lines are only looked at while the input sits at the start of the message.
@@ -401,14 +409,15 @@ class SmtpServer(SMTP):
         finally:
             reader._limit = line_limit
 
-    async def _read_raw_data(self) -> bytes | SmtpError | None:
+    async def _read_raw_data(self) -> tuple[bytes, bytes] | SmtpError | None:
         """The message up to the end marker, without its ".<CRLF>", unstuffed piece by piece into one
         buffer whose bytes are then taken without a copy (BytesIO.getvalue). Bare CRs and LFs are
         counted as it goes: the CRs, the LFs and the CRLFs (one may straddle two pieces) must agree."""
         limit = self.data_size_limit
         out: io.BytesIO | None = io.BytesIO()
+        hasher = self.data_hash() if self.data_hash is not None else None
         size = since_reset = crs = lfs = crlfs = 0
-        last = b"\n"  # the CRLF of the DATA line: the first byte is at the start of a line
+        last = b"\r\n"  # the CRLF of the DATA line: the first byte is at the start of a line
         where = _LINE_START
         while where != _ENDED:
             try:
@@ -430,14 +439,17 @@ class SmtpServer(SMTP):
                 continue
             crs += piece.count(b"\r")
             lfs += piece.count(b"\n")
-            crlfs += piece.count(b"\r\n") + (last == b"\r" and piece[:1] == b"\n")
-            out.write(_unstuffed(piece, last))
-            last = piece[-1:]
+            crlfs += piece.count(b"\r\n") + (last[-1:] == b"\r" and piece[:1] == b"\n")
+            unstuffed = _unstuffed(piece, last)
+            out.write(unstuffed)
+            if hasher is not None:
+                hasher.update(unstuffed)
+            last = (last + piece[-2:])[-2:]
         if out is None:
             return replies.MESSAGE_TOO_BIG
         if not crs == lfs == crlfs:
             return replies.BARE_NEWLINE
-        return out.getvalue()
+        return out.getvalue(), hasher.digest() if hasher is not None else b""
 
     async def _next_piece(self, where: int) -> tuple[bytes, int]:
         """The next piece of message data and where the input then is.
