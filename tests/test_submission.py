@@ -248,8 +248,11 @@ def test_a_burst_of_concurrent_submissions_is_all_queued_and_signed(daemon: Daem
 
 
 def test_log_lines_name_no_address_and_no_ip(daemon: Daemon, pw: dict[str, str]) -> None:
-    submit(daemon, ALICE, pw[ALICE], message(ALICE))
+    qid = queue_id(submit(daemon, ALICE, pw[ALICE], message(ALICE)))
+    wait_status(daemon, qid, "delivered")
     logs = daemon.logs()
-    assert "queued" in logs
+    assert "submission listening" in logs
+    assert [line for line in logs.splitlines() if qid in line and " DEBUG " not in line] == [], \
+        "above debug level a clean submission and delivery log no line of their own"
     for forbidden in (ALICE, "bob@dest.test", "127.0.0.1", "owner@owner.test"):
         assert forbidden not in logs

@@ -314,9 +314,10 @@ class QueueService:
             self._checkpoint_owed = True
         if notices:
             self._wake.set()
-        log.info("%s %s: %d delivered, %d deferred, %d bounced%s", email.queue_id, outcome.status,
-                 len(plan.delivered), len(plan.deferred), len(plan.bounced),
-                 ", report queued" if notices else "")
+        quiet = outcome.status == "delivered" and not notices  # the common case, at debug level
+        log.log(logging.DEBUG if quiet else logging.INFO, "%s %s: %d delivered, %d deferred, %d bounced%s",
+                email.queue_id, outcome.status, len(plan.delivered), len(plan.deferred), len(plan.bounced),
+                ", report queued" if notices else "")
 
     def _report(self, action: str, email: store.ClaimedEmail, failures: Mapping[str, SmtpError],
                 now: dt.datetime, retry_until: dt.datetime | None) -> store.NewEmail:
