@@ -218,8 +218,12 @@ def _without_fields(block: bytes, names: frozenset[bytes]) -> bytes:
     return b"".join(out)
 
 
-def _values(fields: list[tuple[str, str]], name: str) -> list[str]:
-    return [v for n, v in fields if n.lower() == name]
+def _by_name(fields: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """Field values by lowercase name, in order."""
+    found: dict[str, list[str]] = {}
+    for name, value in fields:
+        found.setdefault(name.lower(), []).append(value)
+    return found
 
 
 def _parse_date(value: str) -> dt.datetime:
@@ -239,6 +243,8 @@ def _parse_date(value: str) -> dt.datetime:
 
 
 def _decode_subject(value: str) -> str:
+    if "=?" not in value:
+        return " ".join(value.split())[:998]  # no encoded words: nothing to decode
     try:
         text = str(email.header.make_header(email.header.decode_header(value)))
     except (LookupError, ValueError, UnicodeError, email.errors.HeaderParseError):
@@ -260,15 +266,16 @@ def prepare_message(login: Login, content: bytes, now: dt.datetime, cfg: Submiss
     3.6.3). Raise SmtpError with the reply otherwise.
     """
     block, body = split_message(content)
-    fields = parse_header_block(block)
-    froms = _values(fields, "from")
+    fields = _by_name(parse_header_block(block))
+    froms = fields.get("from", [])
     if len(froms) != 1:
         raise replies.FROM_NOT_ALLOWED
     addresses = [addr for _, addr in email.utils.getaddresses(froms) if addr]
     if len(addresses) != 1 or not login.may_send_as(addresses[0]):
         raise replies.FROM_NOT_ALLOWED
     added: list[str] = []
-    dates = _values(fields, "date")
+    stamp = _rfc5322_date(now)
+    dates = fields.get("date", [])
     if len(dates) > 1:
         raise replies.BAD_DATE
     if dates:
@@ -277,14 +284,14 @@ def prepare_message(login: Login, content: bytes, now: dt.datetime, cfg: Submiss
             raise replies.DATE_TOO_FAR
     else:
         date = now
-        added.append(f"Date: {_rfc5322_date(now)}")
-    if not _values(fields, "message-id"):
+        added.append(f"Date: {stamp}")
+    if "message-id" not in fields:
         added.append(f"Message-ID: <{secrets.token_hex(12)}@{login.domain}>")
-    if _values(fields, "bcc"):
+    if "bcc" in fields:
         block = _without_fields(block, frozenset({b"bcc"}))
-    received = f"Received: by {hostname} (fwdmail) with ESMTPSA id {queue_id};\r\n\t{_rfc5322_date(now)}\r\n"
+    received = f"Received: by {hostname} (fwdmail) with ESMTPSA id {queue_id};\r\n\t{stamp}\r\n"
     headers = received.encode("ascii") + block + "".join(f"{h}\r\n" for h in added).encode("utf-8")
-    subjects = _values(fields, "subject")
+    subjects = fields.get("subject")
     return Prepared(headers, body, _decode_subject(subjects[0]) if subjects else "", date, max(date, now))
 
 
