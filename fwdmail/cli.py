@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -132,6 +133,20 @@ def check_config(state: State, as_json: bool) -> None:
     table("effective configuration (valid)", ["key", "value"], rows)
 
 
+def _event_loop(choice: str) -> tuple[str, Callable[..., int]]:
+    """The event loop `event_loop` asks for: uvloop (if installed, for "auto") or asyncio's own."""
+    if choice == "asyncio":
+        return "asyncio", asyncio.run
+    try:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        if choice == "uvloop":
+            raise click.ClickException(
+                "event_loop = \"uvloop\" but uvloop is not installed: pip install 'fwdmail[fast]'") from None
+        return "asyncio", asyncio.run
+    return "uvloop", uvloop.run
+
+
 @cli.command()
 @click.option("--mx-worker-fd", type=int, default=None, hidden=True)
 @pass_state
@@ -143,14 +158,11 @@ def serve(state: State, mx_worker_fd: int | None) -> None:
 
     rt = state.open()
     store.close_store()
+    loop_name, runner = _event_loop(rt.config.event_loop)
     # An MX worker runs under the serving process, which holds the lock.
     lock = datadir.lock_for_serve(rt.config) if mx_worker_fd is None else None
     logsetup.setup(rt.config.log_level)
-    try:
-        import uvloop  # type: ignore[import-not-found]
-        runner: Callable[..., int] = uvloop.run
-    except ImportError:
-        runner = asyncio.run
+    logging.getLogger("fwdmail.serve").info("event loop: %s", loop_name)
     try:
         code = runner(daemon.run(rt, state.config_path, mx_worker_fd))
     except StartupError as exc:

@@ -255,11 +255,15 @@ class AbuseConfig:
             _hostname(f"{key}.dnsbl_zones", zone)
 
 
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+
+
 @dataclass(frozen=True)
 class Config:
     data_dir: str = DEFAULT_DATA_DIR
     hostname: str = ""
     log_level: str = "info"
+    event_loop: str = "auto"
     shutdown_timeout: float = 30.0
     mx: MxConfig = field(default_factory=MxConfig)
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
@@ -274,6 +278,8 @@ class Config:
     def validate(self, key: str = "") -> None:
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level: must be debug, info, warning or error, got {self.log_level!r}")
+        if self.event_loop not in EVENT_LOOPS:
+            raise ConfigError(f"event_loop: must be auto, asyncio or uvloop, got {self.event_loop!r}")
         if not self.data_dir:
             raise ConfigError("data_dir: must not be empty")
         if self.hostname:
