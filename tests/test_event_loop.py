@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import smtplib
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import dkim as dkimpy
 import pytest
@@ -83,3 +86,15 @@ def test_submission_is_queued_signed_and_delivered(daemon: Daemon, sink: SmtpSin
                  if "._domainkey." in r["name"]]
     assert dkimpy.verify(got.data, dnsfunc=lambda name, timeout=5: record.encode())
     assert got.tls
+
+
+def test_asking_for_uvloop_without_it_is_one_line_and_takes_no_lock(tmp_path: Path) -> None:
+    config = tmp_path / "fwdmail.toml"
+    config.write_text(f'data_dir = "{tmp_path / "data"}"\nevent_loop = "uvloop"\n')
+    hide_uvloop = "import sys; sys.modules['uvloop'] = None; from fwdmail.cli import main; main()"
+    done = subprocess.run([sys.executable, "-c", hide_uvloop, "--config", str(config), "serve"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "Error: event_loop = \"uvloop\" but uvloop is not installed: pip install 'fwdmail[fast]'"]
+    assert not (tmp_path / "data" / "serve.lock").exists()
