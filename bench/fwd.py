@@ -59,6 +59,11 @@ def mx_workers() -> int:
     return int(os.environ.get("FWDMAIL_BENCH_MX_WORKERS") or os.cpu_count() or 1)
 
 
+def event_loop() -> str:
+    """`event_loop` for the bench: `--event-loop` (passed on in FWDMAIL_BENCH_EVENT_LOOP), else "auto"."""
+    return os.environ.get("FWDMAIL_BENCH_EVENT_LOOP") or "auto"
+
+
 def render_config(data_dir: Path, ports: Ports, sink_port: int, capture_port: int, dns: str) -> str:
     """The bench's fwdmail.toml."""
     tables = {
@@ -70,7 +75,8 @@ def render_config(data_dir: Path, ports: Ports, sink_port: int, capture_port: in
         "delivery.routes": {CHECK_DOMAIN: f"{LOOPBACK}:{capture_port}", "*": f"{LOOPBACK}:{sink_port}"},
         "abuse": ABUSE_LIMITS,
     }
-    lines = [f"data_dir = {_toml(str(data_dir))}", 'hostname = "mx.bench.test"']
+    lines = [f"data_dir = {_toml(str(data_dir))}", 'hostname = "mx.bench.test"',
+             f"event_loop = {_toml(event_loop())}"]
     for name, table in tables.items():
         lines.append(f"\n[{name}]")
         lines.extend(f"{json.dumps(k)} = {_toml(v)}" for k, v in table.items())

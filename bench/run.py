@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import importlib.util
 import os
 import platform
 import shutil
@@ -45,6 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, configs)")
     parser.add_argument("--mx-workers", type=int, default=os.cpu_count() or 1,
                         help="fwdmail's [mx] workers (default: one per core)")
+    parser.add_argument("--event-loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                        help="fwdmail's event_loop (default auto: uvloop when it is installed)")
     args = parser.parse_args(argv)
     rows = tuple(r.strip() for r in args.only.split(",") if r.strip())
     unknown = [r for r in rows if r not in ROWS]
@@ -196,6 +199,13 @@ def snapshot(when: str) -> dict[str, Any]:
             "fwdmail_uncommitted_changes": _uncommitted(REPO / "fwdmail")}
 
 
+def _effective_loop(choice: str) -> str:
+    """The loop fwdmail runs on (it uses this interpreter): "auto" is uvloop when importable."""
+    if choice != "auto":
+        return choice
+    return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+
+
 def check_tools() -> None:
     missing = [t for t in REQUIRED_TOOLS if shutil.which(t) is None]
     if missing:
@@ -212,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.mx_workers < 1:
         sys.exit("--mx-workers: at least 1")
     os.environ["FWDMAIL_BENCH_MX_WORKERS"] = str(args.mx_workers)
+    os.environ["FWDMAIL_BENCH_EVENT_LOOP"] = args.event_loop
     check_tools()
     plan = make_plan(args)
     console = Console(width=200)
@@ -220,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(plan, bench, console)
     meta = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": machine(),
             "quick": args.quick, "rows": list(plan.rows), "rounds": plan.rounds,
-            "mx_workers": args.mx_workers, "workloads": [w.label for w in plan.workloads]}
+            "mx_workers": args.mx_workers, "event_loop": _effective_loop(args.event_loop),
+            "workloads": [w.label for w in plan.workloads]}
     runner.say(f"workdir {workdir}; rows: {', '.join(plan.rows)}; {plan.rounds} round(s)")
     try:
         runner.run()
