@@ -137,7 +137,11 @@ def migrate(db: pw.SqliteDatabase) -> None:
 def unsynced() -> Iterator[None]:
     """Commits inside need not survive a power loss, only a crash of the process: SQLite writes them to
     the WAL without an fsync (`synchronous` NORMAL), and the next synchronous commit or checkpoint makes
-    them durable with everything before it. For bookkeeping whose loss repeats work but loses nothing."""
+    them durable with everything before it. For bookkeeping whose loss repeats work but loses nothing.
+    (SQLite only: elsewhere commits stay as the server syncs them.)"""
+    if not isinstance(database.obj, pw.SqliteDatabase):
+        yield
+        return
     database.execute_sql("PRAGMA synchronous = 1")
     try:
         yield
