@@ -152,6 +152,7 @@ class QueueService:
                 await asyncio.wait(pending)
         for finished in list(self._unrecorded.values()):
             await self._record(finished)
+        await self._recorder.drain()  # outcomes of attempts stopped while waiting for their commit
         try:
             await self.ctx.blocking.db(store.release_claims, self.token, store.utcnow())
             await self.ctx.blocking.db(store.wal_checkpoint)
