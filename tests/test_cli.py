@@ -517,7 +517,7 @@ def test_readme_starts_with_the_two_setup_commands() -> None:
     text = README.read_text()
     assert text.splitlines()[:4] == [
         "```sh",
-        "python3 -m pip install -e . && fwdmail serve",
+        'python3 -m pip install -e ".[fast]" && fwdmail serve',
         'python3 -m pip install -e ".[test]" && python3 -m pytest -q',
         "```",
     ]
