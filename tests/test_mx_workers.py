@@ -54,6 +54,15 @@ def workers_of(d: Daemon) -> list[int]:
             if b"--mx-worker-fd" in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
 
+def started_workers(d: Daemon, timeout: float = 20) -> list[int]:
+    """The worker pids once the serving process has started them (the MX port opens first)."""
+    deadline = time.monotonic() + timeout
+    while not (found := workers_of(d)):
+        assert time.monotonic() < deadline, "no MX worker started"
+        time.sleep(0.05)
+    return found
+
+
 def holder_of(client: socket.socket, pids: list[int]) -> int | None:
     """Which of `pids` holds the server end of `client`'s connection."""
     local = client.getsockname()[1]
@@ -81,7 +90,7 @@ def greeted(port: int) -> tuple[socket.socket, bytes]:
 
 def test_both_processes_serve_connections(mx: Daemon, sink: SmtpSink) -> None:
     assert mx.proc is not None
-    workers = workers_of(mx)
+    workers = started_workers(mx)
     assert len(workers) == 1
     clients = [greeted(mx.mx_port) for _ in range(4)]
     try:
@@ -137,12 +146,12 @@ def alive(pid: int) -> bool:
 def test_workers_stop_with_sigterm_and_when_the_server_dies(
         tmp_path: Path, dns_server: LoopbackDNS, downstream: SmtpSink) -> None:
     d = start(tmp_path, dns_server, downstream)
-    workers = workers_of(d)
-    assert workers and all(alive(pid) for pid in workers)
+    workers = started_workers(d)
+    assert all(alive(pid) for pid in workers)
     assert d.stop() == 0
     assert not any(alive(pid) for pid in workers)
     d.start(wait_ports=[d.mx_port])
-    workers = workers_of(d)
+    workers = started_workers(d)
     d.kill()  # SIGKILL: the worker sees its end of the pair close
     deadline = time.monotonic() + 20
     while any(alive(pid) for pid in workers):
