@@ -5,7 +5,8 @@ resolution object and a coroutine per lookup, and pyspf re-evaluates the same re
 of a busy sender. The memo skips both while every answer involved is fresh, so nothing is answered
 that the DNS cache would not have answered too. Only positive answers are kept (a name that appears
 is seen at once); nothing outlives MAX_TTL. SPF results are filed under a keyed hash of client IP,
-envelope sender and HELO: the memo holds no address or IP in the clear, and it lives in memory only.
+envelope sender and HELO, so they name no sender or client in the clear; answers are filed by DNS name,
+as in any DNS cache. All of it lives in memory only, in the process that asked.
 """
 
 from __future__ import annotations
