@@ -34,20 +34,30 @@ class Tally:
     def rows(self) -> list[tuple[str, int]]:
         return [(f.name.replace("_", " "), getattr(self, f.name)) for f in fields(self)]
 
+    def item(self, name: str, tries: int, outcome: str) -> None:
+        """Record one defect class a test attacked: how many tries, and what came of them."""
+        ITEMS[name] = (ITEMS.get(name, (0, ""))[0] + tries, outcome)
+
 
 TALLY = Tally()
+ITEMS: dict[str, tuple[int, str]] = {}  # per attacked item: tries, outcome (printed after the tally)
 
 
 class _SummaryPlugin:
     """Prints the tally once, at the end of the terminal report."""
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        if not TALLY.sessions_held:
+        if not TALLY.sessions_held and not ITEMS:
             return
         width = max(len(name) for name, _ in TALLY.rows())
         terminalreporter.section("hostile input summary")
         for name, value in TALLY.rows():
             terminalreporter.write_line(f"{name:<{width}}  {value:>8}")
+        if ITEMS:
+            terminalreporter.section("hostile items (tries, outcome)")
+            width = max(len(name) for name in ITEMS)
+            for name, (tries, outcome) in sorted(ITEMS.items()):
+                terminalreporter.write_line(f"{name:<{width}}  {tries:>8}  {outcome}")
 
 
 def register_summary(config: pytest.Config) -> None:
