@@ -160,8 +160,9 @@ class RowGate:
             self._clients[key] = used + 1
         return True
 
-    def count(self, error: SmtpError) -> None:
+    def count(self, error: SmtpError, now: float) -> None:
         """Count a refusal of something not hosted here, which no row may name."""
+        self._roll(now)
         _tally(self.not_hosted, error)
 
     def take(self) -> tuple[Counter[tuple[int, str, str]], Counter[tuple[int, str, str]]]:

@@ -229,7 +229,7 @@ class ErrorLogWriter:
     def count(self, error: SmtpError) -> None:
         """A refusal of something not hosted here: counted, never written as a row of its own."""
         if self.gate is not None:
-            self.gate.count(error)
+            self.gate.count(error, time.monotonic())
             self._summarize_later()
 
     def _summarize_later(self) -> None:
