@@ -115,3 +115,20 @@ def test_a_flood_of_refusals_is_a_bounded_number_of_rows(started: Callable[..., 
     assert counted > 0
     TALLY.item("13.2 error-log write flood", sent,
                f"{len(single)} rows + {len(error_rows(d)[before:]) - len(single)} summary row(s)")
+
+
+def test_the_gate_counts_per_network_and_in_total_with_bounded_memory() -> None:
+    from fwdmail.daemon.guessing import ClientKeys, RowGate, Window
+    from fwdmail.daemon.replies import NO_SUCH_USER
+
+    gate = RowGate(per_client=2, total=3, keys=ClientKeys())
+    admitted = [gate.admit(ip, NO_SUCH_USER, 100.0) for ip in ("192.0.2.1", "192.0.2.99", "192.0.2.5",
+                                                               "198.51.100.1", "203.0.113.1")]
+    assert admitted == [True, True, False, True, False], "2 for the /24, then 3 in total"
+    assert gate.admit("203.0.113.1", NO_SUCH_USER, 161.0), "a new minute, a new budget"
+    withheld, _ = gate.take()
+    assert sum(withheld.values()) == 2
+    window = Window(limit=1, length=60.0, max_keys=100)
+    for i in range(1000):
+        window.count(i.to_bytes(4, "big"), 0.0)
+    assert len(window) == 100

@@ -3,7 +3,10 @@
 Untrusted input: everything an SMTP client on port 25 sends (envelope addresses including relay tricks
 and SRS bounces, message bytes: size, header size, loops, smuggling) and the destinations' replies.
 A forwarded message lives in memory only, until the reply after DATA: no row, no file, no log line
-names an address or an IP. Errors (ours and the destinations') go to the SMTP error log, without IP or body.
+names an address or an IP. Errors (ours and the destinations') go to the SMTP error log, without IP or body;
+a refusal is a row only if it names a hosted domain (others are counted), within per-client and
+per-minute write budgets. Invalid SRS recipients are budgeted per client network and in total
+(`guessing.SrsGuard`), so the hash of an SRS address cannot be found by trying.
 
 `MxHandler` only translates aiosmtpd events into calls of `Mx` (sender / recipient / message / refuse)
 and back into replies. `Mx.policies` is the seam for inbound checks (sender authentication, per-IP
