@@ -155,12 +155,31 @@ class SrsConfig:
     domain: str = ""
     secret: str = ""
     max_age_days: int = 21
+    hash_length: int = 4
+    max_invalid_per_client: int = 10
+    max_invalid_total: int = 50
+    invalid_window: float = 3600.0
 
     def validate(self, key: str) -> None:
         if self.domain:
             _hostname(f"{key}.domain", self.domain)
         if not 1 <= self.max_age_days <= 1023:
             raise ConfigError(f"{key}.max_age_days: must be between 1 and 1023, got {self.max_age_days}")
+        if not 4 <= self.hash_length <= 26:
+            raise ConfigError(f"{key}.hash_length: must be from 4 to 26 characters, got {self.hash_length}")
+        _positive(f"{key}.max_invalid_per_client", self.max_invalid_per_client)
+        _positive(f"{key}.max_invalid_total", self.max_invalid_total)
+        _positive(f"{key}.invalid_window", self.invalid_window)
+
+
+@dataclass(frozen=True)
+class ErrorLogConfig:
+    max_rows_per_client_per_minute: int = 20
+    max_rows_per_minute: int = 120
+
+    def validate(self, key: str) -> None:
+        _positive(f"{key}.max_rows_per_client_per_minute", self.max_rows_per_client_per_minute)
+        _positive(f"{key}.max_rows_per_minute", self.max_rows_per_minute)
 
 
 @dataclass(frozen=True)
@@ -274,6 +293,7 @@ class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     abuse: AbuseConfig = field(default_factory=AbuseConfig)
+    error_log: ErrorLogConfig = field(default_factory=ErrorLogConfig)
 
     def validate(self, key: str = "") -> None:
         if self.log_level not in ("debug", "info", "warning", "error"):

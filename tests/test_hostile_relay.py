@@ -193,7 +193,9 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, dns_server: LoopbackDNS,
            downstream: SmtpSink) -> Iterator[Daemon]:
     d = Daemon(tmp_path_factory.mktemp("hostile-relay"), {
         "dns": {"nameservers": [dns_server.address]},
-        "srs": {"secret": SECRET, "max_age_days": 21},
+        # every forged SRS trick must get its 5xx here; the guessing budgets have tests of their own
+        "srs": {"secret": SECRET, "max_age_days": 21, "max_invalid_per_client": 10_000,
+                "max_invalid_total": 10_000},
         "delivery": {"routes": {"*": downstream.address}},  # anything relayed anywhere would land here
         "abuse": {"max_messages_per_ip_per_minute": 10_000, "max_errors_per_session": 1_000,
                   "max_connections_per_ip": 1_000},

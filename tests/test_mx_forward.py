@@ -306,7 +306,7 @@ def test_logs_command_lists_errors_without_ips(mx: Daemon) -> None:
         {k: v for k, v in r.items() if k != "time"} for r in ours]
     assert all(r["domain"] == "ours.test" for r in ours)
     other = json.loads(cli(mx, "logs", "--json", "--domain", "elsewhere.test").stdout)
-    assert [(r["code"], r["enhanced_code"], r["alias"]) for r in other] == [(550, "5.7.1", "")]
+    assert other == [], "a relay attempt is counted, never stored: the log names only hosted domains"
     table = cli(mx, "logs").stdout
     assert "nobody-logged@ours.test" in table and "5.1.1" in table
     everything = json.dumps(error_rows(mx), default=str)

@@ -11,12 +11,11 @@ the sender. An existing Reply-To is kept as it is.
 
 from __future__ import annotations
 
-import email.errors
+import base64
 import email.header
 import email.utils
 import re
-from email import policy
-from email.headerregistry import Address
+import unicodedata
 from typing import TYPE_CHECKING
 
 from .arc import header_fields
@@ -24,7 +23,13 @@ from .arc import header_fields
 if TYPE_CHECKING:
     from .authcheck import AuthReport
 
-__all__ = ["needs_rewrite", "rewrite_from"]
+__all__ = ["from_header", "needs_rewrite", "rewrite_from"]
+
+_NAME_LIMIT = 200
+_LINE = 78
+_WORD_BYTES = 45  # base64 of 45 bytes is 60 characters: "=?utf-8?b?" + 60 + "?=" is 72, one per line
+_PLAIN_NAME = re.compile(r"[\x20-\x7e]*")
+_ALIAS = re.compile(r'[^\s<>"@,;:()\\\[\]]+@[^\s<>"@,;:()\\\[\]]+')
 
 
 def needs_rewrite(report: AuthReport) -> bool:
@@ -48,6 +53,8 @@ def _display_name(raw_value: bytes) -> tuple[str, str]:
 
 def rewrite_from(message: bytes, alias: str) -> bytes:
     """`message` with From set to `alias` (keeping the display name) and Reply-To to the original From."""
+    if not _ALIAS.fullmatch(alias):
+        return message
     fields = header_fields(message)
     froms = [(s, e) for s, e, n in fields if n == b"from"]
     if len(froms) != 1:
@@ -61,13 +68,63 @@ def rewrite_from(message: bytes, alias: str) -> bytes:
         local, _, domain = addr.rpartition("@")
         name = f"{local} at {domain}"
     eol = b"\r\n" if original.endswith(b"\r\n") else b"\n"
-    try:
-        value = str(Address(display_name=name[:200], addr_spec=alias))
-        folded = policy.SMTP.header_factory("From", value).fold(policy=policy.SMTP)
-    except (ValueError, TypeError, IndexError, email.errors.MessageError):
-        return message
-    replacement = folded.encode("ascii", "replace").replace(b"\r\n", eol)
+    replacement = from_header(name, alias).replace(b"\r\n", eol)
     if not any(n == b"reply-to" for _, _, n in fields):
         value = original.partition(b":")[2].rstrip(b"\r\n")
         replacement += b"Reply-To:" + value + eol
     return message[:start] + replacement + message[end:]
+
+
+def _clean_name(name: str) -> str:
+    """The display name without control or format characters, whitespace runs as one space, cut short."""
+    kept = "".join(" " if c.isspace() else c for c in name
+                   if c.isspace() or unicodedata.category(c) not in ("Cc", "Cf", "Cs", "Co", "Cn"))
+    return " ".join(kept.split())[:_NAME_LIMIT].strip()
+
+
+def _encoded_words(name: str) -> list[str]:
+    """`name` as RFC 2047 base64 words of whole UTF-8 characters: atoms holding no specials at all."""
+    words: list[str] = []
+    chunk, size = "", 0
+    for char in name:
+        width = len(char.encode("utf-8"))
+        if chunk and size + width > _WORD_BYTES:
+            words.append(chunk)
+            chunk, size = "", 0
+        chunk, size = chunk + char, size + width
+    if chunk:
+        words.append(chunk)
+    return [f"=?utf-8?b?{base64.b64encode(w.encode('utf-8')).decode('ascii')}?=" for w in words]
+
+
+def _addr_spec(alias: str) -> str:
+    local, _, domain = alias.rpartition("@")
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            pass
+    return f"{local}@{domain}"
+
+
+def from_header(name: str, alias: str) -> bytes:
+    """A complete `From:` field (CRLF-terminated) naming exactly one mailbox, `alias`, with `name` shown.
+
+    We write the field ourselves rather than let a folding algorithm split a quoted string: a plain ASCII
+    name that fits on the line is a quoted string with its quotes and backslashes escaped; any other
+    name (long, non-ASCII, or looking like an encoded word) is a run of base64 encoded words, one per
+    line, which cannot hold a comma, quote or angle bracket that a reader would take for structure.
+    """
+    name = _clean_name(name)
+    angle = f"<{_addr_spec(alias)}>"
+    if not name:
+        return f"From: {angle}\r\n".encode()
+    quoted = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if _PLAIN_NAME.fullmatch(name) and "=?" not in name and len(f"From: {quoted} {angle}") <= _LINE:
+        return f"From: {quoted} {angle}\r\n".encode("ascii")
+    lines = [f"From: {w}" if i == 0 else f" {w}" for i, w in enumerate(_encoded_words(name))]
+    if len(lines[-1]) + 1 + len(angle) <= _LINE:
+        lines[-1] += f" {angle}"
+    else:
+        lines.append(f" {angle}")
+    return ("\r\n".join(lines) + "\r\n").encode()

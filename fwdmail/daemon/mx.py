@@ -3,7 +3,10 @@
 Untrusted input: everything an SMTP client on port 25 sends (envelope addresses including relay tricks
 and SRS bounces, message bytes: size, header size, loops, smuggling) and the destinations' replies.
 A forwarded message lives in memory only, until the reply after DATA: no row, no file, no log line
-names an address or an IP. Errors (ours and the destinations') go to the SMTP error log, without IP or body.
+names an address or an IP. Errors (ours and the destinations') go to the SMTP error log, without IP or body;
+a refusal is a row only if it names a hosted domain (others are counted), within per-client and
+per-minute write budgets. Invalid SRS recipients are budgeted per client network and in total
+(`guessing.SrsGuard`), so the hash of an SRS address cannot be found by trying.
 
 `MxHandler` only translates aiosmtpd events into calls of `Mx` (sender / recipient / message / refuse)
 and back into replies. `Mx.policies` is the seam for inbound checks (sender authentication, per-IP
@@ -24,6 +27,7 @@ import secrets
 import signal
 import socket
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -35,11 +39,12 @@ from .context import Context
 from .dedup import DeliveredMemory, RateLimiter, fingerprint, message_digest, message_hasher
 from .delivery import Content
 from .executor import Blocking
+from .guessing import ClientKeys, RowGate, SrsGuard
 from .listeners import close_servers, listen
 from .replies import SmtpError
 from .routing import DirectoryCache, Route, resolve
 from .smtpserver import Session, Sessions, SmtpServer
-from .workers import Dispatcher, Inbox
+from .workers import Dispatcher, Inbox, share
 
 __all__ = [
     "Accepted", "DataVerdict", "InboundPolicy", "Mx", "MxHandler", "MxService", "SessionInfo", "Transaction",
@@ -52,7 +57,7 @@ SRS_BOUNCE_ALIAS = "(SRS bounce)"
 _RECEIVED = re.compile(rb"(?im)^received[ \t]*:")
 _HELO_OK = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?")
 _REPLY_TEXT_LIMIT = 300
-_PROTOCOL_ROWS_PER_SECOND = 20
+_CLIENT_NOTE = "mx.client"  # Transaction.notes: the client's IP, so a refusal at DATA is gated per client
 _MAX_HEADER_BYTES = 1 << 20  # as Exim's header_maxsize; sane headers are a few KB
 
 
@@ -173,21 +178,36 @@ def _utf8(raw: str) -> bool:
     return True
 
 
+Row = tuple[dt.datetime, str, str, str, int, str, str]
+_SUMMARY_LINES = 5
+
+
+def _counts_text(counts: Counter[tuple[int, str, str]]) -> str:
+    top = counts.most_common(_SUMMARY_LINES)
+    shown = [f"{n} x {code} {enhanced} {text}" for (code, enhanced, text), n in top]
+    rest = sum(counts.values()) - sum(n for _, n in top)
+    return "; ".join(shown) + (f"; {rest} other" if rest else "")
+
+
 class ErrorLogWriter:
     """Writes SMTP error-log rows through the db thread, batching rows that wait together.
 
     Rows the store refuses (locked, full, read-only) are dropped, not kept: the failure is logged once,
-    and how many rows were lost once it works again.
+    and how many rows were lost once it works again. Refusals go through `gate`: past its per-client
+    and per-minute budgets they are only counted, and each minute with any such count ends with one
+    summary row (and refusals of things not hosted here, never written, with one log line of counts).
     """
 
-    def __init__(self, blocking: Blocking) -> None:
+    def __init__(self, blocking: Blocking, gate: RowGate | None = None) -> None:
         self.blocking = blocking
+        self.gate = gate
         self.dropped = 0
-        self._rows: list[tuple[dt.datetime, str, str, str, int, str, str]] = []
+        self._rows: list[Row] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._task: asyncio.Task[None] | None = None
+        self._summary: asyncio.TimerHandle | None = None
 
-    async def write(self, rows: Sequence[tuple[dt.datetime, str, str, str, int, str, str]]) -> None:
+    async def write(self, rows: Sequence[Row]) -> None:
         """Return once `rows` are committed (or the write failed, which is logged)."""
         if not rows:
             return
@@ -197,6 +217,47 @@ class ErrorLogWriter:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
         await asyncio.shield(fut)
+
+    async def refusal(self, rows: Sequence[Row], ip: str | None) -> None:
+        """Write the rows of one refusal of client `ip` (None: not known) if the gate lets them in."""
+        if self.gate is None:
+            await self.write(rows)
+            return
+        now = time.monotonic()
+        admitted = [r for r in rows if self.gate.admit(ip, SmtpError(r[4], r[5], r[6]), now)]
+        if len(admitted) < len(rows):
+            self._summarize_later()
+        await self.write(admitted)
+
+    def count(self, error: SmtpError) -> None:
+        """A refusal of something not hosted here: counted, never written as a row of its own."""
+        if self.gate is not None:
+            self.gate.count(error, time.monotonic())
+            self._summarize_later()
+
+    def _summarize_later(self) -> None:
+        if self._summary is None and self.gate is not None:
+            delay = max(0.0, self.gate.start + 60.0 - time.monotonic())
+            self._summary = asyncio.get_running_loop().call_later(delay, self._summarize)
+
+    def _summarize(self) -> None:
+        self._summary = None
+        if self.gate is None:
+            return
+        withheld, not_hosted = self.gate.take()
+        if not_hosted:
+            log.info("refused %d recipient(s) not hosted here (counted, not logged): %s",
+                     sum(not_hosted.values()), ", ".join(f"{code} {enhanced} x{n}" for (code, enhanced, _), n
+                                                         in not_hosted.most_common(_SUMMARY_LINES)))
+        if withheld:
+            total = sum(withheld.values())
+            (code, enhanced, _), _ = withheld.most_common(1)[0]
+            text = (f"{total} more refusal(s) in the minute, past the error-log write limit, "
+                    f"not written one by one: {_counts_text(withheld)}")
+            log.info("error log: %d refusal(s) past the write limit, summarised in one row", total)
+            self._rows.append((store.utcnow(), "inbound", "", "", code, enhanced, text))
+            if self._task is None or self._task.done():
+                self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
         while self._rows:
@@ -218,6 +279,9 @@ class ErrorLogWriter:
                     w.set_result(None)
 
     async def close(self) -> None:
+        if self._summary is not None:
+            self._summary.cancel()
+            self._summarize()
         if self._task is not None:
             await self._task
 
@@ -261,19 +325,34 @@ class Mx:
         self.hostname = cfg.server_hostname
         self.srs_domain = cfg.srs_domain
         self.srs_max_age = cfg.srs.max_age_days
+        self.srs_hash_length = cfg.srs.hash_length
+        self.srs_lengths = srs.Lengths(cfg.srs.hash_length, cfg.srs.hash_length)
         self.secret = ctx.runtime.srs_secret
         self.directory = DirectoryCache(ctx.blocking)
         self.delivered = DeliveredMemory(self.cfg.dedup_ttl, self.cfg.dedup_max_entries)
         self.notices = RateLimiter(self.cfg.partial_failure_notice_interval)
-        self.errors = ErrorLogWriter(ctx.blocking)
+        # With several MX processes each takes its share: per client rounded up (a client's connections
+        # are spread over them), in total rounded down, so the total stays what the expected time to
+        # forge an SRS address was worked out from (see fwdmail.example.toml).
+        processes = cfg.mx.workers
+        keys = ClientKeys()
+        self.guard = SrsGuard(share(cfg.srs.max_invalid_per_client, processes),
+                              max(1, cfg.srs.max_invalid_total // processes), cfg.srs.invalid_window, keys)
+        self.errors = ErrorLogWriter(ctx.blocking, RowGate(
+            share(cfg.error_log.max_rows_per_client_per_minute, processes),
+            max(1, cfg.error_log.max_rows_per_minute // processes), keys))
         self.policies: list[InboundPolicy] = list(policies)
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._protocol_window = (0.0, 0)
 
     # session events
+
+    async def load_srs_lengths(self) -> None:
+        """Read (or record, on a change) since when `[srs] hash_length` is used: see `srs.lengths`."""
+        path = self.ctx.config.data_path / "srs.hash_length"
+        self.srs_lengths = await self.ctx.blocking.db(srs.lengths, path, self.srs_hash_length, store.utcnow())
 
     async def connect(self, session: SessionInfo) -> SmtpError | None:
         """None to greet the client, or the refusal (logged)."""
@@ -283,10 +362,11 @@ class Mx:
                 break
             err = await policy.connect(session)
         if err is not None:
-            await self._log_ours(err, "", "")
+            await self._log_ours(err, "", "", session)
         return err
 
     def disconnect(self, session: SessionInfo) -> None:
+        self.guard.end_session((session.peer_ip, session.peer_port))
         for policy in self.policies:
             policy.disconnect(session)
 
@@ -294,7 +374,9 @@ class Mx:
         """MAIL FROM: a new transaction, or the refusal (logged; the sender is not)."""
         result = await self._sender(session, raw, options)
         if isinstance(result, SmtpError):
-            await self._log_ours(result, "", "")
+            await self._log_ours(result, "", "", session)
+        else:
+            result.notes[_CLIENT_NOTE] = session.peer_ip
         return result
 
     async def _sender(self, session: SessionInfo, raw: str,
@@ -321,50 +403,50 @@ class Mx:
         return tx
 
     async def recipient(self, session: SessionInfo, tx: Transaction, raw: str) -> Accepted | SmtpError:
-        """RCPT TO: accept the recipient into `tx`, or the refusal (logged)."""
+        """RCPT TO: accept the recipient into `tx`, or the refusal (logged if it names a hosted domain,
+        else only counted: the error log names no stranger's domain or address)."""
+        if self.guard.session_blocked((session.peer_ip, session.peer_port)):
+            self.errors.count(replies.SRS_SESSION_BLOCKED)
+            return replies.SRS_SESSION_BLOCKED
         try:
             if not _utf8(raw):
                 raise AddressError("not UTF-8")
             addr = parse_address(raw)
         except AddressError:
-            await self._log_ours(replies.RELAY_DENIED, "", "")
+            self.errors.count(replies.RELAY_DENIED)
             return replies.RELAY_DENIED
         if len(tx.recipients) >= self.cfg.max_recipients:
             err: SmtpError = replies.TOO_MANY_RECIPIENTS
         elif not addr.local.isascii() and not tx.smtputf8:
             err = replies.NEEDS_SMTPUTF8
         else:
-            route = await self._route(addr)
+            route = await self._route(addr, session)
             if isinstance(route, Route):
                 accepted = Accepted(str(addr), route)
                 for policy in self.policies:
                     refused = await policy.rcpt(session, tx, accepted)
                     if refused is not None:
-                        await self._log_ours(refused, route.domain, route.alias)
+                        await self._log_ours(refused, route.domain, route.alias, session)
                         return refused
                 tx.recipients.append(accepted)
                 return accepted
             err = route
-        if err is replies.RELAY_DENIED:
-            await self._log_ours(err, addr.domain, "")
-        elif addr.domain == self.srs_domain and srs.is_srs(addr.local):
-            await self._log_ours(err, addr.domain, SRS_BOUNCE_ALIAS)  # the address encodes a stranger's
+        if (addr.domain == self.srs_domain and srs.is_srs(addr.local)) or not await self._hosted(addr):
+            self.errors.count(err)  # an SRS local part encodes a stranger's address
         else:
-            await self._log_ours(err, addr.domain, str(addr).lower() if await self._hosted(addr) else "")
+            await self._log_ours(err, addr.domain, str(addr).lower(), session)
         return err
 
     async def _hosted(self, addr: Address) -> bool:
-        """Whether `addr` is ours, so the error log may name it (refusals before routing may not be)."""
-        if addr.domain == self.srs_domain:
-            return True
+        """Whether `addr` is in a hosted domain, so the error log may name it."""
         try:
             return (await self.directory.get()).hosts(addr.domain)
         except Exception:
             return False
 
-    async def _route(self, addr: Address) -> Route | SmtpError:
+    async def _route(self, addr: Address, session: SessionInfo) -> Route | SmtpError:
         if addr.domain == self.srs_domain and srs.is_srs(addr.local):
-            return self._reverse_srs(addr)
+            return self._srs_route(addr, session)
         try:
             directory = await self.directory.get()
         except Exception as exc:
@@ -375,12 +457,23 @@ class Mx:
             return replies.NO_SUCH_USER
         return route
 
+    def _srs_route(self, addr: Address, session: SessionInfo) -> Route | SmtpError:
+        """A bounce to our SRS address, within the guessing budgets: past them it is deferred unchecked."""
+        now = time.monotonic()
+        if self.guard.locked(session.peer_ip, now):
+            return replies.SRS_DEFERRED
+        route = self._reverse_srs(addr)
+        if not isinstance(route, Route):
+            self.guard.invalid((session.peer_ip, session.peer_port), now)
+        return route
+
     def _reverse_srs(self, addr: Address) -> Route | SmtpError:
         now = store.utcnow()
         local = addr.local
         for _ in range(3):
             try:
-                target = parse_address(srs.reverse(local, self.secret, now, self.srs_max_age))
+                reversed_ = srs.reverse(local, self.secret, now, self.srs_max_age, self.srs_lengths)
+                target = parse_address(reversed_)
             except (srs.SrsError, AddressError):
                 return replies.BAD_SRS
             if target.domain == self.srs_domain and srs.is_srs(target.local):
@@ -395,8 +488,9 @@ class Mx:
         """The reply for a message refused as a whole (logged once per alias)."""
         routes = {(a.route.domain, a.route.alias) for a in tx.recipients} if tx else set()
         now = store.utcnow()
-        await self.errors.write([(now, "inbound", d, a, error.code, error.enhanced_code, error.text)
-                                 for d, a in sorted(routes)])
+        client = tx.notes.get(_CLIENT_NOTE) if tx else None
+        await self.errors.refusal([(now, "inbound", d, a, error.code, error.enhanced_code, error.text)
+                                   for d, a in sorted(routes)], client if isinstance(client, str) else None)
         return error.reply
 
     async def message(self, session: SessionInfo, tx: Transaction, data: bytes, digest: bytes = b"") -> str:
@@ -473,7 +567,7 @@ class Mx:
             digest = await self.ctx.blocking.cpu_for(len(data))(message_digest, data)
         now = store.utcnow()
         mono = time.monotonic()
-        sender = srs.forward(tx.sender, self.secret, self.srs_domain, now)
+        sender = srs.forward(tx.sender, self.secret, self.srs_domain, now, self.srs_hash_length)
         jobs = []
         for g in groups:
             pending = [d for d in g.destinations if not self.delivered.seen(fingerprint(digest, d), mono)]
@@ -608,25 +702,18 @@ class Mx:
     def protocol_error(self, reply: str) -> None:
         """Log a 4xx/5xx that no MX decision produced (syntax and sequence errors, limits, timeouts).
 
-        At most `_PROTOCOL_ROWS_PER_SECOND` rows a second, so a client sending garbage cannot turn the
-        error log into a write load; client input that the reply echoes is scrubbed of addresses and IPs.
+        Within the error log's per-minute budget, so a client sending garbage cannot turn the error log
+        into a write load; client input that the reply echoes is scrubbed of addresses and IPs.
         """
-        now = time.monotonic()
-        start, count = self._protocol_window
-        if now - start >= 1.0:
-            start, count = now, 0
-        if count >= _PROTOCOL_ROWS_PER_SECOND:
-            return
-        self._protocol_window = (start, count + 1)
         err = SmtpError.parse(reply.splitlines()[0] if reply else reply)
         row = (store.utcnow(), "inbound", "", "", err.code, err.enhanced_code, scrub(err.text))
-        task = asyncio.get_running_loop().create_task(self.errors.write([row]))
+        task = asyncio.get_running_loop().create_task(self.errors.refusal([row], None))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _log_ours(self, error: SmtpError, domain: str, alias: str) -> None:
-        await self.errors.write([(store.utcnow(), "inbound", domain, alias, error.code, error.enhanced_code,
-                                  error.text)])
+    async def _log_ours(self, error: SmtpError, domain: str, alias: str, session: SessionInfo) -> None:
+        await self.errors.refusal([(store.utcnow(), "inbound", domain, alias, error.code, error.enhanced_code,
+                                    error.text)], session.peer_ip)
 
 
 class MxHandler:
@@ -708,6 +795,7 @@ class MxService:
 
     async def start(self) -> None:
         self.ctx.server_tls()
+        await self.mx.load_srs_lengths()
         workers = self.ctx.config.mx.workers
         if self._inbox_fd is not None:
             self._inbox = Inbox(self._inbox_fd, self._adopt, self.mx.delivered.apply, self.ctx.stopping.set)
