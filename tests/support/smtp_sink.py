@@ -39,6 +39,8 @@ class Received:
     data: bytes
     tls: bool
     peer: str
+    mail_options: tuple[str, ...] = ()
+    """The MAIL FROM parameters, e.g. ``("SIZE=123", "BODY=8BITMIME", "SMTPUTF8")``."""
 
 
 @dataclass
@@ -172,6 +174,7 @@ class _Handler:
                     data=envelope.original_content or b"",
                     tls=session.ssl is not None,
                     peer=_fmt_peer(session.peer),
+                    mail_options=tuple(envelope.mail_options),
                 )
             )
             reply = reply or f"250 2.0.0 OK queued as {n}"
