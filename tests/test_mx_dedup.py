@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from fwdmail.daemon.dedup import DeliveredMemory, RateLimiter, fingerprint, message_digest
 from fwdmail.daemon.mx import count_received, header_block
 
@@ -47,3 +50,32 @@ def test_received_counting_looks_at_headers_only() -> None:
     assert count_received(header_block(msg)) == 2
     assert header_block(b"\r\nReceived: x\r\n") == b""
     assert count_received(header_block(b"Received: only headers\r\n")) == 1
+
+
+def test_in_flight_marks_are_shared_end_with_the_forward_and_expire_when_a_process_died() -> None:
+    notes: list[bytes] = []
+    here = DeliveredMemory(ttl=100, max_entries=10, flight_ttl=5)
+    there = DeliveredMemory(ttl=100, max_entries=10, flight_ttl=5)
+    here.tell = notes.append
+    fp, other = (fingerprint(message_digest(b"m"), d) for d in ("x@dest.test", "y@dest.test"))
+    here.start(fp)
+    here.start(other)
+    for note in notes:
+        there.apply(note)
+    assert here.flying(fp, 0) and there.flying(fp, time.monotonic())
+
+    async def wait_then_land() -> None:
+        waiter = asyncio.ensure_future(there.settle(30))
+        await asyncio.sleep(0)
+        here.land(fp, True, 0)
+        here.land(other, False, 0)
+        for note in notes[2:]:
+            there.apply(note)
+        await asyncio.wait_for(waiter, 5)
+
+    asyncio.run(wait_then_land())
+    now = time.monotonic()
+    assert not there.flying(fp, now) and there.seen(fp, now), "delivered: remembered over there too"
+    assert not there.flying(other, now) and not there.seen(other, now), "not delivered: free to send"
+    there.apply(b"i" + other)
+    assert there.flying(other, now) and not there.flying(other, now + 60), "a dead process's mark expires"

@@ -1,4 +1,5 @@
-"""In-memory memory of "this destination already accepted this message", and notice rate limits.
+"""In-memory memory of "this destination already accepted this message" (or is being sent it right now),
+and notice rate limits.
 
 Untrusted input: message bytes and destination addresses, kept only as SHA-256 fingerprints, in memory,
 bounded in count and time; nothing here is ever written to disk.
@@ -6,6 +7,8 @@ bounded in count and time; nothing here is ever written to disk.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import time
 from collections import OrderedDict
@@ -61,10 +64,20 @@ class _Expiring:
 
 
 class DeliveredMemory:
-    """Fingerprints of (message, destination) pairs a destination accepted, for `ttl` seconds."""
+    """Fingerprints of (message, destination) pairs a destination accepted, for `ttl` seconds, and of
+    those being forwarded right now ("in flight"), here or in another MX process.
 
-    def __init__(self, ttl: float, max_entries: int) -> None:
+    A forward `start`s each fingerprint it is about to send and `land`s it when the destination answered;
+    a parallel session with the same message `settle`s (waits) until the fingerprints it needs are no
+    longer in flight, then finds them `seen` or sends them itself. Another process's marks expire after
+    `flight_ttl` seconds, so a process that died cannot hold a fingerprint for ever.
+    """
+
+    def __init__(self, ttl: float, max_entries: int, flight_ttl: float = 3600.0) -> None:
         self._map = _Expiring(ttl, max_entries)
+        self._remote = _Expiring(flight_ttl, max_entries)
+        self._local: set[bytes] = set()
+        self._waiters: list[asyncio.Future[None]] = []
         self.tell: Callable[[bytes], None] | None = None
         """Set when MX processes share the memory: called with each change, for the other processes."""
 
@@ -84,13 +97,61 @@ class DeliveredMemory:
             self.tell(b"f" + fp)
         self._map.discard(fp)
 
+    def flying(self, fp: bytes, now: float) -> bool:
+        """Whether a session (in this process or another) is forwarding this fingerprint now."""
+        return fp in self._local or self._remote.get(fp, now)
+
+    def start(self, fp: bytes) -> None:
+        """This process starts forwarding `fp` (it must not be `flying`)."""
+        self._local.add(fp)
+        if self.tell is not None:
+            self.tell(b"i" + fp)
+
+    def land(self, fp: bytes, delivered: bool, now: float) -> None:
+        """The forward of `fp` this process started is over; `delivered`: the destination accepted it."""
+        if fp not in self._local:
+            return
+        self._local.discard(fp)
+        if delivered:
+            self.remember(fp, now)
+        elif self.tell is not None:
+            self.tell(b"e" + fp)
+        self._wake()
+
+    async def settle(self, timeout: float) -> None:
+        """Wait until a forward in flight lands (here or in another process), at most `timeout` seconds."""
+        if timeout <= 0:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
     def apply(self, note: bytes) -> None:
         """A change another MX process made (see `tell`)."""
         kind, fp = note[:1], note[1:]
+        if kind == b"i":
+            self._remote.put(fp, time.monotonic())
+            return
         if kind == b"r":
             self._map.put(fp, time.monotonic())
         elif kind == b"f":
             self._map.discard(fp)
+        elif kind != b"e":
+            return
+        self._remote.discard(fp)
+        self._wake()
 
 
 class RateLimiter:

@@ -263,7 +263,10 @@ class Mx:
         self.srs_max_age = cfg.srs.max_age_days
         self.secret = ctx.runtime.srs_secret
         self.directory = DirectoryCache(ctx.blocking)
-        self.delivered = DeliveredMemory(self.cfg.dedup_ttl, self.cfg.dedup_max_entries)
+        timeouts = cfg.delivery
+        self.flight_wait = timeouts.connect_timeout + 2 * timeouts.command_timeout + timeouts.data_timeout
+        """How long a message waits for its copy that another session is forwarding (one try's worth)."""
+        self.delivered = DeliveredMemory(self.cfg.dedup_ttl, self.cfg.dedup_max_entries, 2 * self.flight_wait)
         self.notices = RateLimiter(self.cfg.partial_failure_notice_interval)
         self.errors = ErrorLogWriter(ctx.blocking)
         self.policies: list[InboundPolicy] = list(policies)
@@ -406,26 +409,14 @@ class Mx:
         If the client hangs up meanwhile, forwarding still completes and the destinations that took the
         message are remembered, so the sender's retry does not reach them twice.
         """
-        delivered: list[bytes] = []
-        task = asyncio.get_running_loop().create_task(self._counted(session, tx, data, digest, delivered))
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            task.add_done_callback(lambda t: self._client_gone(t, delivered))
-            raise
+        task = asyncio.get_running_loop().create_task(self._counted(session, tx, data, digest))
+        return await asyncio.shield(task)
 
-    def _client_gone(self, task: asyncio.Task[str], delivered: list[bytes]) -> None:
-        if not task.cancelled() and task.exception() is None:
-            now = time.monotonic()
-            for fp in delivered:
-                self.delivered.remember(fp, now)
-
-    async def _counted(self, session: SessionInfo, tx: Transaction, data: bytes, digest: bytes,
-                       delivered: list[bytes]) -> str:
+    async def _counted(self, session: SessionInfo, tx: Transaction, data: bytes, digest: bytes) -> str:
         self.in_flight += 1
         self._idle.clear()
         try:
-            return await self._message(session, tx, data, digest, delivered)
+            return await self._message(session, tx, data, digest)
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:
@@ -449,8 +440,7 @@ class Mx:
                     group.destinations.append(dest)
         return list(groups.values())
 
-    async def _message(self, session: SessionInfo, tx: Transaction, data: bytes, digest: bytes,
-                       delivered: list[bytes]) -> str:
+    async def _message(self, session: SessionInfo, tx: Transaction, data: bytes, digest: bytes) -> str:
         headers = header_block(data)
         if len(headers) > _MAX_HEADER_BYTES:
             return await self.refuse(tx, replies.HEADER_TOO_BIG)
@@ -472,24 +462,52 @@ class Mx:
         if not digest:
             digest = await self.ctx.blocking.cpu_for(len(data))(message_digest, data)
         now = store.utcnow()
-        mono = time.monotonic()
         sender = srs.forward(tx.sender, self.secret, self.srs_domain, now)
-        jobs = []
-        for g in groups:
-            pending = [d for d in g.destinations if not self.delivered.seen(fingerprint(digest, d), mono)]
-            g.already = len(g.destinations) - len(pending)
-            if pending:
-                received = received_header(session.helo, self.hostname, session, tx.smtputf8,
-                                           self.marker(g.route.alias), now)
-                copy = head
-                for policy in self.policies:
-                    copy = await policy.forward(session, tx, g.route, g.rcpt, copy)
-                jobs.append(self._send(g, sender, pending, (received, copy, body)))
-        outcomes = [item for batch in await asyncio.gather(*jobs) for item in batch]
-        done = {d.lower() for _, d, e in outcomes if e is None}
-        delivered.extend(fingerprint(digest, d) for g in groups for d in g.destinations
-                         if d.lower() in done or self.delivered.seen(fingerprint(digest, d), mono))
-        return await self._conclude(tx, groups, outcomes, digest)
+        fps = {d: fingerprint(digest, d) for g in groups for d in g.destinations}
+        await self._settle(list(fps.values()))
+        started: list[bytes] = []
+        try:
+            mono = time.monotonic()
+            jobs = []
+            outcomes: list[tuple[_Group, str, SmtpError | None]] = []
+            for g in groups:
+                pending = []
+                for d in g.destinations:
+                    if self.delivered.seen(fps[d], mono):
+                        g.already += 1
+                    elif self.delivered.flying(fps[d], mono):
+                        outcomes.append((g, d, replies.FORWARD_IN_PROGRESS))
+                    else:
+                        self.delivered.start(fps[d])
+                        started.append(fps[d])
+                        pending.append(d)
+                if pending:
+                    received = received_header(session.helo, self.hostname, session, tx.smtputf8,
+                                               self.marker(g.route.alias), now)
+                    copy = head
+                    for policy in self.policies:
+                        copy = await policy.forward(session, tx, g.route, g.rcpt, copy)
+                    jobs.append(self._send(g, sender, pending, (received, copy, body)))
+            outcomes += [item for batch in await asyncio.gather(*jobs) for item in batch]
+            mono = time.monotonic()
+            for _, d, e in outcomes:
+                self.delivered.land(fps[d], e is None, mono)
+        finally:
+            for fp in started:
+                self.delivered.land(fp, False, time.monotonic())  # only those not landed above
+        return await self._conclude(tx, groups, outcomes)
+
+    async def _settle(self, fps: list[bytes]) -> None:
+        """Wait (at most `flight_wait`) while another session forwards this message to one of its
+        destinations, so that it is sent once: afterwards it is either remembered as delivered or free."""
+        deadline = time.monotonic() + self.flight_wait
+        waited = False
+        while (mono := time.monotonic()) < deadline and any(
+                self.delivered.flying(fp, mono) and not self.delivered.seen(fp, mono) for fp in fps):
+            if not waited:
+                log.debug("message waits for a copy of it that another session is forwarding")
+                waited = True
+            await self.delivered.settle(deadline - mono)
 
     async def _send(self, group: _Group, sender: str, destinations: list[str], message: Content,
                     ) -> list[tuple[_Group, str, SmtpError | None]]:
@@ -501,7 +519,7 @@ class Mx:
         return [(group, d, results.get(d, replies.TRY_LATER)) for d in destinations]
 
     async def _conclude(self, tx: Transaction, groups: list[_Group],
-                        outcomes: list[tuple[_Group, str, SmtpError | None]], digest: bytes) -> str:
+                        outcomes: list[tuple[_Group, str, SmtpError | None]]) -> str:
         now = store.utcnow()
         mono = time.monotonic()
         failed = [(g, d, e) for g, d, e in outcomes if e is not None]
@@ -511,17 +529,12 @@ class Mx:
         rows = [(now, "outbound", g.route.domain, g.route.alias, e.code, e.enhanced_code,
                  _mask(e.text, d, g.logged)) for g, d, e in failed]
         if temporary:
-            for d in accepted:
-                self.delivered.remember(fingerprint(digest, d), mono)
             code = temporary[0][2].code
             code = code if 450 <= code < 500 else 451  # a 421 would tell the client we hung up
             reply, inbound = _whole_reply(temporary, code, "4.", now)
             await self.errors.write(rows + inbound)
             log.debug("message deferred: %d temporary failure(s)", len(temporary))
             return reply.reply
-        for g in groups:
-            for d in g.destinations:
-                self.delivered.forget(fingerprint(digest, d))
         delivered_any = bool(accepted) or any(g.already for g in groups) or any(
             a.route.discard for a in tx.recipients)
         if permanent and not delivered_any:
