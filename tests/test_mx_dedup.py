@@ -15,6 +15,10 @@ def test_fingerprint_is_per_message_and_destination() -> None:
     prints = {fingerprint(a, "x@dest.test"), fingerprint(a, "y@dest.test"), fingerprint(b, "x@dest.test")}
     assert len(prints) == 3
     assert b"dest.test" not in fingerprint(a, "x@dest.test")
+    keyed = fingerprint(a, "x@dest.test", b"secret one")
+    assert keyed == fingerprint(a, "X@dest.test", b"secret one")
+    assert keyed not in {fingerprint(a, "x@dest.test"), fingerprint(a, "x@dest.test", b"secret two")}, \
+        "without the key nobody can tell whether this message went to this address"
 
 
 def test_memory_expires_after_ttl() -> None:

@@ -1,7 +1,7 @@
 """In-memory memory of "this destination already accepted this message" (or is being sent it right now),
 and notice rate limits.
 
-Untrusted input: message bytes and destination addresses, kept only as SHA-256 fingerprints, in memory,
+Untrusted input: message bytes and destination addresses, kept only as keyed SHA-256 fingerprints, in memory,
 bounded in count and time; nothing here is ever written to disk.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -25,9 +26,12 @@ def message_digest(message: bytes) -> bytes:
     return message_hasher(message).digest()
 
 
-def fingerprint(digest: bytes, destination: str) -> bytes:
-    """Fingerprint of one message (its `message_digest`) for one destination."""
-    return hashlib.sha256(digest + b"\0" + destination.lower().encode("utf-8", "surrogateescape")).digest()
+def fingerprint(digest: bytes, destination: str, key: bytes = b"") -> bytes:
+    """Fingerprint of one message (its `message_digest`) for one destination, keyed with `key` (the MX
+    passes one derived from its secret, the same in every MX process), so that the memory cannot tell
+    whether a given message went to a given address without the key."""
+    data = digest + b"\0" + destination.lower().encode("utf-8", "surrogateescape")
+    return hmac.new(key, data, hashlib.sha256).digest()
 
 
 class _Expiring:

@@ -262,6 +262,7 @@ class Mx:
         self.srs_domain = cfg.srs_domain
         self.srs_max_age = cfg.srs.max_age_days
         self.secret = ctx.runtime.srs_secret
+        self._fp_key = hmac.new(self.secret, b"dedup\0", hashlib.sha256).digest()
         self.directory = DirectoryCache(ctx.blocking)
         timeouts = cfg.delivery
         self.flight_wait = timeouts.connect_timeout + 2 * timeouts.command_timeout + timeouts.data_timeout
@@ -463,7 +464,7 @@ class Mx:
             digest = await self.ctx.blocking.cpu_for(len(data))(message_digest, data)
         now = store.utcnow()
         sender = srs.forward(tx.sender, self.secret, self.srs_domain, now)
-        fps = {d: fingerprint(digest, d) for g in groups for d in g.destinations}
+        fps = {d: fingerprint(digest, d, self._fp_key) for g in groups for d in g.destinations}
         await self._settle(list(fps.values()))
         started: list[bytes] = []
         try:
