@@ -528,7 +528,7 @@ class Mx:
         permanent = [(g, d, e) for g, d, e in failed if e.permanent]
         accepted = [d for _, d, e in outcomes if e is None]
         rows = [(now, "outbound", g.route.domain, g.route.alias, e.code, e.enhanced_code,
-                 _mask(e.text, d, g.logged)) for g, d, e in failed]
+                 _mask(e.text, d, g.logged)) for g, d, e in failed if e is not replies.FORWARD_IN_PROGRESS]
         if temporary:
             code = temporary[0][2].code
             code = code if 450 <= code < 500 else 451  # a 421 would tell the client we hung up
