@@ -56,7 +56,7 @@ def test_received_counting_looks_at_headers_only() -> None:
     assert count_received(header_block(b"Received: only headers\r\n")) == 1
 
 
-def test_in_flight_marks_are_shared_end_with_the_forward_and_expire_when_a_process_died() -> None:
+def test_in_flight_marks_are_shared_tell_the_waiters_and_expire_when_a_process_died() -> None:
     notes: list[bytes] = []
     here = DeliveredMemory(ttl=100, max_entries=10, flight_ttl=5)
     there = DeliveredMemory(ttl=100, max_entries=10, flight_ttl=5)
@@ -68,18 +68,20 @@ def test_in_flight_marks_are_shared_end_with_the_forward_and_expire_when_a_proce
         there.apply(note)
     assert here.flying(fp, 0) and there.flying(fp, time.monotonic())
 
-    async def wait_then_land() -> None:
-        waiter = asyncio.ensure_future(there.settle(30))
+    async def wait_for_landings() -> tuple[set[bytes], set[bytes]]:
+        near = asyncio.ensure_future(here.settle([fp, other], 30))
+        far = asyncio.ensure_future(there.settle([fp, other], 30))
         await asyncio.sleep(0)
-        here.land(fp, True, 0)
-        here.land(other, False, 0)
+        here.land(fp, True)
+        here.land(other, False)
         for note in notes[2:]:
             there.apply(note)
-        await asyncio.wait_for(waiter, 5)
+        return await asyncio.wait_for(near, 5), await asyncio.wait_for(far, 5)
 
-    asyncio.run(wait_then_land())
+    near, far = asyncio.run(wait_for_landings())
+    assert near == far == {fp}, "the waiters learn which copy was delivered, here and in the other process"
     now = time.monotonic()
-    assert not there.flying(fp, now) and there.seen(fp, now), "delivered: remembered over there too"
-    assert not there.flying(other, now) and not there.seen(other, now), "not delivered: free to send"
+    assert not there.flying(fp, now) and not there.flying(other, now)
+    assert not there.seen(fp, now), "only the waiters: the memory itself is the MX's decision"
     there.apply(b"i" + other)
     assert there.flying(other, now) and not there.flying(other, now + 60), "a dead process's mark expires"

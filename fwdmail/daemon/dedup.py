@@ -14,6 +14,7 @@ import hmac
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 __all__ = ["DeliveredMemory", "RateLimiter", "fingerprint", "message_digest", "message_hasher"]
 
@@ -67,21 +68,31 @@ class _Expiring:
         self._expiry.pop(key, None)
 
 
+@dataclass
+class _Waiter:
+    """A session waiting for forwards in flight of `fps`; `delivered`: those that landed accepted."""
+
+    fps: frozenset[bytes]
+    woken: asyncio.Future[None]
+    delivered: set[bytes] = field(default_factory=set)
+
+
 class DeliveredMemory:
     """Fingerprints of (message, destination) pairs a destination accepted, for `ttl` seconds, and of
     those being forwarded right now ("in flight"), here or in another MX process.
 
     A forward `start`s each fingerprint it is about to send and `land`s it when the destination answered;
-    a parallel session with the same message `settle`s (waits) until the fingerprints it needs are no
-    longer in flight, then finds them `seen` or sends them itself. Another process's marks expire after
-    `flight_ttl` seconds, so a process that died cannot hold a fingerprint for ever.
+    a parallel session with the same message `settle`s (waits) until the fingerprints it needs land, and
+    learns which were delivered. Only that session learns it: what is `remember`ed (so that a later retry
+    is not delivered twice) is the MX's decision. Another process's marks expire after `flight_ttl`
+    seconds, so a process that died cannot hold a fingerprint for ever.
     """
 
     def __init__(self, ttl: float, max_entries: int, flight_ttl: float = 3600.0) -> None:
         self._map = _Expiring(ttl, max_entries)
         self._remote = _Expiring(flight_ttl, max_entries)
         self._local: set[bytes] = set()
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: list[_Waiter] = []
         self.tell: Callable[[bytes], None] | None = None
         """Set when MX processes share the memory: called with each change, for the other processes."""
 
@@ -111,51 +122,49 @@ class DeliveredMemory:
         if self.tell is not None:
             self.tell(b"i" + fp)
 
-    def land(self, fp: bytes, delivered: bool, now: float) -> None:
+    def land(self, fp: bytes, delivered: bool) -> None:
         """The forward of `fp` this process started is over; `delivered`: the destination accepted it."""
         if fp not in self._local:
             return
         self._local.discard(fp)
-        if delivered:
-            self.remember(fp, now)
-        elif self.tell is not None:
-            self.tell(b"e" + fp)
-        self._wake()
+        if self.tell is not None:
+            self.tell((b"d" if delivered else b"e") + fp)
+        self._landed(fp, delivered)
 
-    async def settle(self, timeout: float) -> None:
-        """Wait until a forward in flight lands (here or in another process), at most `timeout` seconds."""
-        if timeout <= 0:
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def settle(self, fps: list[bytes], timeout: float) -> set[bytes]:
+        """Wait until one of `fps` in flight lands (here or in another process), at most `timeout`
+        seconds; the fingerprints among them that landed delivered meanwhile."""
+        waiter = _Waiter(frozenset(fps), asyncio.get_running_loop().create_future())
         self._waiters.append(waiter)
         try:
-            await asyncio.wait_for(waiter, timeout)
+            await asyncio.wait_for(waiter.woken, max(timeout, 0))
         except TimeoutError:
             pass
         finally:
             with contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)
+        return waiter.delivered
 
-    def _wake(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for w in waiters:
-            if not w.done():
-                w.set_result(None)
+    def _landed(self, fp: bytes, delivered: bool) -> None:
+        for w in self._waiters:
+            if fp in w.fps:
+                if delivered:
+                    w.delivered.add(fp)
+                if not w.woken.done():
+                    w.woken.set_result(None)
 
     def apply(self, note: bytes) -> None:
         """A change another MX process made (see `tell`)."""
         kind, fp = note[:1], note[1:]
-        if kind == b"i":
-            self._remote.put(fp, time.monotonic())
-            return
         if kind == b"r":
             self._map.put(fp, time.monotonic())
         elif kind == b"f":
             self._map.discard(fp)
-        elif kind != b"e":
-            return
-        self._remote.discard(fp)
-        self._wake()
+        elif kind == b"i":
+            self._remote.put(fp, time.monotonic())
+        elif kind in (b"d", b"e"):
+            self._remote.discard(fp)
+            self._landed(fp, kind == b"d")
 
 
 class RateLimiter:

@@ -410,14 +410,26 @@ class Mx:
         If the client hangs up meanwhile, forwarding still completes and the destinations that took the
         message are remembered, so the sender's retry does not reach them twice.
         """
-        task = asyncio.get_running_loop().create_task(self._counted(session, tx, data, digest))
-        return await asyncio.shield(task)
+        delivered: list[bytes] = []
+        task = asyncio.get_running_loop().create_task(self._counted(session, tx, data, digest, delivered))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(lambda t: self._client_gone(t, delivered))
+            raise
 
-    async def _counted(self, session: SessionInfo, tx: Transaction, data: bytes, digest: bytes) -> str:
+    def _client_gone(self, task: asyncio.Task[str], delivered: list[bytes]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            now = time.monotonic()
+            for fp in delivered:
+                self.delivered.remember(fp, now)
+
+    async def _counted(self, session: SessionInfo, tx: Transaction, data: bytes, digest: bytes,
+                       delivered: list[bytes]) -> str:
         self.in_flight += 1
         self._idle.clear()
         try:
-            return await self._message(session, tx, data, digest)
+            return await self._message(session, tx, data, digest, delivered)
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:
@@ -441,7 +453,8 @@ class Mx:
                     group.destinations.append(dest)
         return list(groups.values())
 
-    async def _message(self, session: SessionInfo, tx: Transaction, data: bytes, digest: bytes) -> str:
+    async def _message(self, session: SessionInfo, tx: Transaction, data: bytes, digest: bytes,
+                       delivered: list[bytes]) -> str:
         headers = header_block(data)
         if len(headers) > _MAX_HEADER_BYTES:
             return await self.refuse(tx, replies.HEADER_TOO_BIG)
@@ -465,7 +478,7 @@ class Mx:
         now = store.utcnow()
         sender = srs.forward(tx.sender, self.secret, self.srs_domain, now)
         fps = {d: fingerprint(digest, d, self._fp_key) for g in groups for d in g.destinations}
-        await self._settle(list(fps.values()))
+        landed = await self._settle(list(fps.values()))
         started: list[bytes] = []
         try:
             mono = time.monotonic()
@@ -474,7 +487,7 @@ class Mx:
             for g in groups:
                 pending = []
                 for d in g.destinations:
-                    if self.delivered.seen(fps[d], mono):
+                    if self.delivered.seen(fps[d], mono) or fps[d] in landed:
                         g.already += 1
                     elif self.delivered.flying(fps[d], mono):
                         outcomes.append((g, d, replies.FORWARD_IN_PROGRESS))
@@ -490,25 +503,33 @@ class Mx:
                         copy = await policy.forward(session, tx, g.route, g.rcpt, copy)
                     jobs.append(self._send(g, sender, pending, (received, copy, body)))
             outcomes += [item for batch in await asyncio.gather(*jobs) for item in batch]
-            mono = time.monotonic()
             for _, d, e in outcomes:
-                self.delivered.land(fps[d], e is None, mono)
+                self.delivered.land(fps[d], e is None)
         finally:
             for fp in started:
-                self.delivered.land(fp, False, time.monotonic())  # only those not landed above
-        return await self._conclude(tx, groups, outcomes)
+                self.delivered.land(fp, False)  # only those not landed above (stopped midway)
+        mono = time.monotonic()
+        done = {d for _, d, e in outcomes if e is None}
+        delivered.extend(fp for d, fp in fps.items()
+                         if d in done or fp in landed or self.delivered.seen(fp, mono))
+        return await self._conclude(tx, groups, outcomes, fps)
 
-    async def _settle(self, fps: list[bytes]) -> None:
-        """Wait (at most `flight_wait`) while another session forwards this message to one of its
-        destinations, so that it is sent once: afterwards it is either remembered as delivered or free."""
+    async def _settle(self, fps: list[bytes]) -> set[bytes]:
+        """Wait (at most `flight_wait`) while another session forwards this message to some of its
+        destinations, so that it is sent to each once; return those the other sessions delivered."""
         deadline = time.monotonic() + self.flight_wait
+        landed: set[bytes] = set()
         waited = False
-        while (mono := time.monotonic()) < deadline and any(
-                self.delivered.flying(fp, mono) and not self.delivered.seen(fp, mono) for fp in fps):
+        while (mono := time.monotonic()) < deadline:
+            busy = [fp for fp in fps if fp not in landed and self.delivered.flying(fp, mono)
+                    and not self.delivered.seen(fp, mono)]
+            if not busy:
+                break
             if not waited:
                 log.debug("message waits for a copy of it that another session is forwarding")
                 waited = True
-            await self.delivered.settle(deadline - mono)
+            landed |= await self.delivered.settle(busy, deadline - mono)
+        return landed
 
     async def _send(self, group: _Group, sender: str, destinations: list[str], message: Content,
                     ) -> list[tuple[_Group, str, SmtpError | None]]:
@@ -520,7 +541,7 @@ class Mx:
         return [(group, d, results.get(d, replies.TRY_LATER)) for d in destinations]
 
     async def _conclude(self, tx: Transaction, groups: list[_Group],
-                        outcomes: list[tuple[_Group, str, SmtpError | None]]) -> str:
+                        outcomes: list[tuple[_Group, str, SmtpError | None]], fps: dict[str, bytes]) -> str:
         now = store.utcnow()
         mono = time.monotonic()
         failed = [(g, d, e) for g, d, e in outcomes if e is not None]
@@ -530,12 +551,16 @@ class Mx:
         rows = [(now, "outbound", g.route.domain, g.route.alias, e.code, e.enhanced_code,
                  _mask(e.text, d, g.logged)) for g, d, e in failed if e is not replies.FORWARD_IN_PROGRESS]
         if temporary:
+            for d in accepted:
+                self.delivered.remember(fps[d], mono)
             code = temporary[0][2].code
             code = code if 450 <= code < 500 else 451  # a 421 would tell the client we hung up
             reply, inbound = _whole_reply(temporary, code, "4.", now)
             await self.errors.write(rows + inbound)
             log.debug("message deferred: %d temporary failure(s)", len(temporary))
             return reply.reply
+        for fp in fps.values():
+            self.delivered.forget(fp)
         delivered_any = bool(accepted) or any(g.already for g in groups) or any(
             a.route.discard for a in tx.recipients)
         if permanent and not delivered_any:

@@ -3,10 +3,10 @@
 The serving process keeps the MX listening sockets, accepts each connection and hands it, in turn, to
 itself or one of the workers over a Unix socket pair (SCM_RIGHTS). Each process enforces its share of
 the per-client limits (`share`), so a client never gets more than the configured limit (rounded up to
-a multiple of the process count). The retry memory (destinations that took a message, and those it is
-being forwarded to right now) is shared: a process that starts or ends a forward, or remembers or forgets
-a fingerprint, tells the serving process, which tells the others, so a sender's retry is recognised (or
-waits for the copy in flight) whichever process serves it. Only fingerprints cross processes, never
+a multiple of the process count). The retry memory (destinations that took a message answered 4xx, and
+forwards in flight) is shared: a process that remembers or forgets a fingerprint, or starts or ends a
+forward, tells the serving process, which tells the others, so a sender's retry is recognised (or waits
+for the copy in flight) whichever process serves it. Only keyed fingerprints cross processes, never
 addresses. Workers stop when told (SIGTERM: drain; a second one forces) or when the
 serving process is gone (their end of the pair reaches end of file).
 
@@ -35,7 +35,7 @@ _ACCEPTS_PER_WAKEUP = 64
 _STOP_GRACE = 5.0
 
 Adopt = Callable[[socket.socket], None]
-Note = Callable[[bytes], None]  # b"r", b"f", b"i", b"e" (remember, forget, in flight, ended) + a fingerprint
+Note = Callable[[bytes], None]  # b"r"/"f" (remember, forget), b"i"/"d"/"e" (in flight, delivered, not) + fp
 _CONNECTION = b"c"
 _NOTE_SIZE = 64
 
