@@ -170,6 +170,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, dns_server: LoopbackDNS,
     for name, rtype, value in DNS:
         dns_server.add(name, rtype, value)
     routes = {"good.test": downstream.good.address, "owner.test": downstream.good.address,
+              "ours.test": downstream.good.address,
               "bad.test": downstream.bad.address}
     d = start_daemon(tmp_path_factory.mktemp("faults-destination"), {
         "dns": {"nameservers": [dns_server.address]},
@@ -304,8 +305,8 @@ def test_queue(fault: Fault, daemon: Daemon, downstream: Downstream, password: s
         assert [r["status"] for r in rec["recipients"]] == ["delivered", "delivered"]
     if fault.outcome == "permanent":
         assert rec["dsn_sent"]
-        wait_until(lambda: copies(good, marker, OWNER), 20, "the DSN")
-        [dsn] = [m for m in good.messages if OWNER in m.rcpt_tos and marker.encode() in m.data]
+        wait_until(lambda: copies(good, marker, ME), 20, "the DSN to the sender")
+        [dsn] = [m for m in good.messages if ME in m.rcpt_tos and marker.encode() in m.data]
         assert f"Status: {fault.enhanced}".encode() in dsn.data and f"{marker}-body".encode() not in dsn.data
     assert copies(good, marker, GOOD) == 1
     if fault.outcome != "delivered":

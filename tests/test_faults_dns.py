@@ -129,7 +129,8 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, dns_server: LoopbackDNS,
     d = start_daemon(tmp_path_factory.mktemp("faults-dns"), {
         "dns": {"nameservers": [dns_server.address], "timeout": 2},
         "abuse": {"max_messages_per_ip_per_minute": 10_000, "max_errors_per_session": 1_000},
-        "delivery": {"routes": {"good.test": sink.address, "owner.test": sink.address}, "port": sink.port},
+        "delivery": {"routes": {"good.test": sink.address, "owner.test": sink.address,
+                                "ours.test": sink.address}, "port": sink.port},
         "queue": {"min_backoff": 0.2, "max_backoff": 0.5, "poll_interval": 0.1},
     }, SETUP)
     try:
@@ -211,8 +212,8 @@ def test_queue(fault: DnsFault, daemon: Daemon, dns_server: LoopbackDNS, sink: S
         rec = wait_status(daemon, qid, "delivered", timeout=30)
         assert [r["status"] for r in rec["recipients"]] == ["delivered", "delivered"]
     else:
-        wait_until(lambda: copies(sink, marker, OWNER), 20, "the DSN")
-        [dsn] = [m for m in sink.messages if OWNER in m.rcpt_tos and marker.encode() in m.data]
+        wait_until(lambda: copies(sink, marker, ME), 20, "the DSN to the sender")
+        [dsn] = [m for m in sink.messages if ME in m.rcpt_tos and marker.encode() in m.data]
         assert f"Status: {fault.enhanced}".encode() in dsn.data and f"{marker}-body".encode() not in dsn.data
     assert copies(sink, marker, GOOD) == 1
     assert copies(sink, marker, rcpt) == (fault.outcome == "temporary"), "exactly once"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from fwdmail.daemon.dedup import DeliveredMemory, RateLimiter, fingerprint, message_digest
 from fwdmail.daemon.mx import count_received, header_block
 
@@ -12,6 +15,10 @@ def test_fingerprint_is_per_message_and_destination() -> None:
     prints = {fingerprint(a, "x@dest.test"), fingerprint(a, "y@dest.test"), fingerprint(b, "x@dest.test")}
     assert len(prints) == 3
     assert b"dest.test" not in fingerprint(a, "x@dest.test")
+    keyed = fingerprint(a, "x@dest.test", b"secret one")
+    assert keyed == fingerprint(a, "X@dest.test", b"secret one")
+    assert keyed not in {fingerprint(a, "x@dest.test"), fingerprint(a, "x@dest.test", b"secret two")}, \
+        "without the key nobody can tell whether this message went to this address"
 
 
 def test_memory_expires_after_ttl() -> None:
@@ -47,3 +54,34 @@ def test_received_counting_looks_at_headers_only() -> None:
     assert count_received(header_block(msg)) == 2
     assert header_block(b"\r\nReceived: x\r\n") == b""
     assert count_received(header_block(b"Received: only headers\r\n")) == 1
+
+
+def test_in_flight_marks_are_shared_tell_the_waiters_and_expire_when_a_process_died() -> None:
+    notes: list[bytes] = []
+    here = DeliveredMemory(ttl=100, max_entries=10, flight_ttl=5)
+    there = DeliveredMemory(ttl=100, max_entries=10, flight_ttl=5)
+    here.tell = notes.append
+    fp, other = (fingerprint(message_digest(b"m"), d) for d in ("x@dest.test", "y@dest.test"))
+    here.start(fp)
+    here.start(other)
+    for note in notes:
+        there.apply(note)
+    assert here.flying(fp, 0) and there.flying(fp, time.monotonic())
+
+    async def wait_for_landings() -> tuple[set[bytes], set[bytes]]:
+        near = asyncio.ensure_future(here.settle([fp, other], 30))
+        far = asyncio.ensure_future(there.settle([fp, other], 30))
+        await asyncio.sleep(0)
+        here.land(fp, True)
+        here.land(other, False)
+        for note in notes[2:]:
+            there.apply(note)
+        return await asyncio.wait_for(near, 5), await asyncio.wait_for(far, 5)
+
+    near, far = asyncio.run(wait_for_landings())
+    assert near == far == {fp}, "the waiters learn which copy was delivered, here and in the other process"
+    now = time.monotonic()
+    assert not there.flying(fp, now) and not there.flying(other, now)
+    assert not there.seen(fp, now), "only the waiters: the memory itself is the MX's decision"
+    there.apply(b"i" + other)
+    assert there.flying(other, now) and not there.flying(other, now + 60), "a dead process's mark expires"

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 import pytest
 
 from tests.outbound_support import (
-    OWNER,
     add_domain,
     db_bytes,
     listing,
@@ -131,7 +130,7 @@ def test_a_permanent_failure_bounces_at_once_with_a_valid_dsn(daemon: Daemon, pw
     statuses = {r["address"]: (r["status"], r["code"]) for r in rec["recipients"]}
     assert statuses == {"nobody@dest.test": ("bounced", 550), "bob@dest.test": ("delivered", None)}
     got = sink.wait_for(2)
-    (dsn_msg,) = to(got, OWNER)
+    (dsn_msg,) = to(got, ALICE)  # the envelope sender, never the domain's account
     assert dsn_msg.mail_from in ("", "<>"), "a DSN has the null sender"
     dsn = parse(dsn_msg.data)
     assert dsn.get_content_type() == "multipart/report"
@@ -153,12 +152,12 @@ def test_a_permanent_failure_bounces_at_once_with_a_valid_dsn(daemon: Daemon, pw
     assert body_marker.encode() not in dsn_msg.data, "headers of the original only"
     dsn_rec = next(e for e in listing(daemon)
                    if e["mail_from"] == "" and e["subject"].startswith("Undelivered"))
-    assert dsn_rec["recipients"][0]["address"] == OWNER
+    assert dsn_rec["recipients"][0]["address"] == ALICE
     wait_status(daemon, dsn_rec["id"], "delivered")
 
 
 def test_never_a_dsn_about_a_null_sender_message(daemon: Daemon, pw: dict[str, str], sink: SmtpSink) -> None:
-    sink.behaviour.rcpt = {"gone@dest.test": "550 5.1.1 No such user", OWNER: "550 5.1.1 Owner mailbox gone"}
+    sink.behaviour.rcpt = {"gone@dest.test": "550 5.1.1 No such user", ALICE: "550 5.1.1 Sender mailbox gone"}
     before = {e["id"] for e in listing(daemon, "--domain", "example.test")}
     qid = queue_id(submit(daemon, ALICE, pw[ALICE], message(ALICE, "gone@dest.test"),
                           rcpts=["gone@dest.test"]))

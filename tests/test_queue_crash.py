@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Any
 
 from tests.outbound_support import (
-    OWNER,
     add_domain,
     connect,
     message,
@@ -169,7 +168,7 @@ def test_deferral_sends_one_delay_notice_then_bounces_at_max_lifetime(make_daemo
     assert rec["attempts"] >= 3 and rec["delay_notified"] and rec["dsn_sent"]
     assert rec["recipients"][0]["code"] == 450
     reports = wait_until(lambda: len(sink.messages) >= 2 and sink.messages, 30, "both reports")
-    assert all(m.rcpt_tos == [OWNER] for m in reports) and len(reports) == 2
+    assert all(m.rcpt_tos == [ALICE] for m in reports) and len(reports) == 2, "to the envelope sender"
     delayed, failed = (email.message_from_bytes(m.data, policy=email.policy.default) for m in reports)
     assert delayed["Subject"] == "Delayed Mail (still being retried)"
     assert failed["Subject"] == "Undelivered Mail Returned to Sender"

@@ -316,11 +316,26 @@ class Delivery:
         )
         try:
             await conn.connect()
+            await self._greet(conn)
         except BaseException:
             await self._quit(conn)
             raise
         conn.timeout = self.cfg.command_timeout
         return conn
+
+    @staticmethod
+    async def _greet(conn: aiosmtplib.SMTP) -> None:
+        """EHLO (HELO if refused) unless this session already has the server's extensions: after
+        STARTTLS (RFC 3207 4.2) and on a plain session aiosmtplib has none until its next command,
+        and the MAIL parameters (SMTPUTF8, BODY, SIZE) are chosen from them before it."""
+        if not conn.is_ehlo_or_helo_needed:
+            return
+        try:
+            await conn.ehlo()
+        except aiosmtplib.SMTPHeloError:
+            if not conn.is_connected:
+                raise
+            await conn.helo()
 
     async def _transaction(self, conn: aiosmtplib.SMTP, mail_from: str, rcpts: list[str],
                            message: Content) -> Result:

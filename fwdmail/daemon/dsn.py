@@ -1,5 +1,8 @@
 """Delivery status notifications (RFC 3464) for the outbound queue: bounces and the one "delayed" notice.
 
+A report naming a UTF-8 address, or quoting UTF-8 headers, uses RFC 6533's `message/global-delivery-status`
+and `message/global-headers`, where UTF-8 is allowed as it is; any other report the ASCII types of RFC 3464.
+
 Untrusted input: the original message's header block (copied into the report as text/rfc822-headers,
 never its body) and the reply texts of destination servers (reduced to printable ASCII on one line).
 """
@@ -46,8 +49,9 @@ def _status(error: SmtpError) -> str:
 
 
 def _address_field(address: str) -> str:
-    kind = "rfc822" if address.isascii() else "utf-8"
-    return f"{kind}; {_one_line(address, 320) if address.isascii() else address}"
+    if address.isascii():
+        return f"rfc822; {_one_line(address, 320)}"
+    return "utf-8; " + "".join(c for c in address if c.isprintable() and not c.isspace())[:320]
 
 
 def _lines(*lines: str) -> bytes:
@@ -101,14 +105,18 @@ def build_report(*, action: str, domain: str, hostname: str, to: str, queue_id: 
             per_recipient.append(f"Will-Retry-Until: {_date(retry_until)}")
 
     original = original_headers if original_headers.endswith(b"\r\n") else original_headers + b"\r\n"
-    headers_part = _lines("Content-Type: text/rfc822-headers; charset=utf-8",
-                          "Content-Transfer-Encoding: " + ("7bit" if original.isascii() else "8bit"),
+    utf8 = not (original.isascii() and all(a.isascii() for a in failures))
+    headers_part = _lines("Content-Type: message/global-headers" if utf8
+                          else "Content-Type: text/rfc822-headers; charset=utf-8",
+                          "Content-Transfer-Encoding: " + ("8bit" if utf8 else "7bit"),
                           "Content-Description: Headers of the undelivered message", "")
+    status_part = (["Content-Type: message/global-delivery-status", "Content-Transfer-Encoding: 8bit"] if utf8
+                   else ["Content-Type: message/delivery-status"])
     body = (
         _lines("This is a MIME-encapsulated message.", "", f"--{boundary}",
                "Content-Type: text/plain; charset=utf-8", "Content-Transfer-Encoding: 8bit",
                "Content-Description: Notification", "", *human, "", f"--{boundary}",
-               "Content-Type: message/delivery-status", "Content-Description: Delivery report", "",
+               *status_part, "Content-Description: Delivery report", "",
                *per_message, *per_recipient, "", f"--{boundary}")
         + headers_part + original + _lines("", f"--{boundary}--")
     )

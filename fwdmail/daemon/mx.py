@@ -328,8 +328,12 @@ class Mx:
         self.srs_hash_length = cfg.srs.hash_length
         self.srs_lengths = srs.Lengths(cfg.srs.hash_length, cfg.srs.hash_length)
         self.secret = ctx.runtime.srs_secret
+        self._fp_key = hmac.new(self.secret, b"dedup\0", hashlib.sha256).digest()
         self.directory = DirectoryCache(ctx.blocking)
-        self.delivered = DeliveredMemory(self.cfg.dedup_ttl, self.cfg.dedup_max_entries)
+        timeouts = cfg.delivery
+        self.flight_wait = timeouts.connect_timeout + 2 * timeouts.command_timeout + timeouts.data_timeout
+        """How long a message waits for its copy that another session is forwarding (one try's worth)."""
+        self.delivered = DeliveredMemory(self.cfg.dedup_ttl, self.cfg.dedup_max_entries, 2 * self.flight_wait)
         self.notices = RateLimiter(self.cfg.partial_failure_notice_interval)
         # With several MX processes each takes its share: per client rounded up (a client's connections
         # are spread over them), in total rounded down, so the total stays what the expected time to
@@ -566,24 +570,60 @@ class Mx:
         if not digest:
             digest = await self.ctx.blocking.cpu_for(len(data))(message_digest, data)
         now = store.utcnow()
-        mono = time.monotonic()
         sender = srs.forward(tx.sender, self.secret, self.srs_domain, now, self.srs_hash_length)
-        jobs = []
-        for g in groups:
-            pending = [d for d in g.destinations if not self.delivered.seen(fingerprint(digest, d), mono)]
-            g.already = len(g.destinations) - len(pending)
-            if pending:
-                received = received_header(session.helo, self.hostname, session, tx.smtputf8,
-                                           self.marker(g.route.alias), now)
-                copy = head
-                for policy in self.policies:
-                    copy = await policy.forward(session, tx, g.route, g.rcpt, copy)
-                jobs.append(self._send(g, sender, pending, (received, copy, body)))
-        outcomes = [item for batch in await asyncio.gather(*jobs) for item in batch]
-        done = {d.lower() for _, d, e in outcomes if e is None}
-        delivered.extend(fingerprint(digest, d) for g in groups for d in g.destinations
-                         if d.lower() in done or self.delivered.seen(fingerprint(digest, d), mono))
-        return await self._conclude(tx, groups, outcomes, digest)
+        fps = {d: fingerprint(digest, d, self._fp_key) for g in groups for d in g.destinations}
+        landed = await self._settle(list(fps.values()))
+        started: list[bytes] = []
+        try:
+            mono = time.monotonic()
+            jobs = []
+            outcomes: list[tuple[_Group, str, SmtpError | None]] = []
+            for g in groups:
+                pending = []
+                for d in g.destinations:
+                    if self.delivered.seen(fps[d], mono) or fps[d] in landed:
+                        g.already += 1
+                    elif self.delivered.flying(fps[d], mono):
+                        outcomes.append((g, d, replies.FORWARD_IN_PROGRESS))
+                    else:
+                        self.delivered.start(fps[d])
+                        started.append(fps[d])
+                        pending.append(d)
+                if pending:
+                    received = received_header(session.helo, self.hostname, session, tx.smtputf8,
+                                               self.marker(g.route.alias), now)
+                    copy = head
+                    for policy in self.policies:
+                        copy = await policy.forward(session, tx, g.route, g.rcpt, copy)
+                    jobs.append(self._send(g, sender, pending, (received, copy, body)))
+            outcomes += [item for batch in await asyncio.gather(*jobs) for item in batch]
+            for _, d, e in outcomes:
+                self.delivered.land(fps[d], e is None)
+        finally:
+            for fp in started:
+                self.delivered.land(fp, False)  # only those not landed above (stopped midway)
+        mono = time.monotonic()
+        done = {d for _, d, e in outcomes if e is None}
+        delivered.extend(fp for d, fp in fps.items()
+                         if d in done or fp in landed or self.delivered.seen(fp, mono))
+        return await self._conclude(tx, groups, outcomes, fps)
+
+    async def _settle(self, fps: list[bytes]) -> set[bytes]:
+        """Wait (at most `flight_wait`) while another session forwards this message to some of its
+        destinations, so that it is sent to each once; return those the other sessions delivered."""
+        deadline = time.monotonic() + self.flight_wait
+        landed: set[bytes] = set()
+        waited = False
+        while (mono := time.monotonic()) < deadline:
+            busy = [fp for fp in fps if fp not in landed and self.delivered.flying(fp, mono)
+                    and not self.delivered.seen(fp, mono)]
+            if not busy:
+                break
+            if not waited:
+                log.debug("message waits for a copy of it that another session is forwarding")
+                waited = True
+            landed |= await self.delivered.settle(busy, deadline - mono)
+        return landed
 
     async def _send(self, group: _Group, sender: str, destinations: list[str], message: Content,
                     ) -> list[tuple[_Group, str, SmtpError | None]]:
@@ -595,7 +635,7 @@ class Mx:
         return [(group, d, results.get(d, replies.TRY_LATER)) for d in destinations]
 
     async def _conclude(self, tx: Transaction, groups: list[_Group],
-                        outcomes: list[tuple[_Group, str, SmtpError | None]], digest: bytes) -> str:
+                        outcomes: list[tuple[_Group, str, SmtpError | None]], fps: dict[str, bytes]) -> str:
         now = store.utcnow()
         mono = time.monotonic()
         failed = [(g, d, e) for g, d, e in outcomes if e is not None]
@@ -603,19 +643,18 @@ class Mx:
         permanent = [(g, d, e) for g, d, e in failed if e.permanent]
         accepted = [d for _, d, e in outcomes if e is None]
         rows = [(now, "outbound", g.route.domain, g.route.alias, e.code, e.enhanced_code,
-                 _mask(e.text, d, g.logged)) for g, d, e in failed]
+                 _mask(e.text, d, g.logged)) for g, d, e in failed if e is not replies.FORWARD_IN_PROGRESS]
         if temporary:
             for d in accepted:
-                self.delivered.remember(fingerprint(digest, d), mono)
+                self.delivered.remember(fps[d], mono)
             code = temporary[0][2].code
             code = code if 450 <= code < 500 else 451  # a 421 would tell the client we hung up
             reply, inbound = _whole_reply(temporary, code, "4.", now)
             await self.errors.write(rows + inbound)
             log.debug("message deferred: %d temporary failure(s)", len(temporary))
             return reply.reply
-        for g in groups:
-            for d in g.destinations:
-                self.delivered.forget(fingerprint(digest, d))
+        for fp in fps.values():
+            self.delivered.forget(fp)
         delivered_any = bool(accepted) or any(g.already for g in groups) or any(
             a.route.discard for a in tx.recipients)
         if permanent and not delivered_any:

@@ -3,7 +3,9 @@
 Untrusted input: the stored submitted messages (signed and sent as they are) and the destinations'
 replies (already reduced to `SmtpError`s by the delivery client). Temporary failures are retried with
 a clamped exponential backoff until `max_lifetime`; permanent ones bounce at once with an RFC 3464 DSN
-to the domain's account (never for a null sender). Claims of a worker that died are taken back at start;
+to the envelope sender, the alias that sent it (never for a null sender). The DSN, from the null sender,
+goes out as any other mail: to the alias's MX, ours for a hosted alias, which forwards it to the alias's
+destinations. Claims of a worker that died are taken back at start;
 a message that keeps crashing the worker is held, never dropped.
 """
 
@@ -324,12 +326,12 @@ class QueueService:
                 now: dt.datetime, retry_until: dt.datetime | None) -> store.NewEmail:
         report = dsn.build_report(
             action=action, domain=email.domain, hostname=self.ctx.config.server_hostname,
-            to=email.account_email, queue_id=email.queue_id, original_headers=email.headers,
+            to=email.mail_from, queue_id=email.queue_id, original_headers=email.headers,
             arrival=email.created_at, failures=failures, now=now, retry_until=retry_until,
         )
         return store.NewEmail(
             queue_id=store.new_queue_id(), domain=email.domain, mail_from="",
-            recipients=(email.account_email,), headers=report.headers, body=report.body,
+            recipients=(email.mail_from,), headers=report.headers, body=report.body,
             subject=report.subject, date_header=now, send_at=now,
         )
 

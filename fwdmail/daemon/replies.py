@@ -94,6 +94,7 @@ STORE_UNAVAILABLE = SmtpError(451, "4.3.0", "Temporary local problem, try again 
 STORAGE_FULL = SmtpError(452, "4.3.1", "Insufficient system storage, try again later")
 SHUTTING_DOWN = SmtpError(421, "4.3.2", "Service shutting down, try again later")
 TRY_LATER = SmtpError(451, "4.3.0", "Temporary failure, try again later")
+FORWARD_IN_PROGRESS = SmtpError(451, "4.3.0", "This message is being forwarded in another session, try later")
 
 # inbound sender authentication and abuse controls
 DMARC_REJECTED = SmtpError(550, "5.7.1", "Rejected by the DMARC policy of the sender's domain")

@@ -3,10 +3,11 @@
 The serving process keeps the MX listening sockets, accepts each connection and hands it, in turn, to
 itself or one of the workers over a Unix socket pair (SCM_RIGHTS). Each process enforces its share of
 the per-client limits (`share`), so a client never gets more than the configured limit (rounded up to
-a multiple of the process count). The retry memory (destinations that took a message answered 4xx) is
-shared: a process that remembers or forgets a fingerprint tells the serving process, which tells the
-others, so a sender's retry is recognised whichever process serves it. Only those rare events cross
-processes, never addresses. Workers stop when told (SIGTERM: drain; a second one forces) or when the
+a multiple of the process count). The retry memory (destinations that took a message answered 4xx, and
+forwards in flight) is shared: a process that remembers or forgets a fingerprint, or starts or ends a
+forward, tells the serving process, which tells the others, so a sender's retry is recognised (or waits
+for the copy in flight) whichever process serves it. Only keyed fingerprints cross processes, never
+addresses. Workers stop when told (SIGTERM: drain; a second one forces) or when the
 serving process is gone (their end of the pair reaches end of file).
 
 Untrusted input: none; the pairs carry sockets and 32-byte fingerprints between our own processes.
@@ -34,7 +35,7 @@ _ACCEPTS_PER_WAKEUP = 64
 _STOP_GRACE = 5.0
 
 Adopt = Callable[[socket.socket], None]
-Note = Callable[[bytes], None]  # b"r" or b"f" (remember, forget) + a fingerprint
+Note = Callable[[bytes], None]  # b"r"/"f" (remember, forget), b"i"/"d"/"e" (in flight, delivered, not) + fp
 _CONNECTION = b"c"
 _NOTE_SIZE = 64
 

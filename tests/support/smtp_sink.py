@@ -39,6 +39,8 @@ class Received:
     data: bytes
     tls: bool
     peer: str
+    mail_options: tuple[str, ...] = ()
+    """The MAIL FROM parameters, e.g. ``("SIZE=123", "BODY=8BITMIME", "SMTPUTF8")``."""
 
 
 @dataclass
@@ -69,6 +71,9 @@ class Behaviour:
     """Reply to the DATA command itself instead of 354, once a recipient was accepted."""
     starttls: str | None = None
     """Reply to STARTTLS instead of 220 (e.g. ``"454 4.7.0 TLS not available"``), or ``BREAK_TLS``."""
+    data_gate: threading.Event | None = None
+    """Hold the reply after each payload until this event is set (at most 30 s); others are served meanwhile.
+    ``SmtpSink.wait_for_payloads`` tells how many payloads arrived, held or not."""
 
 
 class _SinkSMTP(SMTP):
@@ -161,6 +166,9 @@ class _Handler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         behaviour = self.sink.behaviour
+        self.sink._payload_arrived()
+        if behaviour.data_gate is not None:
+            await asyncio.get_running_loop().run_in_executor(None, behaviour.data_gate.wait, 30)
         if behaviour.stall_seconds_after_data > 0:
             await asyncio.sleep(behaviour.stall_seconds_after_data)
         reply = self.sink._data_reply(envelope)
@@ -172,6 +180,7 @@ class _Handler:
                     data=envelope.original_content or b"",
                     tls=session.ssl is not None,
                     peer=_fmt_peer(session.peer),
+                    mail_options=tuple(envelope.mail_options),
                 )
             )
             reply = reply or f"250 2.0.0 OK queued as {n}"
@@ -219,6 +228,7 @@ class SmtpSink:
         self.behaviour = Behaviour()
         self.messages: list[Received] = []
         self.connections = 0
+        self.payloads = 0
         self._cond = threading.Condition()
         self._counter = 0
         self._counting = False
@@ -292,11 +302,24 @@ class SmtpSink:
                 self._cond.wait(remaining)
             return list(self.messages)
 
+    def wait_for_payloads(self, n: int, timeout: float = 10) -> bool:
+        """Block until at least ``n`` payloads arrived (before any reply to them), at most ``timeout``
+        seconds; whether they did."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.payloads < n:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
+
     def reset(self) -> None:
-        """Forget messages and the connection count; restore default behaviour."""
+        """Forget messages and the connection and payload counts; restore default behaviour."""
         with self._cond:
             self.messages.clear()
             self.connections = 0
+            self.payloads = 0
             self.behaviour = Behaviour()
 
     # ---------------------------------------------------------------- internals
@@ -304,6 +327,11 @@ class SmtpSink:
         if self._counting:
             with self._cond:
                 self.connections += 1
+
+    def _payload_arrived(self) -> None:
+        with self._cond:
+            self.payloads += 1
+            self._cond.notify_all()
 
     def _record(self, message: Received) -> int:
         with self._cond:
