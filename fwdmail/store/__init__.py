@@ -15,7 +15,11 @@ from .db import (
     close_store,
     data_version,
     failure,
+    only_reads,
     open_store,
+    reads,
+    run_read,
+    run_write,
     storage_full,
     unavailable,
 )

@@ -12,7 +12,7 @@ import datetime as dt
 import json
 from dataclasses import dataclass
 
-from .db import checkpoint
+from .db import checkpoint, reads
 from .models import (
     AbuseEvent,
     Account,
@@ -27,7 +27,8 @@ from .models import (
 __all__ = [
     "ALIAS_KINDS", "ALIAS_STATES", "AccountRecord", "AliasRecord", "AlreadyExists", "DomainRecord",
     "NotFound",
-    "add_account", "add_alias", "add_domain", "alias_password_hash", "delete_account", "directory_version",
+    "add_account", "add_alias", "add_domain", "alias_password_hash", "delete_account", "directory_snapshot",
+    "directory_version",
     "get_account", "get_alias", "get_domain", "list_accounts", "list_aliases", "list_domains",
     "load_directory", "mark_domain_verified", "remove_alias", "remove_domain", "set_alias_password",
     "set_alias_state", "update_domain",
@@ -95,6 +96,7 @@ def _bump_directory() -> None:
     Meta.insert(key="directory_version", value=str(directory_version() + 1)).on_conflict_replace().execute()
 
 
+@reads
 def directory_version() -> int:
     """A counter bumped by every directory change; cheap to poll."""
     row = Meta.get_or_none(Meta.key == "directory_version")
@@ -317,6 +319,7 @@ def set_alias_password(domain: str, kind: str, local: str, password_hash: str) -
     return _alias_record(row)
 
 
+@reads
 def alias_password_hash(domain: str, kind: str, local: str) -> str | None:
     """The stored password hash of an alias, or None (for the submission login check)."""
     row = (
@@ -327,7 +330,17 @@ def alias_password_hash(domain: str, kind: str, local: str) -> str | None:
     return row.password_hash if row else None
 
 
+@reads
 def load_directory() -> tuple[list[DomainRecord], list[AliasRecord]]:
     """Every domain and alias, for the daemon's in-memory resolver."""
     domains = list_domains()
     return domains, list_aliases()
+
+
+@reads
+def directory_snapshot() -> tuple[int, list[DomainRecord], list[AliasRecord]]:
+    """`directory_version` with every domain and alias, all read in one transaction (they agree)."""
+    with database.atomic():
+        version = directory_version()
+        domains, aliases = load_directory()
+    return version, domains, aliases
