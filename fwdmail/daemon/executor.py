@@ -39,8 +39,13 @@ class Blocking:
         this call (its time queued included), then fails with the store's "unavailable" error."""
         if store.only_reads(fn):
             return await self._run(self._read, store.run_read, fn, *args, **kwargs)
-        return await self._run(self._db, store.run_write, time.monotonic(), self.write_lock_timeout, fn,
-                               *args, **kwargs)
+        return await self.db_since(time.monotonic(), fn, *args, **kwargs)
+
+    async def db_since(self, asked_at: float, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`db` for a write asked for at `asked_at` (`time.monotonic()`), e.g. a batch counted from its
+        oldest item: its wait for the lock ends `write_lock_timeout` seconds after that."""
+        return await self._run(self._db, store.run_write, asked_at, self.write_lock_timeout, fn, *args,
+                               **kwargs)
 
     async def cpu(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await self._run(self._cpu, fn, *args, **kwargs)
