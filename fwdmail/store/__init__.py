@@ -18,6 +18,7 @@ from .db import (
     only_reads,
     open_store,
     reads,
+    rest_after,
     run_read,
     run_write,
     storage_full,

@@ -155,9 +155,18 @@ def unsynced() -> Iterator[None]:
         database.execute_sql(f"PRAGMA synchronous = {PRAGMAS['synchronous']}")
 
 
-def checkpoint() -> None:
-    """Move the WAL into the main file and truncate it, so removed bytes leave the WAL too."""
-    database.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+def checkpoint(wait_ms: int = 200) -> None:
+    """Move the WAL into the main file and truncate it, so removed bytes leave the WAL too.
+
+    While it waits for readers it holds other writers off, so it waits at most `wait_ms` (not the
+    connection's busy timeout) and may leave the WAL as it was; `settle_wal` retries until it is done.
+    """
+    saved = database.execute_sql("PRAGMA busy_timeout").fetchone()[0]
+    database.execute_sql(f"PRAGMA busy_timeout = {int(wait_ms)}")
+    try:
+        database.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        database.execute_sql(f"PRAGMA busy_timeout = {int(saved)}")
 
 
 def data_version() -> int:
@@ -202,3 +211,14 @@ def run_write(asked_at: float, budget: float, fn: Callable[P, T], *args: P.args,
         wait = max(asked_at + budget - time.monotonic(), min(MIN_LOCK_WAIT, budget))
         database.execute_sql(f"PRAGMA busy_timeout = {int(wait * 1000)}")
     return fn(*args, **kwargs)
+
+
+# A process that writes in a loop (a CLI delete or purge) rests between its transactions at least this
+# long, and at least as long as the last one took: a running daemon's writes, polling for the lock, find
+# it free about half the time instead of never.
+MIN_REST = 0.02
+
+
+def rest_after(started: float) -> float:
+    """Seconds to rest after a write transaction that began at `started` (a `time.monotonic()` value)."""
+    return max(MIN_REST, time.monotonic() - started)
