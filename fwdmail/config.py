@@ -274,6 +274,16 @@ class AbuseConfig:
             _hostname(f"{key}.dnsbl_zones", zone)
 
 
+@dataclass(frozen=True)
+class StoreConfig:
+    write_lock_timeout: float = 1.0
+
+    def validate(self, key: str) -> None:
+        _positive(f"{key}.write_lock_timeout", self.write_lock_timeout)
+        _at_most(f"{key}.write_lock_timeout", self.write_lock_timeout, 60,
+                 "clients wait that long for a reply; keep it short")
+
+
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 
 
@@ -294,6 +304,7 @@ class Config:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     abuse: AbuseConfig = field(default_factory=AbuseConfig)
     error_log: ErrorLogConfig = field(default_factory=ErrorLogConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
 
     def validate(self, key: str = "") -> None:
         if self.log_level not in ("debug", "info", "warning", "error"):

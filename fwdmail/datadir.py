@@ -38,6 +38,8 @@ def prepare(cfg: Config, *, open_db: bool = True) -> Runtime:
         secret = cfg.srs.secret.encode() if cfg.srs.secret else keys.ensure_secret(data / "srs.secret")
         if not cfg.tls.cert:
             keys.ensure_self_signed_cert(cfg.cert_path, cfg.key_path, cfg.server_hostname)
+    except keys.DamagedKeyFile as exc:
+        raise ConfigError(f"data_dir: the SRS secret {exc}") from None
     except OSError as exc:
         raise ConfigError(f"data_dir: cannot set up {data}: {exc.strerror or exc}") from None
     check_tls(cfg)
@@ -60,18 +62,22 @@ def _tighten(cfg: Config) -> None:
 
 
 def check_tls(cfg: Config) -> None:
-    """The TLS pair can be read and, when configured (not generated), is a matching PEM chain and key."""
+    """The TLS pair can be read and is a matching PEM chain and key (a generated pair cut short by a
+    crash is named as such, not generated again over the admin's head)."""
     for key, path in (("tls.cert", cfg.cert_path), ("tls.key", cfg.key_path)):
         try:
             path.read_bytes()
         except OSError as exc:
             raise ConfigError(f"{key}: cannot read {path}: {exc.strerror or exc}") from None
-    if cfg.tls.cert:
-        try:
-            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cfg.cert_path, cfg.key_path)
-        except ssl.SSLError as exc:
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cfg.cert_path, cfg.key_path)
+    except ssl.SSLError as exc:
+        if cfg.tls.cert:
             raise ConfigError(f"tls.cert: {cfg.cert_path} and tls.key {cfg.key_path} are not a PEM "
                               f"certificate chain and its key ({exc.reason or exc})") from None
+        raise ConfigError(f"data_dir: the generated TLS pair {cfg.cert_path} and {cfg.key_path} does not "
+                          f"load ({exc.reason or exc}; cut short by a crash?): delete both files to "
+                          "generate a new pair") from None
 
 
 def lock_for_serve(cfg: Config) -> int:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import hmac
 import ipaddress
 import os
 import secrets
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from cryptography import x509
@@ -73,25 +77,93 @@ def verify_password(password: str, encoded: str | None) -> bool:
     return hmac.compare_digest(got, expected)
 
 
-def _write_private(path: Path, data: bytes) -> None:
+class DamagedKeyFile(ValueError):
+    """A key file fwdmail wrote earlier is empty or cut short (a crash or a full disk while writing it)."""
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _creating(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock for reading or making `path` (two processes starting at once must not both
+    make it), and clear what an interrupted earlier write left: its temporary files hold key material."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(path, 0o600)
+    fd = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+            leftover.unlink(missing_ok=True)
+        yield
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` (mode 0600) so that a crash or a full disk leaves either the previous file
+    or the whole new one, never a part: a temporary file in the same directory is written and fsynced,
+    renamed over `path`, and then the directory is fsynced so the rename itself is durable."""
+    directory = path.parent
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+_SECRET_BYTES = 32
+
+
+def _secret_ok(text: bytes) -> bool:
+    try:
+        return len(base64.b64decode(text.strip(), validate=True)) == _SECRET_BYTES
+    except ValueError:
+        return False
 
 
 def ensure_secret(path: Path) -> bytes:
-    """Read the secret at `path`, creating a random one (mode 0600) if missing or empty."""
-    if not path.exists() or not path.read_bytes().strip():
-        _write_private(path, base64.b64encode(os.urandom(32)) + b"\n")
-    return path.read_bytes().strip()
+    """Read the secret at `path`, creating a random one (mode 0600) if there is no file.
+
+    A file that is there but empty or cut short raises `DamagedKeyFile`: a new secret written over it
+    would make every SRS bounce of mail forwarded before it fail, so an admin decides.
+    """
+    with _creating(path):
+        if not path.exists():
+            write_atomic(path, base64.b64encode(os.urandom(_SECRET_BYTES)) + b"\n")
+        text = path.read_bytes()
+    if not _secret_ok(text):
+        raise DamagedKeyFile(
+            f"{path} is empty or cut short ({len(text)} bytes; a crash or a full disk while it was "
+            "written?): restore it from a backup, or delete it to generate a new secret (bounces of mail "
+            "forwarded before then will be refused)")
+    return text.strip()
 
 
 def ensure_self_signed_cert(cert_path: Path, key_path: Path, hostname: str) -> bool:
-    """Create a self-signed certificate for `hostname` and 127.0.0.1 if none exists; True if created."""
-    if cert_path.exists() and key_path.exists():
-        return False
+    """Create a self-signed certificate for `hostname` and 127.0.0.1 unless both files exist; True if
+    created. The key is written first, so a crash in between leaves no certificate and both are made
+    again; each file is written atomically, so neither is ever left cut short by this function."""
+    with _creating(key_path), _creating(cert_path):
+        if cert_path.exists() and key_path.exists():
+            return False
+        _make_pair(cert_path, key_path, hostname)
+    return True
+
+
+def _make_pair(cert_path: Path, key_path: Path, hostname: str) -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname[:64] or "localhost")])
     now = dt.datetime.now(dt.UTC)
@@ -107,8 +179,7 @@ def ensure_self_signed_cert(cert_path: Path, key_path: Path, hostname: str) -> b
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
-    _write_private(key_path, key.private_bytes(
+    write_atomic(key_path, key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ))
-    _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
-    return True
+    write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM))

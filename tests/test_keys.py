@@ -94,8 +94,9 @@ def test_secret_file_is_created_once_with_mode_0600(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert keys.ensure_secret(path) == secret
     path.write_bytes(b"\n")
-    regenerated = keys.ensure_secret(path)
-    assert regenerated and regenerated != secret
+    with pytest.raises(keys.DamagedKeyFile, match="empty or cut short"):
+        keys.ensure_secret(path)  # never a new secret over one a crash cut short
+    assert path.read_bytes() == b"\n"
 
 
 def test_self_signed_pair(tmp_path: Path) -> None:

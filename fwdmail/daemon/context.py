@@ -99,6 +99,7 @@ class Context:
         from .delivery import Delivery
 
         self.delivery = Delivery(self.runtime.config)
+        self.blocking.write_lock_timeout = self.runtime.config.store.write_lock_timeout
 
     def server_tls(self) -> ssl.SSLContext:
         """The context listeners hand to TLS handshakes (it follows `reload_tls`)."""

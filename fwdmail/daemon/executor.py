@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar
+
+from .. import store
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -20,14 +23,29 @@ async def _inline(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 
 class Blocking:
-    """`db` runs on one thread (SQLite has one writer; its connection lives there); `cpu` on a pool."""
+    """`db` runs store work on two threads, each with its own SQLite connection: writes on one (SQLite
+    has one writer), reads on the other; `cpu` runs on a pool."""
 
-    def __init__(self, cpu_threads: int = 2) -> None:
+    def __init__(self, cpu_threads: int = 2, write_lock_timeout: float = 1.0) -> None:
+        self.write_lock_timeout = write_lock_timeout
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fwdmail-db")
+        self._read = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fwdmail-db-read")
         self._cpu = ThreadPoolExecutor(max_workers=cpu_threads, thread_name_prefix="fwdmail-cpu")
 
     async def db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        return await self._run(self._db, fn, *args, **kwargs)
+        """Run store work. A verb marked `store.reads` goes to the read thread, so routing and logins
+        never queue behind writes that wait for another process's lock. Anything else goes to the
+        writer thread, where it waits for SQLite's write lock at most `write_lock_timeout` seconds from
+        this call (its time queued included), then fails with the store's "unavailable" error."""
+        if store.only_reads(fn):
+            return await self._run(self._read, store.run_read, fn, *args, **kwargs)
+        return await self.db_since(time.monotonic(), fn, *args, **kwargs)
+
+    async def db_since(self, asked_at: float, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`db` for a write asked for at `asked_at` (`time.monotonic()`), e.g. a batch counted from its
+        oldest item: its wait for the lock ends `write_lock_timeout` seconds after that."""
+        return await self._run(self._db, store.run_write, asked_at, self.write_lock_timeout, fn, *args,
+                               **kwargs)
 
     async def cpu(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await self._run(self._cpu, fn, *args, **kwargs)
@@ -45,4 +63,6 @@ class Blocking:
 
     def shutdown(self) -> None:
         self._cpu.shutdown(wait=True)
+        self._read.submit(store.close_store)
+        self._read.shutdown(wait=True)
         self._db.shutdown(wait=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -27,6 +28,7 @@ class GroupCommitter(Generic[Item, Out]):
 
     If a whole batch fails, its items are retried one by one, so one bad item fails alone; unless the
     store as a whole failed (locked, full, read-only): then the batch fails at once, not once per item.
+    A batch waits for a lock held elsewhere only until its oldest item has waited `write_lock_timeout`.
     """
 
     def __init__(self, blocking: Blocking, commit: Callable[[Sequence[Item], dt.datetime], list[Out]],
@@ -35,14 +37,14 @@ class GroupCommitter(Generic[Item, Out]):
         self._commit = commit
         self._clock = clock
         self._max_batch = max_batch
-        self._pending: list[tuple[Item, asyncio.Future[Out]]] = []
+        self._pending: list[tuple[Item, asyncio.Future[Out], float]] = []
         self._flusher: asyncio.Task[None] | None = None
 
     async def submit(self, item: Item) -> Out:
         """Return once `item` is committed durably; raise what the store raised otherwise."""
         fut: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
         fut.add_done_callback(_retrieve)  # a client that hung up must not leave an unretrieved error
-        self._pending.append((item, fut))
+        self._pending.append((item, fut, time.monotonic()))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
         return await asyncio.shield(fut)
@@ -52,15 +54,16 @@ class GroupCommitter(Generic[Item, Out]):
             batch = self._pending[:self._max_batch]
             del self._pending[:self._max_batch]
             try:
-                outs = await self._blocking.db(self._commit, [item for item, _ in batch], self._clock())
+                items = [item for item, _, _ in batch]
+                outs = await self._blocking.db_since(batch[0][2], self._commit, items, self._clock())
             except Exception as exc:
                 if len(batch) == 1 or store.unavailable(exc):
-                    for _, fut in batch:
+                    for _, fut, _ in batch:
                         _settle(fut, exc=exc)
                     continue
                 log.warning("group commit of %d messages failed (%s); committing them one by one",
                             len(batch), type(exc).__name__)
-                for item, fut in batch:
+                for item, fut, _ in batch:
                     try:
                         (out,) = await self._blocking.db(self._commit, [item], self._clock())
                     except Exception as one_exc:
@@ -68,7 +71,7 @@ class GroupCommitter(Generic[Item, Out]):
                     else:
                         _settle(fut, out)
                 continue
-            for (_, fut), out in zip(batch, outs, strict=True):
+            for (_, fut, _), out in zip(batch, outs, strict=True):
                 _settle(fut, out)
 
     async def drain(self) -> None:

@@ -164,12 +164,6 @@ def resolve(directory: Directory, address: Address) -> Route | SmtpError:
     return Route(alias.address, alias.domain, targets, alias.account_email, settings=settings)
 
 
-def _load() -> tuple[int, list[store.DomainRecord], list[store.AliasRecord]]:
-    version = store.directory_version()
-    domains, aliases = store.load_directory()
-    return version, domains, aliases
-
-
 class DirectoryCache:
     """The current `Directory`, re-checked against the store at most every `check_interval` seconds."""
 
@@ -208,7 +202,7 @@ class DirectoryCache:
         try:
             version = await self.blocking.db(store.directory_version)
             if self._directory is None or version != self._directory.version:
-                version, domains, aliases = await self.blocking.db(_load)
+                version, domains, aliases = await self.blocking.db(store.directory_snapshot)
                 self._directory = Directory.build(domains, aliases, version)
         except Exception:
             if self._directory is None:

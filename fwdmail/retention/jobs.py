@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -31,8 +32,13 @@ class DbSeam(Protocol):
 
 
 async def inline(fn: Callable[..., T], *args: Any) -> T:
-    """The seam for a process that owns its thread: run the store verb here and now."""
-    return fn(*args)
+    """The seam for a process that owns its thread: run the store verb here and now. After a write it
+    rests (`store.rest_after`), so a running daemon's writes get SQLite's lock between two batches."""
+    started = time.monotonic()
+    out = fn(*args)
+    if not store.only_reads(fn):
+        await asyncio.sleep(store.rest_after(started))
+    return out
 
 
 Progress = Callable[[int], None]

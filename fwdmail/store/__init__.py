@@ -15,7 +15,12 @@ from .db import (
     close_store,
     data_version,
     failure,
+    only_reads,
     open_store,
+    reads,
+    rest_after,
+    run_read,
+    run_write,
     storage_full,
     unavailable,
 )

@@ -1,16 +1,22 @@
-"""The SQLite connection: pragmas, schema version, forward migrations, checkpoints."""
+"""The SQLite connections: pragmas, schema version, forward migrations, checkpoints, and how a thread
+reads (its own read-only connection) or writes (waiting a bounded time for the write lock)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import peewee as pw
 
 from .models import ALL_MODELS, Meta, database
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 PRAGMAS = {
     "journal_mode": "wal",
@@ -149,11 +155,70 @@ def unsynced() -> Iterator[None]:
         database.execute_sql(f"PRAGMA synchronous = {PRAGMAS['synchronous']}")
 
 
-def checkpoint() -> None:
-    """Move the WAL into the main file and truncate it, so removed bytes leave the WAL too."""
-    database.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+def checkpoint(wait_ms: int = 200) -> None:
+    """Move the WAL into the main file and truncate it, so removed bytes leave the WAL too.
+
+    While it waits for readers it holds other writers off, so it waits at most `wait_ms` (not the
+    connection's busy timeout) and may leave the WAL as it was; `settle_wal` retries until it is done.
+    """
+    saved = database.execute_sql("PRAGMA busy_timeout").fetchone()[0]
+    database.execute_sql(f"PRAGMA busy_timeout = {int(wait_ms)}")
+    try:
+        database.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        database.execute_sql(f"PRAGMA busy_timeout = {int(saved)}")
 
 
 def data_version() -> int:
     """SQLite's data_version: changes when another connection commits."""
     return int(database.execute_sql("PRAGMA data_version").fetchone()[0])
+
+
+def reads(verb: Callable[P, T]) -> Callable[P, T]:
+    """Mark `verb` as one that only reads: a daemon runs it on its read connection (`run_read`)."""
+    verb.store_reads = True  # type: ignore[attr-defined]
+    return verb
+
+
+def only_reads(fn: Callable[..., object]) -> bool:
+    return getattr(fn, "store_reads", False) is True
+
+
+def run_read(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Call the read verb `fn` on this thread's own connection, made read-only when it opens.
+
+    In WAL mode it reads the last committed state while another connection (another process's long
+    transaction, or this process's writer waiting for it) holds the write lock, so reads never queue
+    behind writes.
+    """
+    if database.obj is not None and database.is_closed():
+        database.connect()
+        database.execute_sql("PRAGMA query_only = 1")
+    return fn(*args, **kwargs)
+
+
+# Even a write whose deadline passed while it queued waits this long (or its whole budget, if smaller) for
+# a lock held elsewhere: other processes' ordinary commits (MX workers, short CLI batches) take that long.
+MIN_LOCK_WAIT = 0.1
+
+
+def run_write(asked_at: float, budget: float, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Call `fn` on this thread's connection, waiting for SQLite's write lock only until `budget` seconds
+    after `asked_at` (a `time.monotonic()` value: when the write was asked for, before it queued): past
+    that, a lock held elsewhere fails the call with "database is locked" (`unavailable`), so writes
+    queued behind one that waits do not each wait the whole budget in turn."""
+    if database.obj is not None:
+        wait = max(asked_at + budget - time.monotonic(), min(MIN_LOCK_WAIT, budget))
+        database.execute_sql(f"PRAGMA busy_timeout = {int(wait * 1000)}")
+    return fn(*args, **kwargs)
+
+
+# A process that writes in a loop (a CLI delete or purge) rests between its transactions at least this
+# long, and at least as long as the last one took: a running daemon's writes, polling for the lock, find
+# it free about half the time instead of never.
+MIN_REST = 0.02
+
+
+def rest_after(started: float) -> float:
+    """Seconds to rest after a write transaction that began at `started` (a `time.monotonic()` value)."""
+    return max(MIN_REST, time.monotonic() - started)

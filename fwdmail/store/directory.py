@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from dataclasses import dataclass
 
-from .db import checkpoint
+import peewee as pw
+
+from .db import checkpoint, reads, rest_after
 from .models import (
     AbuseEvent,
     Account,
     Alias,
+    BaseModel,
     Domain,
     Meta,
     OutboundEmail,
@@ -27,7 +31,8 @@ from .models import (
 __all__ = [
     "ALIAS_KINDS", "ALIAS_STATES", "AccountRecord", "AliasRecord", "AlreadyExists", "DomainRecord",
     "NotFound",
-    "add_account", "add_alias", "add_domain", "alias_password_hash", "delete_account", "directory_version",
+    "add_account", "add_alias", "add_domain", "alias_password_hash", "delete_account", "directory_snapshot",
+    "directory_version",
     "get_account", "get_alias", "get_domain", "list_accounts", "list_aliases", "list_domains",
     "load_directory", "mark_domain_verified", "remove_alias", "remove_domain", "set_alias_password",
     "set_alias_state", "update_domain",
@@ -95,6 +100,7 @@ def _bump_directory() -> None:
     Meta.insert(key="directory_version", value=str(directory_version() + 1)).on_conflict_replace().execute()
 
 
+@reads
 def directory_version() -> int:
     """A counter bumped by every directory change; cheap to poll."""
     row = Meta.get_or_none(Meta.key == "directory_version")
@@ -168,17 +174,30 @@ def list_accounts() -> list[AccountRecord]:
 
 
 def delete_account(email: str) -> dict[str, int]:
-    """Remove an account and everything that hangs off it, then checkpoint the WAL."""
+    """Remove an account and everything that hangs off it, then checkpoint the WAL.
+
+    Its mail and logs go first in short transactions (`_delete_in_batches`), so a running daemon's
+    writes get the lock between them; then, in one transaction, what is left: the account with its
+    domains, keys, aliases and password hashes. Interrupted, it has removed part of the mail and logs;
+    running it again removes the rest.
+    """
+    acct = _account(email)
+    domain_ids = [d.id for d in acct.domains]
+    names = [d.name for d in acct.domains]
+    emails = _delete_in_batches(OutboundEmail, OutboundEmail.domain.in_(domain_ids))
+    logs = _delete_in_batches(SmtpErrorLog, SmtpErrorLog.domain.in_(domain_ids)
+                              | SmtpErrorLog.domain_name.in_(names))
+    _delete_in_batches(AbuseEvent, AbuseEvent.domain.in_(domain_ids))
     with database.atomic("IMMEDIATE"):
         acct = _account(email)
         domain_ids = [d.id for d in acct.domains]
-        domain_names = [d.name for d in acct.domains]
+        names = [d.name for d in acct.domains]
         counts = {
             "domains": len(domain_ids),
             "aliases": Alias.select().where(Alias.domain.in_(domain_ids)).count(),
-            "emails": OutboundEmail.select().where(OutboundEmail.domain.in_(domain_ids)).count(),
-            "smtp_error_logs": SmtpErrorLog.delete().where(
-                SmtpErrorLog.domain.in_(domain_ids) | SmtpErrorLog.domain_name.in_(domain_names)
+            "emails": emails + OutboundEmail.select().where(OutboundEmail.domain.in_(domain_ids)).count(),
+            "smtp_error_logs": logs + SmtpErrorLog.delete().where(
+                SmtpErrorLog.domain.in_(domain_ids) | SmtpErrorLog.domain_name.in_(names)
             ).execute(),
         }
         AbuseEvent.delete().where(AbuseEvent.domain.in_(domain_ids)).execute()
@@ -186,6 +205,27 @@ def delete_account(email: str) -> dict[str, int]:
         _bump_directory()
     checkpoint()
     return counts
+
+
+# A deletion from the CLI removes mail and logs at most this many rows per transaction.
+DELETE_BATCH = 500
+
+
+def _delete_in_batches(model: type[BaseModel], condition: pw.Expression) -> int:
+    """Delete the rows of `model` matching `condition`, `DELETE_BATCH` per transaction, resting between
+    transactions (`rest_after`) so other writers get the lock; return how many were deleted. Rows that
+    arrive meanwhile may be left (the caller's last transaction takes them)."""
+    total = 0
+    for _ in range(model.select().where(condition).count() // DELETE_BATCH + 1):
+        started = time.monotonic()
+        with database.atomic("IMMEDIATE"):
+            ids = [r.id for r in model.select(model.id).where(condition).limit(DELETE_BATCH)]
+            deleted = model.delete().where(model.id.in_(ids)).execute() if ids else 0
+        total += deleted
+        if len(ids) < DELETE_BATCH:
+            break
+        time.sleep(rest_after(started))
+    return total
 
 
 # domains
@@ -243,13 +283,19 @@ def mark_domain_verified(name: str, now: dt.datetime) -> DomainRecord:
 
 
 def remove_domain(name: str) -> dict[str, int]:
-    """Remove a domain with its aliases, key, outbound mail and logs, then checkpoint the WAL."""
+    """Remove a domain with its aliases, key, outbound mail and logs, then checkpoint the WAL (mail and
+    logs first, in short transactions, as `delete_account` does)."""
+    row = _domain(name)
+    emails = _delete_in_batches(OutboundEmail, OutboundEmail.domain == row.id)
+    logs = _delete_in_batches(SmtpErrorLog,
+                              (SmtpErrorLog.domain == row.id) | (SmtpErrorLog.domain_name == name))
+    _delete_in_batches(AbuseEvent, AbuseEvent.domain == row.id)
     with database.atomic("IMMEDIATE"):
         row = _domain(name)
         counts = {
             "aliases": row.aliases.count(),
-            "emails": row.outbound.count(),
-            "smtp_error_logs": SmtpErrorLog.delete().where(
+            "emails": emails + row.outbound.count(),
+            "smtp_error_logs": logs + SmtpErrorLog.delete().where(
                 (SmtpErrorLog.domain == row.id) | (SmtpErrorLog.domain_name == name)
             ).execute(),
         }
@@ -317,6 +363,7 @@ def set_alias_password(domain: str, kind: str, local: str, password_hash: str) -
     return _alias_record(row)
 
 
+@reads
 def alias_password_hash(domain: str, kind: str, local: str) -> str | None:
     """The stored password hash of an alias, or None (for the submission login check)."""
     row = (
@@ -327,7 +374,17 @@ def alias_password_hash(domain: str, kind: str, local: str) -> str | None:
     return row.password_hash if row else None
 
 
+@reads
 def load_directory() -> tuple[list[DomainRecord], list[AliasRecord]]:
     """Every domain and alias, for the daemon's in-memory resolver."""
     domains = list_domains()
     return domains, list_aliases()
+
+
+@reads
+def directory_snapshot() -> tuple[int, list[DomainRecord], list[AliasRecord]]:
+    """`directory_version` with every domain and alias, all read in one transaction (they agree)."""
+    with database.atomic():
+        version = directory_version()
+        domains, aliases = load_directory()
+    return version, domains, aliases

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-from .db import unsynced
+from .db import reads, unsynced
 from .directory import NotFound
 from .errorlog import log_smtp_errors
 from .models import Alias, Domain, OutboundEmail, OutboundRecipient, database
@@ -201,6 +201,7 @@ def _email_record(e: OutboundEmail, domain: str, recipients: list[OutboundRecipi
     )
 
 
+@reads
 def login_record(domain: str, kind: str, local: str) -> LoginRecord | None:
     """The alias a submission login names, with its password hash; None if there is no such alias."""
     row = (

@@ -13,7 +13,7 @@ import time
 
 import peewee as pw
 
-from .db import StoreError
+from .db import StoreError, reads
 from .models import AbuseEvent, Domain, Meta, OutboundEmail, SmtpErrorLog, database
 from .outbound import FINAL_STATUSES
 
@@ -44,6 +44,7 @@ def purge_error_logs_before(cutoff: dt.datetime, batch: int) -> int:
         return _delete_ids(SmtpErrorLog, ids)
 
 
+@reads
 def count_error_logs_before(cutoff: dt.datetime) -> int:
     return _error_logs_before(cutoff).count()
 
@@ -59,6 +60,7 @@ def purge_abuse_events_before(cutoff: dt.datetime, batch: int) -> int:
         return _delete_ids(AbuseEvent, ids)
 
 
+@reads
 def count_abuse_events_before(cutoff: dt.datetime) -> int:
     return _abuse_events_before(cutoff).count()
 
@@ -98,6 +100,7 @@ def redact_bodies_due(now: dt.datetime, batch: int) -> int:
         )
 
 
+@reads
 def count_bodies_due(now: dt.datetime) -> int:
     q = _bodies_due(now)
     return 0 if q is None else q.count()
@@ -118,6 +121,7 @@ def delete_emails_due(now: dt.datetime, days: int, batch: int) -> int:
         return _delete_ids(OutboundEmail, ids)
 
 
+@reads
 def count_emails_due(now: dt.datetime, days: int) -> int:
     return _emails_due(now, days).count()
 
@@ -157,6 +161,7 @@ def settle_deleted(what: str) -> None:
                          "run `fwdmail purge` to finish")
 
 
+@reads
 def last_retention_run() -> dt.datetime | None:
     """When the scheduled retention jobs last started, if ever."""
     row = Meta.get_or_none(Meta.key == _LAST_RUN_KEY)
