@@ -103,6 +103,10 @@ class MxConfig:
     dedup_max_entries: int = 100_000
     partial_failure_notice_interval: float = 3600.0
     workers: int = 1
+    regex_match_timeout: float = 0.01
+    regex_seconds_per_transaction: float = 0.05
+    regex_seconds_per_ip_per_minute: float = 0.1
+    regex_seconds_per_minute: float = 1.0
 
     def validate(self, key: str) -> None:
         if not 1 <= self.workers <= 64:
@@ -115,6 +119,9 @@ class MxConfig:
         _positive(f"{key}.dedup_ttl", self.dedup_ttl)
         _positive(f"{key}.dedup_max_entries", self.dedup_max_entries)
         _positive(f"{key}.partial_failure_notice_interval", self.partial_failure_notice_interval)
+        for name in ("regex_match_timeout", "regex_seconds_per_transaction",
+                     "regex_seconds_per_ip_per_minute", "regex_seconds_per_minute"):
+            _positive(f"{key}.{name}", getattr(self, name))
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from .delivery import Content
 from .executor import Blocking
 from .listeners import close_servers, listen
 from .replies import SmtpError
-from .routing import DirectoryCache, Route, resolve
+from .routing import DirectoryCache, RegexBudget, Route, resolve
 from .smtpserver import Session, Sessions, SmtpServer
 from .workers import Dispatcher, Inbox
 
@@ -263,6 +263,7 @@ class Mx:
         self.srs_max_age = cfg.srs.max_age_days
         self.secret = ctx.runtime.srs_secret
         self.directory = DirectoryCache(ctx.blocking)
+        self.regex_budget = RegexBudget.of(self.cfg)
         self.delivered = DeliveredMemory(self.cfg.dedup_ttl, self.cfg.dedup_max_entries)
         self.notices = RateLimiter(self.cfg.partial_failure_notice_interval)
         self.errors = ErrorLogWriter(ctx.blocking)
@@ -334,7 +335,7 @@ class Mx:
         elif not addr.local.isascii() and not tx.smtputf8:
             err = replies.NEEDS_SMTPUTF8
         else:
-            route = await self._route(addr)
+            route = await self._route(addr, session, tx)
             if isinstance(route, Route):
                 accepted = Accepted(str(addr), route)
                 for policy in self.policies:
@@ -362,7 +363,7 @@ class Mx:
         except Exception:
             return False
 
-    async def _route(self, addr: Address) -> Route | SmtpError:
+    async def _route(self, addr: Address, session: SessionInfo, tx: Transaction) -> Route | SmtpError:
         if addr.domain == self.srs_domain and srs.is_srs(addr.local):
             return self._reverse_srs(addr)
         try:
@@ -370,7 +371,7 @@ class Mx:
         except Exception as exc:
             log.warning("cannot load the alias directory: %s", type(exc).__name__)
             return replies.STORE_UNAVAILABLE
-        route = resolve(directory, addr)
+        route = resolve(directory, addr, self.regex_budget.meter(session.peer_ip, tx.notes))
         if route is replies.RELAY_DENIED and addr.domain == self.srs_domain:
             return replies.NO_SUCH_USER
         return route

@@ -106,6 +106,7 @@ NEED_MAIL = "503 5.5.1 Error: need MAIL command"
 
 # hostile input
 ALIAS_LOOKUP_TIMEOUT = SmtpError(451, "4.3.0", "Recipient lookup took too long, try again later")
+REGEX_BUDGET_SPENT = SmtpError(451, "4.7.1", "Too much recipient lookup work, try again later")
 HEADER_TOO_BIG = SmtpError(552, "5.3.4", "Message header too big")
 AUTH_LINE_TOO_LONG = SmtpError(500, "5.5.6", "Authentication exchange line is too long")
 UNKNOWN_COMMAND = SmtpError(500, "5.5.2", "Error: command not recognized")
