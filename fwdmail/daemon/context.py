@@ -99,6 +99,8 @@ class Context:
         from .delivery import Delivery
 
         self.delivery = Delivery(self.runtime.config)
+        sub = self.runtime.config.submission
+        self.blocking.bound_hashing(sub.auth_hash_threads, sub.auth_hash_queue)
 
     def server_tls(self) -> ssl.SSLContext:
         """The context listeners hand to TLS handshakes (it follows `reload_tls`)."""
