@@ -132,6 +132,10 @@ class SubmissionConfig:
     max_recipients: int = 50
     auth_failures_per_hour: int = 10
     auth_lockout: float = 3600.0
+    auth_failures_per_alias_per_hour: int = 20
+    auth_failures_total_per_minute: int = 60
+    auth_hash_threads: int = 1
+    auth_hash_queue: int = 8
     max_future_date_days: int = 30
 
     def validate(self, key: str) -> None:
@@ -143,6 +147,12 @@ class SubmissionConfig:
         _positive(f"{key}.max_recipients", self.max_recipients)
         _positive(f"{key}.auth_failures_per_hour", self.auth_failures_per_hour)
         _positive(f"{key}.auth_lockout", self.auth_lockout)
+        _positive(f"{key}.auth_failures_per_alias_per_hour", self.auth_failures_per_alias_per_hour)
+        _positive(f"{key}.auth_failures_total_per_minute", self.auth_failures_total_per_minute)
+        if not 1 <= self.auth_hash_threads <= 64:
+            raise ConfigError(f"{key}.auth_hash_threads: must be from 1 to 64, got {self.auth_hash_threads}")
+        if self.auth_hash_queue < 0:
+            raise ConfigError(f"{key}.auth_hash_queue: must be 0 or more, got {self.auth_hash_queue}")
         _positive(f"{key}.max_future_date_days", self.max_future_date_days)
         _at_most(f"{key}.max_future_date_days", self.max_future_date_days, 365, "a year")
 

@@ -3,7 +3,9 @@
 Untrusted input: everything a submission client sends: AUTH credentials, envelope addresses and the
 message (header syntax, From, Date, Message-ID). Only a client that logged in over TLS may send, only as
 its alias; a 250 comes only once the message and its envelope are committed durably. Failed logins are
-counted per client IP in memory only; the IP is never written anywhere.
+counted in memory only, per client (IPv4 address or IPv6 /64; never written anywhere), per login name
+(as a keyed hash) and in total; password checks run on their own bounded pool (`Blocking.hash`), so
+guesses from many addresses get 454 instead of taking the CPU the MX needs.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import logging
 import re
 import secrets
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,14 +36,16 @@ from ..addresses import AddressError, normalize_address, parse_address, parse_al
 from ..config import SubmissionConfig
 from . import replies
 from .context import Context
+from .executor import Busy
 from .groupcommit import GroupCommitter
+from .limits import client_key
 from .listeners import listen
 from .replies import SmtpError
 from .smtpserver import Sessions, SmtpServer
 
 __all__ = [
-    "AuthLimiter", "Login", "LoginCache", "Prepared", "SubmissionHandler", "SubmissionService",
-    "parse_header_block", "prepare_message", "split_message",
+    "AuthLimiter", "FailureBudget", "Login", "LoginCache", "Prepared", "SubmissionHandler",
+    "SubmissionService", "parse_header_block", "prepare_message", "split_message",
 ]
 
 log = logging.getLogger("fwdmail.submission")
@@ -69,8 +73,9 @@ class Login:
 
 
 class AuthLimiter:
-    """Failed logins per client IP, in memory only: `max_failures` within `window` seconds locks the IP
-    out for `lockout` seconds. Times are monotonic seconds; at most `max_entries` IPs are remembered."""
+    """Failed logins per client, in memory only: `max_failures` within `window` seconds locks the client
+    out for `lockout` seconds. A client is an IPv4 address or an IPv6 /64 (`limits.client_key`). Times
+    are monotonic seconds; at most `max_entries` clients are remembered."""
 
     def __init__(self, max_failures: int, lockout: float, window: float = 3600.0,
                  max_entries: int = 100_000) -> None:
@@ -84,8 +89,9 @@ class AuthLimiter:
 
     @contextlib.asynccontextmanager
     async def turn(self, ip: str) -> AsyncIterator[None]:
-        """Check one login of `ip` at a time, so parallel guesses cannot outrun the count. Remembers
-        an IP only while one of its logins is being checked."""
+        """Check one login of `ip`'s client at a time, so parallel guesses cannot outrun the count.
+        Remembers a client only while one of its logins is being checked."""
+        ip = client_key(ip)
         lock, users = self._turns.get(ip) or (asyncio.Lock(), 0)
         self._turns[ip] = (lock, users + 1)
         try:
@@ -99,6 +105,7 @@ class AuthLimiter:
                 self._turns[ip] = (lock, users - 1)
 
     def blocked(self, ip: str, now: float) -> bool:
+        ip = client_key(ip)
         until = self._locked.get(ip)
         if until is None:
             return False
@@ -108,7 +115,8 @@ class AuthLimiter:
         return False
 
     def failed(self, ip: str, now: float) -> bool:
-        """Count one failed login; True if the IP is now locked out."""
+        """Count one failed login; True if the client is now locked out."""
+        ip = client_key(ip)
         times = self._failures.pop(ip, None) or deque()
         times.append(now)
         while times and times[0] <= now - self.window:
@@ -124,6 +132,58 @@ class AuthLimiter:
     def _trim(self, table: dict[str, Any]) -> None:
         while len(table) > self.max_entries:
             del table[next(iter(table))]
+
+
+class _Windows:
+    """At most `limit` events per key in any `window` seconds; at most `max_keys` keys, the least
+    recently counted forgotten first."""
+
+    def __init__(self, limit: int, window: float, max_keys: int) -> None:
+        self.limit = limit
+        self.window = window
+        self.max_keys = max_keys
+        self._times: OrderedDict[bytes, deque[float]] = OrderedDict()
+
+    def _recent(self, key: bytes, now: float) -> deque[float] | None:
+        times = self._times.get(key)
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        return times
+
+    def full(self, key: bytes, now: float) -> bool:
+        times = self._recent(key, now)
+        return times is not None and len(times) >= self.limit
+
+    def add(self, key: bytes, now: float) -> None:
+        times = self._recent(key, now)
+        if times is None:
+            times = deque(maxlen=self.limit)
+        self._times.pop(key, None)
+        self._times[key] = times
+        times.append(now)
+        while len(self._times) > self.max_keys:
+            self._times.popitem(last=False)
+
+
+class FailureBudget:
+    """Failed logins from all clients together: at most `per_alias_per_hour` for one login name (many
+    addresses guessing one password) and `total_per_minute` in all. A login that needs a password check
+    while either is spent is refused before hashing. Names are held as keyed hashes, in memory only."""
+
+    def __init__(self, total_per_minute: int, per_alias_per_hour: int, max_aliases: int = 10_000) -> None:
+        self._total = _Windows(total_per_minute, 60.0, 1)
+        self._aliases = _Windows(per_alias_per_hour, 3600.0, max_aliases)
+        self._key = secrets.token_bytes(32)
+
+    def _name(self, username: bytes) -> bytes:
+        return hmac.digest(self._key, username.strip().lower(), hashlib.sha256)
+
+    def allows(self, username: bytes, now: float) -> bool:
+        return not self._total.full(b"", now) and not self._aliases.full(self._name(username), now)
+
+    def failed(self, username: bytes, now: float) -> None:
+        self._total.add(b"", now)
+        self._aliases.add(self._name(username), now)
 
 
 class LoginCache:
@@ -314,6 +374,8 @@ class SubmissionHandler:
         self.limiter = limiter
         self.on_queued = on_queued
         self.logins = LoginCache()
+        self.failures = FailureBudget(self.cfg.auth_failures_total_per_minute,
+                                      self.cfg.auth_failures_per_alias_per_hour)
         self._dummy_hash: str | None = None
 
     # AUTH
@@ -335,8 +397,13 @@ class SubmissionHandler:
         async with self.limiter.turn(ip):
             if self.limiter.blocked(ip, time.monotonic()):
                 return await self._locked_out(server)
-            login = await self.authenticate(*creds)
+            try:
+                login = await self.authenticate(*creds)
+            except Busy:
+                log.debug("submission login not checked: password checks over their budget or capacity")
+                return replies.AUTH_BUSY.reply
             if login is None:
+                self.failures.failed(creds[0], time.monotonic())
                 locked = self.limiter.failed(ip, time.monotonic())
                 log.info("submission login failed%s", "; client locked out for a while" if locked else "")
                 return replies.AUTH_FAILED.reply
@@ -387,7 +454,8 @@ class SubmissionHandler:
 
     async def authenticate(self, username: bytes, password: bytes) -> Login | None:
         """The alias these credentials log in as, or None. Costs one scrypt, unless the same password of
-        the alias was verified a short while ago (`LoginCache`)."""
+        the alias was verified a short while ago (`LoginCache`). Raises `Busy` instead of hashing when
+        the failure budget of the name or of all names is spent, or the hashing pool is full."""
         record = None
         try:
             spec = parse_alias_spec(username.decode("utf-8"))
@@ -400,11 +468,13 @@ class SubmissionHandler:
         if record is not None and encoded is not None and self.logins.verified(
                 record.alias_id, encoded, secret, time.monotonic()):
             return Login(record.alias_id, record.domain, record.kind, record.local)
+        if not self.failures.allows(username, time.monotonic()):
+            raise Busy
         if encoded is None:
             if self._dummy_hash is None:
-                self._dummy_hash = await self.ctx.blocking.cpu(keys.hash_password, secrets.token_hex(16))
+                self._dummy_hash = await self.ctx.blocking.hash(keys.hash_password, secrets.token_hex(16))
             encoded = self._dummy_hash
-        ok = await self.ctx.blocking.cpu(keys.verify_password, secret, encoded)
+        ok = await self.ctx.blocking.hash(keys.verify_password, secret, encoded)
         if not ok or record is None or record.password_hash is None:
             return None
         self.logins.remember(record.alias_id, record.password_hash, secret, time.monotonic())
