@@ -51,6 +51,10 @@ __all__ = [
 log = logging.getLogger("fwdmail.submission")
 
 _FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")
+# A login refused unchecked (budgets spent, hashing full) is answered after this pause (seconds), taken
+# in the client's turn: no hash waits, but a client cannot loop on AUTH faster than this, as a flood of
+# instant 454s would take the event loop (Postfix's smtpd_error_sleep_time does the same).
+_REFUSED_PAUSE = 1.0
 
 
 @dataclass(frozen=True)
@@ -193,7 +197,9 @@ class LoginCache:
     Kept in memory only, per alias: the stored password hash it was verified against and an HMAC-SHA256 of
     the password under a key made at start. An entry holds for `ttl` seconds (monotonic) and only while
     the stored hash is the same, so a changed password or a removed alias is never let in by it. A wrong
-    password never matches and gets the full scrypt, so the cache does not shorten a guess.
+    password never matches and gets the full scrypt, so the cache does not shorten a guess. The login
+    name that verified it is kept as a keyed hash, so `known` can tell a remembered password from a guess
+    without the store.
     """
 
     def __init__(self, ttl: float = 900.0, max_entries: int = 10_000) -> None:
@@ -201,9 +207,19 @@ class LoginCache:
         self.max_entries = max_entries
         self._key = secrets.token_bytes(32)
         self._entries: dict[int, tuple[str, bytes, float]] = {}
+        self._names: dict[bytes, int] = {}  # keyed hash of the login name -> alias id
 
     def _mac(self, password: str) -> bytes:
         return hmac.digest(self._key, password.encode(), hashlib.sha256)
+
+    def _name(self, name: bytes) -> bytes:
+        return hmac.digest(self._key, b"name\0" + name.lower(), hashlib.sha256)
+
+    def known(self, name: bytes, password: str, now: float) -> bool:
+        """Whether `password` is the one remembered for login `name`: worth a look at the store (which
+        `verified` needs) even when guesses are over their budget. No store, no hash, here."""
+        entry = self._entries.get(self._names.get(self._name(name), -1))
+        return entry is not None and now < entry[2] and hmac.compare_digest(entry[1], self._mac(password))
 
     def verified(self, alias_id: int, stored_hash: str, password: str, now: float) -> bool:
         entry = self._entries.get(alias_id)
@@ -215,11 +231,16 @@ class LoginCache:
             return False
         return hmac.compare_digest(mac, self._mac(password))
 
-    def remember(self, alias_id: int, stored_hash: str, password: str, now: float) -> None:
+    def remember(self, alias_id: int, stored_hash: str, password: str, now: float, name: bytes = b"") -> None:
         self._entries.pop(alias_id, None)
         self._entries[alias_id] = (stored_hash, self._mac(password), now + self.ttl)
         while len(self._entries) > self.max_entries:
             del self._entries[next(iter(self._entries))]
+        if name:
+            self._names.pop(self._name(name), None)
+            self._names[self._name(name)] = alias_id
+            while len(self._names) > self.max_entries:
+                del self._names[next(iter(self._names))]
 
 
 # the message
@@ -401,9 +422,9 @@ class SubmissionHandler:
                 login = await self.authenticate(*creds)
             except Busy:
                 log.debug("submission login not checked: password checks over their budget or capacity")
+                await asyncio.sleep(_REFUSED_PAUSE)
                 return replies.AUTH_BUSY.reply
             if login is None:
-                self.failures.failed(creds[0], time.monotonic())
                 locked = self.limiter.failed(ip, time.monotonic())
                 log.info("submission login failed%s", "; client locked out for a while" if locked else "")
                 return replies.AUTH_FAILED.reply
@@ -453,22 +474,27 @@ class SubmissionHandler:
         return username, password  # type: ignore[return-value]
 
     async def authenticate(self, username: bytes, password: bytes) -> Login | None:
-        """The alias these credentials log in as, or None. Costs one scrypt, unless the same password of
-        the alias was verified a short while ago (`LoginCache`). Raises `Busy` instead of hashing when
-        the failure budget of the name or of all names is spent, or the hashing pool is full."""
-        record = None
+        """The alias these credentials log in as, or None (counted against `failures`). Costs one scrypt,
+        unless the same password of the alias was verified a short while ago (`LoginCache`). When the
+        failure budget of the name or of all names is spent, only such a remembered password is looked
+        up; anything else raises `Busy` without a database query or a hash, as does a full hashing pool."""
         try:
             spec = parse_alias_spec(username.decode("utf-8"))
             secret = password.decode("utf-8")
         except (UnicodeDecodeError, AddressError):
             spec, secret = None, ""
+        name = spec.address.encode("utf-8") if spec is not None else username
+        allowed = self.failures.allows(name, time.monotonic())
+        if not allowed and not self.logins.known(name, secret, time.monotonic()):
+            raise Busy
+        record = None
         if spec is not None and spec.kind in ("exact", "catch-all"):
             record = await self.ctx.blocking.db(store.login_record, spec.domain, spec.kind, spec.local)
         encoded = record.password_hash if record else None
         if record is not None and encoded is not None and self.logins.verified(
                 record.alias_id, encoded, secret, time.monotonic()):
             return Login(record.alias_id, record.domain, record.kind, record.local)
-        if not self.failures.allows(username, time.monotonic()):
+        if not allowed:
             raise Busy
         if encoded is None:
             if self._dummy_hash is None:
@@ -476,8 +502,9 @@ class SubmissionHandler:
             encoded = self._dummy_hash
         ok = await self.ctx.blocking.hash(keys.verify_password, secret, encoded)
         if not ok or record is None or record.password_hash is None:
+            self.failures.failed(name, time.monotonic())
             return None
-        self.logins.remember(record.alias_id, record.password_hash, secret, time.monotonic())
+        self.logins.remember(record.alias_id, record.password_hash, secret, time.monotonic(), name)
         return Login(record.alias_id, record.domain, record.kind, record.local)
 
     # the transaction
