@@ -21,7 +21,7 @@ from collections.abc import Callable
 import pytest
 
 from fwdmail.daemon.executor import Blocking, Busy
-from fwdmail.daemon.submission import AuthLimiter
+from fwdmail.daemon.submission import AuthLimiter, FailureBudget
 from tests.hostile_support import TALLY, Closed, Session, no_tls_check, register_summary
 from tests.mx_helpers import cli_batch
 from tests.support.daemon import Daemon
@@ -161,6 +161,23 @@ def test_the_lockout_counts_an_ipv6_slash_64_as_one_client() -> None:
     assert not lim.failed("192.0.2.1", 5)
     assert lim.failed("192.0.2.1", 6)
     assert not lim.blocked("192.0.2.2", 7)
+
+
+def test_failure_budgets_hold_a_bounded_number_of_names_and_refill() -> None:
+    budget = FailureBudget(total_per_minute=1000, per_alias_per_hour=2, max_aliases=10)
+    for n in range(100):
+        budget.failed(f"u{n}@x.test".encode(), 0)
+    assert len(budget._aliases._times) == 10
+    budget.failed(b"alice@x.test", 1)
+    assert budget.allows(b"ALICE@x.test", 2), "one failure of two"
+    budget.failed(b"alice@x.test", 2)
+    assert not budget.allows(b"alice@x.test", 3)
+    assert budget.allows(b"alice@x.test", 3602), "an hour later"
+    total = FailureBudget(total_per_minute=3, per_alias_per_hour=100)
+    for n in range(3):
+        total.failed(f"u{n}".encode(), n)
+    assert not total.allows(b"someone-else", 10)
+    assert total.allows(b"someone-else", 61)
 
 
 def test_hashing_beyond_its_threads_and_wait_list_is_refused_at_once() -> None:

@@ -17,6 +17,7 @@ import pytest
 
 from fwdmail.config import ConfigError, from_dict
 from fwdmail.daemon import replies
+from fwdmail.daemon.routing import RegexBudget
 from tests.hostile_support import TALLY, Session, register_summary, session
 from tests.mx_helpers import cli, cli_batch, message, store_regex_alias
 from tests.support.daemon import Daemon
@@ -195,3 +196,16 @@ def test_many_addresses_together_get_4xx_once_the_total_regex_budget_is_spent(
 def test_regex_budget_keys_are_validated(key: str, value: float, error: str) -> None:
     with pytest.raises(ConfigError, match=f"mx.{key}: {error}"):
         from_dict({"mx": {key: value}})
+
+
+def test_the_regex_budget_remembers_a_bounded_number_of_clients_and_counts_a_slash_64_as_one() -> None:
+    now = [0.0]
+    budget = RegexBudget(0.01, 1.0, 0.02, 100.0, clock=lambda: now[0], max_clients=10)
+    for n in range(100):
+        budget.meter(f"192.0.2.{n}", {}).charge(0.01)
+    assert len(budget.clients) == 10
+    budget.meter("2001:db8:1:2::1", {}).charge(0.015)
+    assert budget.meter("2001:db8:1:2::ffff", {}).allowance() == 0, "same /64: its budget is spent"
+    assert budget.meter("2001:db8:1:3::1", {}).allowance() == 0.01, "another /64 is not"
+    now[0] = 60.0
+    assert budget.meter("2001:db8:1:2::ffff", {}).allowance() == 0.01, "refilled a minute later"

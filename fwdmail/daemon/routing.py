@@ -131,7 +131,8 @@ class _Spent(Exception):
 
 class _Buckets:
     """Seconds of matching per key, refilled evenly up to `per_minute` over a minute. A charge comes
-    after the work, so a bucket may go below zero; it must refill above zero before the next match.
+    after the work, so a bucket may go below zero; it must refill to a whole lookup's time before the
+    next match.
     At most `max_keys` keys are kept, the least recently charged forgotten first."""
 
     def __init__(self, per_minute: float, max_keys: int) -> None:
