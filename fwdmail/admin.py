@@ -23,6 +23,7 @@ from .addresses import (
     parse_destinations,
 )
 from .config import Config
+from .daemon.routing import PROBE_BUDGET, slow_probe
 from .resolver import sync_resolver
 
 ALIAS_STATES = store.ALIAS_STATES
@@ -177,11 +178,21 @@ def verify_domain(cfg: Config, name: str, now: dt.datetime) -> tuple[store.Domai
     return domain, checks
 
 
+def _shown(probe: str) -> str:
+    return repr(probe if len(probe) <= 12 else f"{probe[:6]}…{probe[-4:]}")
+
+
 def add_alias(address: str, destinations: list[str]) -> store.AliasRecord:
-    """Add an alias; refuses a forward to itself and `$N` beyond the regex's groups."""
+    """Add an alias; refuses a forward to itself, `$N` beyond the regex's groups and a regex that
+    backtracks on adversarial local parts (it would cost the MX's event loop on every such RCPT)."""
     spec = parse_alias_spec(address)
     dests = parse_destinations(destinations)
     groups = re.compile(spec.local).groups if spec.kind == "regex" else 0
+    probe = slow_probe(spec.local) if spec.kind == "regex" else None
+    if probe is not None:
+        raise ValueError(f"regex /{spec.local}/ backtracks: matching the {len(probe)}-character local part "
+                         f"{_shown(probe)} takes over {PROBE_BUDGET * 1000:g} ms; rewrite it without "
+                         "nested or overlapping repetition such as (a+)+ or (a|a)*")
     for dest in dests:
         used = [int(m[1:]) for m in SUBSTITUTION.findall(dest)]
         if used and spec.kind != "regex":

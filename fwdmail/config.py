@@ -103,6 +103,10 @@ class MxConfig:
     dedup_max_entries: int = 100_000
     partial_failure_notice_interval: float = 3600.0
     workers: int = 1
+    regex_match_timeout: float = 0.01
+    regex_seconds_per_transaction: float = 0.05
+    regex_seconds_per_ip_per_minute: float = 0.1
+    regex_seconds_per_minute: float = 1.0
 
     def validate(self, key: str) -> None:
         if not 1 <= self.workers <= 64:
@@ -115,6 +119,9 @@ class MxConfig:
         _positive(f"{key}.dedup_ttl", self.dedup_ttl)
         _positive(f"{key}.dedup_max_entries", self.dedup_max_entries)
         _positive(f"{key}.partial_failure_notice_interval", self.partial_failure_notice_interval)
+        for name in ("regex_match_timeout", "regex_seconds_per_transaction",
+                     "regex_seconds_per_ip_per_minute", "regex_seconds_per_minute"):
+            _positive(f"{key}.{name}", getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -125,6 +132,10 @@ class SubmissionConfig:
     max_recipients: int = 50
     auth_failures_per_hour: int = 10
     auth_lockout: float = 3600.0
+    auth_failures_per_alias_per_hour: int = 20
+    auth_failures_total_per_minute: int = 60
+    auth_hash_threads: int = 1
+    auth_hash_queue: int = 8
     max_future_date_days: int = 30
 
     def validate(self, key: str) -> None:
@@ -136,6 +147,12 @@ class SubmissionConfig:
         _positive(f"{key}.max_recipients", self.max_recipients)
         _positive(f"{key}.auth_failures_per_hour", self.auth_failures_per_hour)
         _positive(f"{key}.auth_lockout", self.auth_lockout)
+        _positive(f"{key}.auth_failures_per_alias_per_hour", self.auth_failures_per_alias_per_hour)
+        _positive(f"{key}.auth_failures_total_per_minute", self.auth_failures_total_per_minute)
+        if not 1 <= self.auth_hash_threads <= 64:
+            raise ConfigError(f"{key}.auth_hash_threads: must be from 1 to 64, got {self.auth_hash_threads}")
+        if self.auth_hash_queue < 0:
+            raise ConfigError(f"{key}.auth_hash_queue: must be 0 or more, got {self.auth_hash_queue}")
         _positive(f"{key}.max_future_date_days", self.max_future_date_days)
         _at_most(f"{key}.max_future_date_days", self.max_future_date_days, 365, "a year")
 

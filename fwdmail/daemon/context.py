@@ -100,6 +100,8 @@ class Context:
 
         self.delivery = Delivery(self.runtime.config)
         self.blocking.write_lock_timeout = self.runtime.config.store.write_lock_timeout
+        sub = self.runtime.config.submission
+        self.blocking.bound_hashing(sub.auth_hash_threads, sub.auth_hash_queue)
 
     def server_tls(self) -> ssl.SSLContext:
         """The context listeners hand to TLS handshakes (it follows `reload_tls`)."""

@@ -42,7 +42,7 @@ from .executor import Blocking
 from .guessing import ClientKeys, RowGate, SrsGuard
 from .listeners import close_servers, listen
 from .replies import SmtpError
-from .routing import DirectoryCache, Route, resolve
+from .routing import DirectoryCache, RegexBudget, Route, resolve
 from .smtpserver import Session, Sessions, SmtpServer
 from .workers import Dispatcher, Inbox, share
 
@@ -333,6 +333,7 @@ class Mx:
         timeouts = cfg.delivery
         self.flight_wait = timeouts.connect_timeout + 2 * timeouts.command_timeout + timeouts.data_timeout
         """How long a message waits for its copy that another session is forwarding (one try's worth)."""
+        self.regex_budget = RegexBudget.of(self.cfg)
         self.delivered = DeliveredMemory(self.cfg.dedup_ttl, self.cfg.dedup_max_entries, 2 * self.flight_wait)
         self.notices = RateLimiter(self.cfg.partial_failure_notice_interval)
         # With several MX processes each takes its share: per client rounded up (a client's connections
@@ -424,7 +425,7 @@ class Mx:
         elif not addr.local.isascii() and not tx.smtputf8:
             err = replies.NEEDS_SMTPUTF8
         else:
-            route = await self._route(addr, session)
+            route = await self._route(addr, session, tx)
             if isinstance(route, Route):
                 accepted = Accepted(str(addr), route)
                 for policy in self.policies:
@@ -448,7 +449,7 @@ class Mx:
         except Exception:
             return False
 
-    async def _route(self, addr: Address, session: SessionInfo) -> Route | SmtpError:
+    async def _route(self, addr: Address, session: SessionInfo, tx: Transaction) -> Route | SmtpError:
         if addr.domain == self.srs_domain and srs.is_srs(addr.local):
             return self._srs_route(addr, session)
         try:
@@ -456,7 +457,7 @@ class Mx:
         except Exception as exc:
             log.warning("cannot load the alias directory: %s", type(exc).__name__)
             return replies.STORE_UNAVAILABLE
-        route = resolve(directory, addr)
+        route = resolve(directory, addr, self.regex_budget.meter(session.peer_ip, tx.notes))
         if route is replies.RELAY_DENIED and addr.domain == self.srs_domain:
             return replies.NO_SUCH_USER
         return route

@@ -84,6 +84,7 @@ AUTH_REQUIRED = SmtpError(530, "5.7.0", "Authentication required")
 TLS_REQUIRED = SmtpError(530, "5.7.0", "Must issue a STARTTLS command first")
 AUTH_FAILED = SmtpError(535, "5.7.8", "Authentication credentials invalid")
 AUTH_RATE_LIMITED = SmtpError(421, "4.7.0", "Too many failed logins, try again later")
+AUTH_BUSY = SmtpError(454, "4.7.0", "Temporary authentication failure, try again later")
 AUTH_UNREADABLE = SmtpError(501, "5.5.2", "Cannot decode the AUTH response")
 DATE_TOO_FAR = SmtpError(550, "5.7.1", "Date header too far in the future")
 BAD_DATE = SmtpError(550, "5.6.0", "Date header is not a valid date")
@@ -109,6 +110,7 @@ NEED_MAIL = "503 5.5.1 Error: need MAIL command"
 
 # hostile input
 ALIAS_LOOKUP_TIMEOUT = SmtpError(451, "4.3.0", "Recipient lookup took too long, try again later")
+REGEX_BUDGET_SPENT = SmtpError(451, "4.7.1", "Too much recipient lookup work, try again later")
 HEADER_TOO_BIG = SmtpError(552, "5.3.4", "Message header too big")
 AUTH_LINE_TOO_LONG = SmtpError(500, "5.5.6", "Authentication exchange line is too long")
 UNKNOWN_COMMAND = SmtpError(500, "5.5.2", "Error: command not recognized")
