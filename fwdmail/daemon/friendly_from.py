@@ -29,6 +29,9 @@ _NAME_LIMIT = 200
 _LINE = 78
 _WORD_BYTES = 45  # base64 of 45 bytes is 60 characters: "=?utf-8?b?" + 60 + "?=" is 72, one per line
 _PLAIN_NAME = re.compile(r"[\x20-\x7e]*")
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PHRASE = re.compile(rf"{_ATEXT}(?: {_ATEXT})*")
+"""A display name of atoms separated by single spaces: written as it is, needing no quotes."""
 _ALIAS = re.compile(r'[^\s<>"@,;:()\\\[\]]+@[^\s<>"@,;:()\\\[\]]+')
 
 
@@ -119,7 +122,7 @@ def from_header(name: str, alias: str) -> bytes:
     angle = f"<{_addr_spec(alias)}>"
     if not name:
         return f"From: {angle}\r\n".encode()
-    quoted = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    quoted = name if _PHRASE.fullmatch(name) else '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if _PLAIN_NAME.fullmatch(name) and "=?" not in name and len(f"From: {quoted} {angle}") <= _LINE:
         return f"From: {quoted} {angle}\r\n".encode("ascii")
     lines = [f"From: {w}" if i == 0 else f" {w}" for i, w in enumerate(_encoded_words(name))]
