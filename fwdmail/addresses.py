@@ -1,7 +1,8 @@
 """Parsing and normalising mail addresses, domains and alias specs.
 
 Handles untrusted input (SMTP envelope addresses, CLI arguments). Anything that is not a plain
-`local@domain` with a dot-atom local part is refused: no quoted locals, no source routes, no second `@`.
+`local@domain` with a dot-atom local part is refused: no quoted locals, no source routes, no second `@`,
+no control, invisible-format or bidi characters (they would hide or reorder what an admin later reads).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ _ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff"
 _DOT_ATOM = re.compile(rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*")
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 SUBSTITUTION = re.compile(r"\$[1-9]")
+# C0/C1 controls, format characters (bidi overrides and isolates, zero-width ones), line and paragraph
+# separators, lone surrogates: refused in addresses, shown as escapes by the CLI (fwdmail.render).
+HIDDEN_CHARS = regex.compile(r"[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cs}]")
 
 
 class AddressError(ValueError):
@@ -32,17 +36,20 @@ class Address:
         return f"{self.local}@{self.domain}"
 
 
-def _require_utf8(what: str, value: str) -> None:
-    """Refuse text that cannot be UTF-8 (undecodable bytes surface as lone surrogates)."""
+def _require_text(what: str, value: str) -> None:
+    """Refuse text that cannot be UTF-8 (undecodable bytes surface as lone surrogates) or that holds
+    hidden characters (surrounding blanks and line ends are stripped later, as before)."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise AddressError(f"invalid {what} {value!r}: not valid UTF-8") from None
+    if HIDDEN_CHARS.search(value.strip(" \t\r\n")):
+        raise AddressError(f"invalid {what} {value!r}: control, invisible or bidi characters are refused")
 
 
 def normalize_domain(value: str) -> str:
     """Lowercase A-label form of a domain name (IDN accepted); raise AddressError if invalid."""
-    _require_utf8("domain", value)
+    _require_text("domain", value)
     name = value.strip()
     if name.endswith("."):
         name = name[:-1]
@@ -70,7 +77,7 @@ def normalize_domain(value: str) -> str:
 
 def parse_address(value: str) -> Address:
     """Parse `local@domain`; the domain is normalised, the local part kept as written."""
-    _require_utf8("address", value)
+    _require_text("address", value)
     text = value.strip()
     if text.startswith("<") and text.endswith(">"):
         text = text[1:-1]
@@ -116,7 +123,7 @@ class AliasSpec:
 
 def parse_alias_spec(value: str) -> AliasSpec:
     """Parse an alias as the admin writes it: `user@dom`, `*@dom` (catch-all) or `/regex/@dom`."""
-    _require_utf8("alias", value)
+    _require_text("alias", value)
     text = value.strip()
     if text.startswith("/"):
         end = text.rfind("/@")

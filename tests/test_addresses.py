@@ -159,3 +159,36 @@ def test_undecodable_input_is_refused(parse: object) -> None:
             parse(value)  # type: ignore[operator]
     with pytest.raises(AddressError, match="not valid UTF-8"):
         parse("\udcff")  # type: ignore[operator]
+
+
+HIDDEN = ["\x1b", "\x07", "\x7f", "\x85", "\x9b", "\u202e", "\u202d", "\u2066", "\u2069", "\u200f", "\u200b",
+          "\u2028", "\ufeff", "\U000e0041"]
+
+
+@pytest.mark.parametrize("ch", HIDDEN, ids=lambda c: f"U+{ord(c):04X}")
+def test_control_and_bidi_characters_are_refused_everywhere(ch: str, request: pytest.FixtureRequest) -> None:
+    """An alias or destination that hides or reorders text would lie to whoever lists it later."""
+    from tests.hostile_support import TALLY, register_summary
+
+    register_summary(request.config)
+    for parse, value in (
+        (parse_address, f"us{ch}er@example.com"),
+        (parse_address, f"user@exa{ch}mple.com"),
+        (normalize_domain, f"exa{ch}mple.com"),
+        (parse_alias_spec, f"al{ch}ias@example.com"),
+        (parse_alias_spec, f"/^a{ch}b$/@example.com"),
+        (parse_alias_spec, f"*@exa{ch}mple.com"),
+        (lambda v: parse_destinations([v]), f"dest{ch}@example.org"),
+        (parse_address, f"user@example.com{ch}"),  # trailing: not stripped away as blank
+    ):
+        with pytest.raises(AddressError, match="control, invisible or bidi characters are refused"):
+            parse(value)  # type: ignore[operator]
+    with pytest.raises(AddressError) as exc:
+        parse_address(f"us{ch}er@example.com")
+    assert ch not in str(exc.value)  # the message names it as an escape, never raw
+    TALLY.item("13.3 hidden characters in addresses", 8, "refused")
+
+
+def test_surrounding_blanks_and_line_ends_are_still_stripped() -> None:
+    assert normalize_address(" user@example.com\r\n") == "user@example.com"
+    assert parse_alias_spec("\thello@example.com ") == AliasSpec("exact", "hello", "example.com")
