@@ -8,17 +8,16 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from . import __version__, admin, datadir, store
 from .addresses import AddressError
 from .config import Config, ConfigError, as_dict, load
+from .render import console, emit_json, line, table, visible
 
 
 class ConfigProblem(click.ClickException):
@@ -35,9 +34,9 @@ class FwdmailGroup(click.Group):
         try:
             return super().invoke(ctx)
         except ConfigError as exc:
-            raise ConfigProblem(str(exc)) from None
+            raise ConfigProblem(visible(exc)) from None
         except _USER_ERRORS as exc:
-            raise click.ClickException(str(exc) or exc.__class__.__name__) from None
+            raise click.ClickException(visible(exc) or exc.__class__.__name__) from None
 
 
 @dataclass
@@ -59,35 +58,13 @@ class State:
 pass_state = click.make_pass_decorator(State)
 
 
-def console() -> Console:
-    width = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "200"))
-    return Console(width=width, soft_wrap=False)
-
-
 def now() -> dt.datetime:
     return store.utcnow()
 
 
-def emit_json(data: Any) -> None:
-    def iso(v: Any) -> str:
-        if isinstance(v, dt.datetime):
-            return v.isoformat() + ("Z" if v.tzinfo is None else "")  # the store keeps naive UTC
-        return v.isoformat() if isinstance(v, dt.date) else str(v)
-
-    click.echo(json.dumps(data, indent=2, default=iso, ensure_ascii=False))
-
-
-def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    t = Table(title=title, title_justify="left")
-    for c in columns:
-        t.add_column(c, overflow="fold")
-    for r in rows:
-        t.add_row(*("" if v is None else str(v) for v in r))
-    console().print(t)
-
-
 def confirm_or_abort(yes: bool, question: str) -> None:
-    if not yes and not click.confirm(question, default=False, err=True):  # stdout stays clean for --json
+    # on stderr, so stdout stays clean for --json
+    if not yes and not click.confirm(visible(question), default=False, err=True):
         raise click.ClickException("aborted, nothing was changed")
 
 
@@ -110,7 +87,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 def init(state: State) -> None:
     """Create the data dir, secrets, TLS certificate and database (serve does it too)."""
     rt = state.open()
-    click.echo(f"data dir ready: {rt.config.data_path.resolve()}")
+    line(f"data dir ready: {rt.config.data_path.resolve()}")
 
 
 @cli.command("check-config")
@@ -191,7 +168,7 @@ def account_add(state: State, email: str, as_json: bool) -> None:
     if as_json:
         emit_json({"email": rec.email, "created_at": rec.created_at})
     else:
-        click.echo(f"account {rec.email} added")
+        line(f"account {rec.email} added")
 
 
 @account.command("list")
@@ -222,7 +199,7 @@ def account_delete(state: State, email: str, yes: bool, as_json: bool) -> None:
     if as_json:
         emit_json({"deleted": rec.email, **counts})
     else:
-        click.echo(f"account {rec.email} deleted: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+        line(f"account {rec.email} deleted: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
 
 
 # domains
@@ -254,7 +231,7 @@ def domain_add(state: State, name: str, account_email: str, as_json: bool) -> No
     if as_json:
         emit_json({**_domain_json(rec), "dns": [r.as_json() for r in records]})
         return
-    click.echo(f"domain {rec.name} added for {rec.account_email}; publish these records:")
+    line(f"domain {rec.name} added for {rec.account_email}; publish these records:")
     _print_records(records)
 
 
@@ -292,7 +269,7 @@ def domain_remove(state: State, name: str, yes: bool, as_json: bool) -> None:
     if as_json:
         emit_json({"removed": rec.name, **counts})
     else:
-        click.echo(f"domain {rec.name} removed: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+        line(f"domain {rec.name} removed: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
 
 
 @domain.command("dns")
@@ -327,7 +304,7 @@ def domain_verify(state: State, name: str, as_json: bool) -> None:
     missing = [c.record.purpose for c in checks if not c.ok]
     if missing:
         if not as_json:
-            click.echo(f"missing or wrong: {', '.join(missing)}", err=True)
+            line(f"missing or wrong: {', '.join(missing)}", err=True)
         sys.exit(1)
 
 
@@ -350,7 +327,7 @@ def domain_set(state: State, name: str, retention_days: int | None, auth_policy:
     if as_json:
         emit_json(_domain_json(rec))
     else:
-        click.echo(f"domain {rec.name}: retention_days={rec.retention_days} auth_policy={rec.auth_policy} "
+        line(f"domain {rec.name}: retention_days={rec.retention_days} auth_policy={rec.auth_policy} "
                    f"friendly_from={rec.friendly_from} require_tls_inbound={rec.require_tls_inbound}")
 
 
@@ -378,7 +355,7 @@ def alias_add(state: State, address: str, destinations: tuple[str, ...], as_json
     if as_json:
         emit_json(_alias_json(rec))
     else:
-        click.echo(f"alias {rec.address} -> {', '.join(rec.destinations)}")
+        line(f"alias {rec.address} -> {', '.join(rec.destinations)}")
 
 
 @alias.command("list")
@@ -403,7 +380,7 @@ def alias_list(state: State, domain_name: str | None, as_json: bool) -> None:
 def alias_remove(state: State, address: str) -> None:
     """Remove an alias."""
     state.open()
-    click.echo(f"alias {admin.remove_alias(address)} removed")
+    line(f"alias {admin.remove_alias(address)} removed")
 
 
 @alias.command("disable")
@@ -415,7 +392,7 @@ def alias_disable(state: State, address: str, mode: str) -> None:
     """Disable an alias."""
     state.open()
     rec = admin.set_alias_state(address, mode)
-    click.echo(f"alias {rec.address} disabled ({mode})")
+    line(f"alias {rec.address} disabled ({mode})")
 
 
 @alias.command("enable")
@@ -425,7 +402,7 @@ def alias_enable(state: State, address: str) -> None:
     """Enable an alias again."""
     state.open()
     rec = admin.set_alias_state(address, "enabled")
-    click.echo(f"alias {rec.address} enabled")
+    line(f"alias {rec.address} enabled")
 
 
 @alias.command("password")
@@ -439,9 +416,9 @@ def alias_password(state: State, address: str, as_json: bool) -> None:
     if as_json:
         emit_json({"address": rec.address, "password": password})
     else:
-        click.echo(f"SMTP login for {rec.address} (shown once, store it now):")
-        click.echo(f"  username: {rec.address}")
-        click.echo(f"  password: {password}")
+        line(f"SMTP login for {rec.address} (shown once, store it now):")
+        line(f"  username: {rec.address}")
+        line(f"  password: {password}")
 
 
 # SMTP error log
@@ -509,7 +486,7 @@ def purge(state: State, dry_run: bool, at: str | None, as_json: bool) -> None:
               ["category", "rule", "would remove" if dry_run else "removed"],
               [(j.title, j.rule(cfg), report.counts.get(j.key, "FAILED")) for j in jobs.JOBS])
     for key, err in report.failed.items():
-        click.echo(f"error: {key}: {err}", err=True)
+        line(f"error: {key}: {err}", err=True)
     if report.checkpointed is False:
         click.echo("warning: a reader kept the WAL from being truncated; run purge again", err=True)
     if report.failed:
@@ -525,7 +502,7 @@ def _purge_with_progress(when: dt.datetime, cfg: Any) -> Any:
     totals = jobs.purge_now(when, cfg, dry_run=True).counts
     if sum(totals.values()) <= cfg.batch_size:
         return jobs.purge_now(when, cfg)
-    with Progress(console=Console(stderr=True), transient=True) as bar:
+    with Progress(console=console(stderr=True), transient=True) as bar:
         tasks = {j.key: bar.add_task(j.title, total=totals.get(j.key) or None) for j in jobs.JOBS}
         return jobs.purge_now(when, cfg, progress=lambda key, n: bar.advance(tasks[key], n))
 
@@ -567,9 +544,13 @@ def emails_show(state: State, email_id: str, raw: bool, as_json: bool) -> None:
     state.open()
     rec = outbound.get_email(email_id)
     if raw:
-        click.get_binary_stream("stdout").write(outbound.raw_message(rec))
+        message = outbound.raw_message(rec)
+        if sys.stdout.isatty():  # bytes for a pipe or a file; for a terminal, its control bytes shown
+            line(message.decode("utf-8", "replace").replace("\r\n", "\n"), multiline=True)
+        else:
+            click.get_binary_stream("stdout").write(message)
         if rec.redacted:
-            click.echo(f"(the body of {rec.queue_id} was redacted; headers only)", err=True)
+            line(f"(the body of {rec.queue_id} was redacted; headers only)", err=True)
         return
     pv = outbound.preview(rec)
     if as_json:
@@ -587,7 +568,7 @@ def emails_retry(state: State, email_id: str) -> None:
 
     state.open()
     rec = outbound.retry_email(email_id, now())
-    click.echo(f"email {rec.queue_id} ({rec.status}) will be tried again now")
+    line(f"email {rec.queue_id} ({rec.status}) will be tried again now")
 
 
 @emails.command("delete")
@@ -602,7 +583,7 @@ def emails_delete(state: State, email_id: str, yes: bool) -> None:
     rec = outbound.get_email(email_id)
     confirm_or_abort(yes, f"Delete email {rec.queue_id} ({rec.status})?")
     outbound.delete_email(rec.queue_id)
-    click.echo(f"email {rec.queue_id} deleted")
+    line(f"email {rec.queue_id} deleted")
 
 
 def main() -> None:
