@@ -50,9 +50,9 @@ class State:
             self._config = load(self.config_path)
         return self._config
 
-    def open(self) -> datadir.Runtime:
-        """Load the config and open the store (creating the data dir on first use)."""
-        return datadir.prepare(self.config)
+    def open(self, *, create: bool = False) -> datadir.Runtime:
+        """Load the config and open the store; only `create` (init, serve) makes a missing data dir."""
+        return datadir.prepare(self.config, create=create)
 
 
 pass_state = click.make_pass_decorator(State)
@@ -86,7 +86,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 @pass_state
 def init(state: State) -> None:
     """Create the data dir, secrets, TLS certificate and database (serve does it too)."""
-    rt = state.open()
+    rt = state.open(create=True)
     line(f"data dir ready: {rt.config.data_path.resolve()}")
 
 
@@ -133,7 +133,7 @@ def serve(state: State, mx_worker_fd: int | None) -> None:
     from .daemon import serve as daemon
     from .daemon.context import StartupError
 
-    rt = state.open()
+    rt = state.open(create=True)
     store.close_store()
     loop_name, runner = _event_loop(rt.config.event_loop)
     # An MX worker runs under the serving process, which holds the lock.
