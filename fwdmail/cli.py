@@ -16,7 +16,7 @@ import click
 
 from . import __version__, admin, datadir, store
 from .addresses import AddressError
-from .config import Config, ConfigError, as_dict, load
+from .config import Config, ConfigError, as_dict, hostname_problem, load
 from .render import console, emit_json, line, table, visible
 
 
@@ -62,6 +62,13 @@ def now() -> dt.datetime:
     return store.utcnow()
 
 
+def warn_hostname(cfg: Config) -> None:
+    """On stderr (stdout stays clean for --json): the records printed for this host name cannot work."""
+    problem = hostname_problem(cfg)
+    if problem is not None:
+        line(f"warning: {problem}", err=True)
+
+
 def confirm_or_abort(yes: bool, question: str) -> None:
     # on stderr, so stdout stays clean for --json
     if not yes and not click.confirm(visible(question), default=False, err=True):
@@ -97,6 +104,7 @@ def check_config(state: State, as_json: bool) -> None:
     """Validate the configuration (and a configured TLS pair) and print the effective values."""
     if state.config.tls.cert:  # the generated pair is made by init/serve; nothing is created here
         datadir.check_tls(state.config)
+    warn_hostname(state.config)
     data = as_dict(state.config)
     if as_json:
         emit_json(data)
@@ -139,7 +147,11 @@ def serve(state: State, mx_worker_fd: int | None) -> None:
     # An MX worker runs under the serving process, which holds the lock.
     lock = datadir.lock_for_serve(rt.config) if mx_worker_fd is None else None
     logsetup.setup(rt.config.log_level)
-    logging.getLogger("fwdmail.serve").info("event loop: %s", loop_name)
+    log = logging.getLogger("fwdmail.serve")
+    log.info("event loop: %s", loop_name)
+    problem = hostname_problem(rt.config) if mx_worker_fd is None else None  # the server says it once
+    if problem is not None:
+        log.warning("%s", problem)
     try:
         code = runner(daemon.run(rt, state.config_path, mx_worker_fd))
     except StartupError as exc:
@@ -228,6 +240,7 @@ def domain_add(state: State, name: str, account_email: str, as_json: bool) -> No
     rt = state.open()
     rec = admin.add_domain(name, account_email, now())
     records = admin.dns_records(rt.config, rec)
+    warn_hostname(rt.config)
     if as_json:
         emit_json({**_domain_json(rec), "dns": [r.as_json() for r in records]})
         return
@@ -280,6 +293,7 @@ def domain_dns(state: State, name: str, as_json: bool) -> None:
     """Print the DNS records to publish for NAME."""
     rt = state.open()
     records = admin.dns_records(rt.config, admin.get_domain(name))
+    warn_hostname(rt.config)
     if as_json:
         emit_json([r.as_json() for r in records])
     else:

@@ -4,12 +4,15 @@ a host name that cannot work in DNS, Ctrl-C at any moment, and the small faults 
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from fwdmail.cli import cli
+from tests.support.daemon import Daemon
 
 ELSEWHERE_COMMANDS = [
     ("account", "list"), ("account", "add", "you@example.org"),
@@ -39,13 +42,15 @@ def test_only_init_and_serve_create_a_data_dir(elsewhere: Path, args: tuple[str,
 
 
 def test_a_config_pointing_at_a_missing_data_dir_is_refused_too(elsewhere: Path) -> None:
-    config = elsewhere / "fwdmail.toml"
-    config.write_text('data_dir = "/nonexistent/fwdmail-data"\n')
+    config = elsewhere / "etc" / "fwdmail.toml"
+    config.parent.mkdir()
+    config.write_text('data_dir = "../var/fwdmail-data"\n')
     result = CliRunner().invoke(cli, ["--config", str(config), "alias", "list"])
     assert result.exit_code == 2
     assert result.output.strip() == (
-        "Error: data_dir: no data dir at /nonexistent/fwdmail-data; give the config with --config PATH "
-        "(or FWDMAIL_CONFIG), or run `fwdmail init` to make one here")
+        f"Error: data_dir: no data dir at {elsewhere}/etc/../var/fwdmail-data; give the config with "
+        "--config PATH (or FWDMAIL_CONFIG), or run `fwdmail init` to make one here")
+    assert not (elsewhere / "var").exists()
 
 
 def test_check_config_creates_nothing_and_init_then_lets_the_others_work(elsewhere: Path) -> None:
@@ -55,3 +60,38 @@ def test_check_config_creates_nothing_and_init_then_lets_the_others_work(elsewhe
     assert (elsewhere / "fwdmail-data" / "fwdmail.db").is_file()
     result = CliRunner().invoke(cli, ["account", "list", "--json"])
     assert result.exit_code == 0 and result.output.strip() == "[]", result.output
+
+
+# ------------------------------------------------------------------ a host name without a dot
+
+WARNING = "set `hostname` in the config file"
+
+
+@pytest.mark.parametrize("hostname,warned", [("myhost", True), ("mx.example.net", False)])
+def test_a_dotless_hostname_is_warned_about_by_the_commands_that_print_records(
+        tmp_path: Path, hostname: str, warned: bool) -> None:
+    d = Daemon(tmp_path, {"hostname": hostname})
+    d.cli("account", "add", "you@example.org")
+    for args in (("check-config",), ("check-config", "--json"),
+                 ("domain", "add", "example.com", "--account", "you@example.org"),
+                 ("domain", "dns", "example.com"), ("domain", "dns", "example.com", "--json")):
+        result = d.cli(*args)
+        assert (WARNING in result.stderr) is warned, (args, result.stderr)
+        if warned:
+            assert result.stderr.startswith(f"warning: hostname: '{hostname}' (hostname) has no dot"), args
+        if "--json" in args:
+            json.loads(result.stdout)  # the warning stays off stdout
+    assert WARNING not in d.cli("alias", "list").stderr  # commands that print no records say nothing
+
+
+def test_serve_warns_about_a_dotless_hostname_once(tmp_path: Path) -> None:
+    d = Daemon(tmp_path, {"hostname": "myhost", "mx": {"workers": 2}}).start()
+    try:
+        d.wait_for_log(WARNING)
+        deadline = time.monotonic() + 30
+        while d.logs().count("event loop:") < 2:  # the MX worker has started too
+            assert time.monotonic() < deadline, d.logs()
+            time.sleep(0.1)
+    finally:
+        d.stop()
+    assert d.logs().count(WARNING) == 1, d.logs()
