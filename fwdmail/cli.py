@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import click
+from click.utils import PacifyFlushWrapper
 
 from . import __version__, admin, datadir, store
 from .addresses import AddressError
@@ -601,4 +602,21 @@ def emails_delete(state: State, email_id: str, yes: bool) -> None:
 
 
 def main() -> None:
-    cli(prog_name="fwdmail")
+    """Run the CLI as click would, except that Ctrl-C exits quietly with 130 (click says "Aborted!", 1)."""
+    try:
+        code = cli.main(prog_name="fwdmail", standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort as exc:  # click's wrapper of Ctrl-C, and of end of input at a prompt
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            sys.exit(130)
+        click.echo("Aborted!", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:  # `fwdmail ... | head`: the reader left; say nothing more (as click does)
+        sys.stdout = PacifyFlushWrapper(sys.stdout)  # type: ignore[assignment]
+        sys.stderr = PacifyFlushWrapper(sys.stderr)  # type: ignore[assignment]
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

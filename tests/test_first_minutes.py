@@ -5,6 +5,10 @@ a host name that cannot work in DNS, Ctrl-C at any moment, and the small faults 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,7 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from fwdmail.cli import cli
-from tests.support.daemon import Daemon
+from tests.hostile_support import TALLY, register_summary
+from tests.support.daemon import REPO, Daemon
 
 ELSEWHERE_COMMANDS = [
     ("account", "list"), ("account", "add", "you@example.org"),
@@ -95,3 +100,42 @@ def test_serve_warns_about_a_dotless_hostname_once(tmp_path: Path) -> None:
     finally:
         d.stop()
     assert d.logs().count(WARNING) == 1, d.logs()
+
+
+# ------------------------------------------------------------------ Ctrl-C at any moment
+
+DELAYS = [0.02, 0.05, 0.08, 0.12, 0.16, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7]
+
+
+def test_ctrl_c_in_the_first_moments_exits_quietly_with_130(tmp_path: Path,
+                                                            request: pytest.FixtureRequest) -> None:
+    """SIGINT while Python imports the CLI, or while a command runs: no traceback, no "Aborted!", exit 130
+    (or, before Python has set up its own handler, the plain death by SIGINT a shell also shows as 130).
+
+    A signal while the interpreter itself still starts (importing `site`, before any fwdmail code runs)
+    ends in Python's own "Fatal Python error"; nothing in fwdmail can run then, so it is not counted."""
+    d = Daemon(tmp_path)
+    d.cli("init")
+    register_summary(request.config)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    outcomes: list[int] = []
+    for delay in DELAYS:
+        proc = subprocess.Popen([sys.executable, "-m", "fwdmail", "--config", str(d.config_path), "account",
+                                 "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        if err.startswith(b"Fatal Python error: init_import_site"):
+            outcomes.append(-1)
+            continue
+        assert b"Traceback" not in err and b"Aborted" not in err, (delay, err.decode())
+        if proc.returncode == 0:  # it had finished before the signal came
+            assert b"accounts" in out
+        else:
+            assert proc.returncode in (130, -signal.SIGINT), (delay, proc.returncode, err.decode())
+            assert err.strip() == b"", (delay, err.decode())
+        outcomes.append(proc.returncode)
+    assert 130 in outcomes, outcomes  # at least one signal came while fwdmail was running
+    assert outcomes.count(-1) < len(DELAYS) // 2, outcomes
+    TALLY.item("19 Ctrl-C early", len(DELAYS), f"quiet; exit codes {sorted(set(outcomes))}")
+
