@@ -457,8 +457,12 @@ def logs(state: State, domain_name: str | None, as_json: bool) -> None:
                 f"{r.code} {r.enhanced_code}".strip(), r.text) for r in rows])
 
 
+# What the MX records (fwdmail.daemon.authcheck and limits).
+ABUSE_KINDS = ("dmarc-reject", "spf-reject", "dnsbl", "rate-limit", "too-many-connections")
+
+
 @cli.command()
-@click.option("--kind", help="Only events of this kind (dmarc-reject, spf-reject, dnsbl, rate-limit, ...).")
+@click.option("--kind", type=click.Choice(ABUSE_KINDS), help="Only events of this kind.")
 @json_option
 @pass_state
 def abuse(state: State, kind: str | None, as_json: bool) -> None:

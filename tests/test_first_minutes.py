@@ -139,3 +139,21 @@ def test_ctrl_c_in_the_first_moments_exits_quietly_with_130(tmp_path: Path,
     assert outcomes.count(-1) < len(DELAYS) // 2, outcomes
     TALLY.item("19 Ctrl-C early", len(DELAYS), f"quiet; exit codes {sorted(set(outcomes))}")
 
+
+# ------------------------------------------------------------------ small CLI faults
+
+
+def test_abuse_kind_is_a_choice_of_the_known_kinds(tmp_path: Path) -> None:
+    d = Daemon(tmp_path)
+    result = d.cli("abuse", "--kind", "dmarc-rejct", expect=2)
+    assert "Invalid value for '--kind'" in result.output
+    for kind in ("dmarc-reject", "spf-reject", "dnsbl", "rate-limit", "too-many-connections"):
+        assert kind in result.output
+        assert d.cli("abuse", "--kind", kind, "--json").output.strip() == "[]"
+
+
+def test_the_example_config_says_what_connect_timeout_covers() -> None:
+    text = (REPO / "fwdmail.example.toml").read_text()
+    doc = text[:text.index("\nconnect_timeout =")].rsplit("\n\n", 1)[-1]
+    assert "TCP connect timeout (seconds)." not in doc
+    assert all(word in doc for word in ("greeting", "EHLO", "STARTTLS")), doc
