@@ -157,3 +157,105 @@ def test_the_example_config_says_what_connect_timeout_covers() -> None:
     doc = text[:text.index("\nconnect_timeout =")].rsplit("\n\n", 1)[-1]
     assert "TCP connect timeout (seconds)." not in doc
     assert all(word in doc for word in ("greeting", "EHLO", "STARTTLS")), doc
+
+
+# ------------------------------------------------------------------ the README's two set-up commands
+
+README = REPO / "README.md"
+
+
+def test_readme_starts_with_the_two_setup_commands_and_ci_runs_the_test_one_verbatim() -> None:
+    head = README.read_text().splitlines()[:4]
+    assert head == ["```sh", "./dev serve", "./dev test", "```"]
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    assert head[2] in ci  # the very line, alone
+    assert not any("pip install" in line for line in ci if not line.lstrip().startswith("#"))
+
+
+FAKE_PYTHON = """#!/bin/sh
+echo "python3 $*" >> "$FAKE/log"
+if [ "$1 $2" = "-m venv" ]; then  # as Debian's python3 without python3-venv: the venv, then no pip
+    mkdir -p "$3/bin"
+    printf '#!/bin/sh\\necho "venv-python $*" >> "$FAKE/log"\\n' > "$3/bin/python"
+    printf '[ "$1 $2" != "-m pip" ] || [ -f "%s/pip" ]\\n' "$3" >> "$3/bin/python"
+    printf '#!/bin/sh\\necho "venv-fwdmail $*" >> "$FAKE/log"\\n' > "$3/bin/fwdmail"
+    chmod +x "$3/bin/python" "$3/bin/fwdmail"
+    [ -f "$FAKE/python3-venv" ] || { echo "ensurepip is not available" >&2; exit 1; }
+    touch "$3/pip"
+    exit 0
+fi
+if [ "$1 $2" = "-m pip" ]; then
+    echo "error: externally-managed-environment" >&2
+    exit 1
+fi
+"""
+FAKE_APT = """#!/bin/sh
+echo "apt-get $*" >> "$FAKE/log"
+case "$*" in *"install"*python3-venv*) touch "$FAKE/python3-venv" ;; esac
+"""
+FAKE_SUDO = '#!/bin/sh\necho "sudo $*" >> "$FAKE/log"\nexec "$@"\n'
+FAKE_ID = '#!/bin/sh\n[ "$1" = "-u" ] && echo "$FAKE_UID"\n'
+
+
+def stock_debian(tmp_path: Path, uid: str, sudo: bool) -> tuple[Path, dict[str, str]]:
+    """A checkout holding `dev`, and a PATH where python3, apt-get, id (and sudo) are stand-ins."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    (checkout / "dev").write_bytes((REPO / "dev").read_bytes())
+    (checkout / "dev").chmod(0o755)
+    (checkout / "pyproject.toml").write_text("")
+    fake = tmp_path / "fake"
+    (fake / "bin").mkdir(parents=True)
+    tools = {"python3": FAKE_PYTHON, "apt-get": FAKE_APT, "id": FAKE_ID, "sudo": FAKE_SUDO if sudo else None}
+    for name, script in tools.items():
+        if script is not None:
+            (fake / "bin" / name).write_text(script)
+            (fake / "bin" / name).chmod(0o755)
+    system = [d for d in ("/usr/bin", "/bin") if sudo or not (Path(d) / "sudo").exists()]
+    return checkout, {"PATH": ":".join([str(fake / "bin"), *system]), "FAKE": str(fake), "FAKE_UID": uid}
+
+
+def dev(checkout: Path, env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess[str],
+                                                                  list[str]]:
+    """Run `./dev ARGS`; return it and the stand-ins' log of what was called (then start a new log)."""
+    done = subprocess.run(["./dev", *args], cwd=checkout, env=env, capture_output=True, text=True, timeout=60)
+    log = Path(env["FAKE"]) / "log"
+    lines = log.read_text().splitlines() if log.exists() else []
+    log.unlink(missing_ok=True)
+    return done, lines
+
+
+@pytest.mark.parametrize("uid,sudo", [("1000", True), ("0", False)], ids=["user-with-sudo", "root"])
+def test_dev_makes_a_venv_on_a_stock_debian_and_never_installs_into_the_system_python(
+        tmp_path: Path, uid: str, sudo: bool) -> None:
+    """Debian 12 / Ubuntu 24.04 as shipped: python3 is externally managed (PEP 668), has no pip, and
+    `python3 -m venv` fails until python3-venv is installed. Simulated by stand-ins on the PATH (the real
+    path, with the real interpreter and pip, is run by hand: see the report of this change)."""
+    checkout, env = stock_debian(tmp_path, uid, sudo)
+    done, log = dev(checkout, env, "test", "-x")
+    assert done.returncode == 0, done.stderr
+    assert "apt-get install -y -qq --no-install-recommends python3-venv" in log
+    if sudo:
+        assert "sudo apt-get update -qq" in log
+        assert any(line.startswith("sudo env DEBIAN_FRONTEND=noninteractive apt-get install") for line in log)
+    else:
+        assert "apt-get update -qq" in log and not any(line.startswith("sudo") for line in log)
+    assert not any(line.startswith("python3 -m pip") for line in log), log  # never the system's pip
+    assert f"venv-python -m pip install -q -e {checkout}[test]" in log
+    assert log[-1] == "venv-python -m pytest -q -x"
+    # Once made, the venv is reused, and each extra installed once.
+    done, log = dev(checkout, env, "serve")
+    assert done.returncode == 0, done.stderr
+    assert log == ["venv-python -m pip --version", f"venv-python -m pip install -q -e {checkout}[fast]",
+                   "venv-fwdmail serve"]
+    done, log = dev(checkout, env, "test")
+    assert done.returncode == 0 and log == ["venv-python -m pip --version", "venv-python -m pytest -q"]
+
+
+def test_dev_as_a_user_without_sudo_says_what_to_install(tmp_path: Path) -> None:
+    checkout, env = stock_debian(tmp_path, "1000", sudo=False)
+    done, log = dev(checkout, env, "test")
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "dev: python3-venv is missing; install it as root (apt-get install python3-venv)")
+    assert not (checkout / ".venv").exists() and not any(line.startswith("apt-get") for line in log)
