@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import click
-from click.utils import PacifyFlushWrapper
 
 from . import __version__, admin, datadir, store
 from .addresses import AddressError
@@ -619,8 +618,7 @@ def main() -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
-    except BrokenPipeError:  # `fwdmail ... | head`: the reader left; say nothing more (as click does)
-        sys.stdout = PacifyFlushWrapper(sys.stdout)  # type: ignore[assignment]
-        sys.stderr = PacifyFlushWrapper(sys.stderr)  # type: ignore[assignment]
+    except BrokenPipeError:  # `fwdmail ... | head`: the reader left; the exit flush must not fail too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
