@@ -27,6 +27,11 @@ ELSEWHERE_COMMANDS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _summary(request: pytest.FixtureRequest) -> None:
+    register_summary(request.config)
+
+
 @pytest.fixture
 def elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A working directory with no data dir, and no FWDMAIL_CONFIG."""
@@ -44,6 +49,7 @@ def test_only_init_and_serve_create_a_data_dir(elsewhere: Path, args: tuple[str,
     assert "no data dir at" in lines[0] and str(elsewhere / "fwdmail-data") in lines[0]
     assert "--config" in lines[0] and "FWDMAIL_CONFIG" in lines[0] and "fwdmail init" in lines[0]
     assert list(elsewhere.iterdir()) == []  # nothing created, not even an empty directory
+    TALLY.item("13.8 data dir made from elsewhere", 1, "refused with a hint")
 
 
 def test_a_config_pointing_at_a_missing_data_dir_is_refused_too(elsewhere: Path) -> None:
@@ -86,6 +92,7 @@ def test_a_dotless_hostname_is_warned_about_by_the_commands_that_print_records(
             assert result.stderr.startswith(f"warning: hostname: '{hostname}' (hostname) has no dot"), args
         if "--json" in args:
             json.loads(result.stdout)  # the warning stays off stdout
+        TALLY.item("13.8 dotless hostname", 1, "warned when dotless, quiet otherwise")
     assert WARNING not in d.cli("alias", "list").stderr  # commands that print no records say nothing
 
 
@@ -137,7 +144,8 @@ def test_ctrl_c_in_the_first_moments_exits_quietly_with_130(tmp_path: Path,
         outcomes.append(proc.returncode)
     assert 130 in outcomes, outcomes  # at least one signal came while fwdmail was running
     assert outcomes.count(-1) < len(DELAYS) // 2, outcomes
-    TALLY.item("19 Ctrl-C early", len(DELAYS), f"quiet; exit codes {sorted(set(outcomes))}")
+    TALLY.item("19 Ctrl-C early", len(DELAYS), f"quiet; exit codes {sorted(set(outcomes))} (-1: Python "
+               "itself still starting, -2: killed before Python's handler, 0: done before the signal)")
 
 
 # ------------------------------------------------------------------ small CLI faults
@@ -150,6 +158,7 @@ def test_abuse_kind_is_a_choice_of_the_known_kinds(tmp_path: Path) -> None:
     for kind in ("dmarc-reject", "spf-reject", "dnsbl", "rate-limit", "too-many-connections"):
         assert kind in result.output
         assert d.cli("abuse", "--kind", kind, "--json").output.strip() == "[]"
+    TALLY.item("19 abuse --kind typo", 1, "refused, kinds offered")
 
 
 def test_the_example_config_says_what_connect_timeout_covers() -> None:
@@ -250,6 +259,7 @@ def test_dev_makes_a_venv_on_a_stock_debian_and_never_installs_into_the_system_p
                    "venv-fwdmail serve"]
     done, log = dev(checkout, env, "test")
     assert done.returncode == 0 and log == ["venv-python -m pip --version", "venv-python -m pytest -q"]
+    TALLY.item("13.8 README set-up on stock Debian (simulated)", 3, "venv made, system pip never used")
 
 
 def test_dev_as_a_user_without_sudo_says_what_to_install(tmp_path: Path) -> None:
