@@ -155,7 +155,7 @@ def serve(state: State, mx_worker_fd: int | None) -> None:
     try:
         code = runner(daemon.run(rt, state.config_path, mx_worker_fd))
     except StartupError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(visible(exc)) from None
     finally:
         if lock is not None:
             os.close(lock)
@@ -608,7 +608,8 @@ def main() -> None:
     """Run the CLI as click would, except that Ctrl-C exits quietly with 130 (click says "Aborted!", 1)."""
     try:
         code = cli.main(prog_name="fwdmail", standalone_mode=False)
-    except click.ClickException as exc:
+    except click.ClickException as exc:  # click's usage errors quote the arguments as typed
+        exc.message = visible(exc.message)
         exc.show()
         sys.exit(exc.exit_code)
     except click.Abort as exc:  # click's wrapper of Ctrl-C, and of end of input at a prompt

@@ -186,3 +186,16 @@ def test_on_a_real_pty_the_log_table_cannot_drive_the_terminal(d: Daemon) -> Non
     assert_inert(text)
     assert "[link=http://x]click[/link]" in RICH_STYLE.sub("", text).replace("\n", "")
     TALLY.item("13.3 terminal injection", 1, OUTCOME)
+
+
+def test_usage_errors_quoting_hostile_arguments_are_inert(d: Daemon) -> None:
+    """click's own usage errors repeat what was typed (or pasted): shown visibly too."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    typed = HOSTILE.replace("\x00", "")  # an argument cannot hold NUL
+    for args in ([f"no{typed}such"], ["abuse", "--kind", typed]):
+        done = subprocess.run([sys.executable, "-m", "fwdmail", "--config", str(d.config_path), *args],
+                              capture_output=True, text=True, timeout=60, env=env)
+        assert done.returncode == 2, done.stderr
+        assert_inert(done.stderr)
+        assert r"\x1b]8;;http://e" in done.stderr
+    TALLY.item("13.3 terminal injection", 2, OUTCOME)
