@@ -154,11 +154,11 @@ def test_errors_naming_hostile_input_are_inert(d: Daemon) -> None:
     TALLY.item("13.3 terminal injection", 3, OUTCOME)
 
 
-def test_on_a_real_pty_the_log_table_cannot_drive_the_terminal(d: Daemon) -> None:
-    """`fwdmail logs` on a pseudo-terminal, as an admin runs it: no escape sequence but rich's styling."""
+def on_pty(d: Daemon, *args: str) -> str:
+    """What `fwdmail ARGS` writes to a pseudo-terminal, as when an admin runs it; it must exit 0."""
     leader, follower = pty.openpty()
     env = {k: v for k, v in os.environ.items() if k not in ("TTY_COMPATIBLE", "NO_COLOR", "FORCE_COLOR")}
-    proc = subprocess.Popen([sys.executable, "-m", "fwdmail", "--config", str(d.config_path), "logs"],
+    proc = subprocess.Popen([sys.executable, "-m", "fwdmail", "--config", str(d.config_path), *args],
                             stdin=follower, stdout=follower, stderr=follower, close_fds=True,
                             env={**env, "PYTHONPATH": str(REPO), "TERM": "xterm-256color", "COLUMNS": "400"})
     os.close(follower)
@@ -182,9 +182,24 @@ def test_on_a_real_pty_the_log_table_cannot_drive_the_terminal(d: Daemon) -> Non
         os.close(leader)
         proc.wait(30)
     assert proc.returncode == 0, out
-    text = out.decode("utf-8", "replace").replace("\r\n", "\n")  # the pty turns \n into \r\n
+    return out.decode("utf-8", "replace").replace("\r\n", "\n")  # the pty turns \n into \r\n
+
+
+def test_on_a_real_pty_the_log_table_cannot_drive_the_terminal(d: Daemon) -> None:
+    """`fwdmail logs` on a pseudo-terminal: no escape sequence but rich's own styling."""
+    text = on_pty(d, "logs")
     assert_inert(text)
     assert "[link=http://x]click[/link]" in RICH_STYLE.sub("", text).replace("\n", "")
+    TALLY.item("13.3 terminal injection", 1, OUTCOME)
+
+
+def test_raw_message_on_a_terminal_shows_its_control_bytes(d: Daemon) -> None:
+    """`emails show --raw` writes the stored bytes to a pipe or file, but not raw to a terminal."""
+    qid = getattr(d, "qid")  # noqa: B009
+    assert "\x1b" in run(d, ("emails", "show", qid, "--raw"))  # for a pipe: the message as stored
+    text = on_pty(d, "emails", "show", qid, "--raw")
+    assert_inert(text)
+    assert "Subject: [link=http://x]click[/link]\\x1b]8;;http://e" in text
     TALLY.item("13.3 terminal injection", 1, OUTCOME)
 
 
