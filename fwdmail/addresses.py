@@ -2,7 +2,9 @@
 
 Handles untrusted input (SMTP envelope addresses, CLI arguments). Anything that is not a plain
 `local@domain` with a dot-atom local part is refused: no quoted locals, no source routes, no second `@`,
-no control, invisible-format or bidi characters (they would hide or reorder what an admin later reads).
+no control, invisible-format or bidi characters in the parts kept as written (local parts, regex
+patterns: they would hide or reorder what an admin later reads). Domains go through IDNA (UTS 46), which
+refuses those characters or maps the invisible ones away.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ _DOT_ATOM = re.compile(rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*")
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 SUBSTITUTION = re.compile(r"\$[1-9]")
 # C0/C1 controls, format characters (bidi overrides and isolates, zero-width ones), line and paragraph
-# separators, lone surrogates: refused in addresses, shown as escapes by the CLI (fwdmail.render).
+# separators, lone surrogates: refused in local parts, shown as escapes by the CLI (fwdmail.render).
 HIDDEN_CHARS = regex.compile(r"[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cs}]")
 
 
@@ -36,20 +38,23 @@ class Address:
         return f"{self.local}@{self.domain}"
 
 
-def _require_text(what: str, value: str) -> None:
-    """Refuse text that cannot be UTF-8 (undecodable bytes surface as lone surrogates) or that holds
-    hidden characters (surrounding blanks and line ends are stripped later, as before)."""
+def _require_utf8(what: str, value: str) -> None:
+    """Refuse text that cannot be UTF-8 (undecodable bytes surface as lone surrogates)."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise AddressError(f"invalid {what} {value!r}: not valid UTF-8") from None
-    if HIDDEN_CHARS.search(value.strip(" \t\r\n")):
+
+
+def _refuse_hidden(what: str, value: str, part: str) -> None:
+    """Refuse a part kept as written (local part, regex pattern) that holds a hidden character."""
+    if HIDDEN_CHARS.search(part):
         raise AddressError(f"invalid {what} {value!r}: control, invisible or bidi characters are refused")
 
 
 def normalize_domain(value: str) -> str:
     """Lowercase A-label form of a domain name (IDN accepted); raise AddressError if invalid."""
-    _require_text("domain", value)
+    _require_utf8("domain", value)
     name = value.strip()
     if name.endswith("."):
         name = name[:-1]
@@ -77,7 +82,7 @@ def normalize_domain(value: str) -> str:
 
 def parse_address(value: str) -> Address:
     """Parse `local@domain`; the domain is normalised, the local part kept as written."""
-    _require_text("address", value)
+    _require_utf8("address", value)
     text = value.strip()
     if text.startswith("<") and text.endswith(">"):
         text = text[1:-1]
@@ -92,6 +97,7 @@ def parse_address(value: str) -> Address:
     local, _, domain = text.rpartition("@")
     if "@" in local:
         raise AddressError(f"invalid address {value!r}: more than one @")
+    _refuse_hidden("address", value, local)
     if any(c in text for c in " \t\r\n\x00<>()[],;:"):
         raise AddressError(f"invalid address {value!r}")
     if len(local.encode()) > 64 or not _DOT_ATOM.fullmatch(local):
@@ -123,7 +129,7 @@ class AliasSpec:
 
 def parse_alias_spec(value: str) -> AliasSpec:
     """Parse an alias as the admin writes it: `user@dom`, `*@dom` (catch-all) or `/regex/@dom`."""
-    _require_text("alias", value)
+    _require_utf8("alias", value)
     text = value.strip()
     if text.startswith("/"):
         end = text.rfind("/@")
@@ -132,6 +138,7 @@ def parse_alias_spec(value: str) -> AliasSpec:
         pattern = text[1:end]
         if not pattern:
             raise AddressError(f"invalid regex alias {value!r}: empty pattern")
+        _refuse_hidden("regex alias", value, pattern)
         try:
             regex.compile(pattern)  # as the MX matches it (fwdmail.daemon.routing)
         except regex.error as exc:
