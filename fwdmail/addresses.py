@@ -1,7 +1,10 @@
 """Parsing and normalising mail addresses, domains and alias specs.
 
 Handles untrusted input (SMTP envelope addresses, CLI arguments). Anything that is not a plain
-`local@domain` with a dot-atom local part is refused: no quoted locals, no source routes, no second `@`.
+`local@domain` with a dot-atom local part is refused: no quoted locals, no source routes, no second `@`,
+no control, invisible-format or bidi characters in the parts kept as written (local parts, regex
+patterns: they would hide or reorder what an admin later reads). Domains go through IDNA (UTS 46), which
+refuses those characters or maps the invisible ones away.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ _ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff"
 _DOT_ATOM = re.compile(rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*")
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 SUBSTITUTION = re.compile(r"\$[1-9]")
+# C0/C1 controls, format characters (bidi overrides and isolates, zero-width ones), line and paragraph
+# separators, lone surrogates: refused in local parts, shown as escapes by the CLI (fwdmail.render).
+HIDDEN_CHARS = regex.compile(r"[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cs}]")
 
 
 class AddressError(ValueError):
@@ -38,6 +44,12 @@ def _require_utf8(what: str, value: str) -> None:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise AddressError(f"invalid {what} {value!r}: not valid UTF-8") from None
+
+
+def _refuse_hidden(what: str, value: str, part: str) -> None:
+    """Refuse a part kept as written (local part, regex pattern) that holds a hidden character."""
+    if HIDDEN_CHARS.search(part):
+        raise AddressError(f"invalid {what} {value!r}: control, invisible or bidi characters are refused")
 
 
 def normalize_domain(value: str) -> str:
@@ -85,6 +97,7 @@ def parse_address(value: str) -> Address:
     local, _, domain = text.rpartition("@")
     if "@" in local:
         raise AddressError(f"invalid address {value!r}: more than one @")
+    _refuse_hidden("address", value, local)
     if any(c in text for c in " \t\r\n\x00<>()[],;:"):
         raise AddressError(f"invalid address {value!r}")
     if len(local.encode()) > 64 or not _DOT_ATOM.fullmatch(local):
@@ -125,6 +138,7 @@ def parse_alias_spec(value: str) -> AliasSpec:
         pattern = text[1:end]
         if not pattern:
             raise AddressError(f"invalid regex alias {value!r}: empty pattern")
+        _refuse_hidden("regex alias", value, pattern)
         try:
             regex.compile(pattern)  # as the MX matches it (fwdmail.daemon.routing)
         except regex.error as exc:

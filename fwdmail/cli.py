@@ -8,17 +8,16 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from . import __version__, admin, datadir, store
 from .addresses import AddressError
-from .config import Config, ConfigError, as_dict, load
+from .config import Config, ConfigError, as_dict, hostname_problem, load
+from .render import console, emit_json, line, table, visible
 
 
 class ConfigProblem(click.ClickException):
@@ -35,9 +34,9 @@ class FwdmailGroup(click.Group):
         try:
             return super().invoke(ctx)
         except ConfigError as exc:
-            raise ConfigProblem(str(exc)) from None
+            raise ConfigProblem(visible(exc)) from None
         except _USER_ERRORS as exc:
-            raise click.ClickException(str(exc) or exc.__class__.__name__) from None
+            raise click.ClickException(visible(exc) or exc.__class__.__name__) from None
 
 
 @dataclass
@@ -51,43 +50,28 @@ class State:
             self._config = load(self.config_path)
         return self._config
 
-    def open(self) -> datadir.Runtime:
-        """Load the config and open the store (creating the data dir on first use)."""
-        return datadir.prepare(self.config)
+    def open(self, *, create: bool = False) -> datadir.Runtime:
+        """Load the config and open the store; only `create` (init, serve) makes a missing data dir."""
+        return datadir.prepare(self.config, create=create)
 
 
 pass_state = click.make_pass_decorator(State)
-
-
-def console() -> Console:
-    width = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "200"))
-    return Console(width=width, soft_wrap=False)
 
 
 def now() -> dt.datetime:
     return store.utcnow()
 
 
-def emit_json(data: Any) -> None:
-    def iso(v: Any) -> str:
-        if isinstance(v, dt.datetime):
-            return v.isoformat() + ("Z" if v.tzinfo is None else "")  # the store keeps naive UTC
-        return v.isoformat() if isinstance(v, dt.date) else str(v)
-
-    click.echo(json.dumps(data, indent=2, default=iso, ensure_ascii=False))
-
-
-def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    t = Table(title=title, title_justify="left")
-    for c in columns:
-        t.add_column(c, overflow="fold")
-    for r in rows:
-        t.add_row(*("" if v is None else str(v) for v in r))
-    console().print(t)
+def warn_hostname(cfg: Config) -> None:
+    """On stderr (stdout stays clean for --json): the records printed for this host name cannot work."""
+    problem = hostname_problem(cfg)
+    if problem is not None:
+        line(f"warning: {problem}", err=True)
 
 
 def confirm_or_abort(yes: bool, question: str) -> None:
-    if not yes and not click.confirm(question, default=False, err=True):  # stdout stays clean for --json
+    # on stderr, so stdout stays clean for --json
+    if not yes and not click.confirm(visible(question), default=False, err=True):
         raise click.ClickException("aborted, nothing was changed")
 
 
@@ -109,8 +93,8 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 @pass_state
 def init(state: State) -> None:
     """Create the data dir, secrets, TLS certificate and database (serve does it too)."""
-    rt = state.open()
-    click.echo(f"data dir ready: {rt.config.data_path.resolve()}")
+    rt = state.open(create=True)
+    line(f"data dir ready: {rt.config.data_path.resolve()}")
 
 
 @cli.command("check-config")
@@ -120,6 +104,7 @@ def check_config(state: State, as_json: bool) -> None:
     """Validate the configuration (and a configured TLS pair) and print the effective values."""
     if state.config.tls.cert:  # the generated pair is made by init/serve; nothing is created here
         datadir.check_tls(state.config)
+    warn_hostname(state.config)
     data = as_dict(state.config)
     if as_json:
         emit_json(data)
@@ -156,17 +141,21 @@ def serve(state: State, mx_worker_fd: int | None) -> None:
     from .daemon import serve as daemon
     from .daemon.context import StartupError
 
-    rt = state.open()
+    rt = state.open(create=True)
     store.close_store()
     loop_name, runner = _event_loop(rt.config.event_loop)
     # An MX worker runs under the serving process, which holds the lock.
     lock = datadir.lock_for_serve(rt.config) if mx_worker_fd is None else None
     logsetup.setup(rt.config.log_level)
-    logging.getLogger("fwdmail.serve").info("event loop: %s", loop_name)
+    log = logging.getLogger("fwdmail.serve")
+    log.info("event loop: %s", loop_name)
+    problem = hostname_problem(rt.config) if mx_worker_fd is None else None  # the server says it once
+    if problem is not None:
+        log.warning("%s", problem)
     try:
         code = runner(daemon.run(rt, state.config_path, mx_worker_fd))
     except StartupError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(visible(exc)) from None
     finally:
         if lock is not None:
             os.close(lock)
@@ -191,7 +180,7 @@ def account_add(state: State, email: str, as_json: bool) -> None:
     if as_json:
         emit_json({"email": rec.email, "created_at": rec.created_at})
     else:
-        click.echo(f"account {rec.email} added")
+        line(f"account {rec.email} added")
 
 
 @account.command("list")
@@ -222,7 +211,7 @@ def account_delete(state: State, email: str, yes: bool, as_json: bool) -> None:
     if as_json:
         emit_json({"deleted": rec.email, **counts})
     else:
-        click.echo(f"account {rec.email} deleted: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+        line(f"account {rec.email} deleted: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
 
 
 # domains
@@ -251,10 +240,11 @@ def domain_add(state: State, name: str, account_email: str, as_json: bool) -> No
     rt = state.open()
     rec = admin.add_domain(name, account_email, now())
     records = admin.dns_records(rt.config, rec)
+    warn_hostname(rt.config)
     if as_json:
         emit_json({**_domain_json(rec), "dns": [r.as_json() for r in records]})
         return
-    click.echo(f"domain {rec.name} added for {rec.account_email}; publish these records:")
+    line(f"domain {rec.name} added for {rec.account_email}; publish these records:")
     _print_records(records)
 
 
@@ -292,7 +282,7 @@ def domain_remove(state: State, name: str, yes: bool, as_json: bool) -> None:
     if as_json:
         emit_json({"removed": rec.name, **counts})
     else:
-        click.echo(f"domain {rec.name} removed: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+        line(f"domain {rec.name} removed: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
 
 
 @domain.command("dns")
@@ -303,6 +293,7 @@ def domain_dns(state: State, name: str, as_json: bool) -> None:
     """Print the DNS records to publish for NAME."""
     rt = state.open()
     records = admin.dns_records(rt.config, admin.get_domain(name))
+    warn_hostname(rt.config)
     if as_json:
         emit_json([r.as_json() for r in records])
     else:
@@ -327,7 +318,7 @@ def domain_verify(state: State, name: str, as_json: bool) -> None:
     missing = [c.record.purpose for c in checks if not c.ok]
     if missing:
         if not as_json:
-            click.echo(f"missing or wrong: {', '.join(missing)}", err=True)
+            line(f"missing or wrong: {', '.join(missing)}", err=True)
         sys.exit(1)
 
 
@@ -350,7 +341,7 @@ def domain_set(state: State, name: str, retention_days: int | None, auth_policy:
     if as_json:
         emit_json(_domain_json(rec))
     else:
-        click.echo(f"domain {rec.name}: retention_days={rec.retention_days} auth_policy={rec.auth_policy} "
+        line(f"domain {rec.name}: retention_days={rec.retention_days} auth_policy={rec.auth_policy} "
                    f"friendly_from={rec.friendly_from} require_tls_inbound={rec.require_tls_inbound}")
 
 
@@ -378,7 +369,7 @@ def alias_add(state: State, address: str, destinations: tuple[str, ...], as_json
     if as_json:
         emit_json(_alias_json(rec))
     else:
-        click.echo(f"alias {rec.address} -> {', '.join(rec.destinations)}")
+        line(f"alias {rec.address} -> {', '.join(rec.destinations)}")
 
 
 @alias.command("list")
@@ -403,7 +394,7 @@ def alias_list(state: State, domain_name: str | None, as_json: bool) -> None:
 def alias_remove(state: State, address: str) -> None:
     """Remove an alias."""
     state.open()
-    click.echo(f"alias {admin.remove_alias(address)} removed")
+    line(f"alias {admin.remove_alias(address)} removed")
 
 
 @alias.command("disable")
@@ -415,7 +406,7 @@ def alias_disable(state: State, address: str, mode: str) -> None:
     """Disable an alias."""
     state.open()
     rec = admin.set_alias_state(address, mode)
-    click.echo(f"alias {rec.address} disabled ({mode})")
+    line(f"alias {rec.address} disabled ({mode})")
 
 
 @alias.command("enable")
@@ -425,7 +416,7 @@ def alias_enable(state: State, address: str) -> None:
     """Enable an alias again."""
     state.open()
     rec = admin.set_alias_state(address, "enabled")
-    click.echo(f"alias {rec.address} enabled")
+    line(f"alias {rec.address} enabled")
 
 
 @alias.command("password")
@@ -439,9 +430,9 @@ def alias_password(state: State, address: str, as_json: bool) -> None:
     if as_json:
         emit_json({"address": rec.address, "password": password})
     else:
-        click.echo(f"SMTP login for {rec.address} (shown once, store it now):")
-        click.echo(f"  username: {rec.address}")
-        click.echo(f"  password: {password}")
+        line(f"SMTP login for {rec.address} (shown once, store it now):")
+        line(f"  username: {rec.address}")
+        line(f"  password: {password}")
 
 
 # SMTP error log
@@ -465,8 +456,12 @@ def logs(state: State, domain_name: str | None, as_json: bool) -> None:
                 f"{r.code} {r.enhanced_code}".strip(), r.text) for r in rows])
 
 
+# What the MX records (fwdmail.daemon.authcheck and limits).
+ABUSE_KINDS = ("dmarc-reject", "spf-reject", "dnsbl", "rate-limit", "too-many-connections")
+
+
 @cli.command()
-@click.option("--kind", help="Only events of this kind (dmarc-reject, spf-reject, dnsbl, rate-limit, ...).")
+@click.option("--kind", type=click.Choice(ABUSE_KINDS), help="Only events of this kind.")
 @json_option
 @pass_state
 def abuse(state: State, kind: str | None, as_json: bool) -> None:
@@ -509,7 +504,7 @@ def purge(state: State, dry_run: bool, at: str | None, as_json: bool) -> None:
               ["category", "rule", "would remove" if dry_run else "removed"],
               [(j.title, j.rule(cfg), report.counts.get(j.key, "FAILED")) for j in jobs.JOBS])
     for key, err in report.failed.items():
-        click.echo(f"error: {key}: {err}", err=True)
+        line(f"error: {key}: {err}", err=True)
     if report.checkpointed is False:
         click.echo("warning: a reader kept the WAL from being truncated; run purge again", err=True)
     if report.failed:
@@ -525,7 +520,7 @@ def _purge_with_progress(when: dt.datetime, cfg: Any) -> Any:
     totals = jobs.purge_now(when, cfg, dry_run=True).counts
     if sum(totals.values()) <= cfg.batch_size:
         return jobs.purge_now(when, cfg)
-    with Progress(console=Console(stderr=True), transient=True) as bar:
+    with Progress(console=console(stderr=True), transient=True) as bar:
         tasks = {j.key: bar.add_task(j.title, total=totals.get(j.key) or None) for j in jobs.JOBS}
         return jobs.purge_now(when, cfg, progress=lambda key, n: bar.advance(tasks[key], n))
 
@@ -567,9 +562,13 @@ def emails_show(state: State, email_id: str, raw: bool, as_json: bool) -> None:
     state.open()
     rec = outbound.get_email(email_id)
     if raw:
-        click.get_binary_stream("stdout").write(outbound.raw_message(rec))
+        message = outbound.raw_message(rec)
+        if sys.stdout.isatty():  # bytes for a pipe or a file; for a terminal, its control bytes shown
+            line(message.decode("utf-8", "replace").replace("\r\n", "\n"), multiline=True)
+        else:
+            click.get_binary_stream("stdout").write(message)
         if rec.redacted:
-            click.echo(f"(the body of {rec.queue_id} was redacted; headers only)", err=True)
+            line(f"(the body of {rec.queue_id} was redacted; headers only)", err=True)
         return
     pv = outbound.preview(rec)
     if as_json:
@@ -587,7 +586,7 @@ def emails_retry(state: State, email_id: str) -> None:
 
     state.open()
     rec = outbound.retry_email(email_id, now())
-    click.echo(f"email {rec.queue_id} ({rec.status}) will be tried again now")
+    line(f"email {rec.queue_id} ({rec.status}) will be tried again now")
 
 
 @emails.command("delete")
@@ -602,8 +601,25 @@ def emails_delete(state: State, email_id: str, yes: bool) -> None:
     rec = outbound.get_email(email_id)
     confirm_or_abort(yes, f"Delete email {rec.queue_id} ({rec.status})?")
     outbound.delete_email(rec.queue_id)
-    click.echo(f"email {rec.queue_id} deleted")
+    line(f"email {rec.queue_id} deleted")
 
 
 def main() -> None:
-    cli(prog_name="fwdmail")
+    """Run the CLI as click would, except that Ctrl-C exits quietly with 130 (click says "Aborted!", 1)."""
+    try:
+        code = cli.main(prog_name="fwdmail", standalone_mode=False)
+    except click.ClickException as exc:  # click's usage errors quote the arguments as typed
+        exc.message = visible(exc.message)
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort as exc:  # click's wrapper of Ctrl-C, and of end of input at a prompt
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            sys.exit(130)
+        click.echo("Aborted!", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:  # `fwdmail ... | head`: the reader left; the exit flush must not fail too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -360,6 +360,16 @@ class Config:
         return Path(self.tls.key) if self.tls.key else self.data_path / "tls" / "key.pem"
 
 
+def hostname_problem(cfg: Config) -> str | None:
+    """Why the host name cannot work in the published MX and SPF records (it has no dot), or None."""
+    name = cfg.server_hostname.rstrip(".")
+    if "." in name:
+        return None
+    source = "this machine's name" if not cfg.hostname else "hostname"
+    return (f"hostname: {name!r} ({source}) has no dot, so the MX and SPF records naming it cannot work; "
+            "set `hostname` in the config file to this server's public DNS name (e.g. mx.example.net)")
+
+
 def _type_name(tp: Any) -> str:
     if tp is bool:
         return "true or false"

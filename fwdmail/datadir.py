@@ -26,11 +26,18 @@ class Runtime:
     key_path: Path
 
 
-def prepare(cfg: Config, *, open_db: bool = True) -> Runtime:
-    """Create the data dir (0700), secrets and cert if missing; open and migrate the database."""
+def prepare(cfg: Config, *, open_db: bool = True, create: bool = False) -> Runtime:
+    """Open the data dir: secrets and cert made if missing, the database opened and migrated.
+
+    Only with `create` (init, serve) is a missing data dir made (0700): any other command run from the
+    wrong directory, or without the config, would otherwise work on a new empty store nobody reads.
+    """
     data = cfg.data_path
     if data.exists() and not data.is_dir():
         raise ConfigError(f"data_dir: {data} exists and is not a directory")
+    if not create and not data.exists():
+        raise ConfigError(f"data_dir: no data dir at {data.absolute()}; give the config with --config PATH "
+                          "(or FWDMAIL_CONFIG), or run `fwdmail init` to make one here")
     try:
         data.mkdir(parents=True, exist_ok=True)
         os.chmod(data, 0o700)

@@ -16,11 +16,8 @@ from html.parser import HTMLParser
 from typing import Any
 
 from rich.console import Console
-from rich.panel import Panel
-from rich.table import Table
-from rich.text import Text
 
-from . import store
+from . import render, store
 from .addresses import normalize_domain
 
 STATUSES = store.EMAIL_STATUSES
@@ -193,32 +190,21 @@ def as_json(e: store.EmailRecord) -> dict[str, Any]:
     }
 
 
-def _table(title: str, columns: list[str]) -> Table:
-    t = Table(title=title, title_justify="left")
-    for c in columns:
-        t.add_column(c, overflow="fold")
-    return t
-
-
-def _row(*values: object) -> list[Text]:
-    return [Text(clean("" if v is None else str(v))) for v in values]
-
-
 def print_list(console: Console, rows: list[store.EmailRecord]) -> None:
-    t = _table("outbound mail (times UTC)", ["id", "status", "domain", "from", "to", "subject", "created",
-                                             "next attempt"])
+    t = render.new_table("outbound mail (times UTC)",
+                         ["id", "status", "domain", "from", "to", "subject", "created", "next attempt"])
     for e in rows:
         to = e.recipients[0].address if e.recipients else ""
         if len(e.recipients) > 1:
             to += f" (+{len(e.recipients) - 1})"
         nxt = _when(e.next_attempt_at) if e.status in store.PENDING_STATUSES else ""
-        t.add_row(*_row(e.queue_id, e.status, e.domain, e.mail_from or "<>", to, e.subject,
-                        _when(e.created_at), nxt))
+        render.add_row(t, (e.queue_id, e.status, e.domain, e.mail_from or "<>", to, e.subject,
+                           _when(e.created_at), nxt))
     console.print(t)
 
 
 def print_email(console: Console, e: store.EmailRecord, pv: Preview) -> None:
-    facts = _table(f"email {e.queue_id}", ["field", "value"])
+    facts = render.new_table(f"email {e.queue_id}", ["field", "value"])
     for name, value in (
         ("status", e.status), ("domain", e.domain), ("envelope from", e.mail_from or "<> (null sender)"),
         ("size", f"{e.size} bytes"), ("accepted (UTC)", _when(e.created_at)),
@@ -227,22 +213,22 @@ def print_email(console: Console, e: store.EmailRecord, pv: Preview) -> None:
         ("attempts", e.attempts), ("crashes", e.crash_count), ("final (UTC)", _when(e.final_at)),
         ("body", f"redacted {_when(e.redacted_at)} UTC" if e.redacted else "kept"),
     ):
-        facts.add_row(*_row(name, value))
+        render.add_row(facts, (name, value))
     console.print(facts)
-    rcpts = _table("recipients", ["address", "status", "attempts", "last reply"])
+    rcpts = render.new_table("recipients", ["address", "status", "attempts", "last reply"])
     for r in e.recipients:
         reply = f"{r.code} {r.enhanced_code or ''} {r.text or ''}".strip() if r.code else ""
-        rcpts.add_row(*_row(r.address, r.status, r.attempts, reply))
+        render.add_row(rcpts, (r.address, r.status, r.attempts, reply))
     console.print(rcpts)
-    headers = _table("headers", ["name", "value"])
+    headers = render.new_table("headers", ["name", "value"])
     for name, value in pv.headers:
-        headers.add_row(*_row(name, value))
+        render.add_row(headers, (name, value))
     console.print(headers)
     if pv.redacted:
-        console.print(Text(f"The body of this message was redacted at {_when(e.redacted_at)} UTC; "
-                           "only its headers, envelope and statuses are kept."))
+        console.print(render.text(f"The body of this message was redacted at {_when(e.redacted_at)} UTC; "
+                                  "only its headers, envelope and statuses are kept."))
         return
     title = f"text ({pv.text_type}{', rendered as text' if pv.text_type == 'text/html' else ''})"
-    console.print(Panel(Text(pv.text or "(no text part)"), title=title, title_align="left"))
+    render.panel(title, pv.text or "(no text part)", console)
     for filename, ctype in pv.attachments:
-        console.print(Text(f"attachment: {filename or '(unnamed)'} ({ctype})"))
+        console.print(render.text(f"attachment: {filename or '(unnamed)'} ({ctype})"))

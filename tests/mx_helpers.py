@@ -34,7 +34,9 @@ for args in json.loads(sys.argv[1]):
 
 
 def cli(d: Daemon, *args: str, expect: int | None = 0) -> subprocess.CompletedProcess[str]:
-    """`fwdmail --config <d's> ARGS` in a subprocess."""
+    """`fwdmail --config <d's> ARGS` in a subprocess (after `init` while there is no data dir)."""
+    if d.needs_init(*args):
+        cli_batch(d, [])
     proc = subprocess.run([sys.executable, "-m", "fwdmail", "--config", str(d.config_path), *args],
                           capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "300"})
     if expect is not None:
@@ -44,8 +46,9 @@ def cli(d: Daemon, *args: str, expect: int | None = 0) -> subprocess.CompletedPr
 
 
 def cli_batch(d: Daemon, commands: Sequence[Sequence[str]]) -> None:
-    """Several CLI commands in one subprocess (fast setup); fails on the first non-zero exit."""
-    args = [["--config", str(d.config_path), *c] for c in commands]
+    """Several CLI commands in one subprocess (fast setup, `init` first if need be); fails on the first
+    non-zero exit."""
+    args = d.init_args() + [["--config", str(d.config_path), *c] for c in commands]
     proc = subprocess.run([sys.executable, "-c", _BATCH, json.dumps(args)], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr + proc.stdout

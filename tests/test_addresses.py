@@ -159,3 +159,44 @@ def test_undecodable_input_is_refused(parse: object) -> None:
             parse(value)  # type: ignore[operator]
     with pytest.raises(AddressError, match="not valid UTF-8"):
         parse("\udcff")  # type: ignore[operator]
+
+
+HIDDEN = ["\x1b", "\x07", "\x7f", "\x85", "\x9b", "\u202e", "\u202d", "\u2066", "\u2069", "\u200f", "\u200b",
+          "\u2028", "\ufeff", "\U000e0041", "\u00ad"]
+
+
+@pytest.mark.parametrize("ch", HIDDEN, ids=lambda c: f"U+{ord(c):04X}")
+def test_control_and_bidi_characters_are_refused_in_what_is_kept_as_written(
+        ch: str, request: pytest.FixtureRequest) -> None:
+    """An alias or destination that hides or reorders text would lie to whoever lists it later."""
+    from tests.hostile_support import TALLY, register_summary
+
+    register_summary(request.config)
+    for parse, value in (
+        (parse_address, f"us{ch}er@example.com"),
+        (parse_address, f"user{ch}@example.com"),
+        (parse_alias_spec, f"al{ch}ias@example.com"),
+        (parse_alias_spec, f"/^a{ch}b$/@example.com"),
+        (lambda v: parse_destinations([v]), f"dest{ch}@example.org"),
+    ):
+        with pytest.raises(AddressError, match="control, invisible or bidi characters are refused") as exc:
+            parse(value)  # type: ignore[operator]
+        assert ch not in str(exc.value)  # the message names it as an escape, never raw
+    TALLY.item("13.3 hidden characters in addresses", 5, "refused in local parts and patterns")
+
+
+@pytest.mark.parametrize("ch", HIDDEN, ids=lambda c: f"U+{ord(c):04X}")
+def test_domains_with_hidden_characters_are_refused_or_cleaned_by_idna(ch: str) -> None:
+    """UTS 46 refuses controls and bidi characters in a domain and maps invisible ones away: what is
+    stored is plain ASCII either way."""
+    for value in (f"exa{ch}mple.com", f"user@exa{ch}mple.com", f"*@exa{ch}mple.com"):
+        try:
+            result = str(parse_alias_spec(value).domain) if "@" in value else normalize_domain(value)
+        except AddressError:
+            continue
+        assert result == "example.com", (value, result)
+
+
+def test_surrounding_blanks_and_line_ends_are_still_stripped() -> None:
+    assert normalize_address(" user@example.com\r\n") == "user@example.com"
+    assert parse_alias_spec("\thello@example.com ") == AliasSpec("exact", "hello", "example.com")

@@ -513,16 +513,6 @@ def code_blocks(text: str) -> list[tuple[str, list[str]]]:
     return blocks
 
 
-def test_readme_starts_with_the_two_setup_commands() -> None:
-    text = README.read_text()
-    assert text.splitlines()[:4] == [
-        "```sh",
-        'python3 -m pip install -e ".[fast]" && fwdmail serve',
-        'python3 -m pip install -e ".[test]" && python3 -m pytest -q',
-        "```",
-    ]
-
-
 def test_readme_tour_commands_work(d: Daemon) -> None:
     import shlex
 

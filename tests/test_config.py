@@ -295,12 +295,12 @@ def test_config_from_the_environment(tmp_path: Path) -> None:
     path.write_text("[queue]\nconcurrency = 3\n")
     result = run("check-config", "--json", env={"FWDMAIL_CONFIG": str(path)})
     assert result.exit_code == 0
-    assert json.loads(result.output)["queue"]["concurrency"] == 3
+    assert json.loads(result.stdout)["queue"]["concurrency"] == 3  # stderr may warn about the hostname
     # --config wins over the environment
     other = tmp_path / "other.toml"
     other.write_text("[queue]\nconcurrency = 4\n")
     result = run("--config", str(other), "check-config", "--json", env={"FWDMAIL_CONFIG": str(path)})
-    assert json.loads(result.output)["queue"]["concurrency"] == 4
+    assert json.loads(result.stdout)["queue"]["concurrency"] == 4
 
 
 @pytest.mark.parametrize("content,needle", [
@@ -406,5 +406,5 @@ def test_check_config_checks_a_configured_tls_pair_without_creating_anything(tmp
     path.write_text(f'data_dir = "data"\n[tls]\ncert = "{cert}"\nkey = "{key}"\n')
     good = run("--config", str(path), "check-config", "--json")
     assert good.exit_code == 0, good.output
-    assert json.loads(good.output)["tls"] == {"cert": str(cert), "key": str(key)}
+    assert json.loads(good.stdout)["tls"] == {"cert": str(cert), "key": str(key)}
     assert not (tmp_path / "data").exists()

@@ -48,11 +48,12 @@ print(json.dumps(out))
 
 def cli(d: Daemon, *commands: Sequence[str]) -> list[str]:
     """Run CLI commands in one subprocess (the daemon's store is not opened by the test process)."""
-    args = [["--config", str(d.config_path), *c] for c in commands]
+    init = d.init_args()
+    args = init + [["--config", str(d.config_path), *c] for c in commands]
     proc = subprocess.run([sys.executable, "-c", _BATCH, json.dumps(args)], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr + proc.stdout
-    return json.loads(proc.stdout)
+    return json.loads(proc.stdout)[len(init):]
 
 
 def hosted_domain(d: Daemon, dns_server: LoopbackDNS, *settings: str) -> str:

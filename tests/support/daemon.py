@@ -106,8 +106,23 @@ class Daemon:
     def ports(self) -> list[int]:
         return [self.mx_port, self.submission_port, self.submission_tls_port]
 
+    def needs_init(self, *args: str) -> bool:
+        """The data dir does not exist yet and `args` (if any) is not a command that makes it: only init
+        and serve do; the others refuse a missing data dir."""
+        return (args[:1] not in (("init",), ("serve",), ("check-config",))
+                and not (self.dir / self.settings["data_dir"]).exists())
+
+    def init_args(self) -> list[list[str]]:
+        """`[[--config, ours, init]]` while the data dir is missing, else `[]`: to put before a batch."""
+        return [["--config", str(self.config_path), "init"]] if self.needs_init() else []
+
     def cli(self, *args: str, input: str | None = None, expect: int | None = 0) -> Result:
-        """Run `fwdmail --config <ours> ARGS` in-process; assert the exit code unless expect is None."""
+        """Run `fwdmail --config <ours> ARGS` in-process; assert the exit code unless expect is None.
+
+        The first command on a missing data dir runs `init` before it, as an admin would have done.
+        """
+        if self.needs_init(*args):
+            self.cli("init")
         result = CliRunner().invoke(
             cli, ["--config", str(self.config_path), *args], input=input, catch_exceptions=False
         )
