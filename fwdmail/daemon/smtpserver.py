@@ -40,7 +40,7 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, TLSSetupException, s
 from . import replies
 from .replies import SmtpError
 
-__all__ = ["DataEnvelope", "Session", "Sessions", "SmtpServer"]
+__all__ = ["MISSING", "DataEnvelope", "Envelope", "Session", "Sessions", "SmtpServer"]
 
 log = logging.getLogger("fwdmail.smtp")
 

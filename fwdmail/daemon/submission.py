@@ -27,8 +27,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiosmtpd.smtp import MISSING, Envelope, Session
-
 from .. import keys, store
 from ..addresses import AddressError, normalize_address, parse_address, parse_alias_spec
 from ..config import SubmissionConfig
@@ -37,7 +35,7 @@ from .context import Context
 from .groupcommit import GroupCommitter
 from .listeners import listen
 from .replies import SmtpError
-from .smtpserver import Sessions, SmtpServer
+from .smtpserver import MISSING, Envelope, Session, Sessions, SmtpServer
 
 __all__ = [
     "AuthLimiter", "Login", "LoginCache", "Prepared", "SubmissionHandler", "SubmissionService",
