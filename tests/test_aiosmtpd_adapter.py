@@ -11,6 +11,7 @@ import asyncio
 import inspect
 import re
 import tomllib
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -18,6 +19,10 @@ import aiosmtpd.smtp
 import aiosmtplib.protocol
 import pytest
 from packaging.requirements import Requirement
+
+from fwdmail.daemon import replies
+from tests.hostile_support import Session, no_tls_check
+from tests.support.daemon import Daemon
 
 ROOT = Path(__file__).resolve().parents[1]
 ENHANCED = re.compile(rb"^[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}(?: |\r\n)")
@@ -133,3 +138,84 @@ def test_every_private_aiosmtpd_member_used_is_listed_here() -> None:
         if path.name != "smtpserver.py":
             imports = re.search(r"^\s*(?:from|import) aiosmtpd", path.read_text(), re.MULTILINE)
             assert imports is None, f"{path.name} imports aiosmtpd itself"
+
+
+# every reply carries an enhanced status code (RFC 2034, RFC 3463)
+
+EXEMPT = object()  # a reply RFC 2034 exempts: the greeting and the answers to HELO and EHLO
+
+
+def _enhanced_ok(line: bytes) -> bool:
+    return line[:1] == b"3" or ENHANCED.match(line) is not None
+
+
+def test_every_reply_constant_has_an_enhanced_code() -> None:
+    for name, value in vars(replies).items():
+        if isinstance(value, replies.SmtpError):
+            text = value.reply
+        elif isinstance(value, str) and re.match(r"[245]\d\d ", value):
+            text = value.format(queue_id="x")
+        else:
+            continue
+        assert _enhanced_ok(text.encode() + b"\r\n"), f"replies.{name}: {text!r}"
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    d = Daemon(tmp_path_factory.mktemp("adapter"), {"abuse": {"max_errors_per_session": 1000}}).start()
+    yield d
+    d.stop()
+
+
+def _walk(s: Session, commands: list[bytes | tuple[bytes, object]]) -> list[bytes]:
+    """Send each command, check each reply line has an enhanced code (unless marked EXEMPT); return
+    the lines that do not."""
+    missing = []
+    for item in commands:
+        command, exempt = item if isinstance(item, tuple) else (item, None)
+        s.send(command + b"\r\n")
+        _, lines = s.reply()
+        if exempt is not EXEMPT:
+            missing += [line for line in lines if not _enhanced_ok(line)]
+    return missing
+
+
+COMMON = [
+    b"NOOP", b"NOOP ignored", b"RSET", b"RSET now", b"HELP", b"HELP NOOP", b"HELP BOGUS", b"VRFY",
+    b"VRFY <someone@example.test>", b"VRFY <a@b@c>", b"EXPN list", b"BOGUS", b"", b"\xff\xfe", b"X" * 2000,
+    b"STARTTLS now", b"QUIT now", b"EHLO", b"HELO",
+]
+
+
+def test_the_mx_answers_every_command_with_an_enhanced_code(daemon: Daemon) -> None:
+    with Session(daemon.mx_port) as s:
+        missing = _walk(s, [
+            b"MAIL FROM:<a@src.test>", b"RCPT TO:<x@ours.test>", b"DATA", b"AUTH PLAIN",
+            (b"HELO client.test", EXEMPT), b"AUTH PLAIN", *COMMON, (b"EHLO client.test", EXEMPT),
+            b"AUTH PLAIN", b"AUTH", b"MAIL", b"MAIL FROM:<a@src.test> BODY=9BIT",
+            b"MAIL FROM:<a@src.test> FOO=bar", b"MAIL FROM:<a@src.test> SIZE=999999999999",
+            b"MAIL FROM:<a@src.test> SMTPUTF8=yes", b"RCPT TO:<x@ours.test>", b"DATA now", b"DATA",
+            b"MAIL FROM:<a@src.test>", b"MAIL FROM:<b@src.test>", b"RCPT TO:<nobody@nowhere.test>",
+            b"STARTTLS",
+        ])
+        s.starttls(no_tls_check())
+        missing += _walk(s, [b"NOOP", (b"EHLO client.test", EXEMPT), b"MAIL FROM:<a@src.test>", b"QUIT"])
+        assert s.closed()
+    assert not missing, missing
+
+
+def test_submission_answers_every_command_with_an_enhanced_code(daemon: Daemon) -> None:
+    with Session(daemon.submission_port) as s:
+        s.send(b"EHLO client.test\r\n")
+        assert b"250-ENHANCEDSTATUSCODES\r\n" in s.reply()[1]
+        missing = _walk(s, [b"MAIL FROM:<a@src.test>", b"AUTH PLAIN", b"HELP", b"VRFY x", *COMMON,
+                            b"STARTTLS"])
+        s.starttls(no_tls_check())
+        missing += _walk(s, [(b"EHLO client.test", EXEMPT), *COMMON, (b"EHLO client.test", EXEMPT),
+                             b"MAIL FROM:<a@src.test>", b"RCPT TO:<x@dest.test>", b"DATA", b"AUTH",
+                             b"AUTH PLAIN a b", b"AUTH BOGUS", b"AUTH PLAIN !!!", b"AUTH PLAIN AHgAeA=="])
+    with Session(daemon.submission_tls_port, tls=no_tls_check()) as s:
+        missing += _walk(s, [*COMMON, (b"EHLO client.test", EXEMPT), b"STARTTLS", b"MAIL FROM:<a@src.test>",
+                             b"QUIT"])
+        assert s.closed()
+    assert not missing, missing

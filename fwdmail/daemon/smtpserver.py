@@ -6,7 +6,9 @@ Untrusted input: every byte an SMTP client sends. On top of aiosmtpd this class
   accepted; the input is always read to its real end so the session stays in step;
 - hands an address it cannot parse (`<a@b@c>`, `<a@b.>`) to the handler as written, so policy, not
   the parser, words the refusal;
-- advertises SIZE, 8BITMIME, SMTPUTF8 and PIPELINING (and STARTTLS/AUTH when configured);
+- advertises SIZE, 8BITMIME, SMTPUTF8, PIPELINING and ENHANCEDSTATUSCODES (and STARTTLS/AUTH when
+  configured), and gives every reply an RFC 3463 enhanced code (aiosmtpd's own replies lack most), except
+  the greeting and the answers to HELO and EHLO, as RFC 2034 says;
 - answers an unknown command without echoing it, and closes with a 421 (not aiosmtpd's 502) after
   `_UNKNOWN_COMMAND_LIMIT` of them; never sends a control character or an undecodable byte the client
   sent back in a reply;
@@ -54,6 +56,29 @@ _NOT_PRINTABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 def _printable(status: str) -> str:
     """A reply (one or more CRLF-separated lines) with control characters and undecodable bytes as "?"."""
     return "\r\n".join(_NOT_PRINTABLE.sub("?", line) for line in status.split("\r\n"))
+
+
+_HAS_ENHANCED = re.compile(r"[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}(?: |\Z)")
+# For the replies aiosmtpd words without an enhanced code: the code RFC 3463 gives their reply code.
+_ENHANCED_FOR = {
+    "421": "4.7.0", "451": "4.3.0", "452": "4.3.1", "454": "4.7.0", "500": "5.5.2", "501": "5.5.4",
+    "502": "5.5.1", "503": "5.5.1", "504": "5.5.4", "530": "5.7.0", "535": "5.7.8", "538": "5.7.11",
+    "552": "5.3.4", "553": "5.1.3", "554": "5.7.0", "555": "5.5.4",
+}
+
+
+def _enhanced(status: str) -> str:
+    """A 2xx/4xx/5xx reply with an enhanced status code on every line (3xx replies carry none)."""
+    if status[:1] not in ("2", "4", "5") or _HAS_ENHANCED.match(status):
+        return status
+    lines = []
+    for line in status.split("\r\n"):
+        if not _HAS_ENHANCED.match(line):
+            code, sep, text = line[:3], line[3:4] or " ", line[4:]
+            enhanced = _ENHANCED_FOR.get(code, code[0] + ".0.0")
+            line = f"{code}{sep}{enhanced} {text}" if text else f"{code}{sep}{enhanced}"
+        lines.append(line)
+    return "\r\n".join(lines)
 _DATA_READ_LIMIT = 256 * 1024
 _END_OF_DATA = b"\r\n.\r\n"
 _LINE_START, _AFTER_CR, _MID, _ENDED = range(4)
@@ -181,6 +206,7 @@ class SmtpServer(SMTP):
         self.command_size_limits.update(MAIL=_COMMAND_LIMIT, RCPT=_COMMAND_LIMIT)
         self.unknown_commands = 0
         self._smtp_methods = _Commands(self._smtp_methods, self._unknown_command)
+        self._exempt_reply = False  # the next reply goes without an enhanced code (greeting, HELO/EHLO)
 
     def __dir__(self) -> list[str]:
         """The SMTP verbs and AUTH mechanisms only: aiosmtpd builds its tables from dir() (and
@@ -218,6 +244,7 @@ class SmtpServer(SMTP):
                 await self.push(status)
                 self.close()
                 return
+        self._exempt_reply = True  # aiosmtpd's first reply is the greeting
         await super()._handle_client()
 
     def _create_envelope(self) -> Envelope:
@@ -245,9 +272,11 @@ class SmtpServer(SMTP):
         return status
 
     async def push(self, status: str | bytes) -> None:
-        """Send a reply; past `max_errors` error replies, also 421 and close the connection."""
+        """Send a reply (with an enhanced code); past `max_errors` error replies, also 421 and close the
+        connection."""
         if isinstance(status, str):
-            status = _printable(status)
+            status = _printable(status) if self._exempt_reply else _enhanced(_printable(status))
+            self._exempt_reply = False
         await super().push(status)
         text = status if isinstance(status, str) else status.decode("ascii", "replace")
         if text[:1] not in ("4", "5"):
@@ -319,6 +348,21 @@ class SmtpServer(SMTP):
                 line = exc.partial
             return None if too_long else line
 
+    @syntax("HELO hostname")
+    async def smtp_HELO(self, hostname: str) -> None:
+        if not hostname:
+            await self.push("501 5.5.4 Syntax: HELO hostname")
+            return
+        assert self.session is not None
+        self._set_rset_state()
+        self.session.extended_smtp = False
+        status = await self._call_handler_hook("HELO", hostname)
+        if status is MISSING:
+            self.session.host_name = hostname
+            status = f"250 {self.hostname}"
+        self._exempt_reply = status.startswith("250")
+        await self.push(status)
+
     @syntax("EHLO hostname")
     async def smtp_EHLO(self, hostname: str) -> None:
         if not hostname:
@@ -328,7 +372,8 @@ class SmtpServer(SMTP):
         self._set_rset_state()
         self.session.extended_smtp = True
         self.session.host_name = hostname
-        lines = [self.hostname, "PIPELINING", f"SIZE {self.data_size_limit}", "8BITMIME", "SMTPUTF8"]
+        lines = [self.hostname, "PIPELINING", f"SIZE {self.data_size_limit}", "8BITMIME", "SMTPUTF8",
+                 "ENHANCEDSTATUSCODES"]
         if self.tls_context and not self._tls_protocol:
             lines.append("STARTTLS")
         if self._auth_methods and (not self._auth_require_tls or self._tls_protocol):
@@ -336,6 +381,7 @@ class SmtpServer(SMTP):
         responses = [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"]
         if "EHLO" in self._handle_hooks:
             responses = await self._call_handler_hook("EHLO", hostname, responses)
+        self._exempt_reply = True
         await self.push("\r\n".join(responses))  # one write for the whole reply
 
     @syntax("DATA")
