@@ -162,7 +162,8 @@ def test_every_reply_constant_has_an_enhanced_code() -> None:
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = Daemon(tmp_path_factory.mktemp("adapter"), {"abuse": {"max_errors_per_session": 1000}}).start()
+    d = Daemon(tmp_path_factory.mktemp("adapter"), {"abuse": {"max_errors_per_session": 1000},
+                                                    "submission": {"max_errors_per_session": 1000}}).start()
     yield d
     d.stop()
 

@@ -81,7 +81,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, dns_server: LoopbackDNS,
         "delivery": {"routes": {"*": downstream.address}},
         "mx": {"max_recipients": MAX_RECIPIENTS},
         "abuse": {"max_messages_per_ip_per_minute": 10_000, "max_errors_per_session": MAX_ERRORS,
-                  "max_connections_per_ip": 1_000},
+                  "max_connections_per_ip": 1_000, "max_junk_commands": 1_000},
         "submission": {"auth_failures_per_hour": AUTH_FAILURES},
     })
     cli_batch(d, SETUP)

@@ -13,7 +13,11 @@ Untrusted input: every byte an SMTP client sends. On top of aiosmtpd this class
   `_UNKNOWN_COMMAND_LIMIT` of them; never sends a control character or an undecodable byte the client
   sent back in a reply;
 - reads an AUTH response line over the line limit to its end and answers 500 5.5.6 (RFC 4954);
-- answers an unexpected exception with a 451, never a traceback.
+- answers an unexpected exception with a 451, never a traceback;
+- bounds a session: a cap of sessions per listener kind (`Sessions`: 421 at once past it), commands that
+  do not advance a transaction (NOOP, RSET, HELP, VRFY, EHLO/HELO again; counted from the last accepted
+  message, as Postfix's smtpd_junk_command_limit), a whole lifetime (a message under way is finished
+  first) and, where given, a deadline to log in by.
 
 Handlers may define, besides aiosmtpd's hooks:
 - `handle_CONNECT(server, session, envelope)`: a reply string refuses the connection (sent instead of
@@ -33,6 +37,7 @@ import functools
 import io
 import logging
 import re
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -111,16 +116,24 @@ class DataEnvelope(Envelope):
 
 
 class Sessions:
-    """The live sessions of a listener, and which are inside a message (from 354 to the reply after it).
+    """The live sessions of a listener kind, and which are inside a message (from 354 to the reply after it).
 
-    `drain` lets a stopping service wait for those messages; `close` then ends every session with a 421.
+    At most `cap` sessions (0: no cap) are admitted; a connection past it gets 421 at once, and the log one
+    warning line per `warn_every` seconds. `drain` lets a stopping service wait for messages under way;
+    `close` then ends every session with a 421.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "SMTP", cap: int = 0, warn_every: float = 300.0) -> None:
+        self.name = name
+        self.cap = cap
+        self.warn_every = warn_every
+        self.refused = 0
         self.live: set[SmtpServer] = set()
         self._busy: set[SmtpServer] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._warned_at: float | None = None
+        self._unreported = 0
 
     def __len__(self) -> int:
         return len(self.live)
@@ -129,8 +142,25 @@ class Sessions:
     def busy(self) -> int:
         return len(self._busy)
 
-    def add(self, session: SmtpServer) -> None:
+    def add(self, session: SmtpServer) -> bool:
+        """Admit a session; False (nothing counted) at the cap."""
+        if session in self.live:
+            return True
+        if self.cap and len(self.live) >= self.cap:
+            self._refuse()
+            return False
         self.live.add(session)
+        return True
+
+    def _refuse(self) -> None:
+        self.refused += 1
+        self._unreported += 1
+        now = time.monotonic()
+        if self._warned_at is None or now - self._warned_at >= self.warn_every:
+            log.warning("%s session cap of %d reached: new connections get 421 (%d refused since the last "
+                        "warning)", self.name, self.cap, self._unreported)
+            self._warned_at = now
+            self._unreported = 0
 
     def discard(self, session: SmtpServer) -> None:
         self.live.discard(session)
@@ -186,11 +216,14 @@ class SmtpServer(SMTP):
     def __init__(self, handler: Any, *, hostname: str, data_size_limit: int,
                  sessions: Sessions | None = None, data_timeout: float = 0.0, max_errors: int = 0,
                  on_error_reply: Callable[[str], None] | None = None,
-                 data_hash: Callable[[], Any] | None = None, **kwargs: Any) -> None:
+                 data_hash: Callable[[], Any] | None = None, max_junk_commands: int = 0,
+                 max_session_time: float = 0.0, login_timeout: float = 0.0, **kwargs: Any) -> None:
         """`data_timeout`: seconds the message data may take to arrive (0: no limit); `max_errors`: error
         replies allowed before 421 and close (0: no limit); `on_error_reply`: called with every 4xx/5xx
         reply that did not come from a handler hook (syntax errors, limits, timeouts); `data_hash`: a
-        hashlib constructor, to fill `DataEnvelope.digest` while the data is read (no pass of its own)."""
+        hashlib constructor, to fill `DataEnvelope.digest` while the data is read (no pass of its own);
+        `max_junk_commands`: commands that do nothing allowed between accepted messages, `max_session_time`:
+        seconds a session may last, `login_timeout`: seconds it has to log in (each 0: no limit)."""
         kwargs.setdefault("ident", "ESMTP fwdmail")
         super().__init__(handler, hostname=hostname, data_size_limit=data_size_limit, enable_SMTPUTF8=True,
                          decode_data=False, **kwargs)
@@ -200,6 +233,10 @@ class SmtpServer(SMTP):
         self.errors = 0
         self.on_error_reply = on_error_reply
         self.data_hash = data_hash
+        self.max_junk_commands = max_junk_commands
+        self.junk_commands = 0
+        self.max_session_time = max_session_time
+        self.login_timeout = login_timeout
         self._hook_reply: str | None = None
         # Per instance: aiosmtpd's class-level dict is shared (and mutated) by every session.
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
@@ -207,6 +244,10 @@ class SmtpServer(SMTP):
         self.unknown_commands = 0
         self._smtp_methods = _Commands(self._smtp_methods, self._unknown_command)
         self._exempt_reply = False  # the next reply goes without an enhanced code (greeting, HELO/EHLO)
+        self._admitted: bool | None = None  # None until the connection is made
+        self._deadlines: list[asyncio.TimerHandle] = []
+        self._in_message = False
+        self._end_after_message: SmtpError | None = None
 
     def __dir__(self) -> list[str]:
         """The SMTP verbs and AUTH mechanisms only: aiosmtpd builds its tables from dir() (and
@@ -216,10 +257,20 @@ class SmtpServer(SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        if self.sessions is not None:
-            self.sessions.add(self)
+        if self._admitted is not None:
+            return  # again after STARTTLS: the same session
+        self._admitted = self.sessions is None or self.sessions.add(self)
+        if not self._admitted:
+            return
+        if self.max_session_time:
+            self._deadlines.append(self.loop.call_later(self.max_session_time, self._end,
+                                                        replies.SESSION_TOO_LONG))
+        if self.login_timeout:
+            self._deadlines.append(self.loop.call_later(self.login_timeout, self._login_due))
 
     def connection_lost(self, error: Exception | None) -> None:
+        for deadline in self._deadlines:
+            deadline.cancel()
         if self.sessions is not None:
             self.sessions.discard(self)
         hook = self._handle_hooks.get("CLOSE")
@@ -237,7 +288,34 @@ class SmtpServer(SMTP):
                 self.transport.write(reply.encode("ascii", "replace") + b"\r\n")
             self.transport.close()
 
+    def _end(self, reply: SmtpError) -> None:
+        """Close the session with `reply` now, or after the reply to a message under way."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self._in_message:
+            self._end_after_message = reply
+        else:
+            self.close(reply.reply)
+
+    def _login_due(self) -> None:
+        if self.session is None or not self.session.authenticated:
+            self._end(replies.LOGIN_TIMEOUT)
+
+    async def _junk(self) -> bool:
+        """Count a command that does not advance a transaction; past the limit answer 421, close the
+        connection and return True."""
+        self.junk_commands += 1
+        if not self.max_junk_commands or self.junk_commands <= self.max_junk_commands:
+            return False
+        await self.push(replies.TOO_MANY_JUNK.reply)
+        self.close()
+        return True
+
     async def _handle_client(self) -> None:
+        if not self._admitted:
+            await self.push(replies.SESSIONS_FULL.reply)
+            self.close()
+            return
         if "CONNECT" in self._handle_hooks:
             status = await self._call_handler_hook("CONNECT")
             if status:
@@ -354,6 +432,8 @@ class SmtpServer(SMTP):
             await self.push("501 5.5.4 Syntax: HELO hostname")
             return
         assert self.session is not None
+        if self.session.host_name and await self._junk():
+            return
         self._set_rset_state()
         self.session.extended_smtp = False
         status = await self._call_handler_hook("HELO", hostname)
@@ -369,6 +449,8 @@ class SmtpServer(SMTP):
             await self.push("501 5.5.4 Syntax: EHLO hostname")
             return
         assert self.session is not None
+        if self.session.host_name and await self._junk():
+            return
         self._set_rset_state()
         self.session.extended_smtp = True
         self.session.host_name = hostname
@@ -383,6 +465,26 @@ class SmtpServer(SMTP):
             responses = await self._call_handler_hook("EHLO", hostname, responses)
         self._exempt_reply = True
         await self.push("\r\n".join(responses))  # one write for the whole reply
+
+    @syntax("NOOP [ignored]")
+    async def smtp_NOOP(self, arg: str) -> None:
+        if not await self._junk():
+            await super().smtp_NOOP(arg)
+
+    @syntax("RSET")
+    async def smtp_RSET(self, arg: str) -> None:
+        if not await self._junk():
+            await super().smtp_RSET(arg)
+
+    @syntax("HELP [command]")
+    async def smtp_HELP(self, arg: str) -> None:
+        if not await self._junk():
+            await super().smtp_HELP(arg)
+
+    @syntax("VRFY <address>")
+    async def smtp_VRFY(self, arg: str) -> None:
+        if not await self._junk():
+            await super().smtp_VRFY(arg)
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
@@ -399,11 +501,15 @@ class SmtpServer(SMTP):
             return
         if self.sessions is not None:
             self.sessions.enter(self)
+        self._in_message = True
         try:
             await self._data()
         finally:
+            self._in_message = False
             if self.sessions is not None:
                 self.sessions.leave(self)
+            if self._end_after_message is not None:
+                self.close(self._end_after_message.reply)
 
     async def _data(self) -> None:
         """From the 354 to the reply after the message."""
@@ -437,6 +543,8 @@ class SmtpServer(SMTP):
                 status = "250 OK"
         self._set_post_data_state()
         await self.push(status)
+        if status[:1] == "2":
+            self.junk_commands = 0
 
     async def _read_data(self) -> tuple[bytes, bytes] | SmtpError | None:
         """The message up to <CRLF>.<CRLF>, dot-unstuffed, and its digest (b"" without `data_hash`);

@@ -2,8 +2,10 @@
 
 Untrusted input: everything a submission client sends: AUTH credentials, envelope addresses and the
 message (header syntax, From, Date, Message-ID). Only a client that logged in over TLS may send, only as
-its alias; a 250 comes only once the message and its envelope are committed durably. Failed logins are
-counted per client IP in memory only; the IP is never written anywhere.
+its alias; a 250 comes only once the message and its envelope are committed durably. Failed logins and
+concurrent connections are counted per client IP in memory only; the IP is never written anywhere. A
+session is bounded: sessions per client and in all, errors, commands that do nothing, time to log in,
+its whole lifetime.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from ..config import SubmissionConfig
 from . import replies
 from .context import Context
 from .groupcommit import GroupCommitter
-from .listeners import listen
+from .limits import ConnectionLimiter
+from .listeners import listen, session_caps
 from .replies import SmtpError
 from .smtpserver import MISSING, Envelope, Session, Sessions, SmtpServer
 
@@ -312,7 +315,24 @@ class SubmissionHandler:
         self.limiter = limiter
         self.on_queued = on_queued
         self.logins = LoginCache()
+        self.connections = ConnectionLimiter(self.cfg.max_connections_per_ip)
+        self._counted: set[SmtpServer] = set()
         self._dummy_hash: str | None = None
+
+    # the connection
+
+    async def handle_CONNECT(self, server: SmtpServer, session: Session, envelope: Envelope) -> str | None:
+        if self.ctx.stopping.is_set():
+            return replies.SHUTTING_DOWN.reply
+        if not self.connections.acquire(_peer_ip(session)):
+            return replies.TOO_MANY_CONNECTIONS.reply
+        self._counted.add(server)
+        return None
+
+    def handle_CLOSE(self, server: SmtpServer, session: Session, envelope: Envelope) -> None:
+        if server in self._counted:
+            self._counted.discard(server)
+            self.connections.release(_peer_ip(session))
 
     # AUTH
 
@@ -477,7 +497,7 @@ class SubmissionService:
         self.limiter = AuthLimiter(cfg.auth_failures_per_hour, cfg.auth_lockout)
         self.handler = SubmissionHandler(ctx, self.committer, self.limiter, on_queued or (lambda: None))
         self._servers: list[asyncio.Server] = []
-        self.sessions = Sessions()
+        self.sessions = Sessions("submission", session_caps(ctx.config).submission)
 
     def _factory(self, implicit_tls: bool) -> Callable[[], SmtpServer]:
         cfg = self.ctx.config.submission
@@ -487,7 +507,9 @@ class SubmissionService:
             return SmtpServer(
                 self.handler, hostname=self.ctx.config.server_hostname, sessions=self.sessions,
                 data_size_limit=cfg.max_message_size, tls_context=tls, require_starttls=not implicit_tls,
-                auth_require_tls=not implicit_tls,
+                auth_require_tls=not implicit_tls, timeout=cfg.idle_timeout,
+                max_errors=cfg.max_errors_per_session, max_junk_commands=cfg.max_junk_commands,
+                max_session_time=cfg.max_session_time, login_timeout=cfg.login_timeout,
             )
 
         return make
