@@ -41,6 +41,7 @@ SMTP_METHODS = {
     "challenge_auth": ["self", "challenge", "encode_to_b64", "log_client_response"],
     "connection_made": ["self", "transport"],
     "connection_lost": ["self", "error"],
+    "eof_received": ["self"],
     "handle_exception": ["self", "error"],
     "smtp_HELO": ["self", "hostname"],
     "smtp_NOOP": ["self", "arg"],

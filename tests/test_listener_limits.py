@@ -12,6 +12,7 @@ import itertools
 import os
 import resource
 import smtplib
+import socket
 import ssl
 import subprocess
 import time
@@ -316,3 +317,17 @@ def test_a_configured_cap_is_kept(make_daemon: Callable[..., Daemon]) -> None:
     with Session(d.mx_port, source=source()) as s:  # the other listener kind has a cap of its own
         assert s.cmd(b"NOOP") == 250
 
+
+def test_clients_that_connect_and_close_at_once_leave_no_descriptor_behind(daemon: Daemon) -> None:
+    """aiosmtpd cancelled such a session before it ran and never closed it: a slow descriptor leak."""
+    assert daemon.proc is not None
+    before = _fds(daemon.proc.pid)
+    for port in (daemon.mx_port, daemon.submission_port):
+        for _ in range(100):
+            socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source(), 0)).close()
+    for _ in range(200):
+        if _fds(daemon.proc.pid) <= before + 5:
+            break
+        time.sleep(0.05)
+    assert _fds(daemon.proc.pid) <= before + 5, (before, _fds(daemon.proc.pid))
+    TALLY.item("13.1 connect and close at once", 200, "no descriptor left open")

@@ -281,6 +281,13 @@ class SmtpServer(SMTP):
                 log.exception("error in the connection-closed hook")
         super().connection_lost(error)
 
+    def eof_received(self) -> bool | None:
+        """aiosmtpd ends the session at the client's end of input by cancelling its task; a task cancelled
+        before it ran (a client that connects and closes at once) never closes the transport, which kept
+        the connection, its descriptor and its place under the caps for good. Close it here."""
+        super().eof_received()
+        return False
+
     def close(self, reply: str | None = None) -> None:
         """Close the connection, after sending `reply` if given (used when the daemon stops)."""
         if self.transport is not None:
