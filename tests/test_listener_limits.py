@@ -331,3 +331,27 @@ def test_clients_that_connect_and_close_at_once_leave_no_descriptor_behind(daemo
         time.sleep(0.05)
     assert _fds(daemon.proc.pid) <= before + 5, (before, _fds(daemon.proc.pid))
     TALLY.item("13.1 connect and close at once", 200, "no descriptor left open")
+
+
+def test_connections_that_never_start_tls_on_465_are_limited_per_client(daemon: Daemon) -> None:
+    """Before its handshake an implicit-TLS connection is no session yet: it still counts for its client."""
+    assert daemon.proc is not None
+    before = _fds(daemon.proc.pid)
+    src = source()
+    silent = [socket.create_connection(("127.0.0.1", daemon.submission_tls_port), timeout=10,
+                                       source_address=(src, 0)) for _ in range(50)]
+    try:
+        closed = 0
+        for s in silent[PER_CLIENT:]:  # those over the client's limit are closed at once, unanswered
+            try:
+                closed += s.recv(1) == b""
+            except ConnectionResetError:
+                closed += 1
+        assert closed == len(silent) - PER_CLIENT
+        assert _fds(daemon.proc.pid) <= before + PER_CLIENT + 5
+        with Session(daemon.submission_tls_port, source=source(), tls=no_tls_check()) as other:
+            assert other.cmd(b"NOOP") == 250
+    finally:
+        for s in silent:
+            s.close()
+    TALLY.item("13.1 silent TLS connections", len(silent), f"over {PER_CLIENT} per client closed at once")

@@ -269,6 +269,8 @@ class SmtpServer(SMTP):
             self._deadlines.append(self.loop.call_later(self.login_timeout, self._login_due))
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self._admitted is None:
+            return  # a TLS handshake failed before the connection was ours
         for deadline in self._deadlines:
             deadline.cancel()
         if self.sessions is not None:

@@ -35,8 +35,8 @@ from ..config import SubmissionConfig
 from . import replies
 from .context import Context
 from .groupcommit import GroupCommitter
-from .limits import ConnectionLimiter
-from .listeners import listen, session_caps
+from .limits import ConnectionLimiter, client_key
+from .listeners import TlsGate, listen, session_caps
 from .replies import SmtpError
 from .smtpserver import MISSING, Envelope, Session, Sessions, SmtpServer
 
@@ -498,6 +498,7 @@ class SubmissionService:
         self.handler = SubmissionHandler(ctx, self.committer, self.limiter, on_queued or (lambda: None))
         self._servers: list[asyncio.Server] = []
         self.sessions = Sessions("submission", session_caps(ctx.config).submission)
+        self.gate: TlsGate | None = None
 
     def _factory(self, implicit_tls: bool) -> Callable[[], SmtpServer]:
         cfg = self.ctx.config.submission
@@ -517,7 +518,9 @@ class SubmissionService:
     async def start(self) -> None:
         cfg = self.ctx.config.submission
         self._servers = await listen(cfg.listen, self._factory(False))
-        self._servers += await listen(cfg.listen_tls, self._factory(True), self.ctx.server_tls())
+        self.gate = TlsGate(self.ctx.server_tls(), cfg.max_connections_per_ip, self.sessions.cap or 1,
+                            cfg.login_timeout, client_key)
+        self._servers += await listen(cfg.listen_tls, self._factory(True), gate=self.gate)
         log.info("submission listening on %d STARTTLS and %d implicit TLS address(es)",
                  len(cfg.listen), len(cfg.listen_tls))
 
