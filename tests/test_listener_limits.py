@@ -22,6 +22,10 @@ from typing import Any
 
 import pytest
 
+from fwdmail import config
+from fwdmail.daemon.limits import client_key
+from fwdmail.daemon.listeners import SessionCaps, TlsGate, caps_for
+from fwdmail.daemon.smtpserver import Sessions
 from tests.hostile_support import TALLY, Session, no_tls_check, register_summary
 from tests.mx_helpers import cli_batch
 from tests.support.daemon import Daemon
@@ -355,3 +359,40 @@ def test_connections_that_never_start_tls_on_465_are_limited_per_client(daemon: 
         for s in silent:
             s.close()
     TALLY.item("13.1 silent TLS connections", len(silent), f"over {PER_CLIENT} per client closed at once")
+
+
+# the pieces, without a socket
+
+def test_caps_follow_the_configuration_and_the_open_files_limit() -> None:
+    cfg = config.from_dict({})
+    assert caps_for(cfg, None) == SessionCaps(1000, 200, None)
+    assert caps_for(cfg, 1_048_576) == SessionCaps(1000, 200, 1_048_576)
+    assert caps_for(cfg, 1024) == SessionCaps(353, 88, 1024)  # (1024 - 100 - 40): 2/5 and 1/10
+    assert caps_for(cfg, 256) == SessionCaps(46, 11, 256)
+    assert caps_for(cfg, 64) == SessionCaps(1, 1, 64)  # never 0, which would mean no cap
+    workers = config.from_dict({"mx": {"workers": 4}, "abuse": {"max_sessions": 10}})
+    assert caps_for(workers, None).mx == 3  # each process its share, rounded up
+
+
+def test_the_cap_warning_is_one_line_per_window(caplog: pytest.LogCaptureFixture) -> None:
+    sessions = Sessions("MX", cap=1, warn_every=300)
+    first, second = object(), object()
+    assert sessions.add(first) and sessions.add(first)  # (again after STARTTLS: the same one)
+    with caplog.at_level("WARNING", "fwdmail.smtp"):
+        assert not any(sessions.add(second) for _ in range(50))
+    assert sessions.refused == 50 and len(sessions) == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "MX session cap of 1 reached: new connections get 421 (1 refused since the last warning)"]
+    sessions.discard(first)
+    assert sessions.add(second)
+
+
+def test_the_tls_gate_counts_per_client_and_in_all() -> None:
+    gate = TlsGate(ssl.create_default_context(), per_client=2, total=3, timeout=1, key=client_key)
+    assert gate.admit("a") and gate.admit("a") and not gate.admit("a")
+    assert gate.admit("b") and not gate.admit("c") and len(gate) == 3 and gate.refused == 2
+    gate.release("a")
+    assert gate.admit("c") and len(gate) == 3
+    for key in ("a", "b", "c", "c", "unknown"):
+        gate.release(key)
+    assert len(gate) == 0 and gate.admit("a")

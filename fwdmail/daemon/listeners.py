@@ -50,16 +50,22 @@ class SessionCaps:
 
 
 def session_caps(cfg: Config) -> SessionCaps:
+    """The caps for this process's open-files limit (see `caps_for`)."""
+    fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return caps_for(cfg, None if fds == resource.RLIM_INFINITY else fds)
+
+
+def caps_for(cfg: Config, fds: int | None) -> SessionCaps:
     """The configured caps (`[abuse] max_sessions`, this process's share of it with MX workers, and
-    `[submission] max_sessions`), lowered to what the open-files limit allows. Of the descriptors left
-    after `RESERVED_FDS` and two per queue delivery, MX sessions may take 2/5 (each may hold a second one
-    while it forwards: 4/5 in all) and submission 1/10; the rest stays for the MX's outgoing connections."""
+    `[submission] max_sessions`), lowered to what `fds` open files (None: unlimited) allow. Of the
+    descriptors left after `RESERVED_FDS` and two per queue delivery, MX sessions may take 2/5 (each may
+    hold a second one while it forwards: 4/5 in all) and submission 1/10; the rest stays for the MX's
+    outgoing connections."""
     from .workers import share  # workers imports this module
 
-    fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     mx = share(cfg.abuse.max_sessions, cfg.mx.workers)
     submission = cfg.submission.max_sessions
-    if fds == resource.RLIM_INFINITY:
+    if fds is None:
         return SessionCaps(mx, submission, None)
     spare = max(0, fds - RESERVED_FDS - 2 * cfg.queue.concurrency)
     return SessionCaps(max(1, min(mx, spare * 2 // 5)), max(1, min(submission, spare // 10)), fds)
