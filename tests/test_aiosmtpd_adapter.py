@@ -44,6 +44,7 @@ SMTP_METHODS = {
     "eof_received": ["self"],
     "handle_exception": ["self", "error"],
     "smtp_HELO": ["self", "hostname"],
+    "smtp_STARTTLS": ["self", "arg"],
     "smtp_NOOP": ["self", "arg"],
     "smtp_RSET": ["self", "arg"],
     "smtp_HELP": ["self", "arg"],
@@ -221,3 +222,17 @@ def test_submission_answers_every_command_with_an_enhanced_code(daemon: Daemon) 
                              b"QUIT"])
         assert s.closed()
     assert not missing, missing
+
+
+@pytest.mark.parametrize("listener", ["mx", "submission"])
+def test_starttls_inside_tls_is_refused_and_the_session_goes_on(daemon: Daemon, listener: str) -> None:
+    """aiosmtpd answered 220 and wrapped TLS in TLS, which failed with a traceback in the log."""
+    start = len(daemon.logs())
+    with Session(daemon.mx_port if listener == "mx" else daemon.submission_port, timeout=10) as s:
+        s.cmd(b"EHLO client.test")
+        assert s.cmd(b"STARTTLS") == 220
+        s.starttls(no_tls_check())
+        s.cmd(b"EHLO client.test")
+        assert s.text(b"STARTTLS") == (503, b"5.5.1 TLS already active")
+        assert s.cmd(b"NOOP") == 250
+    assert "Traceback" not in daemon.logs()[start:]

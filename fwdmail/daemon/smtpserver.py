@@ -13,6 +13,7 @@ Untrusted input: every byte an SMTP client sends. On top of aiosmtpd this class
   `_UNKNOWN_COMMAND_LIMIT` of them; never sends a control character or an undecodable byte the client
   sent back in a reply;
 - reads an AUTH response line over the line limit to its end and answers 500 5.5.6 (RFC 4954);
+- refuses STARTTLS inside TLS (503 5.5.1) instead of nesting a second TLS layer;
 - answers an unexpected exception with a 451, never a traceback;
 - bounds a session: a cap of sessions per listener kind (`Sessions`: 421 at once past it), commands that
   do not advance a transaction (NOOP, RSET, HELP, VRFY, EHLO/HELO again; counted from the last accepted
@@ -474,6 +475,14 @@ class SmtpServer(SMTP):
             responses = await self._call_handler_hook("EHLO", hostname, responses)
         self._exempt_reply = True
         await self.push("\r\n".join(responses))  # one write for the whole reply
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        """aiosmtpd's, except inside TLS (RFC 3207: a client must not), where it would wrap TLS in TLS."""
+        if self._tls_protocol is not None and not arg:
+            await self.push(replies.TLS_ACTIVE.reply)
+            return
+        await super().smtp_STARTTLS(arg)
 
     @syntax("NOOP [ignored]")
     async def smtp_NOOP(self, arg: str) -> None:
