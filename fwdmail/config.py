@@ -137,12 +137,22 @@ class SubmissionConfig:
     auth_hash_threads: int = 1
     auth_hash_queue: int = 8
     max_future_date_days: int = 30
+    max_connections_per_ip: int = 10
+    max_sessions: int = 200
+    max_errors_per_session: int = 20
+    max_junk_commands: int = 100
+    max_session_time: float = 3600.0
+    login_timeout: float = 60.0
+    idle_timeout: float = 300.0
 
     def validate(self, key: str) -> None:
         for addr in self.listen:
             _host_port(f"{key}.listen", addr)
         for addr in self.listen_tls:
             _host_port(f"{key}.listen_tls", addr)
+        for name in ("max_connections_per_ip", "max_sessions", "max_errors_per_session", "max_junk_commands",
+                     "max_session_time", "login_timeout", "idle_timeout"):
+            _positive(f"{key}.{name}", getattr(self, name))
         _positive(f"{key}.max_message_size", self.max_message_size)
         _positive(f"{key}.max_recipients", self.max_recipients)
         _positive(f"{key}.auth_failures_per_hour", self.auth_failures_per_hour)
@@ -282,10 +292,14 @@ class AbuseConfig:
     max_errors_per_session: int = 20
     dnsbl_zones: tuple[str, ...] = ()
     sender_auth_timeout: float = 20.0
+    max_sessions: int = 1000
+    max_junk_commands: int = 100
+    max_session_time: float = 3600.0
 
     def validate(self, key: str) -> None:
         for name in ("max_connections_per_ip", "max_messages_per_ip_per_minute", "idle_timeout",
-                     "command_timeout", "max_errors_per_session", "sender_auth_timeout"):
+                     "command_timeout", "max_errors_per_session", "sender_auth_timeout", "max_sessions",
+                     "max_junk_commands", "max_session_time"):
             _positive(f"{key}.{name}", getattr(self, name))
         for zone in self.dnsbl_zones:
             _hostname(f"{key}.dnsbl_zones", zone)

@@ -203,7 +203,8 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, dns_server: LoopbackDNS,
         "srs": {"secret": SECRET.decode()},
         "delivery": {"routes": {"*": downstream.address}},
         "mx": {"max_recipients": 10, "max_message_size": 200_000},
-        "submission": {"max_message_size": 200_000, "auth_failures_per_hour": 100_000},
+        "submission": {"max_message_size": 200_000, "auth_failures_per_hour": 100_000,
+                       "max_errors_per_session": 1_000},
         "abuse": {"max_messages_per_ip_per_minute": 100_000, "max_connections_per_ip": 1_000},
     })
     cli_batch(d, SETUP)

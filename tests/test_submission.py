@@ -49,7 +49,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, sink: SmtpSink,
         "dns": {"nameservers": [dns_server.address]},
         "delivery": {"routes": {"*": sink.address}},
         "submission": {"auth_failures_per_hour": MAX_FAILURES, "max_message_size": 200_000,
-                       "max_recipients": 5},
+                       "max_recipients": 5, "max_connections_per_ip": 100},
     })
     d.start()
     yield d

@@ -40,7 +40,7 @@ from .dedup import DeliveredMemory, RateLimiter, fingerprint, message_digest, me
 from .delivery import Content
 from .executor import Blocking
 from .guessing import ClientKeys, RowGate, SrsGuard
-from .listeners import close_servers, listen
+from .listeners import close_servers, listen, session_caps
 from .replies import SmtpError
 from .routing import DirectoryCache, RegexBudget, Route, resolve
 from .smtpserver import Session, Sessions, SmtpServer
@@ -815,7 +815,7 @@ class MxService:
         self.ctx = ctx
         self.mx = Mx(ctx, policies)
         self.handler = MxHandler(self.mx)
-        self.sessions = Sessions()
+        self.sessions = Sessions("MX", session_caps(ctx.config).mx)
         self._servers: list[asyncio.Server] = []
         self._worker_command = worker_command
         self._inbox_fd = inbox_fd
@@ -830,7 +830,8 @@ class MxService:
             auth_exclude_mechanism=["LOGIN", "PLAIN"], loop=asyncio.get_running_loop(),
             timeout=self.ctx.config.abuse.idle_timeout, data_timeout=self.ctx.config.abuse.command_timeout,
             max_errors=self.ctx.config.abuse.max_errors_per_session, on_error_reply=self.mx.protocol_error,
-            data_hash=message_hasher,
+            data_hash=message_hasher, max_junk_commands=self.ctx.config.abuse.max_junk_commands,
+            max_session_time=self.ctx.config.abuse.max_session_time,
         )
 
     async def start(self) -> None:

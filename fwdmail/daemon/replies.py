@@ -115,3 +115,10 @@ HEADER_TOO_BIG = SmtpError(552, "5.3.4", "Message header too big")
 AUTH_LINE_TOO_LONG = SmtpError(500, "5.5.6", "Authentication exchange line is too long")
 UNKNOWN_COMMAND = SmtpError(500, "5.5.2", "Error: command not recognized")
 TOO_MANY_UNKNOWN = SmtpError(421, "4.7.0", "Too many unrecognized commands, closing the connection")
+
+# listener limits
+SESSIONS_FULL = SmtpError(421, "4.7.0", "Too many connections, try again later")
+TOO_MANY_JUNK = SmtpError(421, "4.7.0", "Too many commands that do nothing, closing the connection")
+SESSION_TOO_LONG = SmtpError(421, "4.4.2", "Session too long, closing the connection")
+LOGIN_TIMEOUT = SmtpError(421, "4.7.0", "No login in time, closing the connection")
+TLS_ACTIVE = SmtpError(503, "5.5.1", "TLS already active")

@@ -1,6 +1,7 @@
 """`fwdmail serve`: one asyncio loop running the MX, submission, queue workers and retention jobs.
 
-Start order: store -> queue recovery -> workers -> listeners -> scheduler; stop in reverse.
+Start order: store -> queue recovery -> workers -> listeners -> scheduler; stop in reverse. The open-files
+limit is raised to its hard limit first; the listeners' session caps are derived from it.
 SIGTERM/SIGINT drain in-flight work; a second signal forces the stop. SIGHUP reloads the TLS
 certificate and key for new sessions.
 """
@@ -18,6 +19,7 @@ from ..retention.scheduler import RetentionScheduler
 from .authcheck import SenderAuthPolicy
 from .context import Context
 from .limits import AbusePolicy
+from .listeners import raise_fd_limit, session_caps
 from .mx import MxService
 from .queue import QueueService
 from .submission import SubmissionService
@@ -62,6 +64,10 @@ async def run(runtime: Runtime, config_file: str | None = None, mx_worker_fd: in
     processes; `mx_worker_fd` makes this process one of them."""
     ctx = Context(runtime)
     loop = asyncio.get_running_loop()
+    raise_fd_limit()
+    caps = session_caps(ctx.config)
+    log.info("open-files limit %s: at most %d MX and %d submission sessions", caps.fd_limit or "unlimited",
+             caps.mx, caps.submission)
     services = build_services(ctx, config_file, mx_worker_fd)
 
     def on_signal(signame: str) -> None:

@@ -6,12 +6,19 @@ Untrusted input: every byte an SMTP client sends. On top of aiosmtpd this class
   accepted; the input is always read to its real end so the session stays in step;
 - hands an address it cannot parse (`<a@b@c>`, `<a@b.>`) to the handler as written, so policy, not
   the parser, words the refusal;
-- advertises SIZE, 8BITMIME, SMTPUTF8 and PIPELINING (and STARTTLS/AUTH when configured);
+- advertises SIZE, 8BITMIME, SMTPUTF8, PIPELINING and ENHANCEDSTATUSCODES (and STARTTLS/AUTH when
+  configured), and gives every reply an RFC 3463 enhanced code (aiosmtpd's own replies lack most), except
+  the greeting and the answers to HELO and EHLO, as RFC 2034 says;
 - answers an unknown command without echoing it, and closes with a 421 (not aiosmtpd's 502) after
   `_UNKNOWN_COMMAND_LIMIT` of them; never sends a control character or an undecodable byte the client
   sent back in a reply;
 - reads an AUTH response line over the line limit to its end and answers 500 5.5.6 (RFC 4954);
-- answers an unexpected exception with a 451, never a traceback.
+- refuses STARTTLS inside TLS (503 5.5.1) instead of nesting a second TLS layer;
+- answers an unexpected exception with a 451, never a traceback;
+- bounds a session: a cap of sessions per listener kind (`Sessions`: 421 at once past it), commands that
+  do not advance a transaction (NOOP, RSET, HELP, VRFY, EHLO/HELO again; counted from the last accepted
+  message, as Postfix's smtpd_junk_command_limit), a whole lifetime (a message under way is finished
+  first) and, where given, a deadline to log in by.
 
 Handlers may define, besides aiosmtpd's hooks:
 - `handle_CONNECT(server, session, envelope)`: a reply string refuses the connection (sent instead of
@@ -31,6 +38,7 @@ import functools
 import io
 import logging
 import re
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -40,7 +48,7 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, TLSSetupException, s
 from . import replies
 from .replies import SmtpError
 
-__all__ = ["DataEnvelope", "Session", "Sessions", "SmtpServer"]
+__all__ = ["MISSING", "DataEnvelope", "Envelope", "Session", "Sessions", "SmtpServer"]
 
 log = logging.getLogger("fwdmail.smtp")
 
@@ -54,6 +62,29 @@ _NOT_PRINTABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 def _printable(status: str) -> str:
     """A reply (one or more CRLF-separated lines) with control characters and undecodable bytes as "?"."""
     return "\r\n".join(_NOT_PRINTABLE.sub("?", line) for line in status.split("\r\n"))
+
+
+_HAS_ENHANCED = re.compile(r"[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}(?: |\Z)")
+# For the replies aiosmtpd words without an enhanced code: the code RFC 3463 gives their reply code.
+_ENHANCED_FOR = {
+    "421": "4.7.0", "451": "4.3.0", "452": "4.3.1", "454": "4.7.0", "500": "5.5.2", "501": "5.5.4",
+    "502": "5.5.1", "503": "5.5.1", "504": "5.5.4", "530": "5.7.0", "535": "5.7.8", "538": "5.7.11",
+    "552": "5.3.4", "553": "5.1.3", "554": "5.7.0", "555": "5.5.4",
+}
+
+
+def _enhanced(status: str) -> str:
+    """A 2xx/4xx/5xx reply with an enhanced status code on every line (3xx replies carry none)."""
+    if status[:1] not in ("2", "4", "5") or _HAS_ENHANCED.match(status):
+        return status
+    lines = []
+    for line in status.split("\r\n"):
+        if not _HAS_ENHANCED.match(line):
+            code, sep, text = line[:3], line[3:4] or " ", line[4:]
+            enhanced = _ENHANCED_FOR.get(code, code[0] + ".0.0")
+            line = f"{code}{sep}{enhanced} {text}" if text else f"{code}{sep}{enhanced}"
+        lines.append(line)
+    return "\r\n".join(lines)
 _DATA_READ_LIMIT = 256 * 1024
 _END_OF_DATA = b"\r\n.\r\n"
 _LINE_START, _AFTER_CR, _MID, _ENDED = range(4)
@@ -86,16 +117,24 @@ class DataEnvelope(Envelope):
 
 
 class Sessions:
-    """The live sessions of a listener, and which are inside a message (from 354 to the reply after it).
+    """The live sessions of a listener kind, and which are inside a message (from 354 to the reply after it).
 
-    `drain` lets a stopping service wait for those messages; `close` then ends every session with a 421.
+    At most `cap` sessions (0: no cap) are admitted; a connection past it gets 421 at once, and the log one
+    warning line per `warn_every` seconds. `drain` lets a stopping service wait for messages under way;
+    `close` then ends every session with a 421.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "SMTP", cap: int = 0, warn_every: float = 300.0) -> None:
+        self.name = name
+        self.cap = cap
+        self.warn_every = warn_every
+        self.refused = 0
         self.live: set[SmtpServer] = set()
         self._busy: set[SmtpServer] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._warned_at: float | None = None
+        self._unreported = 0
 
     def __len__(self) -> int:
         return len(self.live)
@@ -104,8 +143,25 @@ class Sessions:
     def busy(self) -> int:
         return len(self._busy)
 
-    def add(self, session: SmtpServer) -> None:
+    def add(self, session: SmtpServer) -> bool:
+        """Admit a session; False (nothing counted) at the cap."""
+        if session in self.live:
+            return True
+        if self.cap and len(self.live) >= self.cap:
+            self._refuse()
+            return False
         self.live.add(session)
+        return True
+
+    def _refuse(self) -> None:
+        self.refused += 1
+        self._unreported += 1
+        now = time.monotonic()
+        if self._warned_at is None or now - self._warned_at >= self.warn_every:
+            log.warning("%s session cap of %d reached: new connections get 421 (%d refused since the last "
+                        "warning)", self.name, self.cap, self._unreported)
+            self._warned_at = now
+            self._unreported = 0
 
     def discard(self, session: SmtpServer) -> None:
         self.live.discard(session)
@@ -161,11 +217,14 @@ class SmtpServer(SMTP):
     def __init__(self, handler: Any, *, hostname: str, data_size_limit: int,
                  sessions: Sessions | None = None, data_timeout: float = 0.0, max_errors: int = 0,
                  on_error_reply: Callable[[str], None] | None = None,
-                 data_hash: Callable[[], Any] | None = None, **kwargs: Any) -> None:
+                 data_hash: Callable[[], Any] | None = None, max_junk_commands: int = 0,
+                 max_session_time: float = 0.0, login_timeout: float = 0.0, **kwargs: Any) -> None:
         """`data_timeout`: seconds the message data may take to arrive (0: no limit); `max_errors`: error
         replies allowed before 421 and close (0: no limit); `on_error_reply`: called with every 4xx/5xx
         reply that did not come from a handler hook (syntax errors, limits, timeouts); `data_hash`: a
-        hashlib constructor, to fill `DataEnvelope.digest` while the data is read (no pass of its own)."""
+        hashlib constructor, to fill `DataEnvelope.digest` while the data is read (no pass of its own);
+        `max_junk_commands`: commands that do nothing allowed between accepted messages, `max_session_time`:
+        seconds a session may last, `login_timeout`: seconds it has to log in (each 0: no limit)."""
         kwargs.setdefault("ident", "ESMTP fwdmail")
         super().__init__(handler, hostname=hostname, data_size_limit=data_size_limit, enable_SMTPUTF8=True,
                          decode_data=False, **kwargs)
@@ -175,12 +234,21 @@ class SmtpServer(SMTP):
         self.errors = 0
         self.on_error_reply = on_error_reply
         self.data_hash = data_hash
+        self.max_junk_commands = max_junk_commands
+        self.junk_commands = 0
+        self.max_session_time = max_session_time
+        self.login_timeout = login_timeout
         self._hook_reply: str | None = None
         # Per instance: aiosmtpd's class-level dict is shared (and mutated) by every session.
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
         self.command_size_limits.update(MAIL=_COMMAND_LIMIT, RCPT=_COMMAND_LIMIT)
         self.unknown_commands = 0
         self._smtp_methods = _Commands(self._smtp_methods, self._unknown_command)
+        self._exempt_reply = False  # the next reply goes without an enhanced code (greeting, HELO/EHLO)
+        self._admitted: bool | None = None  # None until the connection is made
+        self._deadlines: list[asyncio.TimerHandle] = []
+        self._in_message = False
+        self._end_after_message: SmtpError | None = None
 
     def __dir__(self) -> list[str]:
         """The SMTP verbs and AUTH mechanisms only: aiosmtpd builds its tables from dir() (and
@@ -190,10 +258,22 @@ class SmtpServer(SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        if self.sessions is not None:
-            self.sessions.add(self)
+        if self._admitted is not None:
+            return  # again after STARTTLS: the same session
+        self._admitted = self.sessions is None or self.sessions.add(self)
+        if not self._admitted:
+            return
+        if self.max_session_time:
+            self._deadlines.append(self.loop.call_later(self.max_session_time, self._end,
+                                                        replies.SESSION_TOO_LONG))
+        if self.login_timeout:
+            self._deadlines.append(self.loop.call_later(self.login_timeout, self._login_due))
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self._admitted is None:
+            return  # a TLS handshake failed before the connection was ours
+        for deadline in self._deadlines:
+            deadline.cancel()
         if self.sessions is not None:
             self.sessions.discard(self)
         hook = self._handle_hooks.get("CLOSE")
@@ -204,6 +284,13 @@ class SmtpServer(SMTP):
                 log.exception("error in the connection-closed hook")
         super().connection_lost(error)
 
+    def eof_received(self) -> bool | None:
+        """aiosmtpd ends the session at the client's end of input by cancelling its task; a task cancelled
+        before it ran (a client that connects and closes at once) never closes the transport, which kept
+        the connection, its descriptor and its place under the caps for good. Close it here."""
+        super().eof_received()
+        return False
+
     def close(self, reply: str | None = None) -> None:
         """Close the connection, after sending `reply` if given (used when the daemon stops)."""
         if self.transport is not None:
@@ -211,13 +298,41 @@ class SmtpServer(SMTP):
                 self.transport.write(reply.encode("ascii", "replace") + b"\r\n")
             self.transport.close()
 
+    def _end(self, reply: SmtpError) -> None:
+        """Close the session with `reply` now, or after the reply to a message under way."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self._in_message:
+            self._end_after_message = reply
+        else:
+            self.close(reply.reply)
+
+    def _login_due(self) -> None:
+        if self.session is None or not self.session.authenticated:
+            self._end(replies.LOGIN_TIMEOUT)
+
+    async def _junk(self) -> bool:
+        """Count a command that does not advance a transaction; past the limit answer 421, close the
+        connection and return True."""
+        self.junk_commands += 1
+        if not self.max_junk_commands or self.junk_commands <= self.max_junk_commands:
+            return False
+        await self.push(replies.TOO_MANY_JUNK.reply)
+        self.close()
+        return True
+
     async def _handle_client(self) -> None:
+        if not self._admitted:
+            await self.push(replies.SESSIONS_FULL.reply)
+            self.close()
+            return
         if "CONNECT" in self._handle_hooks:
             status = await self._call_handler_hook("CONNECT")
             if status:
                 await self.push(status)
                 self.close()
                 return
+        self._exempt_reply = True  # aiosmtpd's first reply is the greeting
         await super()._handle_client()
 
     def _create_envelope(self) -> Envelope:
@@ -245,9 +360,11 @@ class SmtpServer(SMTP):
         return status
 
     async def push(self, status: str | bytes) -> None:
-        """Send a reply; past `max_errors` error replies, also 421 and close the connection."""
+        """Send a reply (with an enhanced code); past `max_errors` error replies, also 421 and close the
+        connection."""
         if isinstance(status, str):
-            status = _printable(status)
+            status = _printable(status) if self._exempt_reply else _enhanced(_printable(status))
+            self._exempt_reply = False
         await super().push(status)
         text = status if isinstance(status, str) else status.decode("ascii", "replace")
         if text[:1] not in ("4", "5"):
@@ -319,16 +436,36 @@ class SmtpServer(SMTP):
                 line = exc.partial
             return None if too_long else line
 
+    @syntax("HELO hostname")
+    async def smtp_HELO(self, hostname: str) -> None:
+        if not hostname:
+            await self.push("501 5.5.4 Syntax: HELO hostname")
+            return
+        assert self.session is not None
+        if self.session.host_name and await self._junk():
+            return
+        self._set_rset_state()
+        self.session.extended_smtp = False
+        status = await self._call_handler_hook("HELO", hostname)
+        if status is MISSING:
+            self.session.host_name = hostname
+            status = f"250 {self.hostname}"
+        self._exempt_reply = status.startswith("250")
+        await self.push(status)
+
     @syntax("EHLO hostname")
     async def smtp_EHLO(self, hostname: str) -> None:
         if not hostname:
             await self.push("501 5.5.4 Syntax: EHLO hostname")
             return
         assert self.session is not None
+        if self.session.host_name and await self._junk():
+            return
         self._set_rset_state()
         self.session.extended_smtp = True
         self.session.host_name = hostname
-        lines = [self.hostname, "PIPELINING", f"SIZE {self.data_size_limit}", "8BITMIME", "SMTPUTF8"]
+        lines = [self.hostname, "PIPELINING", f"SIZE {self.data_size_limit}", "8BITMIME", "SMTPUTF8",
+                 "ENHANCEDSTATUSCODES"]
         if self.tls_context and not self._tls_protocol:
             lines.append("STARTTLS")
         if self._auth_methods and (not self._auth_require_tls or self._tls_protocol):
@@ -336,7 +473,36 @@ class SmtpServer(SMTP):
         responses = [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"]
         if "EHLO" in self._handle_hooks:
             responses = await self._call_handler_hook("EHLO", hostname, responses)
+        self._exempt_reply = True
         await self.push("\r\n".join(responses))  # one write for the whole reply
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        """aiosmtpd's, except inside TLS (RFC 3207: a client must not), where it would wrap TLS in TLS."""
+        if self._tls_protocol is not None and not arg:
+            await self.push(replies.TLS_ACTIVE.reply)
+            return
+        await super().smtp_STARTTLS(arg)
+
+    @syntax("NOOP [ignored]")
+    async def smtp_NOOP(self, arg: str) -> None:
+        if not await self._junk():
+            await super().smtp_NOOP(arg)
+
+    @syntax("RSET")
+    async def smtp_RSET(self, arg: str) -> None:
+        if not await self._junk():
+            await super().smtp_RSET(arg)
+
+    @syntax("HELP [command]")
+    async def smtp_HELP(self, arg: str) -> None:
+        if not await self._junk():
+            await super().smtp_HELP(arg)
+
+    @syntax("VRFY <address>")
+    async def smtp_VRFY(self, arg: str) -> None:
+        if not await self._junk():
+            await super().smtp_VRFY(arg)
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
@@ -353,11 +519,15 @@ class SmtpServer(SMTP):
             return
         if self.sessions is not None:
             self.sessions.enter(self)
+        self._in_message = True
         try:
             await self._data()
         finally:
+            self._in_message = False
             if self.sessions is not None:
                 self.sessions.leave(self)
+            if self._end_after_message is not None:
+                self.close(self._end_after_message.reply)
 
     async def _data(self) -> None:
         """From the 354 to the reply after the message."""
@@ -391,6 +561,8 @@ class SmtpServer(SMTP):
                 status = "250 OK"
         self._set_post_data_state()
         await self.push(status)
+        if status[:1] == "2":
+            self.junk_commands = 0
 
     async def _read_data(self) -> tuple[bytes, bytes] | SmtpError | None:
         """The message up to <CRLF>.<CRLF>, dot-unstuffed, and its digest (b"" without `data_hash`);

@@ -5,7 +5,9 @@ message (header syntax, From, Date, Message-ID). Only a client that logged in ov
 its alias; a 250 comes only once the message and its envelope are committed durably. Failed logins are
 counted in memory only, per client (IPv4 address or IPv6 /64; never written anywhere), per login name
 (as a keyed hash) and in total; password checks run on their own bounded pool (`Blocking.hash`), so
-guesses from many addresses get 454 instead of taking the CPU the MX needs.
+guesses from many addresses get 454 instead of taking the CPU the MX needs. Concurrent connections are
+counted per client the same way. A session is bounded: sessions per client and in all, errors, commands
+that do nothing, time to log in, its whole lifetime.
 """
 
 from __future__ import annotations
@@ -29,8 +31,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiosmtpd.smtp import MISSING, Envelope, Session
-
 from .. import keys, store
 from ..addresses import AddressError, normalize_address, parse_address, parse_alias_spec
 from ..config import SubmissionConfig
@@ -38,10 +38,10 @@ from . import replies
 from .context import Context
 from .executor import Busy
 from .groupcommit import GroupCommitter
-from .limits import client_key
-from .listeners import listen
+from .limits import ConnectionLimiter, client_key
+from .listeners import TlsGate, listen, session_caps
 from .replies import SmtpError
-from .smtpserver import Sessions, SmtpServer
+from .smtpserver import MISSING, Envelope, Session, Sessions, SmtpServer
 
 __all__ = [
     "AuthLimiter", "FailureBudget", "Login", "LoginCache", "Prepared", "SubmissionHandler",
@@ -397,7 +397,24 @@ class SubmissionHandler:
         self.logins = LoginCache()
         self.failures = FailureBudget(self.cfg.auth_failures_total_per_minute,
                                       self.cfg.auth_failures_per_alias_per_hour)
+        self.connections = ConnectionLimiter(self.cfg.max_connections_per_ip)
+        self._counted: set[SmtpServer] = set()
         self._dummy_hash: str | None = None
+
+    # the connection
+
+    async def handle_CONNECT(self, server: SmtpServer, session: Session, envelope: Envelope) -> str | None:
+        if self.ctx.stopping.is_set():
+            return replies.SHUTTING_DOWN.reply
+        if not self.connections.acquire(_peer_ip(session)):
+            return replies.TOO_MANY_CONNECTIONS.reply
+        self._counted.add(server)
+        return None
+
+    def handle_CLOSE(self, server: SmtpServer, session: Session, envelope: Envelope) -> None:
+        if server in self._counted:
+            self._counted.discard(server)
+            self.connections.release(_peer_ip(session))
 
     # AUTH
 
@@ -576,7 +593,8 @@ class SubmissionService:
         self.limiter = AuthLimiter(cfg.auth_failures_per_hour, cfg.auth_lockout)
         self.handler = SubmissionHandler(ctx, self.committer, self.limiter, on_queued or (lambda: None))
         self._servers: list[asyncio.Server] = []
-        self.sessions = Sessions()
+        self.sessions = Sessions("submission", session_caps(ctx.config).submission)
+        self.gate: TlsGate | None = None
 
     def _factory(self, implicit_tls: bool) -> Callable[[], SmtpServer]:
         cfg = self.ctx.config.submission
@@ -586,7 +604,9 @@ class SubmissionService:
             return SmtpServer(
                 self.handler, hostname=self.ctx.config.server_hostname, sessions=self.sessions,
                 data_size_limit=cfg.max_message_size, tls_context=tls, require_starttls=not implicit_tls,
-                auth_require_tls=not implicit_tls,
+                auth_require_tls=not implicit_tls, timeout=cfg.idle_timeout,
+                max_errors=cfg.max_errors_per_session, max_junk_commands=cfg.max_junk_commands,
+                max_session_time=cfg.max_session_time, login_timeout=cfg.login_timeout,
             )
 
         return make
@@ -594,7 +614,9 @@ class SubmissionService:
     async def start(self) -> None:
         cfg = self.ctx.config.submission
         self._servers = await listen(cfg.listen, self._factory(False))
-        self._servers += await listen(cfg.listen_tls, self._factory(True), self.ctx.server_tls())
+        self.gate = TlsGate(self.ctx.server_tls(), cfg.max_connections_per_ip, self.sessions.cap or 1,
+                            cfg.login_timeout, client_key)
+        self._servers += await listen(cfg.listen_tls, self._factory(True), gate=self.gate)
         log.info("submission listening on %d STARTTLS and %d implicit TLS address(es)",
                  len(cfg.listen), len(cfg.listen_tls))
 
