@@ -63,6 +63,7 @@ def test_console_script_errors_are_one_line_with_exit_codes(tmp_path: Path, args
                                                             needle: str) -> None:
     config = tmp_path / "fwdmail.toml"
     config.write_text('data_dir = "data"\n')
+    assert fwdmail("--config", str(config), "init").returncode == 0  # only init and serve make a data dir
     done = fwdmail("--config", str(config), *args)
     assert done.returncode == code
     assert needle in done.stderr and "Traceback" not in done.stderr
