@@ -12,8 +12,9 @@ import subprocess
 import time
 from collections.abc import Callable
 
-from fwdmail.daemon import arc, dkim
-from fwdmail.keys import generate_dkim_key
+from fwdmail.auth import arc
+from fwdmail.auth import dkim_sign as dkim
+from fwdmail.runtime.keys import generate_dkim_key
 
 from .clients import make_message
 from .procs import BenchError

@@ -56,7 +56,8 @@ def cli_batch(d: Daemon, commands: Sequence[Sequence[str]]) -> None:
 
 _STORE_REGEX = """
 import sys
-from fwdmail import datadir, store
+from fwdmail import store
+from fwdmail.runtime import datadir
 from fwdmail.config import load
 datadir.prepare(load(sys.argv[1]))
 store.add_alias(sys.argv[2], "regex", sys.argv[3], [sys.argv[4]])

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fwdmail.addresses import (
+from fwdmail.mail.addresses import (
     Address,
     AddressError,
     AliasSpec,

@@ -20,7 +20,7 @@ import aiosmtplib.protocol
 import pytest
 from packaging.requirements import Requirement
 
-from fwdmail.daemon import replies
+from fwdmail.smtp import replies
 from tests.hostile_support import Session, no_tls_check
 from tests.support.daemon import Daemon
 
@@ -123,21 +123,21 @@ def test_aiosmtplib_drain_helper_used_by_delivery() -> None:
     helper = getattr(aiosmtplib.protocol.SMTPProtocol, "_drain_helper", None)
     assert helper is not None, "aiosmtplib.protocol.SMTPProtocol._drain_helper is gone"
     assert inspect.iscoroutinefunction(helper) and _params(helper) == ["self"]
-    assert "protocol._drain_helper()" in (ROOT / "fwdmail/daemon/delivery.py").read_text()
+    assert "protocol._drain_helper()" in (ROOT / "fwdmail/smtp/client.py").read_text()
 
 
 def test_every_private_aiosmtpd_member_used_is_listed_here() -> None:
-    """A new reach into aiosmtpd must be added above (and so checked); only smtpserver.py reaches in."""
+    """A new reach into aiosmtpd must be added above (and so checked); only smtp/server.py reaches in."""
     async def made() -> aiosmtpd.smtp.SMTP:
         return aiosmtpd.smtp.SMTP(object(), hostname="h.test", loop=asyncio.get_running_loop())
 
     theirs = set(dir(aiosmtpd.smtp.SMTP)) | set(vars(asyncio.run(made()))) | {"_reader", "_writer"}
-    source = (ROOT / "fwdmail/daemon/smtpserver.py").read_text()
+    source = (ROOT / "fwdmail/smtp/server.py").read_text()
     used = {n for n in re.findall(r"(?:self|super\(\)|server)\.(_[a-z]\w*)", source) if n in theirs}
     known = set(SMTP_METHODS) | set(SMTP_ATTRIBUTES) | {"_reader"}
     assert used <= known, f"private aiosmtpd members used but not checked here: {sorted(used - known)}"
     for path in (ROOT / "fwdmail").rglob("*.py"):
-        if path.name != "smtpserver.py":
+        if path != ROOT / "fwdmail/smtp/server.py":
             imports = re.search(r"^\s*(?:from|import) aiosmtpd", path.read_text(), re.MULTILINE)
             assert imports is None, f"{path.name} imports aiosmtpd itself"
 

@@ -8,9 +8,11 @@ import re
 
 import dkim
 
-from fwdmail.daemon import arc, authcheck, dkimcore
-from fwdmail.daemon.friendly_from import rewrite_from
-from fwdmail.keys import dkim_public_record
+from fwdmail.auth import arc
+from fwdmail.auth import dkim_core as dkimcore
+from fwdmail.policy import sender_auth as authcheck
+from fwdmail.policy.friendly_from import rewrite_from
+from fwdmail.runtime.keys import dkim_public_record
 from fwdmail.store import DomainRecord
 from tests.support.dns_server import LoopbackDNS
 from tests.test_authcheck_support import (

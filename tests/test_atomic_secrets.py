@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fwdmail import keys
+from fwdmail.runtime import keys
 from tests.support.daemon import REPO, Daemon
 
 # Run in a subprocess: writes of the file named by argv[2] write a few bytes, then the process is killed,

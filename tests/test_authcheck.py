@@ -10,10 +10,10 @@ import dkim as dkimpy
 import pytest
 import spf as spflib
 
-from fwdmail import keys
-from fwdmail.daemon import authcheck
-from fwdmail.daemon.authcheck import AuthReport, DkimResult, DmarcResult, SpfResult
-from fwdmail.daemon.replies import AUTH_TEMPFAIL, DMARC_REJECTED, SPF_REJECTED
+from fwdmail.policy import sender_auth as authcheck
+from fwdmail.policy.sender_auth import AuthReport, DkimResult, DmarcResult, SpfResult
+from fwdmail.runtime import keys
+from fwdmail.smtp.replies import AUTH_TEMPFAIL, DMARC_REJECTED, SPF_REJECTED
 from tests.support.dns_server import LoopbackDNS
 from tests.test_authcheck_support import key, message, publish_key, resolver, run, sign, unique_domain
 

@@ -7,8 +7,8 @@ import email.policy
 
 import pytest
 
-from fwdmail.daemon.authcheck import AuthReport, DkimResult, DmarcResult, SpfResult
-from fwdmail.daemon.friendly_from import needs_rewrite, rewrite_from
+from fwdmail.policy.friendly_from import needs_rewrite, rewrite_from
+from fwdmail.policy.sender_auth import AuthReport, DkimResult, DmarcResult, SpfResult
 
 ALIAS = "alias@hosted.test"
 

@@ -13,9 +13,9 @@ import dkim
 import dns.asyncresolver
 import dns.resolver
 
+from fwdmail.auth.resolver import async_resolver, sync_resolver
 from fwdmail.config import DnsConfig
-from fwdmail.keys import dkim_public_record, generate_dkim_key
-from fwdmail.resolver import async_resolver, sync_resolver
+from fwdmail.runtime.keys import dkim_public_record, generate_dkim_key
 from tests.support.dns_server import LoopbackDNS
 
 T = TypeVar("T")

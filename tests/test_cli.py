@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from fwdmail import keys, store
+from fwdmail import store
 from fwdmail.cli import cli
+from fwdmail.runtime import keys
 from tests.support.daemon import Daemon
 from tests.support.dns_server import LoopbackDNS
 from tests.support.rows import files_containing

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 
 from fwdmail import store
 from fwdmail.cli import cli
-from fwdmail.daemon.replies import SmtpError
+from fwdmail.smtp.replies import SmtpError
 from tests.hostile_support import TALLY, register_summary
 from tests.support.daemon import REPO, Daemon
 

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fwdmail.config import from_dict
-from fwdmail.daemon.delivery import Content, Delivery, data_stream
-from fwdmail.daemon.replies import SmtpError
+from fwdmail.smtp.client import Content, Delivery, data_stream
+from fwdmail.smtp.replies import SmtpError
 from tests.support.dns_server import LoopbackDNS
 from tests.support.smtp_sink import SmtpSink
 from tests.support.tls import server_context

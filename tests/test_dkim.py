@@ -19,9 +19,10 @@ from pathlib import Path
 import dkim as dkimpy
 import pytest
 
-from fwdmail import keys, store
-from fwdmail.daemon import dkim
-from fwdmail.daemon.queue import sign_all
+from fwdmail import store
+from fwdmail.auth import dkim_sign as dkim
+from fwdmail.queue.service import sign_all
+from fwdmail.runtime import keys
 from tests.conftest import require_tool
 from tests.outbound_support import add_domain, message, queue_id, submit, wait_status
 from tests.support.daemon import Daemon

@@ -21,8 +21,8 @@ from dkim.canonicalization import Relaxed, Simple
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fwdmail.daemon import dkimcore
-from fwdmail.keys import dkim_public_record, generate_dkim_key
+from fwdmail.auth import dkim_core as dkimcore
+from fwdmail.runtime.keys import dkim_public_record, generate_dkim_key
 
 EDGE_MESSAGES = [
     b"", b"\r\n", b"\n", b"\r\n\r\n", b"A: b", b"A: b\r\n", b"A: b\r\n\r\n", b"A: b\n\nbody\n",

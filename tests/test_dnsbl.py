@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fwdmail.daemon.dnsbl import listed, query_name
+from fwdmail.policy.dnsbl import listed, query_name
 from tests.support.dns_server import LoopbackDNS
 from tests.test_authcheck_support import resolver, run, unique_domain
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from fwdmail.daemon import authcheck, dnsmemo
-from fwdmail.daemon.dnsmemo import MAX_TTL, ExpiringMemo
+from fwdmail.auth import dnsmemo
+from fwdmail.auth.dnsmemo import MAX_TTL, ExpiringMemo
+from fwdmail.policy import sender_auth as authcheck
 from tests.support.dns_server import LoopbackDNS
 from tests.test_authcheck_support import message, resolver, run, unique_domain
 

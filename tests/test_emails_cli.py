@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fwdmail import store
-from fwdmail.daemon.replies import SmtpError
+from fwdmail.smtp.replies import SmtpError
 from tests.outbound_support import db_bytes
 from tests.support.daemon import Daemon
 

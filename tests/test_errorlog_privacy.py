@@ -118,8 +118,8 @@ def test_a_flood_of_refusals_is_a_bounded_number_of_rows(started: Callable[..., 
 
 
 def test_the_gate_counts_per_network_and_in_total_with_bounded_memory() -> None:
-    from fwdmail.daemon.guessing import ClientKeys, RowGate, Window
-    from fwdmail.daemon.replies import NO_SUCH_USER
+    from fwdmail.policy.guessing import ClientKeys, RowGate, Window
+    from fwdmail.smtp.replies import NO_SUCH_USER
 
     gate = RowGate(per_client=2, total=3, keys=ClientKeys())
     admitted = [gate.admit(ip, NO_SUCH_USER, 100.0) for ip in ("192.0.2.1", "192.0.2.99", "192.0.2.5",

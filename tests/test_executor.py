@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from fwdmail.daemon.executor import INLINE_BYTES, Blocking
+from fwdmail.runtime.executor import INLINE_BYTES, Blocking
 
 
 def where() -> str:

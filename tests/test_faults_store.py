@@ -28,9 +28,9 @@ from typing import Any
 import pytest
 
 from fwdmail import store
-from fwdmail.daemon.executor import Blocking
-from fwdmail.daemon.groupcommit import GroupCommitter
-from fwdmail.daemon.routing import DirectoryCache
+from fwdmail.policy.routing import DirectoryCache
+from fwdmail.runtime.executor import Blocking
+from fwdmail.runtime.groupcommit import GroupCommitter
 from fwdmail.store.models import database
 from tests.faults_support import ALICE, OWNER, integrity, setup
 from tests.mx_helpers import cli, error_rows

@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from fwdmail import store
-from fwdmail.addresses import (
+from fwdmail.mail import srs
+from fwdmail.mail.addresses import (
     AddressError,
     normalize_address,
     normalize_domain,
@@ -28,9 +29,8 @@ from fwdmail.addresses import (
     parse_alias_spec,
     parse_destinations,
 )
-from fwdmail.daemon import srs
-from fwdmail.daemon.replies import SmtpError
-from fwdmail.daemon.routing import Directory, Route, resolve
+from fwdmail.policy.routing import Directory, Route, resolve
+from fwdmail.smtp.replies import SmtpError
 from tests.hostile_support import (
     TALLY,
     Closed,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import idna
 import pytest
 
-from fwdmail.daemon import srs
+from fwdmail.mail import srs
 from tests.hostile_support import (
     TALLY,
     assert_clean_log,

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import pytest
 
 from fwdmail import store
-from fwdmail.addresses import parse_address
-from fwdmail.daemon import replies
-from fwdmail.daemon.routing import Directory, Route, resolve
+from fwdmail.mail.addresses import parse_address
+from fwdmail.policy.routing import Directory, Route, resolve
+from fwdmail.smtp import replies
 from tests.hostile_support import (
     TALLY,
     Closed,

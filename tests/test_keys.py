@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from fwdmail import keys
+from fwdmail.runtime import keys
 
 MSG = (b"From: a@example.com\r\nTo: b@example.org\r\nSubject: hi\r\nDate: Tue, 1 Oct 2024 10:00:00 +0000\r\n"
        b"Message-ID: <1@example.com>\r\n\r\nhello\r\n")

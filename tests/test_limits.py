@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fwdmail.config import AbuseConfig
-from fwdmail.daemon.limits import (
+from fwdmail.policy.limits import (
     ConnectionLimiter,
     Limits,
     Rate,

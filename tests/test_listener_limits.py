@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 
 from fwdmail import config
-from fwdmail.daemon.limits import client_key
-from fwdmail.daemon.listeners import SessionCaps, TlsGate, caps_for
-from fwdmail.daemon.smtpserver import Sessions
+from fwdmail.policy.limits import client_key
+from fwdmail.runtime.listeners import SessionCaps, TlsGate, caps_for
+from fwdmail.smtp.server import Sessions
 from tests.hostile_support import TALLY, Session, no_tls_check, register_summary
 from tests.mx_helpers import cli_batch
 from tests.support.daemon import Daemon

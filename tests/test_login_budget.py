@@ -20,8 +20,8 @@ from collections.abc import Callable
 
 import pytest
 
-from fwdmail.daemon.executor import Blocking, Busy
-from fwdmail.daemon.submission import AuthLimiter, FailureBudget
+from fwdmail.runtime.executor import Blocking, Busy
+from fwdmail.submission.service import AuthLimiter, FailureBudget
 from tests.hostile_support import TALLY, Closed, Session, no_tls_check, register_summary
 from tests.mx_helpers import cli_batch
 from tests.support.daemon import Daemon

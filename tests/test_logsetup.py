@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from fwdmail.logsetup import ScrubFilter, scrub
+from fwdmail.runtime.logsetup import ScrubFilter, scrub
 
 
 @pytest.mark.parametrize("text, secret", [
@@ -63,7 +63,7 @@ def test_filter_scrubs_arguments_and_tracebacks() -> None:
 
 def test_unexpected_session_error_is_logged_without_its_message(caplog: pytest.LogCaptureFixture) -> None:
     """An exception's message may quote client input; the 451's log line keeps its type and place."""
-    from fwdmail.daemon.smtpserver import SmtpServer
+    from fwdmail.smtp.server import SmtpServer
 
     async def fail() -> str:
         server = SmtpServer(object(), hostname="mx.test", data_size_limit=1000)

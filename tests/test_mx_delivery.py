@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import dkim
 import pytest
 
-from fwdmail import keys
+from fwdmail.runtime import keys
 from tests.mx_helpers import CLIENT, error_rows, message, send, start_daemon
 from tests.support.daemon import Daemon, free_port
 from tests.support.dns_server import LoopbackDNS

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from fwdmail.daemon import srs
+from fwdmail.mail import srs
 from tests.mx_helpers import CLIENT, cli, error_rows, message, send, start_daemon
 from tests.support.daemon import Daemon
 from tests.support.dns_server import LoopbackDNS

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from fwdmail.daemon import srs
+from fwdmail.mail import srs
 from tests.mx_helpers import CLIENT, cli, cli_batch, db_rows, error_rows, message, send
 from tests.outbound_support import connect, db_bytes, queue_id, wait_status
 from tests.outbound_support import send as submit_on

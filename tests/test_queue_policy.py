@@ -13,8 +13,8 @@ import pytest
 
 from fwdmail import store
 from fwdmail.config import QueueConfig
-from fwdmail.daemon.queue import backoff, plan_attempt
-from fwdmail.daemon.replies import SmtpError
+from fwdmail.queue.service import backoff, plan_attempt
+from fwdmail.smtp.replies import SmtpError
 from fwdmail.store.models import database
 
 T0 = dt.datetime(2030, 1, 1, 0, 0, 0)

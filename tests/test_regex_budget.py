@@ -16,8 +16,8 @@ from collections.abc import Callable
 import pytest
 
 from fwdmail.config import ConfigError, from_dict
-from fwdmail.daemon import replies
-from fwdmail.daemon.routing import RegexBudget
+from fwdmail.policy.routing import RegexBudget
+from fwdmail.smtp import replies
 from tests.hostile_support import TALLY, Session, register_summary, session
 from tests.mx_helpers import cli, cli_batch, message, store_regex_alias
 from tests.support.daemon import Daemon

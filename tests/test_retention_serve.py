@@ -12,9 +12,9 @@ import pytest
 
 from fwdmail import store
 from fwdmail.config import from_dict
-from fwdmail.daemon.context import Context
-from fwdmail.datadir import Runtime
 from fwdmail.retention.scheduler import RetentionScheduler
+from fwdmail.runtime.context import Context
+from fwdmail.runtime.datadir import Runtime
 from tests.support import rows
 from tests.support.daemon import Daemon
 from tests.support.rows import files_containing, token

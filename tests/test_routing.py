@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from fwdmail import admin, store
-from fwdmail.addresses import parse_address
-from fwdmail.daemon import replies
-from fwdmail.daemon.executor import Blocking
-from fwdmail.daemon.routing import MAX_DESTINATIONS, Directory, DirectoryCache, Route, resolve
+from fwdmail import store
+from fwdmail.app import admin
+from fwdmail.mail.addresses import parse_address
+from fwdmail.policy.routing import MAX_DESTINATIONS, Directory, DirectoryCache, Route, resolve
+from fwdmail.runtime.executor import Blocking
+from fwdmail.smtp import replies
 
 
 @pytest.fixture

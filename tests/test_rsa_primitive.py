@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric import rsa as crypto_rsa
 
-from fwdmail.daemon import rsa
-from fwdmail.keys import generate_dkim_key
+from fwdmail.auth import rsa
+from fwdmail.runtime.keys import generate_dkim_key
 
 
 @functools.cache

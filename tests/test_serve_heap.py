@@ -7,7 +7,7 @@ import sys
 
 PROBE = """
 import gc, weakref
-from fwdmail.daemon.serve import freeze_startup_objects
+from fwdmail.runtime.serve import freeze_startup_objects
 
 class Node:
     pass

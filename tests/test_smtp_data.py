@@ -21,7 +21,7 @@ from aiosmtpd.smtp import SMTP
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from fwdmail.daemon.smtpserver import _PLAIN_PATH, Sessions, SmtpServer, _unstuffed
+from fwdmail.smtp.server import _PLAIN_PATH, Sessions, SmtpServer, _unstuffed
 from tests.support.raw_smtp import RawSmtp
 
 LIMIT = 300

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from fwdmail.daemon import srs
+from fwdmail.mail import srs
 from tests.conftest import require_tool
 
 SECRET = b"tops3cret"

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from fwdmail.config import SrsConfig
-from fwdmail.daemon import srs
+from fwdmail.mail import srs
 from tests.hostile_support import TALLY, register_summary, session
 from tests.mx_helpers import cli_batch, error_rows, message, send
 from tests.support.daemon import Daemon, merge
@@ -149,7 +149,7 @@ def test_the_deferral_ends_with_the_window(guessed: Callable[..., Daemon], sink:
 
 
 def test_ipv6_clients_are_counted_per_64() -> None:
-    from fwdmail.daemon.guessing import network
+    from fwdmail.policy.guessing import network
 
     assert network("2001:db8:1:2:aaaa::1") == network("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
     assert network("2001:db8:1:3::1") != network("2001:db8:1:2::1")

@@ -10,11 +10,11 @@ from collections.abc import Sequence
 import pytest
 
 from fwdmail.config import SubmissionConfig
-from fwdmail.daemon import replies
-from fwdmail.daemon.executor import Blocking
-from fwdmail.daemon.groupcommit import GroupCommitter
-from fwdmail.daemon.replies import SmtpError
-from fwdmail.daemon.submission import (
+from fwdmail.runtime.executor import Blocking
+from fwdmail.runtime.groupcommit import GroupCommitter
+from fwdmail.smtp import replies
+from fwdmail.smtp.replies import SmtpError
+from fwdmail.submission.service import (
     AuthLimiter,
     Login,
     LoginCache,

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import trustme
 
-from fwdmail.daemon.context import TLS12_CIPHERS
+from fwdmail.runtime.context import TLS12_CIPHERS
 from tests.conftest import require_tool
 from tests.support import tls
 from tests.support.daemon import Daemon

@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from .. import store
-from ..config import RetentionConfig
+from fwdmail import store
+from fwdmail.config import RetentionConfig
 
 log = logging.getLogger("fwdmail.retention")
 

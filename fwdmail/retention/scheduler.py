@@ -15,9 +15,9 @@ import logging
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from .. import store
-from ..daemon.context import Context
-from .jobs import Report, run_all
+from fwdmail import store
+from fwdmail.retention.jobs import Report, run_all
+from fwdmail.runtime.context import Context
 
 log = logging.getLogger("fwdmail.retention")
 

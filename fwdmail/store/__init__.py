@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from peewee import DatabaseError as DatabaseFailure
 
-from .abuse import *
-from .db import (
+from fwdmail.store.abuse import *
+from fwdmail.store.db import (
     SCHEMA_VERSION,
     StoreError,
     checkpoint,
@@ -24,8 +24,8 @@ from .db import (
     storage_full,
     unavailable,
 )
-from .directory import *
-from .errorlog import *
-from .models import utcnow
-from .outbound import *
-from .retention import *
+from fwdmail.store.directory import *
+from fwdmail.store.errorlog import *
+from fwdmail.store.models import utcnow
+from fwdmail.store.outbound import *
+from fwdmail.store.retention import *

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from peewee import JOIN
 
-from .models import AbuseEvent, Domain
+from fwdmail.store.models import AbuseEvent, Domain
 
 __all__ = ["AbuseRecord", "list_abuse_events", "record_abuse"]
 

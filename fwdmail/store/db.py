@@ -13,7 +13,7 @@ from typing import ParamSpec, TypeVar
 
 import peewee as pw
 
-from .models import ALL_MODELS, Meta, database
+from fwdmail.store.models import ALL_MODELS, Meta, database
 
 P = ParamSpec("P")
 T = TypeVar("T")

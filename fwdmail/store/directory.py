@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import peewee as pw
 
-from .db import checkpoint, reads, rest_after
-from .models import (
+from fwdmail.store.db import checkpoint, reads, rest_after
+from fwdmail.store.models import (
     AbuseEvent,
     Account,
     Alias,

@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .models import Domain, SmtpErrorLog, database
+from fwdmail.store.models import Domain, SmtpErrorLog, database
 
 __all__ = ["SmtpErrorRecord", "list_smtp_errors", "log_smtp_errors"]
 

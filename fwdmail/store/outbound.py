@@ -15,10 +15,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-from .db import reads, unsynced
-from .directory import NotFound
-from .errorlog import log_smtp_errors
-from .models import Alias, Domain, OutboundEmail, OutboundRecipient, database
+from fwdmail.store.db import reads, unsynced
+from fwdmail.store.directory import NotFound
+from fwdmail.store.errorlog import log_smtp_errors
+from fwdmail.store.models import Alias, Domain, OutboundEmail, OutboundRecipient, database
 
 __all__ = [
     "EMAIL_STATUSES", "FINAL_STATUSES", "PENDING_STATUSES", "Attempt", "AttemptOutcome", "ClaimedEmail",

@@ -13,9 +13,9 @@ import time
 
 import peewee as pw
 
-from .db import StoreError, reads
-from .models import AbuseEvent, Domain, Meta, OutboundEmail, SmtpErrorLog, database
-from .outbound import FINAL_STATUSES
+from fwdmail.store.db import StoreError, reads
+from fwdmail.store.models import AbuseEvent, Domain, Meta, OutboundEmail, SmtpErrorLog, database
+from fwdmail.store.outbound import FINAL_STATUSES
 
 __all__ = [
     "count_abuse_events_before", "count_bodies_due", "count_emails_due",

@@ -1,0 +1,104 @@
+"""Everything the CLI prints goes through here: tables, lines, panels and JSON.
+
+Handles untrusted input: stored text from outside (destinations' replies, SMTP clients' input, message
+headers, values an older release stored unchecked). It is never read as rich markup, and control,
+format and bidi characters are shown as visible escapes (`\\x1b`, `\\u202e`), so a value can neither
+colour, link, move the cursor nor reorder what the admin sees. JSON keeps the values exact, with those
+characters escaped by JSON itself.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from fwdmail.mail.addresses import HIDDEN_CHARS
+
+_KEPT = frozenset("\n\t")
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def visible(value: object, *, multiline: bool = False) -> str:
+    """`value` as text whose control, format and bidi characters are written as escapes.
+
+    Newlines and tabs stay only when `multiline` (a message text); in one-line fields they are escaped.
+    """
+    text = "" if value is None else str(value)
+    return HIDDEN_CHARS.sub(lambda m: m.group() if multiline and m.group() in _KEPT else _escape(m.group()),
+                            text)
+
+
+def text(value: object, *, multiline: bool = False) -> Text:
+    """A rich Text (never parsed as markup, no emoji codes, no highlighting) of `visible(value)`."""
+    return Text(visible(value, multiline=multiline))
+
+
+def console(*, stderr: bool = False) -> Console:
+    """The console every table goes to; outside a terminal, as wide as COLUMNS (default 200)."""
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else int(os.environ.get("COLUMNS", "200") or 200)
+    return Console(width=width, soft_wrap=False, stderr=stderr, markup=False, emoji=False, highlight=False)
+
+
+def new_table(title: str, columns: Sequence[str]) -> Table:
+    t = Table(title=text(title), title_justify="left")
+    for c in columns:
+        t.add_column(text(c), overflow="fold")
+    return t
+
+
+def add_row(t: Table, values: Sequence[object]) -> None:
+    t.add_row(*(text(v) for v in values))
+
+
+def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]],
+          out: Console | None = None) -> None:
+    """Print a table; every title, heading and cell is shown as `visible` text."""
+    t = new_table(title, columns)
+    for r in rows:
+        add_row(t, r)
+    (out or console()).print(t)
+
+
+def panel(title: str, body: object, out: Console | None = None) -> None:
+    """Print a multi-line text (a message's body) in a frame."""
+    (out or console()).print(Panel(text(body, multiline=True), title=text(title), title_align="left"))
+
+
+def line(value: object, *, err: bool = False, multiline: bool = False) -> None:
+    """Print a plain line (no markup is involved, but outside text is still shown visibly)."""
+    click.echo(visible(value, multiline=multiline), err=err)
+
+
+def _iso(v: Any) -> str:
+    if isinstance(v, dt.datetime):
+        return v.isoformat() + ("Z" if v.tzinfo is None else "")  # the store keeps naive UTC
+    return v.isoformat() if isinstance(v, dt.date) else str(v)
+
+
+def json_text(data: Any) -> str:
+    """Indented JSON, UTF-8 kept readable, every hidden character escaped as JSON (`\\u001b`)."""
+    out = json.dumps(data, indent=2, default=_iso, ensure_ascii=False)
+    # Outside strings there is only ASCII layout (newlines kept), so any other hidden character is inside
+    # a string, where its escape means the same; json.dumps of it alone gives that escape.
+    return HIDDEN_CHARS.sub(lambda m: m.group() if m.group() == "\n" else json.dumps(m.group())[1:-1], out)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json_text(data))

@@ -1,0 +1,222 @@
+"""MX worker processes (`[mx] workers` > 1): one event loop per process, on more cores.
+
+The serving process keeps the MX listening sockets, accepts each connection and hands it, in turn, to
+itself or one of the workers over a Unix socket pair (SCM_RIGHTS). Each process enforces its share of
+the per-client limits (`share`), so a client never gets more than the configured limit (rounded up to
+a multiple of the process count). The retry memory (destinations that took a message answered 4xx, and
+forwards in flight) is shared: a process that remembers or forgets a fingerprint, or starts or ends a
+forward, tells the serving process, which tells the others, so a sender's retry is recognised (or waits
+for the copy in flight) whichever process serves it. Only keyed fingerprints cross processes, never
+addresses. Workers stop when told (SIGTERM: drain; a second one forces) or when the
+serving process is gone (their end of the pair reaches end of file).
+
+Untrusted input: none; the pairs carry sockets and 32-byte fingerprints between our own processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+
+from fwdmail.config import parse_host_port
+from fwdmail.runtime.listeners import listen_error
+
+__all__ = ["Dispatcher", "Inbox", "share", "worker_command"]
+
+log = logging.getLogger("fwdmail.workers")
+
+_ACCEPTS_PER_WAKEUP = 64
+_STOP_GRACE = 5.0
+
+Adopt = Callable[[socket.socket], None]
+Note = Callable[[bytes], None]  # b"r"/"f" (remember, forget), b"i"/"d"/"e" (in flight, delivered, not) + fp
+_CONNECTION = b"c"
+_NOTE_SIZE = 64
+
+
+def share(limit: int, processes: int) -> int:
+    """Each process's part of a per-client limit (0, no limit, stays 0)."""
+    return -(-limit // processes) if limit > 0 else 0
+
+
+class Dispatcher:
+    """Accepts on the MX addresses and spreads connections over this process and `count - 1` workers."""
+
+    def __init__(self, count: int, command: list[str], adopt: Adopt, noted: Note) -> None:
+        """`adopt` serves a connection here; `noted` applies a worker's retry-memory note here."""
+        self.count = count
+        self.command = command
+        self.adopt = adopt
+        self.noted = noted
+        self._turn = 0
+        self._listeners: list[socket.socket] = []
+        self._pipes: list[socket.socket] = []
+        self._procs: list[asyncio.subprocess.Process] = []
+
+    async def start(self, addresses: tuple[str, ...]) -> None:
+        loop = asyncio.get_running_loop()
+        for addr in addresses:
+            host, port = parse_host_port(addr)
+            try:
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                sock = socket.create_server((host, port), family=family, backlog=1024)
+            except OSError as exc:
+                self._close_listeners()
+                raise listen_error(addr, exc) from None
+            sock.setblocking(False)
+            self._listeners.append(sock)
+        for _ in range(self.count - 1):
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            proc = await asyncio.create_subprocess_exec(
+                *self.command, "--mx-worker-fd", str(theirs.fileno()), pass_fds=(theirs.fileno(),),
+            )
+            theirs.close()
+            ours.setblocking(False)
+            self._pipes.append(ours)
+            self._procs.append(proc)
+        for sock in self._listeners:
+            loop.add_reader(sock.fileno(), self._accept, sock)
+        for pipe in self._pipes:
+            loop.add_reader(pipe.fileno(), self._from_worker, pipe)
+        log.info("MX spread over %d processes", self.count)
+
+    def _accept(self, listener: socket.socket) -> None:
+        for _ in range(_ACCEPTS_PER_WAKEUP):
+            try:
+                conn, _peer = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("MX accept failed: %s", exc.strerror or type(exc).__name__)
+                return
+            self._turn = (self._turn + 1) % self.count
+            if self._turn == 0 or not self._hand_over(self._turn - 1, conn):
+                conn.setblocking(False)
+                self.adopt(conn)
+
+    def _from_worker(self, pipe: socket.socket) -> None:
+        for _ in range(_ACCEPTS_PER_WAKEUP):
+            try:
+                note = pipe.recv(_NOTE_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                note = b""
+            if not note:
+                asyncio.get_running_loop().remove_reader(pipe.fileno())
+                return
+            self.noted(note)
+            self._tell(note, skip=pipe)
+
+    def tell(self, note: bytes) -> None:
+        """Pass a retry-memory note of this process to every worker."""
+        self._tell(note, skip=None)
+
+    def _tell(self, note: bytes, skip: socket.socket | None) -> None:
+        for pipe in self._pipes:
+            if pipe is not skip:
+                with contextlib.suppress(OSError):
+                    pipe.send(note)
+
+    def _hand_over(self, worker: int, conn: socket.socket) -> bool:
+        try:
+            socket.send_fds(self._pipes[worker], [_CONNECTION], [conn.fileno()])
+        except OSError:
+            log.warning("MX worker %d is not taking connections; serving it here", worker + 1)
+            return False
+        conn.close()
+        return True
+
+    def close(self) -> None:
+        """Stop accepting, and tell the workers to drain and stop."""
+        self._close_listeners()
+        self.signal(signal.SIGTERM)
+
+    def signal(self, sig: int) -> None:
+        for proc in self._procs:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(sig)
+
+    async def wait(self, timeout: float) -> None:
+        """Wait for the workers to exit (killing any still running after `timeout` plus a grace)."""
+        if not self._procs:
+            return
+        waits = asyncio.gather(*(p.wait() for p in self._procs))
+        try:
+            await asyncio.wait_for(waits, timeout + _STOP_GRACE)
+        except TimeoutError:
+            log.warning("MX workers did not stop in time; killing them")
+            self.signal(signal.SIGKILL)
+            await asyncio.gather(*(p.wait() for p in self._procs))
+        for pipe in self._pipes:
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(pipe.fileno())
+            pipe.close()
+        failed = [p.returncode for p in self._procs if p.returncode not in (0, -signal.SIGKILL)]
+        if failed:
+            log.warning("MX workers exited with %s", failed)
+
+    def _close_listeners(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sock in self._listeners:
+            loop.remove_reader(sock.fileno())
+            sock.close()
+        self._listeners.clear()
+
+
+class Inbox:
+    """A worker's end of the pair: adopts each socket the serving process sends, applies its notes,
+    sends this worker's notes (`tell`); calls `on_close` when the serving process is gone."""
+
+    def __init__(self, fd: int, adopt: Adopt, noted: Note, on_close: Callable[[], None]) -> None:
+        self.sock = socket.socket(fileno=fd)
+        self.sock.setblocking(False)
+        self.adopt = adopt
+        self.noted = noted
+        self.on_close = on_close
+
+    def start(self) -> None:
+        asyncio.get_running_loop().add_reader(self.sock.fileno(), self._receive)
+
+    def _receive(self) -> None:
+        for _ in range(_ACCEPTS_PER_WAKEUP):
+            try:
+                msg, fds, _flags, _addr = socket.recv_fds(self.sock, _NOTE_SIZE, 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                msg, fds = b"", []
+            for fd in fds:
+                self.adopt(socket.socket(fileno=fd))
+            if not msg:
+                log.warning("the serving process is gone; this MX worker stops")
+                self.stop()
+                self.on_close()
+                return
+            if msg != _CONNECTION:
+                self.noted(msg)
+
+    def tell(self, note: bytes) -> None:
+        if self.sock.fileno() >= 0:
+            with contextlib.suppress(OSError):
+                self.sock.send(note)
+
+    def stop(self) -> None:
+        if self.sock.fileno() >= 0:
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            self.sock.close()
+
+
+def worker_command(config_file: str | None) -> list[str]:
+    """How the serving process starts a worker: this interpreter, the same config, `serve`."""
+    command = [sys.executable, "-m", "fwdmail"]
+    if config_file:
+        command += ["--config", os.path.abspath(config_file)]
+    return [*command, "serve"]
