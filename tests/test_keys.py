@@ -114,3 +114,10 @@ def test_self_signed_pair(tmp_path: Path) -> None:
     before = cert_path.read_bytes()
     assert keys.ensure_self_signed_cert(cert_path, key_path, "other.example.com") is False
     assert cert_path.read_bytes() == before
+
+
+def test_generated_passwords_are_letters_and_digits_only() -> None:
+    """A password that starts with "-" is taken for an option by command-line clients (swaks did)."""
+    passwords = [keys.generate_password() for _ in range(2000)]
+    assert all(p.isascii() and p.isalnum() and len(p) == 24 for p in passwords)
+    assert len(set(passwords)) == len(passwords)

@@ -11,6 +11,7 @@ import hmac
 import ipaddress
 import os
 import secrets
+import string
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,8 +50,13 @@ def new_token() -> str:
     return secrets.token_hex(16)
 
 
+_PASSWORD_ALPHABET = string.ascii_letters + string.digits
+
+
 def generate_password() -> str:
-    return secrets.token_urlsafe(18)
+    """24 letters and digits (143 bits): no character a shell, a URL or a command-line parser reads
+    specially (a leading "-" made swaks take the password for an option)."""
+    return "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(24))
 
 
 def hash_password(password: str) -> str:
