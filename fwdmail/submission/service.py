@@ -18,7 +18,8 @@ from fwdmail.runtime.context import Context
 from fwdmail.runtime.groupcommit import GroupCommitter
 from fwdmail.runtime.listeners import TlsGate, listen, session_caps
 from fwdmail.smtp import replies
-from fwdmail.smtp.server import Sessions, SmtpServer
+from fwdmail.smtp.limits import Sessions
+from fwdmail.smtp.server import SmtpServer
 from fwdmail.submission.handler import SubmissionHandler
 from fwdmail.submission.logins import AuthLimiter
 
