@@ -3,8 +3,8 @@ message rules (`logins`, `message`), and their answers reply constants.
 
 Untrusted input: everything a submission client sends: AUTH credentials, envelope addresses and the
 message. Only a client that logged in over TLS may send, only as its alias; a 250 comes only once the
-message and its envelope are committed durably. Password checks run on their own bounded pool
-(`Blocking.hash`), so guesses from many addresses get 454 instead of taking the CPU the MX needs.
+message and its envelope are committed durably. A login refused unchecked (budgets spent, hashing
+pool full: `logins.PasswordCheck`) gets 454 after a pause.
 Concurrent connections are counted per client (IPv4 address or IPv6 /64, in memory only).
 """
 
@@ -14,21 +14,19 @@ import asyncio
 import base64
 import binascii
 import logging
-import secrets
 import time
 from collections.abc import Callable
 
 from fwdmail import store
-from fwdmail.mail.addresses import AddressError, normalize_address, parse_alias_spec
+from fwdmail.mail.addresses import AddressError, normalize_address
 from fwdmail.policy.limits import ConnectionLimiter
-from fwdmail.runtime import keys
 from fwdmail.runtime.context import Context
 from fwdmail.runtime.executor import Busy
 from fwdmail.runtime.groupcommit import GroupCommitter
 from fwdmail.smtp import replies
 from fwdmail.smtp.replies import SmtpError
 from fwdmail.smtp.server import MISSING, Envelope, Session, SmtpServer
-from fwdmail.submission.logins import AuthLimiter, FailureBudget, Login, LoginCache
+from fwdmail.submission.logins import AuthLimiter, Login, PasswordCheck
 from fwdmail.submission.message import prepare_message
 
 __all__ = ["SubmissionHandler"]
@@ -57,12 +55,9 @@ class SubmissionHandler:
         self.committer = committer
         self.limiter = limiter
         self.on_queued = on_queued
-        self.logins = LoginCache()
-        self.failures = FailureBudget(self.cfg.auth_failures_total_per_minute,
-                                      self.cfg.auth_failures_per_alias_per_hour)
+        self.passwords = PasswordCheck(ctx.blocking, self.cfg)
         self.connections = ConnectionLimiter(self.cfg.max_connections_per_ip)
         self._counted: set[SmtpServer] = set()
-        self._dummy_hash: str | None = None
 
     # the connection
 
@@ -99,7 +94,7 @@ class SubmissionHandler:
             if self.limiter.blocked(ip, time.monotonic()):
                 return await self._locked_out(server)
             try:
-                login = await self.authenticate(*creds)
+                login = await self.passwords.check(*creds)
             except Busy:
                 log.debug("submission login not checked: password checks over their budget or capacity")
                 await asyncio.sleep(_REFUSED_PAUSE)
@@ -152,40 +147,6 @@ class SubmissionHandler:
         if password is MISSING:
             return None
         return username, password  # type: ignore[return-value]
-
-    async def authenticate(self, username: bytes, password: bytes) -> Login | None:
-        """The alias these credentials log in as, or None (counted against `failures`). Costs one scrypt,
-        unless the same password of the alias was verified a short while ago (`LoginCache`). When the
-        failure budget of the name or of all names is spent, only such a remembered password is looked
-        up; anything else raises `Busy` without a database query or a hash, as does a full hashing pool."""
-        try:
-            spec = parse_alias_spec(username.decode("utf-8"))
-            secret = password.decode("utf-8")
-        except (UnicodeDecodeError, AddressError):
-            spec, secret = None, ""
-        name = spec.address.encode("utf-8") if spec is not None else username
-        allowed = self.failures.allows(name, time.monotonic())
-        if not allowed and not self.logins.known(name, secret, time.monotonic()):
-            raise Busy
-        record = None
-        if spec is not None and spec.kind in ("exact", "catch-all"):
-            record = await self.ctx.blocking.db(store.login_record, spec.domain, spec.kind, spec.local)
-        encoded = record.password_hash if record else None
-        if record is not None and encoded is not None and self.logins.verified(
-                record.alias_id, encoded, secret, time.monotonic()):
-            return Login(record.alias_id, record.domain, record.kind, record.local)
-        if not allowed:
-            raise Busy
-        if encoded is None:
-            if self._dummy_hash is None:
-                self._dummy_hash = await self.ctx.blocking.hash(keys.hash_password, secrets.token_hex(16))
-            encoded = self._dummy_hash
-        ok = await self.ctx.blocking.hash(keys.verify_password, secret, encoded)
-        if not ok or record is None or record.password_hash is None:
-            self.failures.failed(name, time.monotonic())
-            return None
-        self.logins.remember(record.alias_id, record.password_hash, secret, time.monotonic(), name)
-        return Login(record.alias_id, record.domain, record.kind, record.local)
 
     # the transaction
 

@@ -4,6 +4,8 @@ Untrusted input: login names and passwords a submission client sends, and the ad
 Failed logins are counted in memory only, per client (IPv4 address or IPv6 /64; never written
 anywhere), per login name (as a keyed hash) and in total; passwords verified a short while ago are
 remembered as keyed hashes, so a client that logs in again does not cost another password hash.
+`PasswordCheck` looks a login up in the store and verifies its password on the bounded hashing pool
+(`Blocking.hash`), so guesses from many addresses are refused instead of taking the CPU the MX needs.
 """
 
 from __future__ import annotations
@@ -13,15 +15,20 @@ import contextlib
 import hashlib
 import hmac
 import secrets
+import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from fwdmail.mail.addresses import AddressError, parse_address
+from fwdmail import store
+from fwdmail.config import SubmissionConfig
+from fwdmail.mail.addresses import AddressError, parse_address, parse_alias_spec
 from fwdmail.policy.limits import client_key
+from fwdmail.runtime import keys
+from fwdmail.runtime.executor import Blocking, Busy
 
-__all__ = ["AuthLimiter", "FailureBudget", "Login", "LoginCache"]
+__all__ = ["AuthLimiter", "FailureBudget", "Login", "LoginCache", "PasswordCheck"]
 
 
 @dataclass(frozen=True)
@@ -208,3 +215,49 @@ class LoginCache:
             self._names[self._name(name)] = alias_id
             while len(self._names) > self.max_entries:
                 del self._names[next(iter(self._names))]
+
+
+class PasswordCheck:
+    """Logins checked against the store, within the failure budget (`FailureBudget`) and helped by the
+    cache of passwords verified recently (`LoginCache`). Hashing runs on `blocking`'s hashing pool."""
+
+    def __init__(self, blocking: Blocking, cfg: SubmissionConfig) -> None:
+        self.blocking = blocking
+        self.logins = LoginCache()
+        self.failures = FailureBudget(cfg.auth_failures_total_per_minute,
+                                      cfg.auth_failures_per_alias_per_hour)
+        self._dummy_hash: str | None = None
+
+    async def check(self, username: bytes, password: bytes) -> Login | None:
+        """The alias these credentials log in as, or None (counted against `failures`). Costs one scrypt,
+        unless the same password of the alias was verified a short while ago (`LoginCache`). When the
+        failure budget of the name or of all names is spent, only such a remembered password is looked
+        up; anything else raises `Busy` without a database query or a hash, as does a full hashing pool."""
+        try:
+            spec = parse_alias_spec(username.decode("utf-8"))
+            secret = password.decode("utf-8")
+        except (UnicodeDecodeError, AddressError):
+            spec, secret = None, ""
+        name = spec.address.encode("utf-8") if spec is not None else username
+        allowed = self.failures.allows(name, time.monotonic())
+        if not allowed and not self.logins.known(name, secret, time.monotonic()):
+            raise Busy
+        record = None
+        if spec is not None and spec.kind in ("exact", "catch-all"):
+            record = await self.blocking.db(store.login_record, spec.domain, spec.kind, spec.local)
+        encoded = record.password_hash if record else None
+        if record is not None and encoded is not None and self.logins.verified(
+                record.alias_id, encoded, secret, time.monotonic()):
+            return Login(record.alias_id, record.domain, record.kind, record.local)
+        if not allowed:
+            raise Busy
+        if encoded is None:
+            if self._dummy_hash is None:
+                self._dummy_hash = await self.blocking.hash(keys.hash_password, secrets.token_hex(16))
+            encoded = self._dummy_hash
+        ok = await self.blocking.hash(keys.verify_password, secret, encoded)
+        if not ok or record is None or record.password_hash is None:
+            self.failures.failed(name, time.monotonic())
+            return None
+        self.logins.remember(record.alias_id, record.password_hash, secret, time.monotonic(), name)
+        return Login(record.alias_id, record.domain, record.kind, record.local)
