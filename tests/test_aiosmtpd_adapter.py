@@ -1,4 +1,4 @@
-"""The adapters that reach into aiosmtpd (daemon/smtpserver.py) and aiosmtplib (daemon/delivery.py).
+"""The adapters that reach into aiosmtpd (fwdmail/smtp/server.py) and aiosmtplib (fwdmail/smtp/client.py).
 
 An upgrade that moves a private member they rely on must fail here, by name, not deep inside a session;
 and every reply the listeners send (ours and aiosmtpd's own, through the adapter) carries an RFC 3463
@@ -116,7 +116,7 @@ def test_aiosmtpd_attributes_and_names_the_adapter_uses() -> None:
         assert hasattr(aiosmtpd.smtp, name), f"aiosmtpd.smtp.{name} is gone"
     assert isinstance(aiosmtpd.smtp.SMTP.command_size_limit, int)
     assert isinstance(aiosmtpd.smtp.SMTP.local_part_limit, int)
-    assert isinstance(reader._limit, int)  # the DATA reader swaps the line limit
+    assert isinstance(reader._limit, int)  # the DATA reader (smtp/data.py) swaps the line limit
 
 
 def test_aiosmtplib_drain_helper_used_by_delivery() -> None:

@@ -25,7 +25,7 @@ import pytest
 from fwdmail import config
 from fwdmail.policy.limits import client_key
 from fwdmail.runtime.listeners import SessionCaps, TlsGate, caps_for
-from fwdmail.smtp.server import Sessions
+from fwdmail.smtp.limits import Sessions
 from tests.hostile_support import TALLY, Session, no_tls_check, register_summary
 from tests.mx_helpers import cli_batch
 from tests.support.daemon import Daemon

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import pytest
 
 from fwdmail.runtime.executor import Blocking, Busy
-from fwdmail.submission.service import AuthLimiter, FailureBudget
+from fwdmail.submission.logins import AuthLimiter, FailureBudget
 from tests.hostile_support import TALLY, Closed, Session, no_tls_check, register_summary
 from tests.mx_helpers import cli_batch
 from tests.support.daemon import Daemon

@@ -21,7 +21,9 @@ from aiosmtpd.smtp import SMTP
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from fwdmail.smtp.server import _PLAIN_PATH, Sessions, SmtpServer, _unstuffed
+from fwdmail.smtp.data import _unstuffed
+from fwdmail.smtp.limits import Sessions
+from fwdmail.smtp.server import _PLAIN_PATH, SmtpServer
 from tests.support.raw_smtp import RawSmtp
 
 LIMIT = 300

@@ -1,7 +1,8 @@
-"""SMTP replies in one place, and the one error type that carries them.
+"""SMTP replies in one place, the one error type that carries them, and how a reply is made safe to send.
 
 An `SmtpError` is what a handler answers, what the delivery client reports per recipient, what the
-queue stores and what a DSN describes.
+queue stores and what a DSN describes. Untrusted input: reply text that may quote a client (`printable`
+keeps its control characters and undecodable bytes off the wire).
 """
 
 from __future__ import annotations
@@ -56,6 +57,39 @@ class SmtpError(Exception):
 
     def __hash__(self) -> int:
         return hash((self.code, self.enhanced_code, self.text))
+
+
+# how every reply goes out
+
+_NOT_PRINTABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def printable(status: str) -> str:
+    """A reply (one or more CRLF-separated lines) with control characters and undecodable bytes as "?"."""
+    return "\r\n".join(_NOT_PRINTABLE.sub("?", line) for line in status.split("\r\n"))
+
+
+_HAS_ENHANCED = re.compile(r"[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}(?: |\Z)")
+# For the replies aiosmtpd words without an enhanced code: the code RFC 3463 gives their reply code.
+_ENHANCED_FOR = {
+    "421": "4.7.0", "451": "4.3.0", "452": "4.3.1", "454": "4.7.0", "500": "5.5.2", "501": "5.5.4",
+    "502": "5.5.1", "503": "5.5.1", "504": "5.5.4", "530": "5.7.0", "535": "5.7.8", "538": "5.7.11",
+    "552": "5.3.4", "553": "5.1.3", "554": "5.7.0", "555": "5.5.4",
+}
+
+
+def with_enhanced_code(status: str) -> str:
+    """A 2xx/4xx/5xx reply with an enhanced status code on every line (3xx replies carry none)."""
+    if status[:1] not in ("2", "4", "5") or _HAS_ENHANCED.match(status):
+        return status
+    lines = []
+    for line in status.split("\r\n"):
+        if not _HAS_ENHANCED.match(line):
+            code, sep, text = line[:3], line[3:4] or " ", line[4:]
+            enhanced = _ENHANCED_FOR.get(code, code[0] + ".0.0")
+            line = f"{code}{sep}{enhanced} {text}" if text else f"{code}{sep}{enhanced}"
+        lines.append(line)
+    return "\r\n".join(lines)
 
 
 OK = "250 2.0.0 OK"

@@ -1,9 +1,9 @@
 """The aiosmtpd SMTP protocol as fwdmail's listeners use it (MX and submission).
 
 Untrusted input: every byte an SMTP client sends. On top of aiosmtpd this class
-- reads DATA itself: only <CRLF>.<CRLF> ends it (never bare LF, `\\n.\\n` or `\\r.\\r`); a message with a
-  bare CR or LF is refused as a whole (SMTP smuggling), as is one over the SIZE limit; long lines are
-  accepted; the input is always read to its real end so the session stays in step;
+- reads DATA itself (`data.read_data`: only <CRLF>.<CRLF> ends it, bare CR or LF and oversize refused
+  as a whole, the input read to its real end), under a time limit, and waits up to 10 minutes for the
+  handler's reply to it;
 - hands an address it cannot parse (`<a@b@c>`, `<a@b.>`) to the handler as written, so policy, not
   the parser, words the refusal;
 - advertises SIZE, 8BITMIME, SMTPUTF8, PIPELINING and ENHANCEDSTATUSCODES (and STARTTLS/AUTH when
@@ -26,6 +26,10 @@ Handlers may define, besides aiosmtpd's hooks:
 - `handle_CLOSE(server, session, envelope)` (not async): the connection ended;
 - `handle_DATA_ERROR(server, session, envelope, error)`: the reply for a refused DATA (default: the
   error's own reply).
+
+Why over 400 lines: every use of aiosmtpd's private members is kept in this one module (checked by
+name in tests/test_aiosmtpd_adapter.py), so an aiosmtpd upgrade has one place to break; the parts that
+need none of them live beside it (`data`: the DATA reader, `limits`: the session cap, `replies`).
 """
 
 from __future__ import annotations
@@ -35,10 +39,8 @@ import base64
 import binascii
 import collections
 import functools
-import io
 import logging
 import re
-import time
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -46,64 +48,24 @@ from typing import Any
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, TLSSetupException, syntax
 
 from fwdmail.smtp import replies
-from fwdmail.smtp.replies import SmtpError
+from fwdmail.smtp.data import read_data
+from fwdmail.smtp.limits import Sessions
+from fwdmail.smtp.replies import SmtpError, printable, with_enhanced_code
 
 __all__ = ["MISSING", "DataEnvelope", "Envelope", "Session", "Sessions", "SmtpServer"]
 
 log = logging.getLogger("fwdmail.smtp")
 
 _COMMAND_LIMIT = 1000
-_TIMEOUT_RESET_BYTES = 1 << 20
 _FINAL_REPLY_WAIT = 600.0
 _UNKNOWN_COMMAND_LIMIT = 5  # aiosmtpd's BOGUS_LIMIT: the fifth unknown command ends the session
-_NOT_PRINTABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 
-
-def _printable(status: str) -> str:
-    """A reply (one or more CRLF-separated lines) with control characters and undecodable bytes as "?"."""
-    return "\r\n".join(_NOT_PRINTABLE.sub("?", line) for line in status.split("\r\n"))
-
-
-_HAS_ENHANCED = re.compile(r"[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}(?: |\Z)")
-# For the replies aiosmtpd words without an enhanced code: the code RFC 3463 gives their reply code.
-_ENHANCED_FOR = {
-    "421": "4.7.0", "451": "4.3.0", "452": "4.3.1", "454": "4.7.0", "500": "5.5.2", "501": "5.5.4",
-    "502": "5.5.1", "503": "5.5.1", "504": "5.5.4", "530": "5.7.0", "535": "5.7.8", "538": "5.7.11",
-    "552": "5.3.4", "553": "5.1.3", "554": "5.7.0", "555": "5.5.4",
-}
-
-
-def _enhanced(status: str) -> str:
-    """A 2xx/4xx/5xx reply with an enhanced status code on every line (3xx replies carry none)."""
-    if status[:1] not in ("2", "4", "5") or _HAS_ENHANCED.match(status):
-        return status
-    lines = []
-    for line in status.split("\r\n"):
-        if not _HAS_ENHANCED.match(line):
-            code, sep, text = line[:3], line[3:4] or " ", line[4:]
-            enhanced = _ENHANCED_FOR.get(code, code[0] + ".0.0")
-            line = f"{code}{sep}{enhanced} {text}" if text else f"{code}{sep}{enhanced}"
-        lines.append(line)
-    return "\r\n".join(lines)
-_DATA_READ_LIMIT = 256 * 1024
-_END_OF_DATA = b"\r\n.\r\n"
-_LINE_START, _AFTER_CR, _MID, _ENDED = range(4)
 # The common path "<dot-atom@host.name> params": parsed here as aiosmtpd's RFC 5322 parser would.
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _PLAIN_PATH = re.compile(
     rf"[ \t]*<(({_ATOM}(?:\.{_ATOM})*)@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
     rf"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*)>"
     r"(?:\Z|[ \t]+([A-Za-z0-9][A-Za-z0-9=+._-]*(?:[ \t]+[A-Za-z0-9][A-Za-z0-9=+._-]*)*)?[ \t]*\Z)")
-
-
-def _unstuffed(piece: bytes, last: bytes) -> bytes:
-    """`piece` of message data without the dot that starts a line (RFC 5321 4.5.2); `last` is the two
-    bytes before it, so a CRLF or CRLF "." split between two pieces is seen as well."""
-    if piece[:1] == b"." and last == b"\r\n":
-        piece = piece[1:]
-    elif piece[:2] == b"\n." and last[-1:] == b"\r":
-        piece = b"\n" + piece[2:]
-    return piece.replace(b"\r\n.", b"\r\n")
 
 
 class DataEnvelope(Envelope):
@@ -114,84 +76,6 @@ class DataEnvelope(Envelope):
         super().__init__()
         self.state: Any = None
         self.digest = b""
-
-
-class Sessions:
-    """The live sessions of a listener kind, and which are inside a message (from 354 to the reply after it).
-
-    At most `cap` sessions (0: no cap) are admitted; a connection past it gets 421 at once, and the log one
-    warning line per `warn_every` seconds. `drain` lets a stopping service wait for messages under way;
-    `close` then ends every session with a 421.
-    """
-
-    def __init__(self, name: str = "SMTP", cap: int = 0, warn_every: float = 300.0) -> None:
-        self.name = name
-        self.cap = cap
-        self.warn_every = warn_every
-        self.refused = 0
-        self.live: set[SmtpServer] = set()
-        self._busy: set[SmtpServer] = set()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._warned_at: float | None = None
-        self._unreported = 0
-
-    def __len__(self) -> int:
-        return len(self.live)
-
-    @property
-    def busy(self) -> int:
-        return len(self._busy)
-
-    def add(self, session: SmtpServer) -> bool:
-        """Admit a session; False (nothing counted) at the cap."""
-        if session in self.live:
-            return True
-        if self.cap and len(self.live) >= self.cap:
-            self._refuse()
-            return False
-        self.live.add(session)
-        return True
-
-    def _refuse(self) -> None:
-        self.refused += 1
-        self._unreported += 1
-        now = time.monotonic()
-        if self._warned_at is None or now - self._warned_at >= self.warn_every:
-            log.warning("%s session cap of %d reached: new connections get 421 (%d refused since the last "
-                        "warning)", self.name, self.cap, self._unreported)
-            self._warned_at = now
-            self._unreported = 0
-
-    def discard(self, session: SmtpServer) -> None:
-        self.live.discard(session)
-        self.leave(session)
-
-    def enter(self, session: SmtpServer) -> None:
-        self._busy.add(session)
-        self._idle.clear()
-
-    def leave(self, session: SmtpServer) -> None:
-        self._busy.discard(session)
-        if not self._busy:
-            self._idle.set()
-
-    async def drain(self, timeout: float, force: asyncio.Event) -> bool:
-        """Wait until no session is inside a message, at most `timeout` or until `force` is set."""
-        if not self._busy:
-            return True
-        waits = [asyncio.ensure_future(self._idle.wait()), asyncio.ensure_future(force.wait())]
-        try:
-            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
-        return not self._busy
-
-    def close(self, reply: str) -> None:
-        """Send `reply` to every session and close it."""
-        for session in list(self.live):
-            session.close(reply)
 
 
 class _Commands(dict[str, Any]):
@@ -356,14 +240,14 @@ class SmtpServer(SMTP):
 
     async def _call_handler_hook(self, command: str, *args: Any) -> Any:
         status = await super()._call_handler_hook(command, *args)
-        self._hook_reply = _printable(status) if isinstance(status, str) else None
+        self._hook_reply = printable(status) if isinstance(status, str) else None
         return status
 
     async def push(self, status: str | bytes) -> None:
         """Send a reply (with an enhanced code); past `max_errors` error replies, also 421 and close the
         connection."""
         if isinstance(status, str):
-            status = _printable(status) if self._exempt_reply else _enhanced(_printable(status))
+            status = printable(status) if self._exempt_reply else with_enhanced_code(printable(status))
             self._exempt_reply = False
         await super().push(status)
         text = status if isinstance(status, str) else status.decode("ascii", "replace")
@@ -535,23 +419,25 @@ class SmtpServer(SMTP):
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
             async with asyncio.timeout(self.data_timeout or None):
-                content = await self._read_data()
+                data = await read_data(self._reader, self.data_size_limit, self.data_hash,
+                                       self._reset_timeout)
         except TimeoutError:
             await self.push(replies.COMMAND_TIMEOUT.reply)
             self.close()
             return
-        if content is None:
+        if data is None:
+            if self.transport is not None:
+                self.transport.close()
             return
-        if isinstance(content, SmtpError):
-            status = await self._call_handler_hook("DATA_ERROR", content)
+        if isinstance(data, SmtpError):
+            status = await self._call_handler_hook("DATA_ERROR", data)
             if status is MISSING:
-                status = content.reply
+                status = data.reply
         else:
-            content, digest = content
-            self.envelope.content = content
-            self.envelope.original_content = content
+            self.envelope.content = data.content
+            self.envelope.original_content = data.content
             if isinstance(self.envelope, DataEnvelope):
-                self.envelope.digest = digest
+                self.envelope.digest = data.digest
             # RFC 5321 4.5.3.2.6: the client waits 10 minutes for the reply to the end of data.
             self._reset_timeout(max(self._timeout_duration, _FINAL_REPLY_WAIT))
             status = await self._call_handler_hook("DATA")
@@ -563,96 +449,3 @@ class SmtpServer(SMTP):
         await self.push(status)
         if status[:1] == "2":
             self.junk_commands = 0
-
-    async def _read_data(self) -> tuple[bytes, bytes] | SmtpError | None:
-        """The message up to <CRLF>.<CRLF>, dot-unstuffed, and its digest (b"" without `data_hash`);
-        an SmtpError if refused; None if the connection ended.
-
-        The body is read in large pieces (up to the end marker, or as much as is buffered), not line
-        by line; lines are only looked at while the input sits at the start of the message.
-        """
-        reader = self._reader
-        # The stream's limit (private in asyncio) is aiosmtpd's command line limit; the body gets a
-        # larger one, so it arrives in large pieces and the transport is not paused every 2 KB.
-        line_limit = reader._limit
-        reader._limit = _DATA_READ_LIMIT
-        try:
-            return await self._read_raw_data()
-        finally:
-            reader._limit = line_limit
-
-    async def _read_raw_data(self) -> tuple[bytes, bytes] | SmtpError | None:
-        """The message up to the end marker, without its ".<CRLF>", unstuffed piece by piece into one
-        buffer whose bytes are then taken without a copy (BytesIO.getvalue). Bare CRs and LFs are
-        counted as it goes: the CRs, the LFs and the CRLFs (one may straddle two pieces) must agree."""
-        limit = self.data_size_limit
-        out: io.BytesIO | None = io.BytesIO()
-        hasher = self.data_hash() if self.data_hash is not None else None
-        size = since_reset = crs = lfs = crlfs = 0
-        last = b"\r\n"  # the CRLF of the DATA line: the first byte is at the start of a line
-        where = _LINE_START
-        while where != _ENDED:
-            try:
-                piece, where = await self._next_piece(where)
-            except asyncio.IncompleteReadError:
-                if self.transport is not None:
-                    self.transport.close()
-                return None
-            if not piece:
-                continue
-            size += len(piece)
-            since_reset += len(piece)
-            if since_reset >= _TIMEOUT_RESET_BYTES:
-                since_reset = 0
-                self._reset_timeout()
-            if limit and size > limit:
-                out = None
-            if out is None:
-                continue
-            crs += piece.count(b"\r")
-            lfs += piece.count(b"\n")
-            crlfs += piece.count(b"\r\n") + (last[-1:] == b"\r" and piece[:1] == b"\n")
-            unstuffed = _unstuffed(piece, last)
-            out.write(unstuffed)
-            if hasher is not None:
-                hasher.update(unstuffed)
-            last = (last + piece[-2:])[-2:]
-        if out is None:
-            return replies.MESSAGE_TOO_BIG
-        if not crs == lfs == crlfs:
-            return replies.BARE_NEWLINE
-        return out.getvalue(), hasher.digest() if hasher is not None else b""
-
-    async def _next_piece(self, where: int) -> tuple[bytes, int]:
-        """The next piece of message data and where the input then is.
-
-        In the middle of the data one search finds the end marker <CRLF>.<CRLF>: its CRLF is still
-        unread, and a piece taken when the search gives up leaves the marker's length minus one bytes
-        buffered, so no marker straddles two pieces. Only the start of the message (where the CRLF of
-        the DATA line is already read) and a CR just read (maybe the marker's) go byte by byte.
-        """
-        reader = self._reader
-        if where == _MID:
-            try:
-                piece = await reader.readuntil(_END_OF_DATA)
-            except asyncio.LimitOverrunError as exc:
-                return await reader.readexactly(exc.consumed), _MID
-            return piece[:-3], _ENDED
-        byte = await reader.readexactly(1)
-        if byte == b"\r":
-            return byte, _AFTER_CR
-        if where == _AFTER_CR:
-            return byte, _LINE_START if byte == b"\n" else _MID
-        if byte != b".":
-            return byte, _MID
-        rest, complete = await self._read_line()
-        if rest == b"\r\n":
-            return b"", _ENDED
-        return byte + rest, _LINE_START if complete else _MID
-
-    async def _read_line(self) -> tuple[bytes, bool]:
-        """Up to and including the next CRLF (complete), or as much of a longer line as is buffered."""
-        try:
-            return await self._reader.readuntil(b"\r\n"), True
-        except asyncio.LimitOverrunError as exc:
-            return await self._reader.readexactly(exc.consumed), False
