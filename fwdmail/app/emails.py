@@ -1,4 +1,5 @@
 """Outbound mail as the admin sees it: list, preview (headers and readable text), retry, delete.
+Returns records and a `Preview`; the CLI prints them.
 
 Handles untrusted input: stored submitted messages (any MIME, any header) are parsed leniently and
 shown as plain text with control characters removed, so a message cannot drive the admin's terminal.
@@ -15,13 +16,17 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import Any
 
-from rich.console import Console
-
 from fwdmail import store
-from fwdmail.cli import render
 from fwdmail.mail.addresses import normalize_domain
+from fwdmail.store import EmailRecord
+
+__all__ = [
+    "PENDING_STATUSES", "STATUSES", "EmailRecord", "Preview", "clean", "delete_email", "get_email",
+    "html_to_text", "is_pending", "list_emails", "preview", "raw_message", "retry_email",
+]
 
 STATUSES = store.EMAIL_STATUSES
+PENDING_STATUSES = store.PENDING_STATUSES
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
 
@@ -38,7 +43,12 @@ def _queue_id(value: str) -> str:
     return qid
 
 
-def list_emails(status: str | None = None, domain: str | None = None) -> list[store.EmailRecord]:
+def is_pending(record: EmailRecord) -> bool:
+    """Still to be tried (so its next attempt time means something)."""
+    return record.status in PENDING_STATUSES
+
+
+def list_emails(status: str | None = None, domain: str | None = None) -> list[EmailRecord]:
     if status is not None and status not in STATUSES:
         raise ValueError(f"--status must be one of {', '.join(STATUSES)}")
     name = None
@@ -47,11 +57,11 @@ def list_emails(status: str | None = None, domain: str | None = None) -> list[st
     return store.list_emails(status=status, domain=name)
 
 
-def get_email(queue_id: str) -> store.EmailRecord:
+def get_email(queue_id: str) -> EmailRecord:
     return store.get_email(_queue_id(queue_id))
 
 
-def retry_email(queue_id: str, now: dt.datetime) -> store.EmailRecord:
+def retry_email(queue_id: str, now: dt.datetime) -> EmailRecord:
     return store.retry_email(_queue_id(queue_id), now)
 
 
@@ -62,7 +72,7 @@ def delete_email(queue_id: str) -> None:
     store.settle_deleted(f"email {qid}")
 
 
-def raw_message(record: store.EmailRecord) -> bytes:
+def raw_message(record: EmailRecord) -> bytes:
     """The stored message as submitted (plus the headers fwdmail added); headers only once redacted."""
     headers = record.headers or b""
     return headers if record.body is None else headers + b"\r\n" + record.body
@@ -142,7 +152,7 @@ def _header(msg: email.message.Message, name: str, raw: str) -> tuple[str, str]:
     return clean(name), clean(" ".join(value.split()))
 
 
-def preview(record: store.EmailRecord) -> Preview:
+def preview(record: EmailRecord) -> Preview:
     """Decoded headers, and the text part (or the HTML part as text) unless the body is redacted."""
     msg = email.message_from_bytes(raw_message(record), policy=email.policy.default)
     headers = [_header(msg, name, raw) for name, raw in msg.raw_items()]
@@ -165,71 +175,3 @@ def preview(record: store.EmailRecord) -> Preview:
         except Exception:  # as above
             attachments = []
     return Preview(headers, text, text_type, attachments, False)
-
-
-
-# presentation (the CLI prints these)
-
-def _when(value: dt.datetime | None) -> str:
-    return f"{value:%Y-%m-%d %H:%M:%S}" if value else ""
-
-
-def as_json(e: store.EmailRecord) -> dict[str, Any]:
-    pending = e.status in store.PENDING_STATUSES
-    return {
-        "id": e.queue_id, "status": e.status, "domain": e.domain, "mail_from": e.mail_from,
-        "subject": e.subject, "date": e.date_header, "size": e.size, "created_at": e.created_at,
-        "send_at": e.send_at, "next_attempt_at": e.next_attempt_at if pending else None,
-        "claimed": e.claimed_at is not None, "attempts": e.attempts, "crash_count": e.crash_count,
-        "final_at": e.final_at, "redacted": e.redacted, "redacted_at": e.redacted_at,
-        "delay_notified": e.delay_notified, "dsn_sent": e.dsn_sent,
-        "recipients": [
-            {"address": r.address, "status": r.status, "attempts": r.attempts, "code": r.code,
-             "enhanced_code": r.enhanced_code, "text": r.text, "updated_at": r.updated_at}
-            for r in e.recipients
-        ],
-    }
-
-
-def print_list(console: Console, rows: list[store.EmailRecord]) -> None:
-    t = render.new_table("outbound mail (times UTC)",
-                         ["id", "status", "domain", "from", "to", "subject", "created", "next attempt"])
-    for e in rows:
-        to = e.recipients[0].address if e.recipients else ""
-        if len(e.recipients) > 1:
-            to += f" (+{len(e.recipients) - 1})"
-        nxt = _when(e.next_attempt_at) if e.status in store.PENDING_STATUSES else ""
-        render.add_row(t, (e.queue_id, e.status, e.domain, e.mail_from or "<>", to, e.subject,
-                           _when(e.created_at), nxt))
-    console.print(t)
-
-
-def print_email(console: Console, e: store.EmailRecord, pv: Preview) -> None:
-    facts = render.new_table(f"email {e.queue_id}", ["field", "value"])
-    for name, value in (
-        ("status", e.status), ("domain", e.domain), ("envelope from", e.mail_from or "<> (null sender)"),
-        ("size", f"{e.size} bytes"), ("accepted (UTC)", _when(e.created_at)),
-        ("send from (UTC)", _when(e.send_at)),
-        ("next attempt (UTC)", _when(e.next_attempt_at) if e.status in store.PENDING_STATUSES else ""),
-        ("attempts", e.attempts), ("crashes", e.crash_count), ("final (UTC)", _when(e.final_at)),
-        ("body", f"redacted {_when(e.redacted_at)} UTC" if e.redacted else "kept"),
-    ):
-        render.add_row(facts, (name, value))
-    console.print(facts)
-    rcpts = render.new_table("recipients", ["address", "status", "attempts", "last reply"])
-    for r in e.recipients:
-        reply = f"{r.code} {r.enhanced_code or ''} {r.text or ''}".strip() if r.code else ""
-        render.add_row(rcpts, (r.address, r.status, r.attempts, reply))
-    console.print(rcpts)
-    headers = render.new_table("headers", ["name", "value"])
-    for name, value in pv.headers:
-        render.add_row(headers, (name, value))
-    console.print(headers)
-    if pv.redacted:
-        console.print(render.text(f"The body of this message was redacted at {_when(e.redacted_at)} UTC; "
-                                  "only its headers, envelope and statuses are kept."))
-        return
-    title = f"text ({pv.text_type}{', rendered as text' if pv.text_type == 'text/html' else ''})"
-    render.panel(title, pv.text or "(no text part)", console)
-    for filename, ctype in pv.attachments:
-        console.print(render.text(f"attachment: {filename or '(unnamed)'} ({ctype})"))

@@ -22,7 +22,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from fwdmail.mail.addresses import HIDDEN_CHARS
+from fwdmail.app import HIDDEN_CHARS
 
 _KEPT = frozenset("\n\t")
 
