@@ -11,7 +11,6 @@ import sys
 from typing import Any
 
 import click
-from rich.console import Console
 
 from fwdmail import app
 from fwdmail.app import emails as outbound
@@ -45,7 +44,8 @@ def _email_json(e: outbound.EmailRecord) -> dict[str, Any]:
     }
 
 
-def _print_list(out: Console, rows: list[outbound.EmailRecord]) -> None:
+def _print_list(rows: list[outbound.EmailRecord]) -> None:
+    out = console()
     t = render.new_table("outbound mail (times UTC)",
                          ["id", "status", "domain", "from", "to", "subject", "created", "next attempt"])
     for e in rows:
@@ -58,7 +58,8 @@ def _print_list(out: Console, rows: list[outbound.EmailRecord]) -> None:
     out.print(t)
 
 
-def _print_email(out: Console, e: outbound.EmailRecord, pv: outbound.Preview) -> None:
+def _print_email(e: outbound.EmailRecord, pv: outbound.Preview) -> None:
+    out = console()
     facts = render.new_table(f"email {e.queue_id}", ["field", "value"])
     for name, value in (
         ("status", e.status), ("domain", e.domain), ("envelope from", e.mail_from or "<> (null sender)"),
@@ -102,7 +103,7 @@ def emails_list(state: State, status: str | None, domain_name: str | None, as_js
     if as_json:
         emit_json([_email_json(e) for e in rows])
     else:
-        _print_list(console(), rows)
+        _print_list(rows)
 
 
 @emails.command("show")
@@ -127,7 +128,7 @@ def emails_show(state: State, email_id: str, raw: bool, as_json: bool) -> None:
     if as_json:
         emit_json({**_email_json(rec), **pv.as_json()})
     else:
-        _print_email(console(), rec, pv)
+        _print_email(rec, pv)
 
 
 @emails.command("retry")

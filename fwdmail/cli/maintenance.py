@@ -18,7 +18,7 @@ import click
 from fwdmail import app
 from fwdmail.app import maintenance
 from fwdmail.cli.common import ConfigProblem, State, json_option, pass_state, warn_hostname
-from fwdmail.cli.render import console, emit_json, line, table, visible
+from fwdmail.cli.render import emit_json, line, progress, table, visible
 from fwdmail.config import RetentionConfig, as_dict, hostname_problem
 from fwdmail.runtime import datadir
 
@@ -129,12 +129,9 @@ def purge(state: State, dry_run: bool, at: str | None, as_json: bool) -> None:
 
 def _purge_with_progress(when: dt.datetime, cfg: RetentionConfig) -> maintenance.Report:
     """Purge with a progress bar on stderr when there is more than one batch to do."""
-    from rich.progress import Progress
-
     totals = maintenance.purge(when, cfg, dry_run=True).counts
     if sum(totals.values()) <= cfg.batch_size:
         return maintenance.purge(when, cfg)
-    with Progress(console=console(stderr=True), transient=True) as bar:
-        tasks = {j.key: bar.add_task(j.title, total=totals.get(j.key) or None)
-                 for j in maintenance.retention_rules(cfg)}
-        return maintenance.purge(when, cfg, progress=lambda key, n: bar.advance(tasks[key], n))
+    steps = [(j.key, j.title, totals.get(j.key) or None) for j in maintenance.retention_rules(cfg)]
+    with progress(steps) as advance:
+        return maintenance.purge(when, cfg, progress=advance)
