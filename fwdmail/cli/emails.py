@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -17,6 +17,9 @@ from fwdmail.app import emails as outbound
 from fwdmail.cli import render
 from fwdmail.cli.common import State, confirm_or_abort, json_option, pass_state
 from fwdmail.cli.render import console, emit_json, line
+
+if TYPE_CHECKING:
+    from fwdmail.app.preview import Preview
 
 
 @click.group()
@@ -58,7 +61,7 @@ def _print_list(rows: list[outbound.EmailRecord]) -> None:
     out.print(t)
 
 
-def _print_email(e: outbound.EmailRecord, pv: outbound.Preview) -> None:
+def _print_email(e: outbound.EmailRecord, pv: Preview) -> None:
     out = console()
     facts = render.new_table(f"email {e.queue_id}", ["field", "value"])
     for name, value in (
@@ -124,7 +127,9 @@ def emails_show(state: State, email_id: str, raw: bool, as_json: bool) -> None:
         if rec.redacted:
             line(f"(the body of {rec.queue_id} was redacted; headers only)", err=True)
         return
-    pv = outbound.preview(rec)
+    from fwdmail.app.preview import preview  # the MIME and HTML parsers, only for this command
+
+    pv = preview(rec)
     if as_json:
         emit_json({**_email_json(rec), **pv.as_json()})
     else:

@@ -12,15 +12,18 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
 
 from fwdmail import app
-from fwdmail.app import maintenance
 from fwdmail.cli.common import ConfigProblem, State, json_option, pass_state, warn_hostname
 from fwdmail.cli.render import emit_json, line, progress, table, visible
 from fwdmail.config import RetentionConfig, as_dict, hostname_problem
 from fwdmail.runtime import datadir
+
+if TYPE_CHECKING:
+    from fwdmail.app.maintenance import Report
 
 
 @click.command()
@@ -71,6 +74,7 @@ def _event_loop(choice: str) -> tuple[str, Callable[..., int]]:
 @pass_state
 def serve(state: State, mx_worker_fd: int | None) -> None:
     """Run the MX, submission, outbound queue and retention jobs in one process."""
+    from fwdmail.app import maintenance
     from fwdmail.runtime import logsetup
     from fwdmail.runtime import serve as daemon
     from fwdmail.runtime.context import StartupError
@@ -103,6 +107,8 @@ def serve(state: State, mx_worker_fd: int | None) -> None:
 @pass_state
 def purge(state: State, dry_run: bool, at: str | None, as_json: bool) -> None:
     """Run the retention jobs once: old logs, outbound bodies past retention, old outbound records."""
+    from fwdmail.app import maintenance  # the retention jobs, only for this command
+
     try:
         when = maintenance.parse_instant(at) if at is not None else app.now()
     except ValueError as exc:
@@ -127,8 +133,10 @@ def purge(state: State, dry_run: bool, at: str | None, as_json: bool) -> None:
         sys.exit(1)
 
 
-def _purge_with_progress(when: dt.datetime, cfg: RetentionConfig) -> maintenance.Report:
+def _purge_with_progress(when: dt.datetime, cfg: RetentionConfig) -> Report:
     """Purge with a progress bar on stderr when there is more than one batch to do."""
+    from fwdmail.app import maintenance
+
     totals = maintenance.purge(when, cfg, dry_run=True).counts
     if sum(totals.values()) <= cfg.batch_size:
         return maintenance.purge(when, cfg)
