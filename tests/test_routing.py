@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fwdmail import store
-from fwdmail.app import admin
+from fwdmail.app import aliases as app_aliases
 from fwdmail.mail.addresses import parse_address
 from fwdmail.policy.routing import MAX_DESTINATIONS, Directory, DirectoryCache, Route, resolve
 from fwdmail.runtime.executor import Blocking
@@ -27,7 +27,7 @@ def db(tmp_path: Path) -> Iterator[None]:
 
 
 def add(address: str, *destinations: str) -> None:
-    admin.add_alias(address, list(destinations))
+    app_aliases.add_alias(address, list(destinations))
 
 
 def directory() -> Directory:
@@ -93,14 +93,14 @@ def test_destinations_deduplicated_and_capped(db: None) -> None:
 ])
 def test_disabled_states(db: None, state: str, expected: replies.SmtpError) -> None:
     add("off@ours.test", "off@dest.test")
-    admin.set_alias_state("off@ours.test", state)
+    app_aliases.set_alias_state("off@ours.test", state)
     assert route("off@ours.test") is expected
     assert route("off+tag@ours.test") is expected
 
 
 def test_quiet_accepts_and_discards(db: None) -> None:
     add("off@ours.test", "off@dest.test")
-    admin.set_alias_state("off@ours.test", "quiet")
+    app_aliases.set_alias_state("off@ours.test", "quiet")
     r = route("off@ours.test")
     assert isinstance(r, Route) and r.discard and r.destinations == ()
     assert replies.ALIAS_TEMPFAIL.code in (421, 450) and replies.ALIAS_TEMPFAIL.enhanced_code.startswith("4.")

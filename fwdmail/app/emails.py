@@ -1,35 +1,24 @@
-"""Outbound mail as the admin sees it: list, preview (headers and readable text), retry, delete.
+"""Outbound mail as the admin sees it: list, look up, retry, delete, the stored bytes (`preview` reads them).
 
-Handles untrusted input: stored submitted messages (any MIME, any header) are parsed leniently and
-shown as plain text with control characters removed, so a message cannot drive the admin's terminal.
+Handles what the admin typed (an email id, a status, a domain): refused with a message fit to print.
+The records hold what submission clients sent; they are returned as stored, for the CLI to show escaped.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import email
-import email.message
-import email.policy
-import re
-from dataclasses import dataclass
-from html.parser import HTMLParser
-from typing import Any
-
-from rich.console import Console
 
 from fwdmail import store
-from fwdmail.cli import render
 from fwdmail.mail.addresses import normalize_domain
+from fwdmail.store import EmailRecord
+
+__all__ = [
+    "PENDING_STATUSES", "STATUSES", "EmailRecord", "delete_email", "get_email", "is_pending", "list_emails",
+    "raw_message", "retry_email",
+]
 
 STATUSES = store.EMAIL_STATUSES
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def clean(text: str) -> str:
-    """`text` without control or bidi-override characters (tabs and newlines stay)."""
-    return _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
-
+PENDING_STATUSES = store.PENDING_STATUSES
 
 def _queue_id(value: str) -> str:
     qid = value.strip().upper()
@@ -38,7 +27,12 @@ def _queue_id(value: str) -> str:
     return qid
 
 
-def list_emails(status: str | None = None, domain: str | None = None) -> list[store.EmailRecord]:
+def is_pending(record: EmailRecord) -> bool:
+    """Still to be tried (so its next attempt time means something)."""
+    return record.status in PENDING_STATUSES
+
+
+def list_emails(status: str | None = None, domain: str | None = None) -> list[EmailRecord]:
     if status is not None and status not in STATUSES:
         raise ValueError(f"--status must be one of {', '.join(STATUSES)}")
     name = None
@@ -47,11 +41,11 @@ def list_emails(status: str | None = None, domain: str | None = None) -> list[st
     return store.list_emails(status=status, domain=name)
 
 
-def get_email(queue_id: str) -> store.EmailRecord:
+def get_email(queue_id: str) -> EmailRecord:
     return store.get_email(_queue_id(queue_id))
 
 
-def retry_email(queue_id: str, now: dt.datetime) -> store.EmailRecord:
+def retry_email(queue_id: str, now: dt.datetime) -> EmailRecord:
     return store.retry_email(_queue_id(queue_id), now)
 
 
@@ -62,174 +56,7 @@ def delete_email(queue_id: str) -> None:
     store.settle_deleted(f"email {qid}")
 
 
-def raw_message(record: store.EmailRecord) -> bytes:
+def raw_message(record: EmailRecord) -> bytes:
     """The stored message as submitted (plus the headers fwdmail added); headers only once redacted."""
     headers = record.headers or b""
     return headers if record.body is None else headers + b"\r\n" + record.body
-
-
-class _HtmlText(HTMLParser):
-    """A readable plain-text rendering of HTML: blocks become paragraphs, scripts and styles vanish."""
-
-    _PARAGRAPH = {"p", "div", "table", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre",
-                  "hr", "section", "article", "header", "footer"}
-    _LINE = {"br", "tr", "li"}
-    _HIDDEN = {"script", "style", "head", "title", "template"}
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.out: list[str] = []
-        self._hidden = 0
-        self._href: list[str | None] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in self._HIDDEN:
-            self._hidden += 1
-        elif tag in self._PARAGRAPH:
-            self.out.append("\n\n")
-        elif tag in self._LINE:
-            self.out.append("\n- " if tag == "li" else "\n")
-        elif tag == "a":
-            self._href.append(dict(attrs).get("href"))
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self._HIDDEN:
-            self._hidden = max(0, self._hidden - 1)
-        elif tag in self._PARAGRAPH:
-            self.out.append("\n\n")
-        elif tag == "a" and self._href:
-            href = self._href.pop()
-            if href and href.startswith(("http://", "https://", "mailto:")):
-                self.out.append(f" <{href}>")
-
-    def handle_data(self, data: str) -> None:
-        if not self._hidden:
-            self.out.append(re.sub(r"\s+", " ", data))
-
-
-def html_to_text(html: str) -> str:
-    parser = _HtmlText()
-    try:
-        parser.feed(html)
-        parser.close()
-    except (AssertionError, ValueError):
-        pass
-    lines = [" ".join(line.split()) for line in "".join(parser.out).split("\n")]
-    text = "\n".join(lines)
-    return re.sub(r"\n{3,}", "\n\n", text).strip()
-
-
-@dataclass(frozen=True)
-class Preview:
-    headers: list[tuple[str, str]]
-    text: str | None
-    text_type: str | None
-    attachments: list[tuple[str, str]]
-    redacted: bool
-
-    def as_json(self) -> dict[str, Any]:
-        return {"headers": [list(h) for h in self.headers], "text": self.text, "text_type": self.text_type,
-                "attachments": [{"filename": f, "content_type": t} for f, t in self.attachments],
-                "redacted": self.redacted}
-
-
-def _header(msg: email.message.Message, name: str, raw: str) -> tuple[str, str]:
-    """One header, RFC 2047-decoded when it can be, as printable text."""
-    try:
-        value = str(msg.policy.header_fetch_parse(name, raw))
-    except Exception:  # the parser gives up on some malformed headers: show them as written
-        value = raw
-    return clean(name), clean(" ".join(value.split()))
-
-
-def preview(record: store.EmailRecord) -> Preview:
-    """Decoded headers, and the text part (or the HTML part as text) unless the body is redacted."""
-    msg = email.message_from_bytes(raw_message(record), policy=email.policy.default)
-    headers = [_header(msg, name, raw) for name, raw in msg.raw_items()]
-    if record.body is None:
-        return Preview(headers, None, None, [], True)
-    text = text_type = None
-    try:
-        part = msg.get_body(preferencelist=("plain", "html"))
-        if part is not None:
-            content = part.get_content()
-            text_type = part.get_content_type()
-            text = clean(html_to_text(content) if text_type == "text/html" else content).strip("\n")
-    except Exception:  # untrusted MIME: whatever the parser trips on is shown as such, never raised
-        text, text_type = "(the text of this message cannot be decoded)", None
-    attachments: list[tuple[str, str]] = []
-    if msg.is_multipart():
-        try:
-            attachments = [(clean(p.get_filename() or ""), p.get_content_type())
-                           for p in msg.iter_attachments()]
-        except Exception:  # as above
-            attachments = []
-    return Preview(headers, text, text_type, attachments, False)
-
-
-
-# presentation (the CLI prints these)
-
-def _when(value: dt.datetime | None) -> str:
-    return f"{value:%Y-%m-%d %H:%M:%S}" if value else ""
-
-
-def as_json(e: store.EmailRecord) -> dict[str, Any]:
-    pending = e.status in store.PENDING_STATUSES
-    return {
-        "id": e.queue_id, "status": e.status, "domain": e.domain, "mail_from": e.mail_from,
-        "subject": e.subject, "date": e.date_header, "size": e.size, "created_at": e.created_at,
-        "send_at": e.send_at, "next_attempt_at": e.next_attempt_at if pending else None,
-        "claimed": e.claimed_at is not None, "attempts": e.attempts, "crash_count": e.crash_count,
-        "final_at": e.final_at, "redacted": e.redacted, "redacted_at": e.redacted_at,
-        "delay_notified": e.delay_notified, "dsn_sent": e.dsn_sent,
-        "recipients": [
-            {"address": r.address, "status": r.status, "attempts": r.attempts, "code": r.code,
-             "enhanced_code": r.enhanced_code, "text": r.text, "updated_at": r.updated_at}
-            for r in e.recipients
-        ],
-    }
-
-
-def print_list(console: Console, rows: list[store.EmailRecord]) -> None:
-    t = render.new_table("outbound mail (times UTC)",
-                         ["id", "status", "domain", "from", "to", "subject", "created", "next attempt"])
-    for e in rows:
-        to = e.recipients[0].address if e.recipients else ""
-        if len(e.recipients) > 1:
-            to += f" (+{len(e.recipients) - 1})"
-        nxt = _when(e.next_attempt_at) if e.status in store.PENDING_STATUSES else ""
-        render.add_row(t, (e.queue_id, e.status, e.domain, e.mail_from or "<>", to, e.subject,
-                           _when(e.created_at), nxt))
-    console.print(t)
-
-
-def print_email(console: Console, e: store.EmailRecord, pv: Preview) -> None:
-    facts = render.new_table(f"email {e.queue_id}", ["field", "value"])
-    for name, value in (
-        ("status", e.status), ("domain", e.domain), ("envelope from", e.mail_from or "<> (null sender)"),
-        ("size", f"{e.size} bytes"), ("accepted (UTC)", _when(e.created_at)),
-        ("send from (UTC)", _when(e.send_at)),
-        ("next attempt (UTC)", _when(e.next_attempt_at) if e.status in store.PENDING_STATUSES else ""),
-        ("attempts", e.attempts), ("crashes", e.crash_count), ("final (UTC)", _when(e.final_at)),
-        ("body", f"redacted {_when(e.redacted_at)} UTC" if e.redacted else "kept"),
-    ):
-        render.add_row(facts, (name, value))
-    console.print(facts)
-    rcpts = render.new_table("recipients", ["address", "status", "attempts", "last reply"])
-    for r in e.recipients:
-        reply = f"{r.code} {r.enhanced_code or ''} {r.text or ''}".strip() if r.code else ""
-        render.add_row(rcpts, (r.address, r.status, r.attempts, reply))
-    console.print(rcpts)
-    headers = render.new_table("headers", ["name", "value"])
-    for name, value in pv.headers:
-        render.add_row(headers, (name, value))
-    console.print(headers)
-    if pv.redacted:
-        console.print(render.text(f"The body of this message was redacted at {_when(e.redacted_at)} UTC; "
-                                  "only its headers, envelope and statuses are kept."))
-        return
-    title = f"text ({pv.text_type}{', rendered as text' if pv.text_type == 'text/html' else ''})"
-    render.panel(title, pv.text or "(no text part)", console)
-    for filename, ctype in pv.attachments:
-        console.print(render.text(f"attachment: {filename or '(unnamed)'} ({ctype})"))

@@ -1,4 +1,4 @@
-"""Everything the CLI prints goes through here: tables, lines, panels and JSON.
+"""Everything the CLI prints goes through here: tables, lines, panels, progress bars and JSON.
 
 Handles untrusted input: stored text from outside (destinations' replies, SMTP clients' input, message
 headers, values an older release stored unchecked). It is never read as rich markup, and control,
@@ -13,7 +13,8 @@ import datetime as dt
 import json
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -22,7 +23,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from fwdmail.mail.addresses import HIDDEN_CHARS
+from fwdmail.app import HIDDEN_CHARS
 
 _KEPT = frozenset("\n\t")
 
@@ -79,6 +80,16 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]],
 def panel(title: str, body: object, out: Console | None = None) -> None:
     """Print a multi-line text (a message's body) in a frame."""
     (out or console()).print(Panel(text(body, multiline=True), title=text(title), title_align="left"))
+
+
+@contextmanager
+def progress(steps: Iterable[tuple[str, str, int | None]]) -> Iterator[Callable[[str, int], None]]:
+    """A transient progress bar on stderr, one line per (key, title, total); yields `advance(key, n)`."""
+    from rich.progress import Progress
+
+    with Progress(console=console(stderr=True), transient=True) as bar:
+        tasks = {key: bar.add_task(title, total=total) for key, title, total in steps}
+        yield lambda key, n: bar.advance(tasks[key], n)
 
 
 def line(value: object, *, err: bool = False, multiline: bool = False) -> None:

@@ -1,13 +1,13 @@
-"""What the admin commands do, as plain functions the CLI calls once each.
+"""Hosted domains: add (with a DKIM key), set, remove, the DNS records to publish, and their check.
 
 Arguments arrive as the admin typed them; they are validated here and raise `AddressError`,
-`ValueError`, `NotFound` or `AlreadyExists` with a message fit to print.
+`ValueError`, `NotFound` or `AlreadyExists` with a message fit to print. The check reads DNS answers
+(untrusted): they are only compared with what is expected and returned as text for display.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import re
 from dataclasses import dataclass
 
 import dns.exception
@@ -16,37 +16,19 @@ import dns.resolver
 from fwdmail import store
 from fwdmail.auth.resolver import sync_resolver
 from fwdmail.config import Config
-from fwdmail.mail.addresses import (
-    SUBSTITUTION,
-    AliasSpec,
-    normalize_address,
-    normalize_domain,
-    parse_alias_spec,
-    parse_destinations,
-)
-from fwdmail.policy.routing import PROBE_BUDGET, slow_probe
+from fwdmail.mail.addresses import normalize_address, normalize_domain
 from fwdmail.runtime import keys
+from fwdmail.store import DomainRecord
 
-ALIAS_STATES = store.ALIAS_STATES
+__all__ = [
+    "AUTH_POLICIES", "DnsRecord", "DomainRecord", "RecordCheck", "Verification", "add_domain",
+    "dns_records", "get_domain", "list_domains", "remove_domain", "set_domain", "verify_domain",
+]
+
 AUTH_POLICIES = ("off", "report-only", "enforce")
 
 
-def add_account(email: str) -> store.AccountRecord:
-    return store.add_account(normalize_address(email).lower())
-
-
-def get_account(email: str) -> store.AccountRecord:
-    return store.get_account(normalize_address(email).lower())
-
-
-def delete_account(email: str) -> dict[str, int]:
-    email = normalize_address(email).lower()
-    counts = store.delete_account(email)
-    store.settle_deleted(f"account {email}")
-    return counts
-
-
-def add_domain(name: str, account_email: str, now: dt.datetime) -> store.DomainRecord:
+def add_domain(name: str, account_email: str, now: dt.datetime) -> DomainRecord:
     """Register a domain with a fresh RSA-2048 DKIM key and verification token."""
     domain = normalize_domain(name)
     account = normalize_address(account_email).lower()
@@ -68,13 +50,17 @@ def remove_domain(name: str) -> dict[str, int]:
     return counts
 
 
-def get_domain(name: str) -> store.DomainRecord:
+def get_domain(name: str) -> DomainRecord:
     return store.get_domain(normalize_domain(name))
+
+
+def list_domains() -> list[DomainRecord]:
+    return store.list_domains()
 
 
 def set_domain(name: str, retention_days: int | None = None, auth_policy: str | None = None,
                friendly_from: bool | None = None, require_tls_inbound: bool | None = None,
-               ) -> store.DomainRecord:
+               ) -> DomainRecord:
     changes: dict[str, object] = {}
     if retention_days is not None:
         if not 0 <= retention_days <= 30:
@@ -104,7 +90,7 @@ class DnsRecord:
         return {"type": self.type, "name": self.name, "value": self.value}
 
 
-def dns_records(cfg: Config, domain: store.DomainRecord) -> list[DnsRecord]:
+def dns_records(cfg: Config, domain: DomainRecord) -> list[DnsRecord]:
     """The records the domain's owner publishes for fwdmail to receive, sign and be trusted."""
     host = cfg.server_hostname.rstrip(".")
     return [
@@ -122,6 +108,18 @@ class RecordCheck:
     record: DnsRecord
     ok: bool
     found: str
+
+
+@dataclass(frozen=True)
+class Verification:
+    """A domain after its DNS check (verified_at set when MX and token matched) and each record's result."""
+
+    domain: DomainRecord
+    checks: list[RecordCheck]
+
+    @property
+    def missing(self) -> list[str]:
+        return [c.record.purpose for c in self.checks if not c.ok]
 
 
 def _lookup(resolver: dns.resolver.Resolver, name: str, rtype: str) -> list[str]:
@@ -150,7 +148,7 @@ def _spf_allows(records: list[str], host: str) -> bool:
     return f"a:{host.lower()}" in terms or "mx" in terms
 
 
-def verify_domain(cfg: Config, name: str, now: dt.datetime) -> tuple[store.DomainRecord, list[RecordCheck]]:
+def verify_domain(cfg: Config, name: str, now: dt.datetime) -> Verification:
     """Look up every record `dns_records` lists; mark the domain verified when MX and token match."""
     domain = get_domain(name)
     try:
@@ -176,59 +174,4 @@ def verify_domain(cfg: Config, name: str, now: dt.datetime) -> tuple[store.Domai
         checks.append(RecordCheck(rec, ok, "; ".join(found)))
     if checks[0].ok and checks[-1].ok:
         domain = store.mark_domain_verified(domain.name, now)
-    return domain, checks
-
-
-def _shown(probe: str) -> str:
-    return repr(probe if len(probe) <= 12 else f"{probe[:6]}…{probe[-4:]}")
-
-
-def add_alias(address: str, destinations: list[str]) -> store.AliasRecord:
-    """Add an alias; refuses a forward to itself, `$N` beyond the regex's groups and a regex that
-    backtracks on adversarial local parts (it would cost the MX's event loop on every such RCPT)."""
-    spec = parse_alias_spec(address)
-    dests = parse_destinations(destinations)
-    groups = re.compile(spec.local).groups if spec.kind == "regex" else 0
-    probe = slow_probe(spec.local) if spec.kind == "regex" else None
-    if probe is not None:
-        raise ValueError(f"regex /{spec.local}/ backtracks: matching the {len(probe)}-character local part "
-                         f"{_shown(probe)} takes over {PROBE_BUDGET * 1000:g} ms; rewrite it without "
-                         "nested or overlapping repetition such as (a+)+ or (a|a)*")
-    for dest in dests:
-        used = [int(m[1:]) for m in SUBSTITUTION.findall(dest)]
-        if used and spec.kind != "regex":
-            raise ValueError("$1..$9 substitutions are only for /regex/ aliases")
-        if used and max(used) > groups:
-            raise ValueError(f"{dest} uses ${max(used)} but the pattern has {groups} group(s)")
-        if spec.kind == "exact" and dest.lower() == spec.address:
-            raise ValueError(f"alias {spec.address} cannot forward to itself")
-    return store.add_alias(spec.domain, spec.kind, spec.local, dests)
-
-
-def _spec(address: str) -> AliasSpec:
-    return parse_alias_spec(address)
-
-
-def remove_alias(address: str) -> str:
-    """Remove an alias; return its address as stored."""
-    spec = _spec(address)
-    store.remove_alias(spec.domain, spec.kind, spec.local)
-    store.settle_deleted(f"alias {spec.address}")
-    return spec.address
-
-
-def set_alias_state(address: str, state: str) -> store.AliasRecord:
-    if state not in ALIAS_STATES:
-        raise ValueError(f"state must be one of {', '.join(ALIAS_STATES)}")
-    spec = _spec(address)
-    return store.set_alias_state(spec.domain, spec.kind, spec.local, state)
-
-
-def new_alias_password(address: str) -> tuple[store.AliasRecord, str]:
-    """Generate, hash and store a new SMTP password; return it (shown once, never stored in clear)."""
-    spec = _spec(address)
-    if spec.kind == "regex":
-        raise ValueError("regex aliases cannot log in: give an exact or catch-all alias")
-    password = keys.generate_password()
-    record = store.set_alias_password(spec.domain, spec.kind, spec.local, keys.hash_password(password))
-    return record, password
+    return Verification(domain, checks)
