@@ -155,8 +155,27 @@ def test_spf_oversized_record_is_permerror(dns_server: LoopbackDNS) -> None:
     assert spf(dns_server, f"x@{dom}").result == "permerror"
 
 
-def test_pyspf_outside_a_check_makes_no_dns_query() -> None:
-    assert spflib.query(i=IP, s="x@example.com", h="h.test").check()[0] == "temperror"
+def test_spf_leaves_pyspf_alone_and_never_uses_its_dns(dns_server: LoopbackDNS,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    own = (getattr(spflib, "DNSLookup_dnspython", None), getattr(spflib, "DNSLookup_pydns", None))
+    assert spflib.DNSLookup in own
+    asked: list[tuple[Any, ...]] = []
+
+    def pyspf_dns(*args: Any) -> list[Any]:
+        asked.append(args)
+        raise spflib.TempError("pyspf's own DNS was used")
+
+    monkeypatch.setattr(spflib, "DNSLookup", pyspf_dns)
+    dom, red = unique_domain(), unique_domain("red")
+    dns_server.add(dom, "TXT", f"v=spf1 a mx include:{red} -all")
+    dns_server.add(dom, "A", "192.0.2.99")
+    dns_server.add(dom, "MX", f"10 mx.{dom}.")
+    dns_server.add(f"mx.{dom}", "A", "192.0.2.98")
+    dns_server.add(red, "TXT", f"v=spf1 ip4:{OTHER_IP} -all")
+    for ip in ("192.0.2.99", "192.0.2.98", OTHER_IP):  # a, mx, include
+        assert spf(dns_server, f"x@{dom}", ip=ip).result == "pass"
+    assert spf(dns_server, f"x@{dom}").result == "fail"
+    assert asked == []
 
 
 def test_spf_null_sender_checks_helo(dns_server: LoopbackDNS) -> None:

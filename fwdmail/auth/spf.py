@@ -3,14 +3,14 @@
 Untrusted input: the client's IP, the envelope sender and HELO name, and every SPF, A, AAAA, MX and PTR
 answer about the sender's domains. Bad input never raises: it becomes a `permerror`/`temperror`.
 
-pyspf evaluates over answers fetched asynchronously through `lookup` and replayed to it; a lookup it
-has not seen yet is recorded, fetched, and the evaluation re-run. pyspf makes no DNS query of its own.
+pyspf evaluates over answers fetched asynchronously through `lookup` and replayed to it (a query
+object of our own per evaluation; pyspf's module is not patched); a lookup it has not seen yet is
+recorded, fetched, and the evaluation re-run. pyspf makes no DNS query of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import re
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -51,27 +51,42 @@ class _SpfReplay:
     misses: list[tuple[str, str]] = field(default_factory=list)
 
 
-_spf_replay: contextvars.ContextVar[_SpfReplay | None] = contextvars.ContextVar("fwdmail_spf", default=None)
+class _ReplayQuery(spf.query):
+    """A pyspf evaluation whose DNS questions are answered from a replay table only.
 
+    pyspf asks every question through `query.dns`; this one keeps its rules (names it will not ask
+    about, the void lookup limit of RFC 7208 4.6.4) and never reaches pyspf's module DNS function,
+    which stays as pyspf set it.
+    """
 
-def _spf_lookup(name: str, qtype: str, strict: object = True, timeout: object = None) -> list[Any]:
-    """pyspf's DNS hook: answers only from the replay table of the running check; no DNS of its own."""
-    replay = _spf_replay.get()
-    if replay is None:
-        raise spf.TempError("DNS outside fwdmail's resolver is disabled")
-    key = (str(name).lower().rstrip("."), qtype.upper())
-    if key not in replay.answers:
-        replay.misses.append(key)
-        raise spf.TempError("lookup pending")
-    value = replay.answers[key]
-    if isinstance(value, TempFail):
-        raise spf.TempError(f"DNS temporary failure for {key[0]}")
-    if isinstance(value, _TooLarge):
-        raise spf.PermError(f"TXT record of {key[0]} is larger than {MAX_SPF_TXT_BYTES} bytes")
-    return value
+    def __init__(self, replay: _SpfReplay, ip: str, sender: str, helo: str) -> None:
+        super().__init__(i=ip, s=sender, h=helo, strict=True)
+        self._replay = replay
 
+    def dns(self, name: object, qtype: str, cnames: object = None, ignore_void: bool = False) -> list[Any]:
+        if not name:
+            raise ValueError("invalid query")
+        text = str(name)
+        if text.endswith("."):
+            text = text[:-1]
+        if not all(0 < len(label) < 64 for label in text.split(".")):
+            return []
+        key = (text.lower(), qtype.upper())
+        if key not in self._replay.answers:
+            self._replay.misses.append(key)
+            raise spf.TempError("lookup pending")
+        value = self._replay.answers[key]
+        if isinstance(value, TempFail):
+            raise spf.TempError(f"DNS temporary failure for {key[0]}")
+        if isinstance(value, _TooLarge):
+            raise spf.PermError(f"TXT record of {key[0]} is larger than {MAX_SPF_TXT_BYTES} bytes")
+        result = [v for _, v in value]
+        if not result and not ignore_void:
+            self.void_lookups += 1
+            if self.void_lookups > spf.MAX_VOID_LOOKUPS:
+                raise spf.PermError(f"Void lookup limit of {spf.MAX_VOID_LOOKUPS} exceeded")
+        return result
 
-spf.DNSLookup = _spf_lookup
 
 _SPF_RESULTS = frozenset({"pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"})
 
@@ -80,15 +95,12 @@ def _spf_round(ip: str, sender: str, helo: str, answers: dict[tuple[str, str], A
                ) -> tuple[str, list[tuple[str, str]]]:
     """One evaluation by pyspf over the answers so far (CPU work): (result, lookups it still needs)."""
     replay = _SpfReplay(answers)
-    token = _spf_replay.set(replay)
     try:
-        result = spf.query(i=ip, s=sender, h=helo, strict=True).check()[0]
+        result = _ReplayQuery(replay, ip, sender, helo).check()[0]
     except spf.TempError:
         result = "temperror"
     except Exception:
         result = "permerror"
-    finally:
-        _spf_replay.reset(token)
     return (result if result in _SPF_RESULTS else "permerror"), replay.misses
 
 
