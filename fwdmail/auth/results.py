@@ -3,12 +3,20 @@
 Untrusted input: the domains, selectors and reasons inside the results (from envelopes, headers and
 DNS), written into a header only as printable ASCII tokens or quoted strings; and the header section
 of a message, from which any Authentication-Results claiming our authserv-id is removed.
+
+Each resinfo is made by `authres` (with our quoting of values); the field is folded one resinfo a line.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
+
+from authres import DKIMAuthenticationResult, SPFAuthenticationResult
+from authres.arc import ARCAuthenticationResult
+from authres.core import AuthenticationResult, AuthenticationResultProperty, QuotableValue
+from authres.dmarc import DMARCAuthenticationResult
 
 from fwdmail.auth.arc import header_fields
 from fwdmail.auth.dkim_check import DkimResult
@@ -18,18 +26,36 @@ from fwdmail.auth.spf import SpfResult
 __all__ = ["AuthReport", "outcome", "stamp"]
 
 _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`{|}~@]+")
+_BASE64 = re.compile(r"[A-Za-z0-9+/=]+")
 
 
-def _pvalue(value: str) -> str:
-    if _TOKEN.fullmatch(value):
-        return value
-    clean = "".join(c for c in value if " " <= c <= "~" and c not in '"\\')[:255]
-    return f'"{clean}"'
+class _PValue(QuotableValue):
+    """A property value as we write it: a token (address form included) as it is, anything else a
+    quoted string of the printable characters a quoted string holds without escapes, cut to 255."""
+
+    def quote_if_needed(self) -> str:
+        if _TOKEN.fullmatch(self):
+            return str(self)
+        clean = "".join(c for c in self if " " <= c <= "~" and c not in '"\\')[:255]
+        return f'"{clean}"'
 
 
-def _comment(text: str) -> str:
-    clean = "".join(c for c in text if " " <= c <= "~" and c not in "()\\")
-    return f" ({clean})" if clean else ""
+class _Quoted(QuotableValue):
+    """A value always written quoted (header.b, RFC 6008), holding only base64 characters."""
+
+    def quote_if_needed(self) -> str:
+        return f'"{self}"'
+
+
+def _prop(ptype: str, name: str, value: QuotableValue) -> AuthenticationResultProperty:
+    prop = AuthenticationResultProperty(ptype, name)
+    prop.value = value
+    return prop
+
+
+def _comment(text: str) -> str | None:
+    """`text` as a comment's content: printable ASCII without parentheses or backslashes (None if empty)."""
+    return "".join(c for c in text if " " <= c <= "~" and c not in "()\\") or None
 
 
 @dataclass(frozen=True)
@@ -52,23 +78,30 @@ class AuthReport:
 
     def results(self) -> list[str]:
         """The resinfo parts of Authentication-Results (RFC 8601), in order spf, dkim, dmarc, arc."""
-        prop = "smtp.mailfrom" if self.spf.identity == "mailfrom" else "smtp.helo"
-        parts = [f"spf={self.spf.result} {prop}={_pvalue(self.spf.domain)}" if self.spf.domain
-                 else f"spf={self.spf.result}"]
+        return list(self._resinfo)
+
+    @functools.cached_property
+    def _resinfo(self) -> tuple[str, ...]:
+        """Made once per report: each forwarded copy writes them twice (the field, our ARC set)."""
+        identity = "mailfrom" if self.spf.identity == "mailfrom" else "helo"
+        spf_props = [_prop("smtp", identity, _PValue(self.spf.domain))] if self.spf.domain else []
+        parts: list[AuthenticationResult] = [
+            SPFAuthenticationResult(result=self.spf.result, properties=spf_props)]
         if not self.dkim:
-            parts.append("dkim=none")
+            parts.append(DKIMAuthenticationResult(result="none"))
         for r in self.dkim:
-            props = "".join(f" {k}={_pvalue(v)}" for k, v in
-                            (("header.d", r.domain), ("header.s", r.selector)) if v)
-            b = f' header.b="{r.b}"' if r.b and re.fullmatch(r"[A-Za-z0-9+/=]+", r.b) else ""
-            parts.append(f"dkim={r.result}{_comment(r.reason)}{props}{b}")
+            props = [_prop("header", k, _PValue(v)) for k, v in (("d", r.domain), ("s", r.selector)) if v]
+            if r.b and _BASE64.fullmatch(r.b):
+                props.append(_prop("header", "b", _Quoted(r.b)))
+            parts.append(DKIMAuthenticationResult(result=r.result, result_comment=_comment(r.reason),
+                                                  properties=props))
         d = self.dmarc
-        policy = _comment(f"p={d.policy}" + (f" pct={d.pct}" if d.pct != 100 else "")) if d.policy else ""
-        reason = _comment(d.reason) if not policy else ""
-        header_from = f" header.from={_pvalue(d.from_domain)}" if d.from_domain else ""
-        parts.append(f"dmarc={d.result}{policy}{reason}{header_from}")
-        parts.append(f"arc={self.arc}")
-        return parts
+        note = _comment(f"p={d.policy}" + (f" pct={d.pct}" if d.pct != 100 else "")) if d.policy else None
+        from_props = [_prop("header", "from", _PValue(d.from_domain))] if d.from_domain else []
+        parts.append(DMARCAuthenticationResult(result=d.result, result_comment=note or _comment(d.reason),
+                                               properties=from_props))
+        parts.append(ARCAuthenticationResult(result=self.arc))
+        return tuple(str(part) for part in parts)
 
     def header_value(self, authserv_id: str) -> str:
         return ";\r\n\t".join([authserv_id, *self.results()])
