@@ -9,9 +9,11 @@ import re
 import dkim
 
 from fwdmail.auth import arc
+from fwdmail.auth import check as auth_check
 from fwdmail.auth import dkim_core as dkimcore
-from fwdmail.policy import sender_auth as authcheck
-from fwdmail.policy.friendly_from import rewrite_from
+from fwdmail.auth import forwarded as auth_forwarded
+from fwdmail.auth import results as auth_results
+from fwdmail.mail.friendly_from import rewrite_from
 from fwdmail.runtime.keys import dkim_public_record
 from fwdmail.store import DomainRecord
 from tests.support.dns_server import LoopbackDNS
@@ -43,14 +45,14 @@ def _setup(dns_server: LoopbackDNS) -> tuple[str, str, bytes]:
 
 
 def _forward(dns_server: LoopbackDNS, msg: bytes, sender: str, hosted: str
-             ) -> tuple[authcheck.AuthReport, bytes]:
-    report = run(authcheck.check_sender(msg, f"bounce@{sender}", IP, "h.test", resolver(dns_server)))
-    stamped = authcheck.stamp(msg, report, US)
+             ) -> tuple[auth_results.AuthReport, bytes]:
+    report = run(auth_check.check_sender(msg, f"bounce@{sender}", IP, "h.test", resolver(dns_server)))
+    stamped = auth_results.stamp(msg, report, US)
     return report, arc.seal(stamped, US, hosted, "fwd", key("hosted"), 1_700_000_000)
 
 
 def _arc_headers(msg: bytes) -> list[tuple[bytes, bytes]]:
-    return [(n, v) for n, v in authcheck._headers(msg) if n.startswith(b"arc-")]
+    return [(n, v) for n, v in auth_check._headers(msg) if n.startswith(b"arc-")]
 
 
 def test_first_seal_validates_and_keeps_the_original_bytes(dns_server: LoopbackDNS) -> None:
@@ -65,7 +67,7 @@ def test_first_seal_validates_and_keeps_the_original_bytes(dns_server: LoopbackD
     aar = results[0]["aar-value"].decode()
     assert US in aar and "dkim=pass" in aar and "spf=pass" in aar and "dmarc=pass" in aar
     assert dkim.verify(sealed, dnsfunc=sync_dnsfunc(dns_server))  # the sender's signature survives
-    names = [n for n, _ in authcheck._headers(sealed)[:4]]
+    names = [n for n, _ in auth_check._headers(sealed)[:4]]
     assert names == [b"arc-seal", b"arc-message-signature", b"arc-authentication-results",
                      b"authentication-results"]
 
@@ -112,9 +114,10 @@ def test_upstream_key_lookup_failure_fails_the_chain(dns_server: LoopbackDNS) ->
 
 def test_friendly_from_rewrite_is_covered_by_our_seal(dns_server: LoopbackDNS) -> None:
     sender, hosted, msg = _setup(dns_server)
-    report = run(authcheck.check_sender(msg, f"bounce@{sender}", IP, "h.test", resolver(dns_server)))
+    report = run(auth_check.check_sender(msg, f"bounce@{sender}", IP, "h.test", resolver(dns_server)))
     rewritten = rewrite_from(msg, f"alias@{hosted}")
-    sealed = arc.seal(authcheck.stamp(rewritten, report, US), US, hosted, "fwd", key("hosted"), 1_700_000_000)
+    stamped = auth_results.stamp(rewritten, report, US)
+    sealed = arc.seal(stamped, US, hosted, "fwd", key("hosted"), 1_700_000_000)
     cv, _, _ = dkim.arc_verify(sealed, dnsfunc=sync_dnsfunc(dns_server))
     assert cv == dkim.CV_Pass
     assert f"From: Alice <alias@{hosted}>".encode() in sealed
@@ -122,8 +125,8 @@ def test_friendly_from_rewrite_is_covered_by_our_seal(dns_server: LoopbackDNS) -
 
 def test_seal_without_usable_key_or_results_leaves_the_message_unsealed(dns_server: LoopbackDNS) -> None:
     sender, hosted, msg = _setup(dns_server)
-    report = run(authcheck.check_sender(msg, f"bounce@{sender}", IP, "h.test", resolver(dns_server)))
-    stamped = authcheck.stamp(msg, report, US)
+    report = run(auth_check.check_sender(msg, f"bounce@{sender}", IP, "h.test", resolver(dns_server)))
+    stamped = auth_results.stamp(msg, report, US)
     assert arc.seal(stamped, US, hosted, "fwd", "not a key", 1_700_000_000) == stamped
     # no Authentication-Results of ours: dkimpy makes no set
     assert arc.seal(msg, US, hosted, "fwd", key("hosted"), 1_700_000_000) == msg
@@ -159,15 +162,15 @@ def test_long_chains_are_not_validated(dns_server: LoopbackDNS) -> None:
 
 def test_seal_from_the_report_is_the_seal_read_from_the_message(dns_server: LoopbackDNS) -> None:
     sender, hosted, msg = _setup(dns_server)
-    report = run(authcheck.check_sender(msg, f"bounce@{sender}", IP, "h.test", resolver(dns_server)))
+    report = run(auth_check.check_sender(msg, f"bounce@{sender}", IP, "h.test", resolver(dns_server)))
     assert report.body_hash == dkimcore.Message(msg).body_hash(relaxed=True)
-    stamped = authcheck.stamp(msg, report, US)
+    stamped = auth_results.stamp(msg, report, US)
     read = arc.seal(stamped, US, hosted, "fwd", key("hosted"), 1_700_000_000)
     handed = arc.seal(stamped, US, hosted, "fwd", key("hosted"), 1_700_000_000,
                       authres=report.header_value(US), cv=report.arc, body_hash=report.body_hash)
     assert read != stamped and handed == read  # PKCS#1 v1.5 is deterministic: equal inputs, equal bytes
     domain = _domain(hosted, key("hosted"))
-    assert authcheck.forwarded_copy(msg, report, US, domain, "", 1_700_000_000) == read
+    assert auth_forwarded.forwarded_copy(msg, report, US, domain, "", 1_700_000_000) == read
 
 
 def _domain(name: str, pem: str) -> DomainRecord:
@@ -179,7 +182,7 @@ def _domain(name: str, pem: str) -> DomainRecord:
 def test_our_seal_covers_the_senders_dkim_signature(dns_server: LoopbackDNS) -> None:
     sender, hosted, msg = _setup(dns_server)
     _, sealed = _forward(dns_server, msg, sender, hosted)
-    ams = dict(authcheck._headers(sealed))[b"arc-message-signature"]
+    ams = dict(auth_check._headers(sealed))[b"arc-message-signature"]
     assert b"dkim-signature" in re.sub(rb"\s+", b"", ams)
     assert dkim.arc_verify(sealed, dnsfunc=sync_dnsfunc(dns_server))[0] == dkim.CV_Pass
     altered = sealed.replace(b"DKIM-Signature: v=1;", b"DKIM-Signature: v=1;  ")

@@ -10,8 +10,15 @@ import dkim as dkimpy
 import pytest
 import spf as spflib
 
-from fwdmail.policy import sender_auth as authcheck
-from fwdmail.policy.sender_auth import AuthReport, DkimResult, DmarcResult, SpfResult
+from fwdmail.auth import check as auth_check
+from fwdmail.auth import dmarc as auth_dmarc
+from fwdmail.auth import results as auth_results
+from fwdmail.auth import spf as auth_spf
+from fwdmail.auth.dkim_check import DkimResult
+from fwdmail.auth.dmarc import DmarcResult
+from fwdmail.auth.results import AuthReport
+from fwdmail.auth.spf import SpfResult
+from fwdmail.policy import auth_verdict
 from fwdmail.runtime import keys
 from fwdmail.smtp.replies import AUTH_TEMPFAIL, DMARC_REJECTED, SPF_REJECTED
 from tests.support.dns_server import LoopbackDNS
@@ -22,12 +29,12 @@ OTHER_IP = "198.51.100.7"
 
 
 def spf(dns_server: LoopbackDNS, mail_from: str, ip: str = IP, helo: str = "mail.client.test") -> SpfResult:
-    return run(authcheck.check_spf(resolver(dns_server), ip, mail_from, helo))
+    return run(auth_spf.check_spf(resolver(dns_server), ip, mail_from, helo))
 
 
 def check(dns_server: LoopbackDNS, msg: bytes, mail_from: str, ip: str = IP,
           helo: str = "mail.client.test") -> AuthReport:
-    return run(authcheck.check_sender(msg, mail_from, ip, helo, resolver(dns_server), timeout=10))
+    return run(auth_check.check_sender(msg, mail_from, ip, helo, resolver(dns_server), timeout=10))
 
 
 # SPF
@@ -131,25 +138,44 @@ def test_spf_rounds_are_few_and_run_through_the_cpu_seam(dns_server: LoopbackDNS
         rounds.append(fn.__name__)
         return fn(*args)
 
-    got = run(authcheck.check_spf(resolver(dns_server), IP, f"x@{dom}", "h.test", cpu=counting))
+    got = run(auth_spf.check_spf(resolver(dns_server), IP, f"x@{dom}", "h.test", cpu=counting))
     assert got.result == "pass"
     assert rounds and set(rounds) == {"_spf_round"}
     assert len(rounds) <= 3  # include and mx targets are fetched with the record that names them
-    limited = run(authcheck.check_spf(resolver(dns_server), IP, f"x@{dom}", "h.test", max_rounds=1))
+    limited = run(auth_spf.check_spf(resolver(dns_server), IP, f"x@{dom}", "h.test", max_rounds=1))
     assert limited.result == "temperror"
 
 
 def test_spf_oversized_record_is_permerror(dns_server: LoopbackDNS) -> None:
     dom, inc = unique_domain(), unique_domain("inc")
     big = "v=spf1 " + " ".join(f"ip4:10.{n // 256}.{n % 256}.0/24" for n in range(400)) + " -all"
-    assert len(big) > authcheck.MAX_SPF_TXT_BYTES
+    assert len(big) > auth_spf.MAX_SPF_TXT_BYTES
     dns_server.add(dom, "TXT", f"v=spf1 include:{inc} ip4:{IP} -all")
     dns_server.add(inc, "TXT", big)
     assert spf(dns_server, f"x@{dom}").result == "permerror"
 
 
-def test_pyspf_outside_a_check_makes_no_dns_query() -> None:
-    assert spflib.query(i=IP, s="x@example.com", h="h.test").check()[0] == "temperror"
+def test_spf_leaves_pyspf_alone_and_never_uses_its_dns(dns_server: LoopbackDNS,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    own = (getattr(spflib, "DNSLookup_dnspython", None), getattr(spflib, "DNSLookup_pydns", None))
+    assert spflib.DNSLookup in own
+    asked: list[tuple[Any, ...]] = []
+
+    def pyspf_dns(*args: Any) -> list[Any]:
+        asked.append(args)
+        raise spflib.TempError("pyspf's own DNS was used")
+
+    monkeypatch.setattr(spflib, "DNSLookup", pyspf_dns)
+    dom, red = unique_domain(), unique_domain("red")
+    dns_server.add(dom, "TXT", f"v=spf1 a mx include:{red} -all")
+    dns_server.add(dom, "A", "192.0.2.99")
+    dns_server.add(dom, "MX", f"10 mx.{dom}.")
+    dns_server.add(f"mx.{dom}", "A", "192.0.2.98")
+    dns_server.add(red, "TXT", f"v=spf1 ip4:{OTHER_IP} -all")
+    for ip in ("192.0.2.99", "192.0.2.98", OTHER_IP):  # a, mx, include
+        assert spf(dns_server, f"x@{dom}", ip=ip).result == "pass"
+    assert spf(dns_server, f"x@{dom}").result == "fail"
+    assert asked == []
 
 
 def test_spf_null_sender_checks_helo(dns_server: LoopbackDNS) -> None:
@@ -173,29 +199,29 @@ def test_dkim_pass_fail_and_key_problems(dns_server: LoopbackDNS) -> None:
     publish_key(dns_server, dom, "good", key("a"))
     signed = sign(message(f"a@{dom}"), dom, "good", key("a"))
     r = resolver(dns_server)
-    [res] = run(authcheck.check_dkim(signed, r))
+    [res] = run(auth_check.check_dkim(signed, r))
     assert (res.result, res.domain, res.selector) == ("pass", dom, "good")
     assert res.b and signed.decode().replace("\r\n ", "").find(f"b={res.b}") > 0
 
-    [res] = run(authcheck.check_dkim(signed.replace(b"Second line.", b"Second line!"), r))
+    [res] = run(auth_check.check_dkim(signed.replace(b"Second line.", b"Second line!"), r))
     assert (res.result, res.reason) == ("fail", "body hash mismatch")
-    [res] = run(authcheck.check_dkim(signed.replace(b"Subject: Hello", b"Subject: Hellp"), r))
+    [res] = run(auth_check.check_dkim(signed.replace(b"Subject: Hello", b"Subject: Hellp"), r))
     assert res.result == "fail"
 
     no_key = sign(message(f"a@{dom}"), dom, "missing", key("a"))
-    assert run(authcheck.check_dkim(no_key, r))[0].result == "permerror"
+    assert run(auth_check.check_dkim(no_key, r))[0].result == "permerror"
 
     publish_key(dns_server, dom, "other", key("b"))
     wrong_key = sign(message(f"a@{dom}"), dom, "other", key("a"))
-    assert run(authcheck.check_dkim(wrong_key, r))[0].result == "fail"
+    assert run(auth_check.check_dkim(wrong_key, r))[0].result == "fail"
 
     dns_server.add(f"broken._domainkey.{dom}", "TXT", "v=DKIM1; k=rsa; p=!!notbase64")
     broken = sign(message(f"a@{dom}"), dom, "broken", key("a"))
-    assert run(authcheck.check_dkim(broken, r))[0].result == "permerror"
+    assert run(auth_check.check_dkim(broken, r))[0].result == "permerror"
 
     dns_server.set_failure(f"down._domainkey.{dom}", "SERVFAIL")
     down = sign(message(f"a@{dom}"), dom, "down", key("a"))
-    assert run(authcheck.check_dkim(down, r))[0].result == "temperror"
+    assert run(auth_check.check_dkim(down, r))[0].result == "temperror"
 
 
 def test_dkim_none_malformed_and_several_signatures(dns_server: LoopbackDNS) -> None:
@@ -203,14 +229,14 @@ def test_dkim_none_malformed_and_several_signatures(dns_server: LoopbackDNS) -> 
     publish_key(dns_server, dom, "s1", key("a"))
     publish_key(dns_server, other, "s2", key("b"))
     r = resolver(dns_server)
-    assert run(authcheck.check_dkim(message(f"a@{dom}"), r)) == []
+    assert run(auth_check.check_dkim(message(f"a@{dom}"), r)) == []
     garbage = b"DKIM-Signature: v=1; this is = not; = a signature\r\n" + message(f"a@{dom}")
-    assert [x.result for x in run(authcheck.check_dkim(garbage, r))] == ["permerror"]
+    assert [x.result for x in run(auth_check.check_dkim(garbage, r))] == ["permerror"]
     twice = sign(sign(message(f"a@{dom}"), dom, "s1", key("a")), other, "s2", key("b"))
-    results = run(authcheck.check_dkim(twice, r))
+    results = run(auth_check.check_dkim(twice, r))
     assert [(x.result, x.domain) for x in results] == [("pass", other), ("pass", dom)]
     broken_first = twice.replace(b"s=s2;", b"s=s3;", 1)
-    assert [x.result for x in run(authcheck.check_dkim(broken_first, r))] == ["permerror", "pass"]
+    assert [x.result for x in run(auth_check.check_dkim(broken_first, r))] == ["permerror", "pass"]
 
 
 
@@ -226,9 +252,9 @@ def test_dkim_canonicalisations_and_algorithms_dkimpy_verifies(dns_server: Loopb
     msg = message(f"a@{dom}", body="Some  text \r\n\r\nend\r\n\r\n")
     signed = dkimpy.sign(msg, b"sel", dom.encode(), key("a").encode(), **options) + msg  # type: ignore[arg-type]
     r = resolver(dns_server)
-    assert [(x.result, x.reason) for x in run(authcheck.check_dkim(signed, r))] == [("pass", "")]
+    assert [(x.result, x.reason) for x in run(auth_check.check_dkim(signed, r))] == [("pass", "")]
     changed = signed.replace(b"Some  text", b"Some other text")
-    assert [(x.result, x.reason) for x in run(authcheck.check_dkim(changed, r))] == [
+    assert [(x.result, x.reason) for x in run(auth_check.check_dkim(changed, r))] == [
         ("fail", "body hash mismatch")]
 
 
@@ -241,7 +267,7 @@ def test_dkim_keys_we_may_not_use_are_permerrors(dns_server: LoopbackDNS) -> Non
     r = resolver(dns_server)
     for selector in ("tls", "revoked", "ed"):
         signed = sign(message(f"a@{dom}"), dom, selector, key("a"))
-        assert [(x.result, x.reason) for x in run(authcheck.check_dkim(signed, r))] == [
+        assert [(x.result, x.reason) for x in run(auth_check.check_dkim(signed, r))] == [
             ("permerror", "bad key")], selector
 
 
@@ -255,29 +281,29 @@ def test_arc_fields_that_make_no_chain_fail_it(dns_server: LoopbackDNS) -> None:
 # DMARC
 
 def test_org_domain_and_alignment() -> None:
-    assert authcheck.org_domain("a.b.example.co.uk") == "example.co.uk"
-    assert authcheck.org_domain("mail.example.com") == "example.com"
-    assert authcheck.org_domain("x.y.sender.authtest") == "sender.authtest"
-    assert authcheck.aligned("bounce.example.com", "example.com", "r")
-    assert not authcheck.aligned("bounce.example.com", "example.com", "s")
-    assert authcheck.aligned("Example.COM.", "example.com", "s")
-    assert not authcheck.aligned("example.co.uk", "other.co.uk", "r")
-    assert not authcheck.aligned("", "example.com", "r")
+    assert auth_dmarc.org_domain("a.b.example.co.uk") == "example.co.uk"
+    assert auth_dmarc.org_domain("mail.example.com") == "example.com"
+    assert auth_dmarc.org_domain("x.y.sender.authtest") == "sender.authtest"
+    assert auth_dmarc.aligned("bounce.example.com", "example.com", "r")
+    assert not auth_dmarc.aligned("bounce.example.com", "example.com", "s")
+    assert auth_dmarc.aligned("Example.COM.", "example.com", "s")
+    assert not auth_dmarc.aligned("example.co.uk", "other.co.uk", "r")
+    assert not auth_dmarc.aligned("", "example.com", "r")
 
 
 @pytest.mark.parametrize(("text", "expected"), [
-    ("v=DMARC1; p=reject", authcheck.DmarcRecord("reject")),
+    ("v=DMARC1; p=reject", auth_dmarc.DmarcRecord("reject")),
     ("v=DMARC1;p=quarantine;sp=none;adkim=s;aspf=s;pct=30",
-     authcheck.DmarcRecord("quarantine", "none", "s", "s", 30)),
-    ("v=DMARC1; p=bogus; rua=mailto:x@y.test", authcheck.DmarcRecord("none")),
-    ("v=DMARC1; p=none; pct=500; adkim=x", authcheck.DmarcRecord("none")),
-    ("v=DMARC1; rua=mailto:x@y.test", authcheck.DmarcRecord("none")),
+     auth_dmarc.DmarcRecord("quarantine", "none", "s", "s", 30)),
+    ("v=DMARC1; p=bogus; rua=mailto:x@y.test", auth_dmarc.DmarcRecord("none")),
+    ("v=DMARC1; p=none; pct=500; adkim=x", auth_dmarc.DmarcRecord("none")),
+    ("v=DMARC1; rua=mailto:x@y.test", auth_dmarc.DmarcRecord("none")),
     ("v=DMARC1; sp=reject", None),
     ("p=reject; v=DMARC1", None),
     ("v=spf1 -all", None),
 ])
-def test_parse_dmarc(text: str, expected: authcheck.DmarcRecord | None) -> None:
-    assert authcheck.parse_dmarc(text) == expected
+def test_parse_dmarc(text: str, expected: auth_dmarc.DmarcRecord | None) -> None:
+    assert auth_dmarc.parse_dmarc(text) == expected
 
 
 def _sender(dns_server: LoopbackDNS, dmarc: str | None, spf_record: str = f"v=spf1 ip4:{IP} -all",
@@ -295,7 +321,7 @@ def test_dmarc_pass_by_spf_and_by_dkim(dns_server: LoopbackDNS) -> None:
     plain = message(f"Alice <alice@{dom}>")
     rep = check(dns_server, plain, f"bounce@{dom}")
     assert (rep.spf.result, rep.dkim, rep.dmarc.result, rep.dmarc.policy) == ("pass", (), "pass", "reject")
-    assert authcheck.verdict(rep) is None
+    assert auth_verdict.verdict(rep) is None
 
     signed = sign(plain, dom, "sel", key("a"))
     rep = check(dns_server, signed, f"bounce@{dom}", ip=OTHER_IP)
@@ -308,7 +334,7 @@ def test_dmarc_fail_with_reject_quarantine_and_none(dns_server: LoopbackDNS) -> 
         dom = _sender(dns_server, f"v=DMARC1; p={policy}")
         rep = check(dns_server, message(f"a@{dom}"), f"bounce@{dom}", ip=OTHER_IP)
         assert (rep.dmarc.result, rep.dmarc.policy) == ("fail", policy)
-        v = authcheck.verdict(rep)
+        v = auth_verdict.verdict(rep)
         assert (v.error if v else None) == expected
     assert v is None
 
@@ -331,7 +357,7 @@ def test_dmarc_relaxed_and_strict_alignment_of_subdomains(dns_server: LoopbackDN
     assert (rep.spf.result, rep.dmarc.result) == ("pass", "fail")
     rep = check(dns_server, sign(plain, f"mail.{strict}", "sub", key("b")), f"x@{strict}", ip=OTHER_IP)
     assert (rep.dkim[0].result, rep.dmarc.result) == ("pass", "fail")
-    assert authcheck.verdict(rep).error == DMARC_REJECTED
+    assert auth_verdict.verdict(rep).error == DMARC_REJECTED
     rep = check(dns_server, sign(plain, strict, "sel", key("a")), f"x@{strict}", ip=OTHER_IP)
     assert rep.dmarc.result == "pass"
 
@@ -343,7 +369,7 @@ def test_dmarc_unaligned_passes_do_not_count(dns_server: LoopbackDNS) -> None:
     rep = check(dns_server, signed, f"bounce@{third}")
     assert (rep.spf.result, rep.dkim[0].result, rep.dmarc.result) == ("pass", "pass", "fail")
     assert not rep.aligned_dkim_pass
-    assert authcheck.verdict(rep).error == DMARC_REJECTED
+    assert auth_verdict.verdict(rep).error == DMARC_REJECTED
 
 
 def test_dmarc_subdomain_uses_org_record_and_sp(dns_server: LoopbackDNS) -> None:
@@ -367,7 +393,7 @@ def test_dmarc_none_temperror_and_permerror(dns_server: LoopbackDNS) -> None:
     dns_server.set_failure(f"_dmarc.{down}", "SERVFAIL")
     rep = check(dns_server, message(f"a@{down}"), f"b@{down}")
     assert rep.dmarc.result == "temperror"
-    assert authcheck.verdict(rep).error == AUTH_TEMPFAIL
+    assert auth_verdict.verdict(rep).error == AUTH_TEMPFAIL
 
     two = _sender(dns_server, "v=DMARC1; p=reject")
     dns_server.add(f"_dmarc.{two}", "TXT", "v=DMARC1; p=none")
@@ -375,7 +401,7 @@ def test_dmarc_none_temperror_and_permerror(dns_server: LoopbackDNS) -> None:
 
     rep = check(dns_server, b"Subject: no from\r\n\r\nx\r\n", f"b@{dom}")
     assert (rep.dmarc.result, rep.dmarc.reason) == ("permerror", "no From header")
-    assert authcheck.verdict(rep) is None
+    assert auth_verdict.verdict(rep) is None
     rep = check(dns_server, message("undisclosed-recipients:;"), f"b@{dom}")
     assert (rep.dmarc.result, rep.dmarc.reason) == ("permerror", "no usable From address")
 
@@ -386,19 +412,19 @@ def test_dmarc_checks_every_author_domain_and_the_strictest_fails(dns_server: Lo
     quiet = _sender(dns_server, "v=DMARC1; p=quarantine", spf_record=f"v=spf1 ip4:{OTHER_IP} -all")
     rep = check(dns_server, message(f"me@{own}, ceo@{bank}, x@{quiet}"), f"b@{own}")
     assert (rep.dmarc.result, rep.dmarc.policy, rep.dmarc.from_domain) == ("fail", "reject", bank)
-    assert authcheck.verdict(rep).error == DMARC_REJECTED
+    assert auth_verdict.verdict(rep).error == DMARC_REJECTED
     second_field = message(f"me@{own}", extra=f"From: ceo@{bank}\r\n")
-    assert authcheck.verdict(check(dns_server, second_field, f"b@{own}")).error == DMARC_REJECTED
+    assert auth_verdict.verdict(check(dns_server, second_field, f"b@{own}")).error == DMARC_REJECTED
     rep = check(dns_server, message(f"me@{own}, x@{quiet}"), f"b@{own}")
     assert (rep.dmarc.result, rep.dmarc.policy) == ("fail", "quarantine")
-    assert authcheck.verdict(rep) is None
+    assert auth_verdict.verdict(rep) is None
     rep = check(dns_server, message(f"me@{own}, you@{own}"), f"b@{own}")
     assert (rep.dmarc.result, rep.dmarc.from_domain) == ("none", own)
 
-    many = ", ".join(f"x@d{n}.{own}" for n in range(authcheck.MAX_FROM_DOMAINS + 1))
+    many = ", ".join(f"x@d{n}.{own}" for n in range(auth_check.MAX_FROM_DOMAINS + 1))
     rep = check(dns_server, message(many), f"b@{own}")
-    assert (rep.dmarc.result, rep.dmarc.reason) == ("permerror", authcheck.TOO_MANY_FROM_DOMAINS)
-    assert authcheck.verdict(rep).error == DMARC_REJECTED
+    assert (rep.dmarc.result, rep.dmarc.reason) == ("permerror", auth_check.TOO_MANY_FROM_DOMAINS)
+    assert auth_verdict.verdict(rep).error == DMARC_REJECTED
 
 
 def test_dmarc_temperror_when_the_aligned_check_fails_temporarily(dns_server: LoopbackDNS) -> None:
@@ -407,43 +433,43 @@ def test_dmarc_temperror_when_the_aligned_check_fails_temporarily(dns_server: Lo
     dns_server.set_failure(dom, "SERVFAIL")
     rep = check(dns_server, message(f"a@{dom}"), f"b@{dom}")
     assert (rep.spf.result, rep.dmarc.result) == ("temperror", "temperror")
-    assert authcheck.verdict(rep).error == AUTH_TEMPFAIL
+    assert auth_verdict.verdict(rep).error == AUTH_TEMPFAIL
 
 
 def test_dmarc_pct_samples_the_reject_policy(dns_server: LoopbackDNS) -> None:
     dom = _sender(dns_server, "v=DMARC1; p=reject; pct=0")
     rep = check(dns_server, message(f"a@{dom}"), f"b@{dom}", ip=OTHER_IP)
     assert (rep.dmarc.result, rep.dmarc.pct) == ("fail", 0)
-    assert authcheck.verdict(rep) is None
-    assert authcheck.verdict(rep, rng=lambda: 0.0) is None
+    assert auth_verdict.verdict(rep) is None
+    assert auth_verdict.verdict(rep, rng=lambda: 0.0) is None
     half = DmarcResult("fail", dom, "reject", 50)
     rep50 = AuthReport(rep.spf, (), half)
-    assert authcheck.verdict(rep50, rng=lambda: 0.49).error == DMARC_REJECTED
-    assert authcheck.verdict(rep50, rng=lambda: 0.5) is None
+    assert auth_verdict.verdict(rep50, rng=lambda: 0.49).error == DMARC_REJECTED
+    assert auth_verdict.verdict(rep50, rng=lambda: 0.5) is None
 
 
 def test_spf_fail_rejected_only_without_dmarc_and_without_valid_dkim(dns_server: LoopbackDNS) -> None:
     dom = _sender(dns_server, None)
     rep = check(dns_server, message(f"a@{dom}"), f"b@{dom}", ip=OTHER_IP)
     assert (rep.spf.result, rep.dmarc.result, rep.dkim) == ("fail", "none", ())
-    assert authcheck.verdict(rep).error == SPF_REJECTED
+    assert auth_verdict.verdict(rep).error == SPF_REJECTED
 
     rep = check(dns_server, sign(message(f"a@{dom}"), dom, "sel", key("a")), f"b@{dom}", ip=OTHER_IP)
-    assert authcheck.verdict(rep) is None  # valid DKIM
+    assert auth_verdict.verdict(rep) is None  # valid DKIM
 
     with_dmarc = _sender(dns_server, "v=DMARC1; p=none")
     rep = check(dns_server, message(f"a@{with_dmarc}"), f"b@{with_dmarc}", ip=OTHER_IP)
     assert (rep.spf.result, rep.dmarc.result) == ("fail", "fail")
-    assert authcheck.verdict(rep) is None  # DMARC record says none
+    assert auth_verdict.verdict(rep) is None  # DMARC record says none
 
     soft = _sender(dns_server, None, spf_record=f"v=spf1 ip4:{IP} ~all")
-    assert authcheck.verdict(check(dns_server, message(f"a@{soft}"), f"b@{soft}", ip=OTHER_IP)) is None
+    assert auth_verdict.verdict(check(dns_server, message(f"a@{soft}"), f"b@{soft}", ip=OTHER_IP)) is None
 
 
 def test_sender_checks_respect_the_time_budget(dns_server: LoopbackDNS) -> None:
     dom = _sender(dns_server, None)
     dns_server.set_failure(f"_dmarc.{dom}", "timeout")
-    rep = run(authcheck.check_sender(message(f"a@{dom}"), f"b@{dom}", IP, "h.test", resolver(dns_server),
+    rep = run(auth_check.check_sender(message(f"a@{dom}"), f"b@{dom}", IP, "h.test", resolver(dns_server),
                                      timeout=0.5))
     assert (rep.spf.result, rep.dmarc.result) == ("pass", "temperror")
 
@@ -491,13 +517,13 @@ def test_stamp_prepends_ours_and_drops_forged_ones_only() -> None:
                 b"Authentication-Results: (comment) mx.fwdmail.test; dmarc=pass\r\n"
                 b"From: a@x.test\r\nSubject: s\r\n\r\nAuthentication-Results: mx.fwdmail.test; body\r\n")
     rep = AuthReport(SpfResult("none", "x.test"), (), DmarcResult("none", "x.test"))
-    out = authcheck.stamp(original, rep, "mx.fwdmail.test")
+    out = auth_results.stamp(original, rep, "mx.fwdmail.test")
     assert out.startswith(rep.header("mx.fwdmail.test"))
     rest = out[len(rep.header("mx.fwdmail.test")):]
     assert rest == (b"Authentication-Results: other.test; spf=pass smtp.mailfrom=x.test\r\n"
                     b"From: a@x.test\r\nSubject: s\r\n\r\nAuthentication-Results: mx.fwdmail.test; body\r\n")
     clean = b"From: a@x.test\r\n\r\nbody\r\n"
-    assert authcheck.stamp(clean, rep, "mx.fwdmail.test") == rep.header("mx.fwdmail.test") + clean
+    assert auth_results.stamp(clean, rep, "mx.fwdmail.test") == rep.header("mx.fwdmail.test") + clean
 
 
 def test_summary_has_no_addresses(dns_server: LoopbackDNS) -> None:

@@ -7,8 +7,12 @@ import email.policy
 
 import pytest
 
-from fwdmail.policy.friendly_from import needs_rewrite, rewrite_from
-from fwdmail.policy.sender_auth import AuthReport, DkimResult, DmarcResult, SpfResult
+from fwdmail.auth.dkim_check import DkimResult
+from fwdmail.auth.dmarc import DmarcResult
+from fwdmail.auth.results import AuthReport
+from fwdmail.auth.spf import SpfResult
+from fwdmail.mail.friendly_from import rewrite_from
+from fwdmail.policy.auth_verdict import needs_rewrite
 
 ALIAS = "alias@hosted.test"
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 
+from fwdmail.auth import check as auth_check
 from fwdmail.auth import dnsmemo
+from fwdmail.auth import spf as auth_spf
 from fwdmail.auth.dnsmemo import MAX_TTL, ExpiringMemo
-from fwdmail.policy import sender_auth as authcheck
 from tests.support.dns_server import LoopbackDNS
 from tests.test_authcheck_support import message, resolver, run, unique_domain
 
@@ -50,10 +51,10 @@ def test_a_second_spf_check_asks_no_dns_and_other_clients_get_their_own_result(
 
     async def checks() -> list[str]:
         msg = message(f"a@{dom}")
-        first = await authcheck.check_sender(msg, f"a@{dom}", IP, "h.test", r)
+        first = await auth_check.check_sender(msg, f"a@{dom}", IP, "h.test", r)
         asked = len(dns_server.queries)
-        again = [await authcheck.check_sender(msg, f"a@{dom}", IP, "h.test", r) for _ in range(3)]
-        other = await authcheck.check_spf(r, OTHER_IP, f"a@{dom}", "h.test")
+        again = [await auth_check.check_sender(msg, f"a@{dom}", IP, "h.test", r) for _ in range(3)]
+        other = await auth_spf.check_spf(r, OTHER_IP, f"a@{dom}", "h.test")
         assert len(dns_server.queries) == asked  # SPF and DMARC answered from the memo
         return [first.spf.result, *(a.spf.result for a in again), first.dmarc.result, other.result]
 
@@ -66,14 +67,14 @@ def test_a_changed_record_counts_once_its_answer_expires(dns_server: LoopbackDNS
     r = resolver(dns_server)
 
     async def checks() -> tuple[str, str]:
-        before = await authcheck.check_spf(r, IP, f"a@{dom}", "h.test")
+        before = await auth_spf.check_spf(r, IP, f"a@{dom}", "h.test")
         dns_server.remove(dom, "TXT")
         dns_server.add(dom, "TXT", f"v=spf1 ip4:{OTHER_IP} -all", ttl=1)
         deadline = time.monotonic() + 10
         after = before
         while after.result == "pass" and time.monotonic() < deadline:
             await asyncio.sleep(0.25)
-            after = await authcheck.check_spf(r, IP, f"a@{dom}", "h.test")
+            after = await auth_spf.check_spf(r, IP, f"a@{dom}", "h.test")
         return before.result, after.result
 
     assert run(checks()) == ("pass", "fail")
@@ -83,7 +84,7 @@ def test_negative_answers_are_not_remembered(dns_server: LoopbackDNS) -> None:
     dom, void = unique_domain(), unique_domain("void")
     dns_server.add(dom, "TXT", f"v=spf1 a:{void} ip4:{IP} -all")
     r = resolver(dns_server)
-    result = run(authcheck.check_spf(r, IP, f"a@{dom}", "h.test"))
+    result = run(auth_spf.check_spf(r, IP, f"a@{dom}", "h.test"))
     memo = dnsmemo.memo_for(r)
     assert result.result == "pass"  # the a: term finds no name (a void lookup), ip4 matches
     assert len(memo.spf) == 0  # a result resting on a negative answer is evaluated afresh each time
@@ -96,10 +97,10 @@ def test_temporary_failures_are_not_remembered(dns_server: LoopbackDNS) -> None:
     dns_server.set_failure(dom, "SERVFAIL")
 
     async def checks() -> tuple[str, str]:
-        failed = await authcheck.check_spf(r, IP, f"a@{dom}", "h.test")
+        failed = await auth_spf.check_spf(r, IP, f"a@{dom}", "h.test")
         dns_server.clear_failure(dom)
         dns_server.add(dom, "TXT", f"v=spf1 ip4:{IP} -all")
-        return failed.result, (await authcheck.check_spf(r, IP, f"a@{dom}", "h.test")).result
+        return failed.result, (await auth_spf.check_spf(r, IP, f"a@{dom}", "h.test")).result
 
     assert run(checks()) == ("temperror", "pass")
 
@@ -109,7 +110,7 @@ def test_the_memo_holds_no_address_or_ip_in_the_clear(dns_server: LoopbackDNS) -
     dns_server.add(dom, "TXT", "v=spf1 ip4:192.0.2.0/24 -all")
     r = resolver(dns_server)
     sender = f"secret.person@{dom}"
-    result = run(authcheck.check_spf(r, IP, sender, "h.test"))
+    result = run(auth_spf.check_spf(r, IP, sender, "h.test"))
     assert result.result == "pass"
     memo = dnsmemo.memo_for(r)
     assert len(memo.spf) == 1

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from fwdmail.policy.friendly_from import rewrite_from
+from fwdmail.mail.friendly_from import rewrite_from
 from tests.hostile_support import TALLY, register_summary
 
 ALIAS = "alias@hosted.test"

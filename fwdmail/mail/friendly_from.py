@@ -1,12 +1,11 @@
-"""Friendly-From: rewrite From on forwarded copies whose sender's DMARC policy would make them bounce.
+"""Friendly-From: the From rewrite of a forwarded copy whose sender's DMARC policy would make it bounce.
 
 Untrusted input: the From and Reply-To headers of an inbound message (any bytes, possibly RFC 2047
 encoded words or raw UTF-8). A From we cannot read leaves the message unchanged.
 
-When the sender's domain publishes p=reject or p=quarantine and no aligned DKIM signature passes
-(so DMARC at the destination would rest on SPF, which forwarding breaks), the copy goes out as
-`"Original Name" <alias@our-domain>` with `Reply-To:` the original From, so replies still reach
-the sender. An existing Reply-To is kept as it is.
+The copy goes out as `"Original Name" <alias@our-domain>` with `Reply-To:` the original From, so
+replies still reach the sender. An existing Reply-To is kept as it is. Whether a copy needs it is the
+MX policy's decision (`policy.auth_verdict.needs_rewrite`).
 """
 
 from __future__ import annotations
@@ -16,14 +15,10 @@ import email.header
 import email.utils
 import re
 import unicodedata
-from typing import TYPE_CHECKING
 
 from fwdmail.auth.arc import header_fields
 
-if TYPE_CHECKING:
-    from fwdmail.policy.sender_auth import AuthReport
-
-__all__ = ["from_header", "needs_rewrite", "rewrite_from"]
+__all__ = ["from_header", "rewrite_from"]
 
 _NAME_LIMIT = 200
 _LINE = 78
@@ -33,11 +28,6 @@ _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _PHRASE = re.compile(rf"{_ATEXT}(?: {_ATEXT})*")
 """A display name of atoms separated by single spaces: written as it is, needing no quotes."""
 _ALIAS = re.compile(r'[^\s<>"@,;:()\\\[\]]+@[^\s<>"@,;:()\\\[\]]+')
-
-
-def needs_rewrite(report: AuthReport) -> bool:
-    """True when the sender's DMARC policy is reject/quarantine and no aligned DKIM pass survives."""
-    return report.dmarc.policy in ("reject", "quarantine") and not report.aligned_dkim_pass
 
 
 def _display_name(raw_value: bytes) -> tuple[str, str]:
