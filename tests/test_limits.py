@@ -7,8 +7,8 @@ from fwdmail.policy.limits import (
     ConnectionLimiter,
     Limits,
     Rate,
-    RateLimiter,
     RecordThrottle,
+    TokenBuckets,
     client_key,
 )
 
@@ -37,7 +37,7 @@ def test_connections_per_client() -> None:
 
 
 def test_rate_is_a_burst_then_an_even_refill() -> None:
-    rate = RateLimiter(per_minute=3)
+    rate = TokenBuckets(per_minute=3)
     t = 1000.0
     assert [rate.check("192.0.2.1", t) for _ in range(3)] == [Rate.ALLOWED] * 3
     assert rate.check("192.0.2.1", t) is Rate.NEWLY_LIMITED
@@ -49,7 +49,7 @@ def test_rate_is_a_burst_then_an_even_refill() -> None:
 
 
 def test_rate_table_is_bounded() -> None:
-    rate = RateLimiter(per_minute=1, max_clients=100)
+    rate = TokenBuckets(per_minute=1, max_clients=100)
     for i in range(1000):
         rate.check(f"10.0.{i // 256}.{i % 256}", 5.0)
     assert len(rate) == 100

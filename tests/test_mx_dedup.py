@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from fwdmail.mx.dedup import DeliveredMemory, RateLimiter, fingerprint, message_digest
+from fwdmail.mx.dedup import DeliveredMemory, fingerprint, message_digest
 from fwdmail.mx.service import count_received, header_block
+from fwdmail.runtime.expiring import OncePerWindow
 
 
 def test_fingerprint_is_per_message_and_destination() -> None:
@@ -42,7 +43,7 @@ def test_memory_is_bounded_oldest_first() -> None:
 
 
 def test_rate_limiter_allows_one_per_interval() -> None:
-    rl = RateLimiter(interval=60)
+    rl = OncePerWindow(interval=60)
     assert rl.allow("a@ours.test", now=0)
     assert not rl.allow("a@ours.test", now=59)
     assert rl.allow("b@ours.test", now=59)

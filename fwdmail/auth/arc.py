@@ -19,6 +19,8 @@ from fwdmail.auth import dkim_core as dkimcore
 from fwdmail.auth import rsa
 from fwdmail.auth.dkim_core import Message
 from fwdmail.auth.dkim_sign import ALSO_SIGNED, ALWAYS_SIGNED
+from fwdmail.mail.headers import MAX_HEADER_BYTES
+from fwdmail.mail.headers import fields as header_fields  # re-exported until policy/ imports it from mail
 
 __all__ = ["MAX_HEADER_BYTES", "MAX_INSTANCES", "MAX_VERIFIED_SETS", "header_fields", "key_names",
            "seal", "verify_chain"]
@@ -26,7 +28,6 @@ __all__ = ["MAX_HEADER_BYTES", "MAX_INSTANCES", "MAX_VERIFIED_SETS", "header_fie
 log = logging.getLogger("fwdmail.arc")
 
 MAX_INSTANCES = 50  # RFC 8617 4.2.1: a chain longer than this fails
-MAX_HEADER_BYTES = 256 * 1024
 MAX_VERIFIED_SETS = 10
 
 AAR, AMS, AS = b"arc-authentication-results", b"arc-message-signature", b"arc-seal"
@@ -36,31 +37,6 @@ _AAR_INSTANCE = re.compile(rb"i ?= ?([0-9]{1,9})")
 _COMMENT = re.compile(rb"\([^()]*\)")
 _ARC_RESULT = re.compile(rb"(?i);\s*arc\s*=\s*([a-z]+)")
 _AMS_ALSO_SIGNED = (*ALSO_SIGNED, b"dkim-signature")  # RFC 8617 4.1.2: DKIM-Signatures SHOULD be signed
-
-
-def header_fields(message: bytes, limit: int = MAX_HEADER_BYTES) -> list[tuple[int, int, bytes]]:
-    """(start, end, lowercased name) of each header field, continuation lines included.
-
-    A line in the header block that is not a field (no colon) gets the name b"". Scanning stops after
-    `limit` bytes, so a message without a blank line costs no more than a large header.
-    """
-    fields: list[tuple[int, int, bytes]] = []
-    pos, size = 0, min(len(message), limit)
-    while pos < size:
-        nl = message.find(b"\n", pos)
-        end = size if nl < 0 else nl + 1
-        line = message[pos:end]
-        if line in (b"\r\n", b"\n"):
-            break
-        if line[:1] in (b" ", b"\t") and fields:
-            start, _, name = fields[-1]
-            fields[-1] = (start, end, name)
-        else:
-            colon = line.find(b":")
-            name = line[:colon].strip().lower() if colon > 0 else b""
-            fields.append((pos, end, name))
-        pos = end
-    return fields
 
 
 def key_names(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:

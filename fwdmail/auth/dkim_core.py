@@ -1,7 +1,7 @@
 """The DKIM machinery shared by outbound DKIM signing, inbound DKIM verification and ARC.
 
 Untrusted input: message bytes as any client wrote them, signature header fields, and the key records
-their signers publish. A message is parsed once, as dkimpy parses it (`dkim.rfc822_parse`); each
+their signers publish. A message is parsed once, as dkimpy parses it (`mail.headers.dkim_fields`); each
 canonical body (simple, relaxed) is made once and each body hash computed once per message, however
 many signatures ask for it; every RSA operation goes through `rsa` (OpenSSL). dkimpy supplies the
 tag-list parser, the signature field checks, header selection and header canonicalisation.
@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError, Relaxed
 
 from fwdmail.auth import rsa
+from fwdmail.mail import headers as mailheaders
 
 __all__ = [
     "MIN_KEY_BITS", "Field", "KeyRecordError", "KeyUnavailable", "Keys", "Message", "MessageFormatError",
@@ -39,8 +40,6 @@ Field = tuple[bytes, bytes]  # (name, value): the value as it follows the colon,
 
 _LINE_END = re.compile(rb"\r?\n")
 _CUTTABLE = re.compile(rb"[^ \t\r]")
-_BLANK_LINE = re.compile(rb"\n\r?\n")
-_FIELD_NAME = re.compile(rb"([\x21-\x7e]+?):")
 _WSP = re.compile(rb"\s+")
 _H_LIST = re.compile(rb"\s*:\s*")
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
@@ -65,30 +64,12 @@ class KeyUnavailable(Exception):
 # parsing and canonicalisation
 
 def _parse(message: bytes) -> tuple[list[Field], int]:
-    """(header fields, where the body starts): the header fields `dkim.rfc822_parse` gives, which splits
-    the whole message into lines; here only the header section is split. `_crlf_body` of the raw body
-    (message[start:]) is the body it gives."""
-    if message[:1] == b"\n" or message[:2] == b"\r\n":
-        head, start = b"", message.index(b"\n") + 1
-    else:
-        blank = _BLANK_LINE.search(message)
-        head, start = (message, len(message)) if blank is None else (message[:blank.start() + 1], blank.end())
-    lines = _LINE_END.split(head)
-    if lines[-1] == b"":
-        lines.pop()
-    fields: list[list[bytes]] = []
-    for line in lines:
-        if line[:1] in (b" ", b"\t"):
-            if not fields:
-                raise MessageFormatError("the header section starts with a continuation line")
-            fields[-1].append(line)
-            continue
-        match = _FIELD_NAME.match(line)
-        if match is not None:
-            fields.append([match.group(1), line[match.end():]])
-        elif not line.startswith(b"From "):
-            raise MessageFormatError("a header line that is not a header field")
-    return [(f[0], b"\r\n".join(f[1:]) + b"\r\n") for f in fields], start
+    """(header fields, where the body starts) as `dkim.rfc822_parse` reads them (`mailheaders.dkim_fields`);
+    `_crlf_body` of the raw body (message[start:]) is the body it gives."""
+    try:
+        return mailheaders.dkim_fields(message)
+    except mailheaders.MalformedSection as exc:
+        raise MessageFormatError(str(exc)) from None
 
 
 def _crlf_body(body: bytes) -> bytes:

@@ -1,5 +1,4 @@
-"""In-memory memory of "this destination already accepted this message" (or is being sent it right now),
-and notice rate limits.
+"""In-memory memory of "this destination already accepted this message" (or is being sent it right now).
 
 Untrusted input: message bytes and destination addresses, kept only as keyed SHA-256 fingerprints, in memory,
 bounded in count and time; nothing here is ever written to disk.
@@ -12,11 +11,12 @@ import contextlib
 import hashlib
 import hmac
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["DeliveredMemory", "RateLimiter", "fingerprint", "message_digest", "message_hasher"]
+from fwdmail.runtime.expiring import ExpiringSet
+
+__all__ = ["DeliveredMemory", "fingerprint", "message_digest", "message_hasher"]
 
 
 message_hasher = hashlib.sha256
@@ -33,39 +33,6 @@ def fingerprint(digest: bytes, destination: str, key: bytes = b"") -> bytes:
     whether a given message went to a given address without the key."""
     data = digest + b"\0" + destination.lower().encode("utf-8", "surrogateescape")
     return hmac.new(key, data, hashlib.sha256).digest()
-
-
-class _Expiring:
-    """An insertion-ordered map key -> expiry time, bounded in size; oldest entries go first."""
-
-    def __init__(self, ttl: float, max_entries: int) -> None:
-        self.ttl = ttl
-        self.max_entries = max_entries
-        self._expiry: OrderedDict[bytes | str, float] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._expiry)
-
-    def _purge(self, now: float) -> None:
-        while self._expiry:
-            key, expires = next(iter(self._expiry.items()))
-            if expires > now:
-                break
-            del self._expiry[key]
-
-    def get(self, key: bytes | str, now: float) -> bool:
-        self._purge(now)
-        expires = self._expiry.get(key)
-        return expires is not None and expires > now
-
-    def put(self, key: bytes | str, now: float) -> None:
-        self._expiry.pop(key, None)
-        self._expiry[key] = now + self.ttl
-        while len(self._expiry) > self.max_entries:
-            self._expiry.popitem(last=False)
-
-    def discard(self, key: bytes | str) -> None:
-        self._expiry.pop(key, None)
 
 
 @dataclass
@@ -89,8 +56,8 @@ class DeliveredMemory:
     """
 
     def __init__(self, ttl: float, max_entries: int, flight_ttl: float = 3600.0) -> None:
-        self._map = _Expiring(ttl, max_entries)
-        self._remote = _Expiring(flight_ttl, max_entries)
+        self._map = ExpiringSet(ttl, max_entries)
+        self._remote = ExpiringSet(flight_ttl, max_entries)
         self._local: set[bytes] = set()
         self._waiters: list[_Waiter] = []
         self.tell: Callable[[bytes], None] | None = None
@@ -165,20 +132,3 @@ class DeliveredMemory:
         elif kind in (b"d", b"e"):
             self._remote.discard(fp)
             self._landed(fp, kind == b"d")
-
-
-class RateLimiter:
-    """At most one event per key per `interval` seconds (keys are opaque, in memory only)."""
-
-    def __init__(self, interval: float, max_keys: int = 10_000) -> None:
-        self._map = _Expiring(interval, max_keys)
-
-    def __len__(self) -> int:
-        return len(self._map)
-
-    def allow(self, key: str, now: float) -> bool:
-        """True (and the key is counted) if no event for `key` happened in the last `interval`."""
-        if self._map.get(key, now):
-            return False
-        self._map.put(key, now)
-        return True

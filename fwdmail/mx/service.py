@@ -34,12 +34,13 @@ from dataclasses import dataclass, field
 from fwdmail import store
 from fwdmail.mail import srs
 from fwdmail.mail.addresses import Address, AddressError, parse_address
-from fwdmail.mx.dedup import DeliveredMemory, RateLimiter, fingerprint, message_digest, message_hasher
+from fwdmail.mx.dedup import DeliveredMemory, fingerprint, message_digest, message_hasher
 from fwdmail.mx.workers import Dispatcher, Inbox, share
 from fwdmail.policy.guessing import ClientKeys, RowGate, SrsGuard
 from fwdmail.policy.routing import DirectoryCache, RegexBudget, Route, resolve
 from fwdmail.runtime.context import Context
 from fwdmail.runtime.executor import Blocking
+from fwdmail.runtime.expiring import OncePerWindow
 from fwdmail.runtime.listeners import close_servers, listen, session_caps
 from fwdmail.runtime.logsetup import scrub
 from fwdmail.smtp import replies
@@ -336,7 +337,7 @@ class Mx:
         """How long a message waits for its copy that another session is forwarding (one try's worth)."""
         self.regex_budget = RegexBudget.of(self.cfg)
         self.delivered = DeliveredMemory(self.cfg.dedup_ttl, self.cfg.dedup_max_entries, 2 * self.flight_wait)
-        self.notices = RateLimiter(self.cfg.partial_failure_notice_interval)
+        self.notices = OncePerWindow(self.cfg.partial_failure_notice_interval)
         # With several MX processes each takes its share: per client rounded up (a client's connections
         # are spread over them), in total rounded down, so the total stays what the expected time to
         # forge an SRS address was worked out from (see fwdmail.example.toml).

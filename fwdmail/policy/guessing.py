@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import secrets
-from collections import Counter, OrderedDict
+from collections import Counter
 
+from fwdmail.runtime.expiring import BoundedMap
 from fwdmail.smtp.replies import SmtpError
 
 __all__ = ["ClientKeys", "RowGate", "SrsGuard", "Window", "network"]
@@ -61,14 +62,13 @@ class Window:
     def __init__(self, limit: int, length: float, max_keys: int = _MAX_CLIENTS) -> None:
         self.limit = limit
         self.length = length
-        self.max_keys = max_keys
-        self._counts: OrderedDict[bytes, tuple[float, int]] = OrderedDict()
+        self._counts: BoundedMap[bytes, tuple[float, int]] = BoundedMap(max_keys)
 
     def __len__(self) -> int:
         return len(self._counts)
 
     def _current(self, key: bytes, now: float) -> tuple[float, int]:
-        start, count = self._counts.get(key, (now, 0))
+        start, count = self._counts.get(key) or (now, 0)
         return (now, 0) if now - start >= self.length else (start, count)
 
     def full(self, key: bytes, now: float) -> bool:
@@ -78,10 +78,7 @@ class Window:
     def count(self, key: bytes, now: float) -> bool:
         """Count one for `key`; True if that used up its budget."""
         start, count = self._current(key, now)
-        self._counts.pop(key, None)
-        self._counts[key] = (start, count + 1)
-        while len(self._counts) > self.max_keys:
-            self._counts.popitem(last=False)
+        self._counts.set(key, (start, count + 1))
         return count + 1 >= self.limit
 
     def ends(self, key: bytes, now: float) -> float:
@@ -107,7 +104,7 @@ class SrsGuard:
         self.keys = keys
         self.clients = Window(per_client, window)
         self.all = Window(total, window, max_keys=1)
-        self._sessions: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._sessions: BoundedMap[tuple[str, int], bool] = BoundedMap(_MAX_CLIENTS)
 
     def session_blocked(self, peer: tuple[str, int]) -> bool:
         return peer in self._sessions
@@ -120,12 +117,10 @@ class SrsGuard:
         """Count one invalid SRS recipient from the session `peer` (ip, port)."""
         self.all.count(_ALL, now)
         if self.clients.count(self.keys(peer[0]), now):
-            self._sessions[peer] = None
-            while len(self._sessions) > _MAX_CLIENTS:
-                self._sessions.popitem(last=False)
+            self._sessions.set(peer, True)
 
     def end_session(self, peer: tuple[str, int]) -> None:
-        self._sessions.pop(peer, None)
+        self._sessions.pop(peer)
 
 
 class RowGate:

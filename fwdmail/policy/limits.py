@@ -11,7 +11,6 @@ import enum
 import ipaddress
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 
 import dns.asyncresolver
@@ -19,14 +18,14 @@ import dns.asyncresolver
 from fwdmail import store
 from fwdmail.auth.resolver import async_resolver
 from fwdmail.config import AbuseConfig
-from fwdmail.mx import dedup
 from fwdmail.mx.service import InboundPolicy, SessionInfo, Transaction
 from fwdmail.mx.workers import share
 from fwdmail.policy import dnsbl
 from fwdmail.runtime.context import Context
+from fwdmail.runtime.expiring import BoundedMap, OncePerWindow
 from fwdmail.smtp.replies import DNSBL_LISTED, RATE_LIMITED, TOO_MANY_CONNECTIONS, SmtpError
 
-__all__ = ["AbusePolicy", "ConnectionLimiter", "Limits", "Rate", "RateLimiter", "RecordThrottle",
+__all__ = ["AbusePolicy", "ConnectionLimiter", "Limits", "Rate", "RecordThrottle", "TokenBuckets",
            "client_key"]
 
 log = logging.getLogger("fwdmail.limits")
@@ -80,8 +79,9 @@ class Rate(enum.Enum):
     NEWLY_LIMITED = "newly-limited"  # the first refusal since the client was last allowed
 
 
-class RateLimiter:
-    """Messages per client: a token bucket of `per_minute` tokens, refilled evenly over a minute.
+class TokenBuckets:
+    """Messages per client: a token bucket of `per_minute` tokens, refilled evenly over a minute; each
+    bucket is (tokens, when last seen, whether its last message was refused).
 
     At most `max_clients` buckets are kept; the least recently seen is forgotten first.
     """
@@ -89,23 +89,18 @@ class RateLimiter:
     def __init__(self, per_minute: int, max_clients: int = 100_000) -> None:
         self.capacity = float(per_minute)
         self.refill_per_second = per_minute / 60.0
-        self.max_clients = max_clients
-        self._buckets: OrderedDict[str, tuple[float, float, bool]] = OrderedDict()  # tokens, at, limited
+        self._buckets: BoundedMap[str, tuple[float, float, bool]] = BoundedMap(max_clients)
 
     def check(self, ip: str, now: float) -> Rate:
         """Take one token for a new message from `ip` at monotonic time `now`."""
         key = client_key(ip)
-        tokens, at, limited = self._buckets.pop(key, (self.capacity, now, False))
+        tokens, at, limited = self._buckets.get(key) or (self.capacity, now, False)
         tokens = min(self.capacity, tokens + max(0.0, now - at) * self.refill_per_second)
         if tokens >= 1.0:
-            self._buckets[key] = (tokens - 1.0, now, False)
-            result = Rate.ALLOWED
-        else:
-            self._buckets[key] = (tokens, now, True)
-            result = Rate.LIMITED if limited else Rate.NEWLY_LIMITED
-        while len(self._buckets) > self.max_clients:
-            self._buckets.popitem(last=False)
-        return result
+            self._buckets.set(key, (tokens - 1.0, now, False))
+            return Rate.ALLOWED
+        self._buckets.set(key, (tokens, now, True))
+        return Rate.LIMITED if limited else Rate.NEWLY_LIMITED
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -116,7 +111,7 @@ class RecordThrottle:
 
     def __init__(self, window: float = 600.0, max_entries: int = 10_000) -> None:
         self.window = window
-        self._seen = dedup.RateLimiter(window, max_entries)
+        self._seen = OncePerWindow(window, max_entries)
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -132,7 +127,7 @@ class Limits:
         """With several MX processes (`[mx] workers`) each enforces its share of every limit."""
         self.cfg = cfg
         self.connections = ConnectionLimiter(share(cfg.max_connections_per_ip, processes))
-        self.rate = RateLimiter(share(cfg.max_messages_per_ip_per_minute, processes))
+        self.rate = TokenBuckets(share(cfg.max_messages_per_ip_per_minute, processes))
         self.records = RecordThrottle()
 
 

@@ -19,7 +19,6 @@ import logging
 import re
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 
@@ -29,6 +28,7 @@ from fwdmail import store
 from fwdmail.config import MxConfig
 from fwdmail.mail.addresses import Address, AddressError, parse_address
 from fwdmail.runtime.executor import Blocking
+from fwdmail.runtime.expiring import BoundedMap
 from fwdmail.smtp import replies
 from fwdmail.smtp.replies import SmtpError
 
@@ -138,19 +138,14 @@ class _Buckets:
     def __init__(self, per_minute: float, max_keys: int) -> None:
         self.capacity = per_minute
         self.refill = per_minute / 60.0
-        self.max_keys = max_keys
-        self._state: OrderedDict[bytes, tuple[float, float]] = OrderedDict()
+        self._state: BoundedMap[bytes, tuple[float, float]] = BoundedMap(max_keys)
 
     def left(self, key: bytes, now: float) -> float:
-        tokens, at = self._state.get(key, (self.capacity, now))
+        tokens, at = self._state.get(key) or (self.capacity, now)
         return min(self.capacity, tokens + max(0.0, now - at) * self.refill)
 
     def charge(self, key: bytes, seconds: float, now: float) -> None:
-        left = self.left(key, now)
-        self._state.pop(key, None)
-        self._state[key] = (left - seconds, now)
-        while len(self._state) > self.max_keys:
-            self._state.popitem(last=False)
+        self._state.set(key, (self.left(key, now) - seconds, now))
 
     def __len__(self) -> int:
         return len(self._state)

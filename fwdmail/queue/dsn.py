@@ -10,22 +10,23 @@ never its body) and the reply texts of destination servers (reduced to printable
 from __future__ import annotations
 
 import datetime as dt
-import email.utils
 import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from fwdmail.mail import headers
+from fwdmail.mail.dates import rfc5322
 from fwdmail.smtp.replies import SmtpError
 
-__all__ = ["Report", "build_report"]
+__all__ = ["Notification", "build_report"]
 
 _ENHANCED = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
-_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(<[^<>\s]+>)", re.IGNORECASE | re.MULTILINE)
+_MESSAGE_ID = re.compile(rb"message-id:[ \t]*(<[^<>\s]+>)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
-class Report:
+class Notification:
     """A DSN ready to queue: header block (CRLF-terminated), body, and its subject."""
 
     headers: bytes
@@ -33,8 +34,14 @@ class Report:
     subject: str
 
 
-def _date(when: dt.datetime) -> str:
-    return email.utils.format_datetime(when.replace(tzinfo=dt.UTC))
+def _message_id(section: bytes) -> str:
+    """The first Message-ID field of the original header section that holds a plain <id>, or ""."""
+    for start, end, name in headers.scan(section).fields:
+        if name == b"message-id":
+            match = _MESSAGE_ID.match(section, start, end)
+            if match:
+                return match.group(1).decode("ascii", "replace")
+    return ""
 
 
 def _one_line(text: str, limit: int = 500) -> str:
@@ -60,7 +67,7 @@ def _lines(*lines: str) -> bytes:
 
 def build_report(*, action: str, domain: str, hostname: str, to: str, queue_id: str, original_headers: bytes,
                  arrival: dt.datetime, failures: Mapping[str, SmtpError], now: dt.datetime,
-                 retry_until: dt.datetime | None = None) -> Report:
+                 retry_until: dt.datetime | None = None) -> Notification:
     """A multipart/report DSN from MAILER-DAEMON@`domain` to `to` about `failures` (address -> error).
 
     `action` is "failed" (a bounce) or "delayed" (still being retried until `retry_until`).
@@ -78,7 +85,7 @@ def build_report(*, action: str, domain: str, hostname: str, to: str, queue_id: 
         ]
     else:
         subject = "Delayed Mail (still being retried)"
-        until = f" until {_date(retry_until)}" if retry_until else ""
+        until = f" until {rfc5322(retry_until)}" if retry_until else ""
         intro = [
             f"This is the mail system at {hostname}.",
             "",
@@ -90,7 +97,7 @@ def build_report(*, action: str, domain: str, hostname: str, to: str, queue_id: 
         human.append(f"<{address}>: {error.code} {_status(error)} {_one_line(error.text)}")
 
     per_message = [f"Reporting-MTA: dns; {hostname}", f"X-Fwdmail-Queue-ID: {queue_id}",
-                   f"Arrival-Date: {_date(arrival)}"]
+                   f"Arrival-Date: {rfc5322(arrival)}"]
     per_recipient: list[str] = []
     for address, error in failures.items():
         per_recipient += [
@@ -99,10 +106,10 @@ def build_report(*, action: str, domain: str, hostname: str, to: str, queue_id: 
             f"Action: {action}",
             f"Status: {_status(error)}",
             f"Diagnostic-Code: smtp; {error.code} {_status(error)} {_one_line(error.text)}",
-            f"Last-Attempt-Date: {_date(now)}",
+            f"Last-Attempt-Date: {rfc5322(now)}",
         ]
         if action == "delayed" and retry_until is not None:
-            per_recipient.append(f"Will-Retry-Until: {_date(retry_until)}")
+            per_recipient.append(f"Will-Retry-Until: {rfc5322(retry_until)}")
 
     original = original_headers if original_headers.endswith(b"\r\n") else original_headers + b"\r\n"
     utf8 = not (original.isascii() and all(a.isascii() for a in failures))
@@ -121,21 +128,20 @@ def build_report(*, action: str, domain: str, hostname: str, to: str, queue_id: 
         + headers_part + original + _lines("", f"--{boundary}--")
     )
 
-    headers = [
+    fields = [
         f'From: "Mail Delivery System" <MAILER-DAEMON@{domain}>',
         f"To: <{to}>",
         f"Subject: {subject}",
-        f"Date: {_date(now)}",
+        f"Date: {rfc5322(now)}",
         f"Message-ID: <dsn.{secrets.token_hex(10)}@{domain}>",
     ]
-    m = _MESSAGE_ID.search(original)
-    if m:
-        ref = m.group(1).decode("ascii", "replace")
-        headers += [f"In-Reply-To: {ref}", f"References: {ref}"]
-    headers += [
+    ref = _message_id(original)
+    if ref:
+        fields += [f"In-Reply-To: {ref}", f"References: {ref}"]
+    fields += [
         "Auto-Submitted: auto-replied",
         "MIME-Version: 1.0",
         f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"',
         "Content-Transfer-Encoding: 8bit",
     ]
-    return Report(_lines(*headers), body, subject)
+    return Notification(_lines(*fields), body, subject)
