@@ -10,12 +10,13 @@ from collections.abc import Sequence
 import pytest
 
 from fwdmail.config import SubmissionConfig
+from fwdmail.mail.headers import split as split_message
 from fwdmail.runtime.executor import Blocking
 from fwdmail.runtime.groupcommit import GroupCommitter
 from fwdmail.smtp import replies
 from fwdmail.smtp.replies import SmtpError
 from fwdmail.submission.logins import AuthLimiter, Login, LoginCache
-from fwdmail.submission.message import parse_header_block, prepare_message, split_message
+from fwdmail.submission.message import parse_header_block, prepare_message
 
 NOW = dt.datetime(2030, 5, 1, 12, 0, 0)
 CFG = SubmissionConfig()

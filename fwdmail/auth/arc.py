@@ -20,9 +20,8 @@ from fwdmail.auth import rsa
 from fwdmail.auth.dkim_core import Message
 from fwdmail.auth.dkim_sign import ALSO_SIGNED, ALWAYS_SIGNED
 from fwdmail.mail.headers import MAX_HEADER_BYTES
-from fwdmail.mail.headers import fields as header_fields  # re-exported until policy/ imports it from mail
 
-__all__ = ["MAX_HEADER_BYTES", "MAX_INSTANCES", "MAX_VERIFIED_SETS", "header_fields", "key_names",
+__all__ = ["MAX_HEADER_BYTES", "MAX_INSTANCES", "MAX_VERIFIED_SETS", "key_names",
            "seal", "verify_chain"]
 
 log = logging.getLogger("fwdmail.arc")

@@ -17,7 +17,6 @@ import dns.asyncresolver
 
 from fwdmail.auth import arc
 from fwdmail.auth import dkim_core as dkimcore
-from fwdmail.auth.arc import header_fields
 from fwdmail.auth.dkim_check import (
     MAX_DKIM_SIGNATURES,
     DkimResult,
@@ -40,6 +39,7 @@ from fwdmail.auth.dmarc import (
 from fwdmail.auth.lookup import TEMPFAIL, Offload, inline
 from fwdmail.auth.results import AuthReport
 from fwdmail.auth.spf import check_spf, identity_result
+from fwdmail.mail import headers
 
 __all__ = ["MAX_FROM_DOMAINS", "TOO_MANY_FROM_DOMAINS", "check_dkim", "check_sender"]
 
@@ -51,11 +51,7 @@ _ARC_FIELDS = frozenset({b"arc-seal", b"arc-message-signature", b"arc-authentica
 
 def _headers(message: bytes) -> list[tuple[bytes, bytes]]:
     """(lowercased name, raw value) of each header field."""
-    out = []
-    for start, end, name in header_fields(message):
-        raw = message[start:end]
-        out.append((name, raw[raw.find(b":") + 1:] if name else raw))
-    return out
+    return headers.raw_fields(message)
 
 
 async def _bounded(coro: Awaitable[Any], timeout: float, fallback: Any) -> Any:

@@ -18,10 +18,10 @@ from authres.arc import ARCAuthenticationResult
 from authres.core import AuthenticationResult, AuthenticationResultProperty, QuotableValue
 from authres.dmarc import DMARCAuthenticationResult
 
-from fwdmail.auth.arc import header_fields
 from fwdmail.auth.dkim_check import DkimResult
 from fwdmail.auth.dmarc import DmarcResult, aligned
 from fwdmail.auth.spf import SpfResult
+from fwdmail.mail.headers import fields as header_fields
 
 __all__ = ["AuthReport", "outcome", "stamp"]
 

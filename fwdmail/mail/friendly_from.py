@@ -16,7 +16,7 @@ import email.utils
 import re
 import unicodedata
 
-from fwdmail.auth.arc import header_fields
+from fwdmail.mail.headers import fields as header_fields
 
 __all__ = ["from_header", "rewrite_from"]
 

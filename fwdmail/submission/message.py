@@ -15,10 +15,12 @@ import secrets
 from dataclasses import dataclass
 
 from fwdmail.config import SubmissionConfig
+from fwdmail.mail import headers as header_section
+from fwdmail.mail.dates import rfc5322
 from fwdmail.smtp import replies
 from fwdmail.submission.logins import Login
 
-__all__ = ["Prepared", "parse_header_block", "prepare_message", "split_message"]
+__all__ = ["Prepared", "parse_header_block", "prepare_message"]
 
 _FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")
 
@@ -32,16 +34,6 @@ class Prepared:
     subject: str
     date: dt.datetime
     send_at: dt.datetime
-
-
-def split_message(content: bytes) -> tuple[bytes, bytes]:
-    """The header block (every line CRLF-terminated, no blank line) and the body."""
-    if content.startswith(b"\r\n"):
-        return b"", content[2:]
-    end = content.find(b"\r\n\r\n")
-    if end < 0:
-        return (content if not content or content.endswith(b"\r\n") else content + b"\r\n"), b""
-    return content[:end + 2], content[end + 4:]
 
 
 def parse_header_block(block: bytes) -> list[tuple[str, str]]:
@@ -111,10 +103,6 @@ def _decode_subject(value: str) -> str:
     return " ".join(text.split())[:998]
 
 
-def _rfc5322_date(when: dt.datetime) -> str:
-    return email.utils.format_datetime(when.replace(tzinfo=dt.UTC))
-
-
 def prepare_message(login: Login, content: bytes, now: dt.datetime, cfg: SubmissionConfig, hostname: str,
                     queue_id: str) -> Prepared:
     """Check a submitted message against the sender rules and complete its header.
@@ -124,7 +112,7 @@ def prepare_message(login: Login, content: bytes, now: dt.datetime, cfg: Submiss
     Message-ID is added; Bcc fields are removed, so no recipient learns of the blind copies (RFC 5322
     3.6.3). Raise SmtpError with the reply otherwise.
     """
-    block, body = split_message(content)
+    block, body = header_section.split(content)
     fields = _by_name(parse_header_block(block))
     froms = fields.get("from", [])
     if len(froms) != 1:
@@ -133,7 +121,7 @@ def prepare_message(login: Login, content: bytes, now: dt.datetime, cfg: Submiss
     if len(addresses) != 1 or not login.may_send_as(addresses[0]):
         raise replies.FROM_NOT_ALLOWED
     added: list[str] = []
-    stamp = _rfc5322_date(now)
+    stamp = rfc5322(now)
     dates = fields.get("date", [])
     if len(dates) > 1:
         raise replies.BAD_DATE
