@@ -36,6 +36,7 @@ from fwdmail.mail import srs
 from fwdmail.mail.addresses import Address, AddressError, parse_address
 from fwdmail.mx.dedup import DeliveredMemory, RateLimiter, fingerprint, message_digest, message_hasher
 from fwdmail.mx.workers import Dispatcher, Inbox, share
+from fwdmail.policy.contract import Accepted, DataVerdict, InboundPolicy, SessionInfo, Transaction
 from fwdmail.policy.guessing import ClientKeys, RowGate, SrsGuard
 from fwdmail.policy.routing import DirectoryCache, RegexBudget, Route, resolve
 from fwdmail.runtime.context import Context
@@ -60,76 +61,6 @@ _HELO_OK = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?")
 _REPLY_TEXT_LIMIT = 300
 _CLIENT_NOTE = "mx.client"  # Transaction.notes: the client's IP, so a refusal at DATA is gated per client
 _MAX_HEADER_BYTES = 1 << 20  # as Exim's header_maxsize; sane headers are a few KB
-
-
-@dataclass(frozen=True)
-class SessionInfo:
-    """What policies may know of the SMTP client. The IP stays in memory, never logged or stored."""
-
-    peer_ip: str
-    helo: str
-    tls: bool
-    esmtp: bool
-    peer_port: int = 0  # with peer_ip, tells one connection from another
-
-    @classmethod
-    def of(cls, session: Session) -> SessionInfo:
-        peer = session.peer
-        ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
-        port = int(peer[1]) if isinstance(peer, tuple) and len(peer) > 1 else 0
-        return cls(ip, session.host_name or "", session.ssl is not None, bool(session.extended_smtp), port)
-
-
-@dataclass(frozen=True)
-class Accepted:
-    """One recipient accepted at RCPT: the address as parsed, and where it goes."""
-
-    rcpt: str
-    route: Route
-
-
-@dataclass
-class Transaction:
-    """One MAIL transaction: the sender ("" = null sender) and the accepted recipients."""
-
-    sender: str
-    smtputf8: bool = False
-    recipients: list[Accepted] = field(default_factory=list)
-    notes: dict[str, object] = field(default_factory=dict)  # policies' own per-transaction state
-
-
-@dataclass(frozen=True)
-class DataVerdict:
-    """A policy's answer to a message: refuse it, or header lines (CRLF-terminated) to add on top."""
-
-    error: SmtpError | None = None
-    prepend: bytes = b""
-
-
-class InboundPolicy:
-    """Base of inbound checks; every method may refuse with an SmtpError, the default lets mail in."""
-
-    async def connect(self, session: SessionInfo) -> SmtpError | None:
-        return None
-
-    def disconnect(self, session: SessionInfo) -> None:
-        return None
-
-    async def mail(self, session: SessionInfo, tx: Transaction) -> SmtpError | None:
-        return None
-
-    async def rcpt(self, session: SessionInfo, tx: Transaction, recipient: Accepted) -> SmtpError | None:
-        return None
-
-    async def data(self, session: SessionInfo, tx: Transaction, message: bytes) -> DataVerdict:
-        return DataVerdict()
-
-    async def forward(self, session: SessionInfo, tx: Transaction, route: Route, rcpt: str,
-                      header: bytes) -> bytes:
-        """The header section of the copy sent for one alias (`rcpt`: the address it was reached at);
-        by default `header`, the message's own (with the policies' prepends). The body follows it
-        unchanged: it is never copied per alias."""
-        return header
 
 
 # message helpers (pure)
@@ -757,6 +688,14 @@ class Mx:
                                     error.text)], session.peer_ip)
 
 
+def _info(session: Session) -> SessionInfo:
+    peer = session.peer
+    ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+    port = int(peer[1]) if isinstance(peer, tuple) and len(peer) > 1 else 0
+    helo = session.host_name or ""
+    return SessionInfo(ip, helo, session.ssl is not None, bool(session.extended_smtp), port)
+
+
 class MxHandler:
     """aiosmtpd hooks: translate SMTP events into `Mx` calls and back into replies."""
 
@@ -764,16 +703,16 @@ class MxHandler:
         self.mx = mx
 
     async def handle_CONNECT(self, server: SmtpServer, session: Session, envelope: object) -> str | None:
-        err = await self.mx.connect(SessionInfo.of(session))
+        err = await self.mx.connect(_info(session))
         return err.reply if err is not None else None
 
     def handle_CLOSE(self, server: SmtpServer, session: Session, envelope: object) -> None:
         if session is not None:
-            self.mx.disconnect(SessionInfo.of(session))
+            self.mx.disconnect(_info(session))
 
     async def handle_MAIL(self, server: SmtpServer, session: Session, envelope: object, address: str,
                           mail_options: list[str]) -> str:
-        result = await self.mx.sender(SessionInfo.of(session), address, mail_options)
+        result = await self.mx.sender(_info(session), address, mail_options)
         if isinstance(result, SmtpError):
             return result.reply
         envelope.mail_from = address  # type: ignore[attr-defined]
@@ -787,7 +726,7 @@ class MxHandler:
         if not isinstance(tx, Transaction):
             self.mx.protocol_error(replies.NEED_MAIL)
             return replies.NEED_MAIL
-        result = await self.mx.recipient(SessionInfo.of(session), tx, address)
+        result = await self.mx.recipient(_info(session), tx, address)
         if isinstance(result, SmtpError):
             return result.reply
         envelope.rcpt_tos.append(address)  # type: ignore[attr-defined]
@@ -797,7 +736,7 @@ class MxHandler:
     async def handle_DATA(self, server: SmtpServer, session: Session, envelope: object) -> str:
         tx = envelope.state  # type: ignore[attr-defined]
         data = envelope.original_content  # type: ignore[attr-defined]
-        return await self.mx.message(SessionInfo.of(session), tx, data, getattr(envelope, "digest", b""))
+        return await self.mx.message(_info(session), tx, data, getattr(envelope, "digest", b""))
 
     async def handle_DATA_ERROR(self, server: SmtpServer, session: Session, envelope: object,
                                 error: SmtpError) -> str:

@@ -37,7 +37,7 @@ from fwdmail.auth import dkim_core as dkimcore
 from fwdmail.auth.arc import header_fields
 from fwdmail.auth.resolver import async_resolver
 from fwdmail.mail.addresses import AddressError, normalize_domain
-from fwdmail.mx.service import Accepted, DataVerdict, InboundPolicy, SessionInfo, Transaction
+from fwdmail.policy.contract import Accepted, DataVerdict, InboundPolicy, SessionInfo, Transaction
 from fwdmail.policy.friendly_from import needs_rewrite, rewrite_from
 from fwdmail.policy.limits import RecordThrottle
 from fwdmail.policy.routing import Route
