@@ -35,7 +35,7 @@ from fwdmail import store
 from fwdmail.mail import srs
 from fwdmail.mail.addresses import Address, AddressError, parse_address
 from fwdmail.mx.dedup import DeliveredMemory, RateLimiter, fingerprint, message_digest, message_hasher
-from fwdmail.mx.workers import Dispatcher, Inbox, share
+from fwdmail.mx.workers import Dispatcher, Inbox
 from fwdmail.policy.contract import Accepted, DataVerdict, InboundPolicy, SessionInfo, Transaction
 from fwdmail.policy.guessing import ClientKeys, RowGate, SrsGuard
 from fwdmail.policy.routing import DirectoryCache, RegexBudget, Route, resolve
@@ -43,6 +43,7 @@ from fwdmail.runtime.context import Context
 from fwdmail.runtime.executor import Blocking
 from fwdmail.runtime.listeners import close_servers, listen, session_caps
 from fwdmail.runtime.logsetup import scrub
+from fwdmail.runtime.shares import share
 from fwdmail.smtp import replies
 from fwdmail.smtp.client import Content
 from fwdmail.smtp.replies import SmtpError
