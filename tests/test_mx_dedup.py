@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+from fwdmail.mail.received import count_received, header_block
 from fwdmail.mx.dedup import DeliveredMemory, RateLimiter, fingerprint, message_digest
-from fwdmail.mx.service import count_received, header_block
 
 
 def test_fingerprint_is_per_message_and_destination() -> None:

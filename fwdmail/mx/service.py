@@ -34,9 +34,10 @@ from dataclasses import dataclass, field
 from fwdmail import store
 from fwdmail.mail import srs
 from fwdmail.mail.addresses import Address, AddressError, parse_address
+from fwdmail.mail.received import count_received, header_block, received_header
 from fwdmail.mx.dedup import DeliveredMemory, RateLimiter, fingerprint, message_digest, message_hasher
 from fwdmail.mx.workers import Dispatcher, Inbox
-from fwdmail.policy.contract import Accepted, DataVerdict, InboundPolicy, SessionInfo, Transaction
+from fwdmail.policy.contract import Accepted, InboundPolicy, SessionInfo, Transaction
 from fwdmail.policy.guessing import ClientKeys, RowGate, SrsGuard
 from fwdmail.policy.routing import DirectoryCache, RegexBudget, Route, resolve
 from fwdmail.runtime.context import Context
@@ -49,50 +50,14 @@ from fwdmail.smtp.client import Content
 from fwdmail.smtp.replies import SmtpError
 from fwdmail.smtp.server import Session, Sessions, SmtpServer
 
-__all__ = [
-    "Accepted", "DataVerdict", "InboundPolicy", "Mx", "MxHandler", "MxService", "SessionInfo", "Transaction",
-    "count_received", "header_block", "received_header",
-]
+__all__ = ["Mx", "MxHandler", "MxService"]
 
 log = logging.getLogger("fwdmail.mx")
 
 SRS_BOUNCE_ALIAS = "(SRS bounce)"
-_RECEIVED = re.compile(rb"(?im)^received[ \t]*:")
-_HELO_OK = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?")
 _REPLY_TEXT_LIMIT = 300
 _CLIENT_NOTE = "mx.client"  # Transaction.notes: the client's IP, so a refusal at DATA is gated per client
 _MAX_HEADER_BYTES = 1 << 20  # as Exim's header_maxsize; sane headers are a few KB
-
-
-# message helpers (pure)
-
-def header_block(message: bytes) -> bytes:
-    """The header section of `message` (up to and including the last header line's CRLF)."""
-    if message.startswith(b"\r\n"):
-        return b""
-    end = message.find(b"\r\n\r\n")
-    return message if end < 0 else message[:end + 2]
-
-
-def count_received(headers: bytes) -> int:
-    return len(_RECEIVED.findall(headers))
-
-
-def _clean_helo(helo: str) -> str:
-    """The HELO name as it may appear in our Received header: a plain host name, never an IP."""
-    name = helo.strip().rstrip(".")
-    if not _HELO_OK.fullmatch(name) or re.fullmatch(r"[0-9.]+", name):
-        return "unknown"
-    return name
-
-
-def received_header(helo: str, hostname: str, session: SessionInfo, smtputf8: bool, marker: str,
-                    now: dt.datetime) -> bytes:
-    """Our Received line: names neither the client's IP nor the recipient."""
-    proto = ("UTF8SMTP" if smtputf8 else "ESMTP" if session.esmtp else "SMTP") + ("S" if session.tls else "")
-    date = email.utils.format_datetime(now.replace(tzinfo=dt.UTC) if now.tzinfo is None else now)
-    line = f"Received: from {_clean_helo(helo)} by {hostname} (fwdmail) with {proto} id {marker};"
-    return f"{line}\r\n\t{date}\r\n".encode("ascii", "replace")
 
 
 def _mask(text: str, destination: str, shown: str) -> str:
@@ -524,8 +489,9 @@ class Mx:
                         started.append(fps[d])
                         pending.append(d)
                 if pending:
-                    received = received_header(session.helo, self.hostname, session, tx.smtputf8,
-                                               self.marker(g.route.alias), now)
+                    received = received_header(session.helo, self.hostname, esmtp=session.esmtp,
+                                               tls=session.tls, smtputf8=tx.smtputf8,
+                                               marker=self.marker(g.route.alias), now=now)
                     copy = head
                     for policy in self.policies:
                         copy = await policy.forward(session, tx, g.route, g.rcpt, copy)
