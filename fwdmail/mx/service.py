@@ -27,7 +27,6 @@ import secrets
 import signal
 import socket
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -41,7 +40,7 @@ from fwdmail.policy.contract import Accepted, InboundPolicy, SessionInfo, Transa
 from fwdmail.policy.guessing import ClientKeys, RowGate, SrsGuard
 from fwdmail.policy.routing import DirectoryCache, RegexBudget, Route, resolve
 from fwdmail.runtime.context import Context
-from fwdmail.runtime.executor import Blocking
+from fwdmail.runtime.errorlog import ErrorLogWriter, ErrorRow
 from fwdmail.runtime.listeners import close_servers, listen, session_caps
 from fwdmail.runtime.logsetup import scrub
 from fwdmail.runtime.shares import share
@@ -76,114 +75,6 @@ def _utf8(raw: str) -> bool:
     return True
 
 
-Row = tuple[dt.datetime, str, str, str, int, str, str]
-_SUMMARY_LINES = 5
-
-
-def _counts_text(counts: Counter[tuple[int, str, str]]) -> str:
-    top = counts.most_common(_SUMMARY_LINES)
-    shown = [f"{n} x {code} {enhanced} {text}" for (code, enhanced, text), n in top]
-    rest = sum(counts.values()) - sum(n for _, n in top)
-    return "; ".join(shown) + (f"; {rest} other" if rest else "")
-
-
-class ErrorLogWriter:
-    """Writes SMTP error-log rows through the db thread, batching rows that wait together.
-
-    Rows the store refuses (locked, full, read-only) are dropped, not kept: the failure is logged once,
-    and how many rows were lost once it works again. Refusals go through `gate`: past its per-client
-    and per-minute budgets they are only counted, and each minute with any such count ends with one
-    summary row (and refusals of things not hosted here, never written, with one log line of counts).
-    """
-
-    def __init__(self, blocking: Blocking, gate: RowGate | None = None) -> None:
-        self.blocking = blocking
-        self.gate = gate
-        self.dropped = 0
-        self._rows: list[Row] = []
-        self._waiters: list[asyncio.Future[None]] = []
-        self._task: asyncio.Task[None] | None = None
-        self._summary: asyncio.TimerHandle | None = None
-
-    async def write(self, rows: Sequence[Row]) -> None:
-        """Return once `rows` are committed (or the write failed, which is logged)."""
-        if not rows:
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._rows.extend(rows)
-        self._waiters.append(fut)
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
-        await asyncio.shield(fut)
-
-    async def refusal(self, rows: Sequence[Row], ip: str | None) -> None:
-        """Write the rows of one refusal of client `ip` (None: not known) if the gate lets them in."""
-        if self.gate is None:
-            await self.write(rows)
-            return
-        now = time.monotonic()
-        admitted = [r for r in rows if self.gate.admit(ip, SmtpError(r[4], r[5], r[6]), now)]
-        if len(admitted) < len(rows):
-            self._summarize_later()
-        await self.write(admitted)
-
-    def count(self, error: SmtpError) -> None:
-        """A refusal of something not hosted here: counted, never written as a row of its own."""
-        if self.gate is not None:
-            self.gate.count(error, time.monotonic())
-            self._summarize_later()
-
-    def _summarize_later(self) -> None:
-        if self._summary is None and self.gate is not None:
-            delay = max(0.0, self.gate.start + 60.0 - time.monotonic())
-            self._summary = asyncio.get_running_loop().call_later(delay, self._summarize)
-
-    def _summarize(self) -> None:
-        self._summary = None
-        if self.gate is None:
-            return
-        withheld, not_hosted = self.gate.take()
-        if not_hosted:
-            log.info("refused %d recipient(s) not hosted here (counted, not logged): %s",
-                     sum(not_hosted.values()), ", ".join(f"{code} {enhanced} x{n}" for (code, enhanced, _), n
-                                                         in not_hosted.most_common(_SUMMARY_LINES)))
-        if withheld:
-            total = sum(withheld.values())
-            (code, enhanced, _), _ = withheld.most_common(1)[0]
-            text = (f"{total} more refusal(s) in the minute, past the error-log write limit, "
-                    f"not written one by one: {_counts_text(withheld)}")
-            log.info("error log: %d refusal(s) past the write limit, summarised in one row", total)
-            self._rows.append((store.utcnow(), "inbound", "", "", code, enhanced, text))
-            if self._task is None or self._task.done():
-                self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        while self._rows:
-            rows, waiters = self._rows, self._waiters
-            self._rows, self._waiters = [], []
-            try:
-                await self.blocking.db(store.log_smtp_errors, rows)
-            except Exception as exc:
-                if not self.dropped:
-                    log.warning("could not write %d SMTP error log row(s): %s; dropping them until it works",
-                                len(rows), store.failure(exc))
-                self.dropped += len(rows)
-            else:
-                if self.dropped:
-                    log.warning("SMTP error log written again; %d row(s) were dropped", self.dropped)
-                self.dropped = 0
-            for w in waiters:
-                if not w.done():
-                    w.set_result(None)
-
-    async def close(self) -> None:
-        if self._summary is not None:
-            self._summary.cancel()
-            self._summarize()
-        if self._task is not None:
-            await self._task
-
-
 @dataclass
 class _Group:
     """The destinations of one alias in one message: one copy, with the alias's loop marker."""
@@ -201,7 +92,7 @@ class _Group:
 
 def _whole_reply(
     failures: list[tuple[_Group, str, SmtpError]], code: int, enhanced_class: str, now: dt.datetime,
-) -> tuple[SmtpError, list[tuple[dt.datetime, str, str, str, int, str, str]]]:
+) -> tuple[SmtpError, list[ErrorRow]]:
     """The reply refusing or deferring the whole message, quoting the first failure with its destination
     masked as the address the client used, and its error-log row for each alias that failed."""
     g, d, e = failures[0]
@@ -209,7 +100,7 @@ def _whole_reply(
     reply = SmtpError(code, enhanced, f"<{g.rcpt}>: {_mask(e.text, d, g.rcpt)}")
     text = f"<{g.logged}>: {_mask(e.text, d, g.logged)}"
     aliases = sorted({(g.route.domain, g.route.alias) for g, _, _ in failures})
-    return reply, [(now, "inbound", dom, alias, reply.code, reply.enhanced_code, text)
+    return reply, [ErrorRow(now, "inbound", dom, alias, reply.code, reply.enhanced_code, text)
                    for dom, alias in aliases]
 
 
@@ -243,7 +134,7 @@ class Mx:
                               max(1, cfg.srs.max_invalid_total // processes), cfg.srs.invalid_window, keys)
         self.errors = ErrorLogWriter(ctx.blocking, RowGate(
             share(cfg.error_log.max_rows_per_client_per_minute, processes),
-            max(1, cfg.error_log.max_rows_per_minute // processes), keys))
+            max(1, cfg.error_log.max_rows_per_minute // processes), keys), log)
         self.policies: list[InboundPolicy] = list(policies)
         self.in_flight = 0
         self._idle = asyncio.Event()
@@ -392,8 +283,8 @@ class Mx:
         routes = {(a.route.domain, a.route.alias) for a in tx.recipients} if tx else set()
         now = store.utcnow()
         client = tx.notes.get(_CLIENT_NOTE) if tx else None
-        await self.errors.refusal([(now, "inbound", d, a, error.code, error.enhanced_code, error.text)
-                                   for d, a in sorted(routes)], client if isinstance(client, str) else None)
+        await self.errors.refusal([ErrorRow.inbound(now, d, a, error) for d, a in sorted(routes)],
+                                  client if isinstance(client, str) else None)
         return error.reply
 
     async def message(self, session: SessionInfo, tx: Transaction, data: bytes, digest: bytes = b"") -> str:
@@ -542,8 +433,9 @@ class Mx:
         temporary = [(g, d, e) for g, d, e in failed if e.temporary]
         permanent = [(g, d, e) for g, d, e in failed if e.permanent]
         accepted = [d for _, d, e in outcomes if e is None]
-        rows = [(now, "outbound", g.route.domain, g.route.alias, e.code, e.enhanced_code,
-                 _mask(e.text, d, g.logged)) for g, d, e in failed if e is not replies.FORWARD_IN_PROGRESS]
+        rows = [ErrorRow(now, "outbound", g.route.domain, g.route.alias, e.code, e.enhanced_code,
+                         _mask(e.text, d, g.logged))
+                for g, d, e in failed if e is not replies.FORWARD_IN_PROGRESS]
         if temporary:
             for d in accepted:
                 self.delivered.remember(fps[d], mono)
@@ -645,14 +537,13 @@ class Mx:
         into a write load; client input that the reply echoes is scrubbed of addresses and IPs.
         """
         err = SmtpError.parse(reply.splitlines()[0] if reply else reply)
-        row = (store.utcnow(), "inbound", "", "", err.code, err.enhanced_code, scrub(err.text))
+        row = ErrorRow(store.utcnow(), "inbound", "", "", err.code, err.enhanced_code, scrub(err.text))
         task = asyncio.get_running_loop().create_task(self.errors.refusal([row], None))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _log_ours(self, error: SmtpError, domain: str, alias: str, session: SessionInfo) -> None:
-        await self.errors.refusal([(store.utcnow(), "inbound", domain, alias, error.code, error.enhanced_code,
-                                    error.text)], session.peer_ip)
+        await self.errors.refusal([ErrorRow.inbound(store.utcnow(), domain, alias, error)], session.peer_ip)
 
 
 def _info(session: Session) -> SessionInfo:
