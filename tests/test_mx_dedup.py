@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
+from fwdmail.mail.headers import head as header_block
+from fwdmail.mail.received import count_received
 from fwdmail.mx.dedup import DeliveredMemory, fingerprint, message_digest
-from fwdmail.mx.service import count_received, header_block
 from fwdmail.runtime.expiring import OncePerWindow
 
 

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from fwdmail.config import parse_host_port
 from fwdmail.runtime.listeners import listen_error
 
-__all__ = ["Dispatcher", "Inbox", "share", "worker_command"]
+__all__ = ["Dispatcher", "Inbox", "worker_command"]
 
 log = logging.getLogger("fwdmail.workers")
 
@@ -38,11 +38,6 @@ Adopt = Callable[[socket.socket], None]
 Note = Callable[[bytes], None]  # b"r"/"f" (remember, forget), b"i"/"d"/"e" (in flight, delivered, not) + fp
 _CONNECTION = b"c"
 _NOTE_SIZE = 64
-
-
-def share(limit: int, processes: int) -> int:
-    """Each process's part of a per-client limit (0, no limit, stays 0)."""
-    return -(-limit // processes) if limit > 0 else 0
 
 
 class Dispatcher:

@@ -18,11 +18,11 @@ import dns.asyncresolver
 from fwdmail import store
 from fwdmail.auth.resolver import async_resolver
 from fwdmail.config import AbuseConfig
-from fwdmail.mx.service import InboundPolicy, SessionInfo, Transaction
-from fwdmail.mx.workers import share
 from fwdmail.policy import dnsbl
+from fwdmail.policy.contract import InboundPolicy, SessionInfo, Transaction
 from fwdmail.runtime.context import Context
 from fwdmail.runtime.expiring import BoundedMap, OncePerWindow
+from fwdmail.runtime.shares import share
 from fwdmail.smtp.replies import DNSBL_LISTED, RATE_LIMITED, TOO_MANY_CONNECTIONS, SmtpError
 
 __all__ = ["AbusePolicy", "ConnectionLimiter", "Limits", "Rate", "RecordThrottle", "TokenBuckets",

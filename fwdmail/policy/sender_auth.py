@@ -18,8 +18,8 @@ from fwdmail.auth.check import check_sender
 from fwdmail.auth.forwarded import forwarded_copy
 from fwdmail.auth.resolver import async_resolver
 from fwdmail.auth.results import AuthReport, outcome
-from fwdmail.mx.service import Accepted, DataVerdict, InboundPolicy, SessionInfo, Transaction
 from fwdmail.policy.auth_verdict import needs_rewrite, verdict
+from fwdmail.policy.contract import Accepted, DataVerdict, InboundPolicy, SessionInfo, Transaction
 from fwdmail.policy.limits import RecordThrottle
 from fwdmail.policy.routing import Route
 from fwdmail.runtime.context import Context

@@ -61,7 +61,7 @@ def caps_for(cfg: Config, fds: int | None) -> SessionCaps:
     descriptors left after `RESERVED_FDS` and two per queue delivery, MX sessions may take 2/5 (each may
     hold a second one while it forwards: 4/5 in all) and submission 1/10; the rest stays for the MX's
     outgoing connections."""
-    from fwdmail.mx.workers import share  # workers imports this module
+    from fwdmail.runtime.shares import share
 
     mx = share(cfg.abuse.max_sessions, cfg.mx.workers)
     submission = cfg.submission.max_sessions

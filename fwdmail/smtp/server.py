@@ -52,7 +52,7 @@ from fwdmail.smtp.data import read_data
 from fwdmail.smtp.limits import Sessions
 from fwdmail.smtp.replies import SmtpError, printable, with_enhanced_code
 
-__all__ = ["MISSING", "DataEnvelope", "Envelope", "Session", "Sessions", "SmtpServer"]
+__all__ = ["MISSING", "DataEnvelope", "Envelope", "Session", "SmtpServer"]
 
 log = logging.getLogger("fwdmail.smtp")
 
