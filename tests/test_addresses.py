@@ -169,7 +169,7 @@ HIDDEN = ["\x1b", "\x07", "\x7f", "\x85", "\x9b", "\u202e", "\u202d", "\u2066", 
 def test_control_and_bidi_characters_are_refused_in_what_is_kept_as_written(
         ch: str, request: pytest.FixtureRequest) -> None:
     """An alias or destination that hides or reorders text would lie to whoever lists it later."""
-    from tests.hostile_support import TALLY, register_summary
+    from tests.support.hostile import TALLY, register_summary
 
     register_summary(request.config)
     for parse, value in (

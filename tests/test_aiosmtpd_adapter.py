@@ -21,8 +21,8 @@ import pytest
 from packaging.requirements import Requirement
 
 from fwdmail.smtp import replies
-from tests.hostile_support import Session, no_tls_check
 from tests.support.daemon import Daemon
+from tests.support.hostile import Session, no_tls_check
 
 ROOT = Path(__file__).resolve().parents[1]
 ENHANCED = re.compile(rb"^[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}(?: |\r\n)")

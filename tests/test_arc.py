@@ -14,8 +14,7 @@ from fwdmail.policy import sender_auth as authcheck
 from fwdmail.policy.friendly_from import rewrite_from
 from fwdmail.runtime.keys import dkim_public_record
 from fwdmail.store import DomainRecord
-from tests.support.dns_server import LoopbackDNS
-from tests.test_authcheck_support import (
+from tests.support.auth import (
     arc_seal,
     key,
     message,
@@ -26,6 +25,7 @@ from tests.test_authcheck_support import (
     sync_dnsfunc,
     unique_domain,
 )
+from tests.support.dns_server import LoopbackDNS
 
 US = "mx.fwdmail.test"
 IP = "192.0.2.10"

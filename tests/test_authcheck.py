@@ -14,8 +14,8 @@ from fwdmail.policy import sender_auth as authcheck
 from fwdmail.policy.sender_auth import AuthReport, DkimResult, DmarcResult, SpfResult
 from fwdmail.runtime import keys
 from fwdmail.smtp.replies import AUTH_TEMPFAIL, DMARC_REJECTED, SPF_REJECTED
+from tests.support.auth import key, message, publish_key, resolver, run, sign, unique_domain
 from tests.support.dns_server import LoopbackDNS
-from tests.test_authcheck_support import key, message, publish_key, resolver, run, sign, unique_domain
 
 IP = "192.0.2.10"
 OTHER_IP = "198.51.100.7"

@@ -25,8 +25,8 @@ from click.testing import CliRunner
 from fwdmail import store
 from fwdmail.cli import cli
 from fwdmail.smtp.replies import SmtpError
-from tests.hostile_support import TALLY, register_summary
 from tests.support.daemon import REPO, Daemon
+from tests.support.hostile import TALLY, register_summary
 
 HOSTILE = ("[link=http://x]click[/link]\x1b]8;;http://e\x1b\\\x1b[2J\u202e[bold red]loud[/]:smile:"
            "\x9b31m\x9d0;t\x07\r\x00\x1b[38;5;199m\u2066\u200f\x7f")

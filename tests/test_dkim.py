@@ -24,9 +24,9 @@ from fwdmail.auth import dkim_sign as dkim
 from fwdmail.queue.service import sign_all
 from fwdmail.runtime import keys
 from tests.conftest import require_tool
-from tests.outbound_support import add_domain, message, queue_id, submit, wait_status
 from tests.support.daemon import Daemon
 from tests.support.dns_server import LoopbackDNS
+from tests.support.outbound import add_domain, message, queue_id, submit, wait_status
 from tests.support.smtp_sink import SmtpSink
 
 NOW = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)  # dkimpy refuses a t= in its future

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from fwdmail.policy.dnsbl import listed, query_name
+from tests.support.auth import resolver, run, unique_domain
 from tests.support.dns_server import LoopbackDNS
-from tests.test_authcheck_support import resolver, run, unique_domain
 
 
 def test_query_names() -> None:

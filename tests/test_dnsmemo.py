@@ -8,8 +8,8 @@ import time
 from fwdmail.auth import dnsmemo
 from fwdmail.auth.dnsmemo import MAX_TTL, ExpiringMemo
 from fwdmail.policy import sender_auth as authcheck
+from tests.support.auth import message, resolver, run, unique_domain
 from tests.support.dns_server import LoopbackDNS
-from tests.test_authcheck_support import message, resolver, run, unique_domain
 
 IP = "192.0.2.10"
 OTHER_IP = "198.51.100.7"

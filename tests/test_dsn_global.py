@@ -16,7 +16,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.outbound_support import (
+from tests.support.daemon import Daemon, merge, to_toml
+from tests.support.dns_server import LoopbackDNS
+from tests.support.outbound import (
     OWNER,
     add_domain,
     client_tls,
@@ -26,8 +28,6 @@ from tests.outbound_support import (
     wait_status,
     wait_until,
 )
-from tests.support.daemon import Daemon, merge, to_toml
-from tests.support.dns_server import LoopbackDNS
 from tests.support.smtp_sink import Received, SmtpSink
 
 ALICE = "alice@example.test"

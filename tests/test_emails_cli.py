@@ -10,8 +10,8 @@ import pytest
 
 from fwdmail import store
 from fwdmail.smtp.replies import SmtpError
-from tests.outbound_support import db_bytes
 from tests.support.daemon import Daemon
+from tests.support.outbound import db_bytes
 
 T0 = dt.datetime(2030, 1, 1, 12, 0)
 

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from fwdmail.config import ErrorLogConfig
-from tests.hostile_support import TALLY, register_summary, session
-from tests.mx_helpers import cli_batch, error_rows
 from tests.support.daemon import Daemon, merge
+from tests.support.hostile import TALLY, register_summary, session
+from tests.support.mx import cli_batch, error_rows
 from tests.support.smtp_sink import SmtpSink
 
 SRS_DOMAIN = "srs.fwdmail.test"

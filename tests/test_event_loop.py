@@ -14,11 +14,11 @@ from pathlib import Path
 import dkim as dkimpy
 import pytest
 
-from tests.mx_helpers import message
-from tests.outbound_support import add_domain, client_tls, header, queue_id, submit, wait_status
-from tests.outbound_support import message as outbound_message
 from tests.support.daemon import Daemon
 from tests.support.dns_server import LoopbackDNS
+from tests.support.mx import message
+from tests.support.outbound import add_domain, client_tls, header, queue_id, submit, wait_status
+from tests.support.outbound import message as outbound_message
 from tests.support.smtp_sink import SmtpSink
 from tests.support.tls import server_context
 

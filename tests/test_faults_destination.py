@@ -17,11 +17,11 @@ from typing import Any, Literal
 
 import pytest
 
-from tests.mx_helpers import message as mx_message
-from tests.mx_helpers import send, start_daemon
-from tests.outbound_support import OWNER, message, queue_id, show, submit, wait_status, wait_until
 from tests.support.daemon import Daemon
 from tests.support.dns_server import LoopbackDNS
+from tests.support.mx import message as mx_message
+from tests.support.mx import send, start_daemon
+from tests.support.outbound import OWNER, message, queue_id, show, submit, wait_status, wait_until
 from tests.support.smtp_sink import BREAK_TLS, Behaviour, SmtpSink
 from tests.support.tls import server_context
 

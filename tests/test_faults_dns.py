@@ -17,11 +17,11 @@ from typing import Any, Literal
 
 import pytest
 
-from tests.mx_helpers import message as mx_message
-from tests.mx_helpers import send, start_daemon
-from tests.outbound_support import OWNER, message, queue_id, show, submit, wait_status, wait_until
 from tests.support.daemon import Daemon
 from tests.support.dns_server import FailureMode, LoopbackDNS
+from tests.support.mx import message as mx_message
+from tests.support.mx import send, start_daemon
+from tests.support.outbound import OWNER, message, queue_id, show, submit, wait_status, wait_until
 from tests.support.smtp_sink import SmtpSink
 from tests.test_faults_destination import CLIENT_IP, GOOD, SENDER, assert_private, copies, error_log
 

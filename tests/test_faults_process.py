@@ -21,9 +21,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from tests.faults_support import ALICE, integrity, setup
-from tests.outbound_support import client_tls, connect, message, send, wait_until
 from tests.support.daemon import Daemon
+from tests.support.faults import ALICE, integrity, setup
+from tests.support.outbound import client_tls, connect, message, send, wait_until
 from tests.support.raw_smtp import RawSmtp
 from tests.support.smtp_sink import SmtpSink
 

@@ -32,11 +32,11 @@ from fwdmail.policy.routing import DirectoryCache
 from fwdmail.runtime.executor import Blocking
 from fwdmail.runtime.groupcommit import GroupCommitter
 from fwdmail.store.models import database
-from tests.faults_support import ALICE, OWNER, integrity, setup
-from tests.mx_helpers import cli, error_rows
-from tests.mx_helpers import message as mx_message
-from tests.outbound_support import connect, message, queue_id, send, submit, wait_until
 from tests.support.daemon import Daemon
+from tests.support.faults import ALICE, OWNER, integrity, setup
+from tests.support.mx import cli, error_rows
+from tests.support.mx import message as mx_message
+from tests.support.outbound import connect, message, queue_id, send, submit, wait_until
 from tests.support.smtp_sink import SmtpSink
 
 

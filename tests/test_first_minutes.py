@@ -16,8 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from fwdmail.cli import cli
-from tests.hostile_support import TALLY, register_summary
 from tests.support.daemon import REPO, Daemon
+from tests.support.hostile import TALLY, register_summary
 
 ELSEWHERE_COMMANDS = [
     ("account", "list"), ("account", "add", "you@example.org"),

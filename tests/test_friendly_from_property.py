@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fwdmail.policy.friendly_from import rewrite_from
-from tests.hostile_support import TALLY, register_summary
+from tests.support.hostile import TALLY, register_summary
 
 ALIAS = "alias@hosted.test"
 SENDER = "someone@sender.test"

@@ -31,7 +31,9 @@ from fwdmail.mail.addresses import (
 )
 from fwdmail.policy.routing import Directory, Route, resolve
 from fwdmail.smtp.replies import SmtpError
-from tests.hostile_support import (
+from tests.support.daemon import Daemon
+from tests.support.dns_server import LoopbackDNS
+from tests.support.hostile import (
     TALLY,
     Closed,
     Session,
@@ -40,9 +42,7 @@ from tests.hostile_support import (
     no_tls_check,
     register_summary,
 )
-from tests.mx_helpers import cli_batch
-from tests.support.daemon import Daemon
-from tests.support.dns_server import LoopbackDNS
+from tests.support.mx import cli_batch
 from tests.support.smtp_sink import SmtpSink
 
 RANDOM = bool(os.environ.get("FWDMAIL_FUZZ_RANDOM"))

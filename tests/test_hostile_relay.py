@@ -19,7 +19,9 @@ import idna
 import pytest
 
 from fwdmail.mail import srs
-from tests.hostile_support import (
+from tests.support.daemon import Daemon
+from tests.support.dns_server import LoopbackDNS
+from tests.support.hostile import (
     TALLY,
     assert_clean_log,
     delivered,
@@ -27,9 +29,7 @@ from tests.hostile_support import (
     register_summary,
     session,
 )
-from tests.mx_helpers import cli_batch, message
-from tests.support.daemon import Daemon
-from tests.support.dns_server import LoopbackDNS
+from tests.support.mx import cli_batch, message
 from tests.support.smtp_sink import SmtpSink
 
 SECRET = "hostile-relay-secret"

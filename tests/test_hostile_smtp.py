@@ -22,7 +22,9 @@ from fwdmail import store
 from fwdmail.mail.addresses import parse_address
 from fwdmail.policy.routing import Directory, Route, resolve
 from fwdmail.smtp import replies
-from tests.hostile_support import (
+from tests.support.daemon import Daemon
+from tests.support.dns_server import LoopbackDNS
+from tests.support.hostile import (
     TALLY,
     Closed,
     Session,
@@ -33,9 +35,7 @@ from tests.hostile_support import (
     session,
     still_serving,
 )
-from tests.mx_helpers import cli_batch, store_regex_alias
-from tests.support.daemon import Daemon
-from tests.support.dns_server import LoopbackDNS
+from tests.support.mx import cli_batch, store_regex_alias
 from tests.support.smtp_sink import SmtpSink
 
 MAX_RECIPIENTS = 20

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.mx_helpers import Outcome, message, send, start_daemon
 from tests.support.daemon import Daemon
 from tests.support.dns_server import LoopbackDNS
+from tests.support.mx import Outcome, message, send, start_daemon
 from tests.support.smtp_sink import SmtpSink
 
 WAITING = "waits for a copy of it that another session is forwarding"

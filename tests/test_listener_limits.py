@@ -26,10 +26,10 @@ from fwdmail import config
 from fwdmail.policy.limits import client_key
 from fwdmail.runtime.listeners import SessionCaps, TlsGate, caps_for
 from fwdmail.smtp.server import Sessions
-from tests.hostile_support import TALLY, Session, no_tls_check, register_summary
-from tests.mx_helpers import cli_batch
 from tests.support.daemon import Daemon
 from tests.support.dns_server import LoopbackDNS
+from tests.support.hostile import TALLY, Session, no_tls_check, register_summary
+from tests.support.mx import cli_batch
 from tests.support.smtp_sink import SmtpSink
 
 PER_CLIENT = 3

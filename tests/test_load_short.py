@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import aiosmtplib
 
-from tests.mx_helpers import cli_batch
 from tests.support.daemon import Daemon
+from tests.support.mx import cli_batch
 from tests.support.smtp_sink import SmtpSink
 
 HELD_IPS = [f"127.0.0.{n}" for n in range(2, 22)]  # 20 addresses x the default 10 sessions each

@@ -22,10 +22,10 @@ import pytest
 
 from fwdmail.runtime.executor import Blocking, Busy
 from fwdmail.submission.service import AuthLimiter, FailureBudget
-from tests.hostile_support import TALLY, Closed, Session, no_tls_check, register_summary
-from tests.mx_helpers import cli_batch
 from tests.support.daemon import Daemon
 from tests.support.dns_server import LoopbackDNS
+from tests.support.hostile import TALLY, Closed, Session, no_tls_check, register_summary
+from tests.support.mx import cli_batch
 from tests.support.smtp_sink import SmtpSink
 
 ALICE = "alice@hosted.test"

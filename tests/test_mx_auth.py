@@ -16,10 +16,7 @@ import authres
 import dkim
 import pytest
 
-from tests.support.daemon import Daemon
-from tests.support.dns_server import LoopbackDNS
-from tests.support.smtp_sink import SmtpSink
-from tests.test_authcheck_support import (
+from tests.support.auth import (
     arc_seal,
     key,
     message,
@@ -28,6 +25,9 @@ from tests.test_authcheck_support import (
     sync_dnsfunc,
     unique_domain,
 )
+from tests.support.daemon import Daemon
+from tests.support.dns_server import LoopbackDNS
+from tests.support.smtp_sink import SmtpSink
 
 US = "mx.fwdmail.test"
 DEST = "dest.test"

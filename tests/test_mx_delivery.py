@@ -11,9 +11,9 @@ import dkim
 import pytest
 
 from fwdmail.runtime import keys
-from tests.mx_helpers import CLIENT, error_rows, message, send, start_daemon
 from tests.support.daemon import Daemon, free_port
 from tests.support.dns_server import LoopbackDNS
+from tests.support.mx import CLIENT, error_rows, message, send, start_daemon
 from tests.support.raw_smtp import RawSmtp
 from tests.support.smtp_sink import SmtpSink
 

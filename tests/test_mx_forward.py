@@ -14,9 +14,9 @@ from collections.abc import Iterator
 import pytest
 
 from fwdmail.mail import srs
-from tests.mx_helpers import CLIENT, cli, error_rows, message, send, start_daemon
 from tests.support.daemon import Daemon
 from tests.support.dns_server import LoopbackDNS
+from tests.support.mx import CLIENT, cli, error_rows, message, send, start_daemon
 from tests.support.smtp_sink import SmtpSink
 
 SECRET = "mx-forward-test-secret"

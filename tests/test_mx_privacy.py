@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.mx_helpers import db_rows, message, send, start_daemon
 from tests.support.daemon import Daemon
 from tests.support.dns_server import LoopbackDNS
+from tests.support.mx import db_rows, message, send, start_daemon
 from tests.support.smtp_sink import SmtpSink
 
 SENDER = "private.sender@sender-domain.test"

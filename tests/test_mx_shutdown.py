@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.mx_helpers import message, start_daemon
 from tests.support.daemon import Daemon
 from tests.support.dns_server import LoopbackDNS
+from tests.support.mx import message, start_daemon
 from tests.support.raw_smtp import RawSmtp
 from tests.support.smtp_sink import SmtpSink
 

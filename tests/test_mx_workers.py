@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.mx_helpers import message, send, start_daemon
 from tests.support.daemon import Daemon
 from tests.support.dns_server import LoopbackDNS
+from tests.support.mx import message, send, start_daemon
 from tests.support.smtp_sink import SmtpSink
 
 SETUP = [

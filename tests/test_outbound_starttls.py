@@ -12,10 +12,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.mx_helpers import cli_batch
-from tests.outbound_support import add_domain, client_tls, queue_id, wait_status
 from tests.support.daemon import Daemon
 from tests.support.dns_server import LoopbackDNS
+from tests.support.mx import cli_batch
+from tests.support.outbound import add_domain, client_tls, queue_id, wait_status
 from tests.support.smtp_sink import SmtpSink
 from tests.support.tls import server_context
 

@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 
 from fwdmail.mail import srs
-from tests.mx_helpers import CLIENT, cli, cli_batch, db_rows, error_rows, message, send
-from tests.outbound_support import connect, db_bytes, queue_id, wait_status
-from tests.outbound_support import send as submit_on
 from tests.support.daemon import Daemon
 from tests.support.dns_server import LoopbackDNS
+from tests.support.mx import CLIENT, cli, cli_batch, db_rows, error_rows, message, send
+from tests.support.outbound import connect, db_bytes, queue_id, wait_status
+from tests.support.outbound import send as submit_on
 from tests.support.raw_smtp import RawSmtp
 from tests.support.smtp_sink import SmtpSink
 

@@ -16,7 +16,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.outbound_support import (
+from tests.support.daemon import Daemon
+from tests.support.dns_server import LoopbackDNS
+from tests.support.outbound import (
     add_domain,
     db_bytes,
     listing,
@@ -28,8 +30,6 @@ from tests.outbound_support import (
     wait_status,
     wait_until,
 )
-from tests.support.daemon import Daemon
-from tests.support.dns_server import LoopbackDNS
 from tests.support.smtp_sink import Received, SmtpSink
 
 ALICE = "alice@example.test"

@@ -12,7 +12,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from tests.outbound_support import (
+from tests.support.daemon import Daemon, merge, to_toml
+from tests.support.outbound import (
     add_domain,
     connect,
     message,
@@ -23,7 +24,6 @@ from tests.outbound_support import (
     wait_status,
     wait_until,
 )
-from tests.support.daemon import Daemon, merge, to_toml
 from tests.support.smtp_sink import Behaviour, SmtpSink
 
 ALICE = "alice@example.test"

@@ -18,9 +18,9 @@ import pytest
 from fwdmail.config import ConfigError, from_dict
 from fwdmail.policy.routing import RegexBudget
 from fwdmail.smtp import replies
-from tests.hostile_support import TALLY, Session, register_summary, session
-from tests.mx_helpers import cli, cli_batch, message, store_regex_alias
 from tests.support.daemon import Daemon
+from tests.support.hostile import TALLY, Session, register_summary, session
+from tests.support.mx import cli, cli_batch, message, store_regex_alias
 from tests.support.smtp_sink import SmtpSink
 
 CATASTROPHIC = "(a|a)+$"

@@ -20,9 +20,9 @@ import pytest
 
 from fwdmail.config import SrsConfig
 from fwdmail.mail import srs
-from tests.hostile_support import TALLY, register_summary, session
-from tests.mx_helpers import cli_batch, error_rows, message, send
 from tests.support.daemon import Daemon, merge
+from tests.support.hostile import TALLY, register_summary, session
+from tests.support.mx import cli_batch, error_rows, message, send
 from tests.support.smtp_sink import SmtpSink
 
 SECRET = "guessing-secret"

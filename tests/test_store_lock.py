@@ -22,11 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.faults_support import ALICE, integrity, setup
-from tests.mx_helpers import cli, error_rows
-from tests.mx_helpers import message as mx_message
-from tests.outbound_support import connect, message, send, submit, wait_until
 from tests.support.daemon import Daemon
+from tests.support.faults import ALICE, integrity, setup
+from tests.support.mx import cli, error_rows
+from tests.support.mx import message as mx_message
+from tests.support.outbound import connect, message, send, submit, wait_until
 from tests.support.smtp_sink import SmtpSink
 
 BULK = 20_000  # messages (and error-log rows) of the account a CLI command deletes while the daemon serves

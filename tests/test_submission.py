@@ -17,7 +17,9 @@ from collections.abc import Iterator
 import dkim as dkimpy
 import pytest
 
-from tests.outbound_support import (
+from tests.support.daemon import Daemon
+from tests.support.dns_server import LoopbackDNS
+from tests.support.outbound import (
     add_domain,
     connect,
     db_bytes,
@@ -29,8 +31,6 @@ from tests.outbound_support import (
     submit,
     wait_status,
 )
-from tests.support.daemon import Daemon
-from tests.support.dns_server import LoopbackDNS
 from tests.support.smtp_sink import SmtpSink
 
 MAX_FAILURES = 3

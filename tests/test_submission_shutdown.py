@@ -8,8 +8,8 @@ import signal
 import socket
 from collections.abc import Callable
 
-from tests.outbound_support import add_domain, client_tls
 from tests.support.daemon import Daemon
+from tests.support.outbound import add_domain, client_tls
 from tests.support.raw_smtp import RawSmtp
 from tests.support.smtp_sink import SmtpSink
 

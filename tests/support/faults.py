@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from tests.mx_helpers import cli, cli_batch
 from tests.support.daemon import Daemon
+from tests.support.mx import cli, cli_batch
 
 ALICE = "alice@example.test"
 OWNER = "owner@owner.test"
