@@ -24,7 +24,7 @@ from fwdmail.smtp import replies
 from tests.support.daemon import Daemon
 from tests.support.hostile import Session, no_tls_check
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 ENHANCED = re.compile(rb"^[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}(?: |\r\n)")
 
 # What the adapters use of aiosmtpd's SMTP class: method -> its parameters (as inspect shows them).

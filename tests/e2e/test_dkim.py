@@ -30,7 +30,7 @@ from tests.support.outbound import add_domain, message, queue_id, submit, wait_s
 from tests.support.smtp_sink import SmtpSink
 
 NOW = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)  # dkimpy refuses a t= in its future
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

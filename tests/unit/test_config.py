@@ -16,7 +16,7 @@ from fwdmail import config
 from fwdmail.cli import cli
 from fwdmail.config import Config, ConfigError, from_dict, load
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "fwdmail.example.toml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "fwdmail.example.toml"
 
 
 def all_keys(cls: type = Config, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:

@@ -498,7 +498,7 @@ def test_alias_add_needs_a_destination(dom: Daemon) -> None:
 # ------------------------------------------------------------------ the README tour
 
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[3] / "README.md"
 
 
 def code_blocks(text: str) -> list[tuple[str, list[str]]]:

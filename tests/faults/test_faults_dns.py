@@ -23,7 +23,7 @@ from tests.support.mx import message as mx_message
 from tests.support.mx import send, start_daemon
 from tests.support.outbound import OWNER, message, queue_id, show, submit, wait_status, wait_until
 from tests.support.smtp_sink import SmtpSink
-from tests.test_faults_destination import CLIENT_IP, GOOD, SENDER, assert_private, copies, error_log
+from tests.faults.test_faults_destination import CLIENT_IP, GOOD, SENDER, assert_private, copies, error_log
 
 ME = "me@ours.test"
 ZONE = "dnsfaults.test"
