@@ -17,13 +17,13 @@ from typing import Any, Literal
 
 import pytest
 
+from tests.faults.test_faults_destination import CLIENT_IP, GOOD, SENDER, assert_private, copies, error_log
 from tests.support.daemon import Daemon
 from tests.support.dns_server import FailureMode, LoopbackDNS
 from tests.support.mx import message as mx_message
 from tests.support.mx import send, start_daemon
 from tests.support.outbound import OWNER, message, queue_id, show, submit, wait_status, wait_until
 from tests.support.smtp_sink import SmtpSink
-from tests.faults.test_faults_destination import CLIENT_IP, GOOD, SENDER, assert_private, copies, error_log
 
 ME = "me@ours.test"
 ZONE = "dnsfaults.test"
