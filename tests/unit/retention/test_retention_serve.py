@@ -41,7 +41,7 @@ async def until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> 
 def run_service(runtime: Runtime, scenario: Callable[[RetentionScheduler], object]) -> None:
     async def main() -> None:
         ctx = Context(runtime)
-        service = RetentionScheduler(ctx)
+        service = RetentionScheduler(ctx.blocking, ctx.config.retention)
         try:
             await scenario(service)  # type: ignore[misc]
         finally:
