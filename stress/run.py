@@ -41,8 +41,8 @@ if str(REPO) not in sys.path:
 from stress import load, procstat, suites  # noqa: E402
 from stress.dns import DnsProcess  # noqa: E402
 from stress.sink import CountingSink  # noqa: E402
-from tests.mx_helpers import cli, cli_batch  # noqa: E402
 from tests.support.daemon import Daemon  # noqa: E402
+from tests.support.mx import cli, cli_batch  # noqa: E402
 
 PER_IP = 10
 HELD_FORWARDING_SECONDS = 200.0

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 GROUPS: dict[str, tuple[str, ...]] = {
-    "faults": ("tests/test_faults_destination.py", "tests/test_faults_dns.py", "tests/test_faults_store.py",
-               "tests/test_faults_process.py"),
-    "hostile": ("tests/test_hostile_relay.py", "tests/test_hostile_smtp.py", "tests/test_fuzz_smtp.py"),
+    "faults": ("tests/faults/test_faults_destination.py", "tests/faults/test_faults_dns.py",
+               "tests/faults/test_faults_store.py", "tests/faults/test_faults_process.py"),
+    "hostile": ("tests/hostile/test_hostile_relay.py", "tests/hostile/test_hostile_smtp.py",
+                "tests/hostile/test_fuzz_smtp.py"),
 }
 _TALLY_LINE = re.compile(r"^([a-z][a-z ]+?)\s{2,}(\d+)\s*$")
 

@@ -16,8 +16,9 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from fwdmail import store
+from fwdmail.config import RetentionConfig
 from fwdmail.retention.jobs import Report, run_all
-from fwdmail.runtime.context import Context
+from fwdmail.runtime.executor import Blocking
 
 log = logging.getLogger("fwdmail.retention")
 
@@ -30,12 +31,16 @@ def _wall_now() -> dt.datetime:
 
 
 class RetentionScheduler:
-    """The serve service that runs the retention jobs; starts last, stops first."""
+    """The serve service that runs the retention jobs; starts last, stops first.
+
+    It gets only what it uses: the executor for the store's verbs and the `[retention]` settings.
+    """
 
     name = "retention"
 
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
+    def __init__(self, blocking: Blocking, config: RetentionConfig) -> None:
+        self.blocking = blocking
+        self.config = config
         self.runs = 0
         self.last_report: Report | None = None
         self._scheduler: AsyncIOScheduler | None = None
@@ -44,8 +49,8 @@ class RetentionScheduler:
         self._checkpoint_owed = False
 
     async def start(self) -> None:
-        interval = self.ctx.config.retention.interval
-        last = await self.ctx.blocking.db(store.last_retention_run)
+        interval = self.config.interval
+        last = await self.blocking.db(store.last_retention_run)
         delay = 0.0
         if last is not None:
             delay = max(0.0, (last + dt.timedelta(seconds=interval) - store.utcnow()).total_seconds())
@@ -73,10 +78,10 @@ class RetentionScheduler:
         async with self._running:
             now = store.utcnow()
             try:
-                await self.ctx.blocking.db(store.set_last_retention_run, now)
+                await self.blocking.db(store.set_last_retention_run, now)
             except Exception as exc:
                 log.warning("cannot record the retention run (%s); running the jobs anyway", exc)
-            report = await run_all(self.ctx.blocking.db, now, self.ctx.config.retention, stop=self._stop,
+            report = await run_all(self.blocking.db, now, self.config, stop=self._stop,
                                    force_checkpoint=self._checkpoint_owed)
             self._checkpoint_owed = report.checkpointed is False
             self.runs += 1

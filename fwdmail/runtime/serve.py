@@ -47,7 +47,7 @@ def build_services(ctx: Context, config_file: str | None = None, mx_worker_fd: i
         queue,
         SubmissionService(ctx, on_queued=queue.wake),
         MxService(ctx, policies, worker_command=worker_command(config_file)),
-        RetentionScheduler(ctx),  # last: starts after the listeners, stops first
+        RetentionScheduler(ctx.blocking, ctx.config.retention),  # last: starts after listeners, stops first
     ]
 
 
