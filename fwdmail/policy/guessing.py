@@ -9,10 +9,10 @@ nothing here is written anywhere, a restart forgets every counter, and every tab
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import secrets
 from collections import Counter
 
+from fwdmail.policy.clients import network
 from fwdmail.runtime.expiring import BoundedMap
 from fwdmail.smtp.replies import SmtpError
 
@@ -27,18 +27,6 @@ def _tally(counts: Counter[tuple[int, str, str]], error: SmtpError) -> None:
     if key not in counts and len(counts) >= _MAX_REPLIES:
         key = (error.code, error.enhanced_code, "(other replies)")
     counts[key] += 1
-
-
-def network(ip: str) -> str:
-    """The network a client is counted by: its IPv4 /24 or IPv6 /64; unparsable input stands for itself."""
-    try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return ip
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    prefix = 24 if isinstance(addr, ipaddress.IPv4Address) else 64
-    return str(ipaddress.ip_network((addr, prefix), strict=False))
 
 
 class ClientKeys:

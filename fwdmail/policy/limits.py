@@ -8,7 +8,6 @@ IPv4-mapped IPv6 per address. Every table is bounded.
 from __future__ import annotations
 
 import enum
-import ipaddress
 import logging
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from fwdmail import store
 from fwdmail.auth.resolver import async_resolver
 from fwdmail.config import AbuseConfig
 from fwdmail.policy import dnsbl
+from fwdmail.policy.clients import client_key
 from fwdmail.policy.contract import InboundPolicy, SessionInfo, Transaction
 from fwdmail.runtime.context import Context
 from fwdmail.runtime.expiring import BoundedMap, OncePerWindow
@@ -29,19 +29,6 @@ __all__ = ["AbusePolicy", "ConnectionLimiter", "Limits", "Rate", "RecordThrottle
            "client_key"]
 
 log = logging.getLogger("fwdmail.limits")
-
-
-def client_key(ip: str) -> str:
-    """The unit limits count: the IPv4 address, or the IPv6 /64; unparsable input stands for itself."""
-    try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return ip
-    if isinstance(addr, ipaddress.IPv6Address):
-        if addr.ipv4_mapped is not None:
-            return str(addr.ipv4_mapped)
-        return str(ipaddress.IPv6Network((addr, 64), strict=False))
-    return str(addr)
 
 
 class ConnectionLimiter:

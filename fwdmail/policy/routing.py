@@ -27,6 +27,7 @@ import regex
 from fwdmail import store
 from fwdmail.config import MxConfig
 from fwdmail.mail.addresses import Address, AddressError, parse_address
+from fwdmail.policy.clients import client_key
 from fwdmail.runtime.executor import Blocking
 from fwdmail.runtime.expiring import BoundedMap
 from fwdmail.smtp import replies
@@ -164,8 +165,6 @@ class RegexBudget:
     def __init__(self, match_timeout: float = MATCH_TIMEOUT, per_transaction: float = 0.05,
                  per_client_per_minute: float = 0.1, per_minute: float = 1.0,
                  clock: Callable[[], float] = time.monotonic, max_clients: int = 100_000) -> None:
-        from fwdmail.policy.limits import client_key  # limits imports mx, which imports this module
-
         self.match_timeout = match_timeout
         self.per_transaction = per_transaction
         self.clock = clock

@@ -24,7 +24,7 @@ from typing import Any
 from fwdmail import store
 from fwdmail.config import SubmissionConfig
 from fwdmail.mail.addresses import AddressError, parse_address, parse_alias_spec
-from fwdmail.policy.limits import client_key
+from fwdmail.policy.clients import client_key
 from fwdmail.runtime import keys
 from fwdmail.runtime.executor import Blocking, Busy
 

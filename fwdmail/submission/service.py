@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 
 from fwdmail import store
-from fwdmail.policy.limits import client_key
+from fwdmail.policy.clients import client_key
 from fwdmail.runtime.context import Context
 from fwdmail.runtime.groupcommit import GroupCommitter
 from fwdmail.runtime.listeners import TlsGate, listen, session_caps

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from fwdmail import config
-from fwdmail.policy.limits import client_key
+from fwdmail.policy.clients import client_key
 from fwdmail.runtime.listeners import SessionCaps, TlsGate, caps_for
 from fwdmail.smtp.limits import Sessions
 from tests.support.daemon import Daemon

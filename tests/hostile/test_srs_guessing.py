@@ -149,7 +149,7 @@ def test_the_deferral_ends_with_the_window(guessed: Callable[..., Daemon], sink:
 
 
 def test_ipv6_clients_are_counted_per_64() -> None:
-    from fwdmail.policy.guessing import network
+    from fwdmail.policy.clients import network
 
     assert network("2001:db8:1:2:aaaa::1") == network("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
     assert network("2001:db8:1:3::1") != network("2001:db8:1:2::1")
