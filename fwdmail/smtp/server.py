@@ -65,7 +65,7 @@ _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _PLAIN_PATH = re.compile(
     rf"[ \t]*<(({_ATOM}(?:\.{_ATOM})*)@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
     rf"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*)>"
-    r"(?:\Z|[ \t]+([A-Za-z0-9][A-Za-z0-9=+._-]*(?:[ \t]+[A-Za-z0-9][A-Za-z0-9=+._-]*)*)?[ \t]*\Z)")
+    r"(?:\Z|[ \t]+([A-Za-z0-9][A-Za-z0-9=+._-]*(?:[ \t]+[A-Za-z0-9][A-Za-z0-9=+._-]*)*[ \t]*)?\Z)")
 
 
 class DataEnvelope(Envelope):

@@ -291,3 +291,15 @@ def test_the_command_tables_are_aiosmtpds() -> None:
         assert set(ours._auth_methods) == set(plain._auth_methods) == {"LOGIN", "PLAIN"}
     finally:
         loop.close()
+
+
+def test_the_fast_address_path_keeps_trailing_blanks_of_the_parameters_as_aiosmtpd_does() -> None:
+    """Found by the property above: `<a@b> a ` gave the parameters "a" here and "a " in aiosmtpd."""
+    loop = asyncio.new_event_loop()
+    try:
+        server = SmtpServer(Recorder(), hostname="data.test", data_size_limit=0, loop=loop)
+        for arg in ("<a@b> a ", "<a@b> a\t", "<a@b> a  b ", "<a@b>  "):
+            assert _PLAIN_PATH.match(arg)
+            assert server._getaddr(arg) == SMTP._getaddr(server, arg)
+    finally:
+        loop.close()
