@@ -6,6 +6,9 @@ canonical body (simple, relaxed) is made once and each body hash computed once p
 many signatures ask for it; every RSA operation goes through `rsa` (OpenSSL). dkimpy supplies the
 tag-list parser, the signature field checks, header selection and header canonicalisation.
 Bodies are canonicalised and hashed in pieces of about `BODY_PIECE` bytes, never copied whole.
+
+Longer than ~400 lines on purpose: the parsed `Message` and its per-message body-hash memo are what
+signing, verifying and ARC share; split apart, the memo would have to cross modules as a bare dict.
 """
 
 from __future__ import annotations

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 from peewee import DatabaseError as DatabaseFailure
 
-from fwdmail.store.abuse import *
+from fwdmail.store.abuse import (
+    AbuseRecord,
+    list_abuse_events,
+    record_abuse,
+)
 from fwdmail.store.db import (
     SCHEMA_VERSION,
     StoreError,
@@ -24,8 +28,78 @@ from fwdmail.store.db import (
     storage_full,
     unavailable,
 )
-from fwdmail.store.directory import *
-from fwdmail.store.errorlog import *
+from fwdmail.store.directory import (
+    ALIAS_KINDS,
+    ALIAS_STATES,
+    AccountRecord,
+    AliasRecord,
+    AlreadyExists,
+    DomainRecord,
+    NotFound,
+    add_account,
+    add_alias,
+    add_domain,
+    alias_password_hash,
+    delete_account,
+    directory_snapshot,
+    directory_version,
+    get_account,
+    get_alias,
+    get_domain,
+    list_accounts,
+    list_aliases,
+    list_domains,
+    load_directory,
+    mark_domain_verified,
+    remove_alias,
+    remove_domain,
+    set_alias_password,
+    set_alias_state,
+    update_domain,
+)
+from fwdmail.store.errorlog import (
+    SmtpErrorRecord,
+    list_smtp_errors,
+    log_smtp_errors,
+)
 from fwdmail.store.models import utcnow
-from fwdmail.store.outbound import *
-from fwdmail.store.retention import *
+from fwdmail.store.outbound import (
+    EMAIL_STATUSES,
+    FINAL_STATUSES,
+    PENDING_STATUSES,
+    Attempt,
+    AttemptOutcome,
+    ClaimedEmail,
+    EmailRecord,
+    LoginRecord,
+    NewEmail,
+    RecipientRecord,
+    claim_due,
+    delete_email,
+    enqueue,
+    get_email,
+    list_emails,
+    login_record,
+    new_queue_id,
+    record_attempt,
+    record_attempts,
+    record_crash,
+    release_claims,
+    release_stale_claims,
+    retry_email,
+)
+from fwdmail.store.retention import (
+    count_abuse_events_before,
+    count_bodies_due,
+    count_emails_due,
+    count_error_logs_before,
+    delete_emails_due,
+    last_retention_run,
+    purge_abuse_events_before,
+    purge_error_logs_before,
+    redact_bodies_due,
+    set_last_retention_run,
+    settle_deleted,
+    settle_wal,
+    wal_checkpoint,
+)

@@ -5,6 +5,10 @@ read and then write begin IMMEDIATE, so they wait for another writer instead of 
 The verbs every submitted message goes through (`enqueue`, `claim_due`, `record_attempts`) use fixed
 parameterised SQL (plain SQL that PostgreSQL takes as well) instead of building peewee queries, whose
 compilation cost more than SQLite's work on them.
+
+Longer than ~400 lines on purpose: the claim, attempt, retry and redaction verbs keep one invariant
+together (a message is claimed by one worker, recorded once per attempt, redacted once final); split
+apart, each half would have to restate it.
 """
 
 from __future__ import annotations
