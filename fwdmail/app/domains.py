@@ -63,9 +63,7 @@ def set_domain(name: str, retention_days: int | None = None, auth_policy: str | 
                ) -> DomainRecord:
     changes: dict[str, object] = {}
     if retention_days is not None:
-        if not 0 <= retention_days <= 30:
-            raise ValueError(f"--retention-days must be between 0 and 30, got {retention_days}")
-        changes["retention_days"] = retention_days
+        changes["retention_days"] = retention_days  # the store checks the range, for every caller
     if auth_policy is not None:
         if auth_policy not in AUTH_POLICIES:
             raise ValueError(f"--auth-policy must be one of {', '.join(AUTH_POLICIES)}")
