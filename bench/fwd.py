@@ -110,6 +110,7 @@ class Fwdmail:
         return done.stdout.decode()
 
     def set_up(self) -> Fwdmail:
+        self.cli("init")  # only init and serve make a data dir
         self.cli("account", "add", OWNER)
         added = json.loads(self.cli("domain", "add", HOSTED_DOMAIN, "--account", OWNER, "--json"))
         self.dkim_record = next((r["name"], r["value"]) for r in added["dns"] if "_domainkey" in r["name"])
