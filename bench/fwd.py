@@ -29,6 +29,8 @@ CHECK_DOMAIN = "check.bench.test"
 """Mail for this domain goes to the sanity check's capturing server instead of the counting sink."""
 
 ABUSE_LIMITS = {"max_connections_per_ip": 5000, "max_messages_per_ip_per_minute": 10_000_000}
+SUBMISSION_CLIENTS_PER_IP = 1000
+"""All the bench's submission clients come from 127.0.0.1; the default (10) would refuse half of them."""
 
 DNS_RECORDS = [
     (SENDER_DOMAIN, "TXT", "v=spf1 ip4:127.0.0.0/8 -all"),
@@ -69,7 +71,8 @@ def render_config(data_dir: Path, ports: Ports, sink_port: int, capture_port: in
     tables = {
         "mx": {"listen": [f"{LOOPBACK}:{ports.mx}"], "workers": mx_workers()},
         "submission": {"listen": [f"{LOOPBACK}:{ports.submission}"],
-                       "listen_tls": [f"{LOOPBACK}:{ports.submission_tls}"]},
+                       "listen_tls": [f"{LOOPBACK}:{ports.submission_tls}"],
+                       "max_connections_per_ip": SUBMISSION_CLIENTS_PER_IP},
         "srs": {"domain": "srs.bench.test"},
         "dns": {"nameservers": [dns]},
         "delivery.routes": {CHECK_DOMAIN: f"{LOOPBACK}:{capture_port}", "*": f"{LOOPBACK}:{sink_port}"},
