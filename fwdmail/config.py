@@ -131,8 +131,8 @@ class MxConfig:
         if not 1 << 20 <= self.directory_cache_max_bytes <= 1 << 32:
             raise ConfigError(f"{key}.directory_cache_max_bytes: must be from 1048576 (1 MiB) to "
                               f"4294967296 (4 GiB), got {self.directory_cache_max_bytes}")
-        if not 0 <= self.directory_negative_ttl <= 60:
-            raise ConfigError(f"{key}.directory_negative_ttl: must be from 0 to 60 seconds, "
+        if self.directory_negative_ttl < 0:
+            raise ConfigError(f"{key}.directory_negative_ttl: must be 0 or more seconds, "
                               f"got {self.directory_negative_ttl}")
 
 
