@@ -218,7 +218,8 @@ def test_a_lookup_overtaken_by_a_change_is_not_cached(db: Path) -> None:
 
 
 @pytest.mark.parametrize("key, value, needle", [
-    ("directory_cache_max_entries", 10, "mx.directory_cache_max_entries: must be from 100 to 10000000, got 10"),
+    ("directory_cache_max_entries", 10,
+     "mx.directory_cache_max_entries: must be from 100 to 10000000, got 10"),
     ("directory_cache_max_bytes", 1000, "mx.directory_cache_max_bytes: must be from 1048576 (1 MiB)"),
     ("directory_negative_ttl", -1.0, "mx.directory_negative_ttl: must be 0 or more seconds, got -1.0"),
 ])
