@@ -114,11 +114,16 @@ class AliasLookup:
 EVERY_DOMAIN = "*"
 
 
-def _bump_directory(domains: Iterable[str] | None = None) -> None:
+def _bump_directory(domains: Iterable[str] | None = None, removed: Iterable[str] = ()) -> None:
     """A new directory version, recorded as the last change of each of `domains` (None: of every
-    domain, so readers drop all they cached). Called inside the caller's transaction."""
+    domain, so readers drop all they cached). Domains `removed` leave no trace of their name here: their
+    removal is recorded as a change of every domain. Called inside the caller's transaction."""
     version = directory_version() + 1
     Meta.insert(key="directory_version", value=str(version)).on_conflict_replace().execute()
+    gone = sorted(set(removed))
+    if gone:
+        DirectoryChange.delete().where(DirectoryChange.domain.in_(gone)).execute()
+        domains = None
     names = [EVERY_DOMAIN] if domains is None else sorted(set(domains))
     if names:
         (DirectoryChange.insert_many([(n, version) for n in names],
@@ -229,7 +234,7 @@ def delete_account(email: str) -> dict[str, int]:
         }
         AbuseEvent.delete().where(AbuseEvent.domain.in_(domain_ids)).execute()
         acct.delete_instance()
-        _bump_directory(names)
+        _bump_directory((), removed=names)
     checkpoint()
     return counts
 
@@ -327,7 +332,7 @@ def remove_domain(name: str) -> dict[str, int]:
             ).execute(),
         }
         row.delete_instance()
-        _bump_directory([name])
+        _bump_directory((), removed=[name])
     checkpoint()
     return counts
 
