@@ -70,10 +70,12 @@ def _directory_lookups(db: pw.SqliteDatabase) -> None:
     """2: aliases found by an indexed `lookup` key, and the per-domain change log the MX polls."""
     migrator = schema.SchemaMigrator.from_database(db)
     schema.migrate(migrator.add_column("alias", "lookup", pw.CharField(default="")))
-    rows = db.execute_sql("SELECT id, local FROM alias").fetchall()
     update = f"UPDATE alias SET lookup = {db.param} WHERE id = {db.param}"
-    cursor = db.cursor()
-    cursor.executemany(update, [(lookup_key(local), ident) for ident, local in rows])
+    select = f"SELECT id, local FROM alias WHERE id > {db.param} ORDER BY id LIMIT 10000"
+    last = 0
+    while rows := db.execute_sql(select, (last,)).fetchall():
+        db.cursor().executemany(update, [(lookup_key(local), ident) for ident, local in rows])
+        last = rows[-1][0]
     schema.migrate(migrator.add_index("alias", ("domain_id", "kind", "lookup"), False))
     db.create_tables([DirectoryChange])
 
