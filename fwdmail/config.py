@@ -111,6 +111,9 @@ class MxConfig:
     regex_seconds_per_transaction: float = 0.05
     regex_seconds_per_ip_per_minute: float = 0.1
     regex_seconds_per_minute: float = 1.0
+    directory_cache_max_entries: int = 100_000
+    directory_cache_max_bytes: int = 32 * 1024 * 1024
+    directory_negative_ttl: float = 5.0
 
     def validate(self, key: str) -> None:
         if not 1 <= self.workers <= 64:
@@ -126,6 +129,15 @@ class MxConfig:
         for name in ("regex_match_timeout", "regex_seconds_per_transaction",
                      "regex_seconds_per_ip_per_minute", "regex_seconds_per_minute"):
             _positive(f"{key}.{name}", getattr(self, name))
+        if not 100 <= self.directory_cache_max_entries <= 10_000_000:
+            raise ConfigError(f"{key}.directory_cache_max_entries: must be from 100 to 10000000, "
+                              f"got {self.directory_cache_max_entries}")
+        if not 1 << 20 <= self.directory_cache_max_bytes <= 1 << 32:
+            raise ConfigError(f"{key}.directory_cache_max_bytes: must be from 1048576 (1 MiB) to "
+                              f"4294967296 (4 GiB), got {self.directory_cache_max_bytes}")
+        if self.directory_negative_ttl < 0:
+            raise ConfigError(f"{key}.directory_negative_ttl: must be 0 or more seconds, "
+                              f"got {self.directory_negative_ttl}")
 
 
 @dataclass(frozen=True)

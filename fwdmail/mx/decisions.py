@@ -24,7 +24,7 @@ from fwdmail.mx.dedup import DeliveredMemory
 from fwdmail.mx.forward import CLIENT_NOTE, SRS_BOUNCE_ALIAS, Forwarder
 from fwdmail.policy.contract import Accepted, InboundPolicy, SessionInfo, Transaction
 from fwdmail.policy.guessing import ClientKeys, RowGate, SrsGuard
-from fwdmail.policy.routing import DirectoryCache, RegexBudget, Route, resolve
+from fwdmail.policy.routing import DirectoryCache, RegexBudget, Route
 from fwdmail.runtime.context import Context
 from fwdmail.runtime.errorlog import ErrorLogWriter, ErrorRow
 from fwdmail.runtime.logsetup import scrub
@@ -59,7 +59,7 @@ class Mx:
         self.srs_hash_length = cfg.srs.hash_length
         self.srs_lengths = srs.Lengths(cfg.srs.hash_length, cfg.srs.hash_length)
         self.secret = ctx.runtime.srs_secret
-        self.directory = DirectoryCache(ctx.blocking)
+        self.directory = DirectoryCache.of(ctx.blocking, self.cfg)
         self.regex_budget = RegexBudget.of(self.cfg)
         # With several MX processes each takes its share: per client rounded up (a client's connections
         # are spread over them), in total rounded down, so the total stays what the expected time to
@@ -173,7 +173,7 @@ class Mx:
     async def _hosted(self, addr: Address) -> bool:
         """Whether `addr` is in a hosted domain, so the error log may name it."""
         try:
-            return (await self.directory.get()).hosts(addr.domain)
+            return await self.directory.hosts(addr.domain)
         except Exception:
             return False
 
@@ -181,11 +181,10 @@ class Mx:
         if addr.domain == self.srs_domain and srs.is_srs(addr.local):
             return self._srs_route(addr, session)
         try:
-            directory = await self.directory.get()
+            route = await self.directory.route(addr, self.regex_budget.meter(session.peer_ip, tx.notes))
         except Exception as exc:
-            log.warning("cannot load the alias directory: %s", type(exc).__name__)
+            log.warning("cannot read the alias directory: %s", type(exc).__name__)
             return replies.STORE_UNAVAILABLE
-        route = resolve(directory, addr, self.regex_budget.meter(session.peer_ip, tx.notes))
         if route is replies.RELAY_DENIED and addr.domain == self.srs_domain:
             return replies.NO_SUCH_USER
         return route

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import peewee as pw
+from playhouse import migrate as schema
 
-from fwdmail.store.models import ALL_MODELS, Meta, database
+from fwdmail.store.models import ALL_MODELS, DirectoryChange, Meta, database, lookup_key
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -65,7 +66,21 @@ class _SqliteDatabase(pw.SqliteDatabase):
 # MIGRATIONS[i] brings an existing database from schema version i + 1 to i + 2. A new database is created
 # from the models straight at SCHEMA_VERSION, so changing models.py takes both: the model edit (new
 # databases) and a migration appended here (existing ones).
-MIGRATIONS: list[Callable[[pw.SqliteDatabase], None]] = []
+def _directory_lookups(db: pw.SqliteDatabase) -> None:
+    """2: aliases found by an indexed `lookup` key, and the per-domain change log the MX polls."""
+    migrator = schema.SchemaMigrator.from_database(db)
+    schema.migrate(migrator.add_column("alias", "lookup", pw.CharField(default="")))
+    update = f"UPDATE alias SET lookup = {db.param} WHERE id = {db.param}"
+    select = f"SELECT id, local FROM alias WHERE id > {db.param} ORDER BY id LIMIT 10000"
+    last = 0
+    while rows := db.execute_sql(select, (last,)).fetchall():
+        db.cursor().executemany(update, [(lookup_key(local), ident) for ident, local in rows])
+        last = rows[-1][0]
+    schema.migrate(migrator.add_index("alias", ("domain_id", "kind", "lookup"), False))
+    db.create_tables([DirectoryChange])
+
+
+MIGRATIONS: list[Callable[[pw.SqliteDatabase], None]] = [_directory_lookups]
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
 

@@ -1,6 +1,9 @@
 """Verbs on accounts, domains and aliases (the directory the MX and submission resolve against).
 
-Every change bumps `directory_version`, so a running daemon notices CLI edits and reloads its cache.
+Every change bumps `directory_version` and records it as the version of each domain it touched
+(`DirectoryChange`), in the same transaction, so a running daemon polls one indexed query
+(`directory_changes`) and drops only those domains from its cache. The MX reads one recipient at a time
+(`lookup_aliases`: the domain, its exact aliases by indexed key, its regex and catch-all rules).
 Callers get plain records, never peewee objects. Writes begin IMMEDIATE: they take SQLite's write lock
 before reading, so a CLI write waits (busy timeout) for the running daemon's writes instead of failing
 on a stale read snapshot.
@@ -11,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import peewee as pw
@@ -21,20 +25,23 @@ from fwdmail.store.models import (
     Account,
     Alias,
     BaseModel,
+    DirectoryChange,
     Domain,
     Meta,
     OutboundEmail,
     SmtpErrorLog,
     database,
+    lookup_key,
 )
 
 __all__ = [
-    "ALIAS_KINDS", "ALIAS_STATES", "AccountRecord", "AliasRecord", "AlreadyExists", "DomainRecord",
-    "NotFound",
-    "add_account", "add_alias", "add_domain", "alias_password_hash", "delete_account", "directory_snapshot",
-    "directory_version",
+    "ALIAS_KINDS", "ALIAS_STATES", "AccountRecord", "AliasLookup", "AliasRecord", "AlreadyExists",
+    "DomainRecord", "NotFound",
+    "add_account", "add_alias", "add_domain", "alias_password_hash", "delete_account", "directory_changes",
+    "directory_snapshot", "directory_version",
     "get_account", "get_alias", "get_domain", "list_accounts", "list_aliases", "list_domains",
-    "load_directory", "mark_domain_verified", "remove_alias", "remove_domain", "set_alias_password",
+    "load_directory", "lookup_aliases", "lookup_key", "mark_domain_verified",
+    "remove_alias", "remove_domain", "set_alias_password",
     "set_alias_state", "update_domain",
 ]
 
@@ -95,9 +102,34 @@ class AliasRecord:
         return f"{self.local}@{self.domain}"
 
 
-def _bump_directory() -> None:
-    """Called inside the caller's transaction."""
-    Meta.insert(key="directory_version", value=str(directory_version() + 1)).on_conflict_replace().execute()
+@dataclass(frozen=True)
+class AliasLookup:
+    """What the MX needs of one hosted domain for one recipient (see `lookup_aliases`)."""
+
+    domain: DomainRecord
+    exact: dict[str, AliasRecord | None]  # per lookup key asked for: the exact alias, or None
+    rules: tuple[AliasRecord, ...] | None  # regex and catch-all aliases by id, if asked for
+
+
+EVERY_DOMAIN = "*"
+
+
+def _bump_directory(domains: Iterable[str] | None = None, removed: Iterable[str] = ()) -> None:
+    """A new directory version, recorded as the last change of each of `domains` (None: of every
+    domain, so readers drop all they cached). Domains `removed` leave no trace of their name here: their
+    removal is recorded as a change of every domain. Called inside the caller's transaction."""
+    version = directory_version() + 1
+    Meta.insert(key="directory_version", value=str(version)).on_conflict_replace().execute()
+    gone = sorted(set(removed))
+    if gone:
+        DirectoryChange.delete().where(DirectoryChange.domain.in_(gone)).execute()
+        domains = None
+    names = [EVERY_DOMAIN] if domains is None else sorted(set(domains))
+    if names:
+        (DirectoryChange.insert_many([(n, version) for n in names],
+                                     fields=[DirectoryChange.domain, DirectoryChange.version])
+         .on_conflict(conflict_target=[DirectoryChange.domain], update={DirectoryChange.version: version})
+         .execute())
 
 
 @reads
@@ -161,7 +193,7 @@ def add_account(email: str) -> AccountRecord:
         if Account.get_or_none(Account.email == email):
             raise AlreadyExists(f"account {email} exists already")
         row = Account.create(email=email)
-        _bump_directory()
+        _bump_directory(())
     return _account_record(row)
 
 
@@ -202,7 +234,7 @@ def delete_account(email: str) -> dict[str, int]:
         }
         AbuseEvent.delete().where(AbuseEvent.domain.in_(domain_ids)).execute()
         acct.delete_instance()
-        _bump_directory()
+        _bump_directory((), removed=names)
     checkpoint()
     return counts
 
@@ -240,7 +272,7 @@ def add_domain(name: str, account_email: str, dkim_selector: str, dkim_private_k
             name=name, account=acct, dkim_selector=dkim_selector, dkim_private_key=dkim_private_key,
             verification_token=verification_token,
         )
-        _bump_directory()
+        _bump_directory([name])
     return _domain_record(row)
 
 
@@ -269,7 +301,7 @@ def update_domain(name: str, **changes: object) -> DomainRecord:
         for k, v in changes.items():
             setattr(row, k, v)
         row.save()
-        _bump_directory()
+        _bump_directory([name])
     return _domain_record(row)
 
 
@@ -278,7 +310,7 @@ def mark_domain_verified(name: str, now: dt.datetime) -> DomainRecord:
         row = _domain(name)
         row.verified_at = now
         row.save()
-        _bump_directory()
+        _bump_directory([name])
     return _domain_record(row)
 
 
@@ -300,7 +332,7 @@ def remove_domain(name: str) -> dict[str, int]:
             ).execute(),
         }
         row.delete_instance()
-        _bump_directory()
+        _bump_directory((), removed=[name])
     checkpoint()
     return counts
 
@@ -318,7 +350,7 @@ def add_alias(domain: str, kind: str, local: str, destinations: list[str]) -> Al
         if exists:
             raise AlreadyExists(f"alias {_alias_record(exists, dom).address} exists already")
         row = Alias.create(domain=dom, kind=kind, local=local, destinations=json.dumps(destinations))
-        _bump_directory()
+        _bump_directory([domain])
     return _alias_record(row, dom)
 
 
@@ -339,7 +371,7 @@ def list_aliases(domain: str | None = None) -> list[AliasRecord]:
 def remove_alias(domain: str, kind: str, local: str) -> None:
     with database.atomic("IMMEDIATE"):
         _alias(domain, kind, local).delete_instance()
-        _bump_directory()
+        _bump_directory([domain])
     checkpoint()
 
 
@@ -350,7 +382,7 @@ def set_alias_state(domain: str, kind: str, local: str, state: str) -> AliasReco
         row = _alias(domain, kind, local)
         row.state = state
         row.save()
-        _bump_directory()
+        _bump_directory([domain])
     return _alias_record(row)
 
 
@@ -359,7 +391,7 @@ def set_alias_password(domain: str, kind: str, local: str, password_hash: str) -
         row = _alias(domain, kind, local)
         row.password_hash = password_hash
         row.save()
-        _bump_directory()
+        _bump_directory([domain])
     return _alias_record(row)
 
 
@@ -388,3 +420,46 @@ def directory_snapshot() -> tuple[int, list[DomainRecord], list[AliasRecord]]:
         version = directory_version()
         domains, aliases = load_directory()
     return version, domains, aliases
+
+
+# what the MX asks, one recipient at a time
+
+# More domains changed than this since a reader's last poll: it drops its whole cache instead.
+MAX_CHANGES = 1000
+
+
+@reads
+def directory_changes(since: int | None) -> tuple[int, list[str] | None]:
+    """The directory version now, and the domains changed after version `since`: None when that is
+    every domain (or more than `MAX_CHANGES`, or the version went back), [] when `since` is None."""
+    with database.atomic():
+        version = directory_version()
+        if since is None or version == since:
+            return version, []
+        if version < since:
+            return version, None
+        names = [r.domain for r in DirectoryChange.select(DirectoryChange.domain)
+                 .where(DirectoryChange.version > since).limit(MAX_CHANGES + 1)]
+    return version, None if len(names) > MAX_CHANGES or EVERY_DOMAIN in names else names
+
+
+@reads
+def lookup_aliases(domain: str, keys: Sequence[str], with_rules: bool = True) -> AliasLookup | None:
+    """The hosted `domain` (None if it is not hosted) with its exact aliases whose `lookup_key` is one
+    of `keys` (the last added, if several differ only in case) and, if `with_rules`, its regex and
+    catch-all aliases. Indexed queries only, read in one transaction."""
+    with database.atomic():
+        row = Domain.select(Domain, Account).join(Account).where(Domain.name == domain).first()
+        if row is None:
+            return None
+        email = row.account.email
+        exact: dict[str, AliasRecord | None] = dict.fromkeys(keys)
+        if keys:
+            for a in (Alias.select().where(Alias.domain == row.id, Alias.kind == "exact",
+                                           Alias.lookup.in_(list(keys))).order_by(Alias.id)):
+                exact[a.lookup] = _alias_record(a, row, email)
+        rules = None
+        if with_rules:
+            rules = tuple(_alias_record(a, row, email) for a in Alias.select().where(
+                Alias.domain == row.id, Alias.kind.in_(("regex", "catch-all"))).order_by(Alias.id))
+    return AliasLookup(_domain_record(row), exact, rules)

@@ -46,17 +46,60 @@ class Domain(BaseModel):
     created_at = pw.DateTimeField(default=utcnow)
 
 
+def lookup_key(local: str) -> str:
+    """What an exact alias is found by: its local part, case folded as the MX compares local parts."""
+    return local.lower()
+
+
 class Alias(BaseModel):
+    """An alias. `lookup` is `lookup_key(local)`, filled in on every insert (`insert`, `insert_many`,
+    `create`), so the MX finds an exact alias by one indexed query whatever its case."""
+
     domain = pw.ForeignKeyField(Domain, backref="aliases", on_delete="CASCADE")
     kind = pw.CharField()  # exact | catch-all | regex
     local = pw.CharField()  # local part, "*", or the regex pattern
+    lookup = pw.CharField(default="")
     destinations = pw.TextField()  # JSON list of addresses
     state = pw.CharField(default="enabled")  # enabled | quiet | tempfail | reject
     password_hash = pw.CharField(null=True)
     created_at = pw.DateTimeField(default=utcnow)
 
     class Meta:
-        indexes = ((("domain", "kind", "local"), True),)
+        indexes = ((("domain", "kind", "local"), True), (("domain", "kind", "lookup"), False))
+
+    @classmethod
+    def insert(cls, __data: dict[object, object] | None = None, **insert: object) -> pw.ModelInsert:
+        row = _with_lookup(dict(__data or {}, **insert))
+        return super().insert(row)
+
+    @classmethod
+    def insert_many(cls, rows: object, fields: list[object] | None = None) -> pw.ModelInsert:
+        if fields is None:
+            rows = [_with_lookup(dict(r)) if isinstance(r, dict) else r for r in rows]  # type: ignore[attr-defined]
+        elif any(_name(f) == "local" for f in fields) and not any(_name(f) == "lookup" for f in fields):
+            at = [_name(f) for f in fields].index("local")
+            rows = [(*r, lookup_key(r[at])) for r in rows]  # type: ignore[attr-defined]
+            fields = [*fields, cls.lookup]
+        return super().insert_many(rows, fields)
+
+
+def _name(key: object) -> str:
+    return key.name if isinstance(key, pw.Field) else str(key)
+
+
+def _with_lookup(row: dict[object, object]) -> dict[object, object]:
+    names = {_name(k): k for k in row}
+    if "local" in names and not row.get(names.get("lookup", "lookup")):
+        row[Alias.lookup] = lookup_key(str(row[names["local"]]))
+    return row
+
+
+class DirectoryChange(BaseModel):
+    """The directory version at which each domain last changed ("*": every domain), so a process polls
+    "what changed since version N" with one indexed query and drops only those domains from its cache."""
+
+    domain = pw.CharField(primary_key=True)
+    version = pw.BigIntegerField(index=True)
 
 
 class OutboundEmail(BaseModel):
@@ -118,5 +161,5 @@ class AbuseEvent(BaseModel):
 
 
 ALL_MODELS: list[type[BaseModel]] = [
-    Meta, Account, Domain, Alias, OutboundEmail, OutboundRecipient, SmtpErrorLog, AbuseEvent,
+    Meta, Account, Domain, Alias, DirectoryChange, OutboundEmail, OutboundRecipient, SmtpErrorLog, AbuseEvent,
 ]
