@@ -8,6 +8,7 @@ from __future__ import annotations
 from peewee import DatabaseError as DatabaseFailure
 
 from fwdmail.store.abuse import *
+from fwdmail.store.bulk import *
 from fwdmail.store.db import (
     SCHEMA_VERSION,
     StoreError,
