@@ -262,4 +262,4 @@ def export_lines(domain: str | None = None) -> Iterator[str]:
     """The aliases as virtual(5) lines (catch-alls as `@dom`), streamed from the store."""
     for a in iter_aliases(domain):
         key = f"@{a.domain}" if a.kind == "catch-all" else a.address
-        yield f"{key}\t{', '.join(a.destinations)}"
+        yield f"{key} {', '.join(a.destinations)}"
