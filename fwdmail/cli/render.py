@@ -138,13 +138,54 @@ def stream_table(title: str, columns: Sequence[tuple[str, int | None]], rows: It
     return count
 
 
+_QUOTE = json.encoder.encode_basestring  # C, non-ASCII kept as ensure_ascii=False keeps it
+_SCALAR = json.JSONEncoder(ensure_ascii=False).encode
+
+
+class _Unusual(Exception):
+    """A value `_layout` leaves to json.dumps."""
+
+
+def _layout(value: Any, level: int) -> str:
+    """`json.dumps(value, indent=2, ensure_ascii=False)` for plain dicts, lists and scalars, nested at
+    `level`: json's indented encoder is pure Python, this one leaves each scalar to its C encoder."""
+    if isinstance(value, str):
+        return _QUOTE(value)
+    if isinstance(value, int | float | bool) or value is None:
+        return _SCALAR(value)
+    if isinstance(value, dt.date):
+        return _QUOTE(_iso(value))
+    inner = "\n" + "  " * (level + 1)
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise _Unusual
+        body = ",".join(f"{inner}{_QUOTE(k)}: {_layout(v, level + 1)}"
+                        for k, v in value.items())
+        return f"{{{body}\n{'  ' * level}}}" if value else "{}"
+    if isinstance(value, list | tuple):
+        body = ",".join(inner + _layout(v, level + 1) for v in value)
+        return f"[{body}\n{'  ' * level}]" if value else "[]"
+    raise _Unusual
+
+
+def _item_text(item: Any) -> str:
+    """`json_text(item)` nested one level in an array, as fast as the item allows."""
+    try:
+        out = _layout(item, 1)
+    except _Unusual:
+        return json_text(item).replace("\n", "\n  ")
+    if out.isascii() and "\x7f" not in out:  # json escaped every other hidden ASCII character already
+        return out
+    return HIDDEN_CHARS.sub(lambda m: m.group() if m.group() == "\n" else json.dumps(m.group())[1:-1], out)
+
+
 def stream_json(items: Iterable[Any]) -> int:
     """Write one JSON array item by item, as `emit_json` would write the whole list (same text), without
     holding it. Returns the number of items."""
     count = 0
     buffer: list[str] = []
     for item in items:
-        buffer.append(("[\n  " if count == 0 else ",\n  ") + json_text(item).replace("\n", "\n  "))
+        buffer.append(("[\n  " if count == 0 else ",\n  ") + _item_text(item))
         count += 1
         if len(buffer) >= STREAM_CHUNK:
             click.echo("".join(buffer), nl=False)

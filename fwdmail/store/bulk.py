@@ -7,6 +7,7 @@ IMMEDIATE and each batch is its own transaction, so a running daemon's writes ge
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -68,17 +69,17 @@ def domain_ids(names: Iterable[str]) -> dict[str, int]:
 
 
 def _existing(keys: Sequence[tuple[int, str, str]]) -> dict[tuple[int, str, str], tuple[int, str]]:
-    """(domain id, kind, local) -> (alias id, destinations JSON) for those of `keys` that exist."""
-    wanted = set(keys)
+    """(domain id, kind, local) -> (alias id, destinations JSON) for those of `keys` that exist: each key
+    one probe of the (domain, kind, local) index."""
     out: dict[tuple[int, str, str], tuple[int, str]] = {}
     for chunk in _chunks(list(keys), _LOOKUP_CHUNK):
-        domains = {k[0] for k in chunk}
-        locals_ = {k[2] for k in chunk}
-        q = (Alias.select(Alias.id, Alias.domain, Alias.kind, Alias.local, Alias.destinations)
-             .where(Alias.domain.in_(list(domains)), Alias.local.in_(list(locals_))).tuples())
-        for ident, dom, kind, local, dests in q:
-            if (dom, kind, local) in wanted:
-                out[(dom, kind, local)] = (ident, dests)
+        values = ", ".join(["(?, ?, ?)"] * len(chunk))
+        sql = (f"WITH k(d, kd, l) AS (VALUES {values}) "
+               "SELECT a.id, a.domain_id, a.kind, a.local, a.destinations FROM k "
+               "JOIN alias AS a ON a.domain_id = k.d AND a.kind = k.kd AND a.local = k.l")
+        params = [v for key in chunk for v in key]  # type: ignore[union-attr]
+        for ident, dom, kind, local, dests in database.execute_sql(sql, params).fetchall():
+            out[(dom, kind, local)] = (ident, dests)
     return out
 
 
@@ -96,7 +97,7 @@ def import_batch(rows: Sequence[ImportRow], writes: ImportWrites) -> None:
     inserted: list[int] = []
     replaced: list[tuple[int, str]] = []
     unchanged = 0
-    now = utcnow()
+    created = str(utcnow())  # as peewee writes a DateTimeField to SQLite
     with database.atomic("IMMEDIATE"):
         existing = _existing([(r.domain_id, r.kind, r.local) for r in rows])
         new = []
@@ -104,20 +105,28 @@ def import_batch(rows: Sequence[ImportRow], writes: ImportWrites) -> None:
             dests = json.dumps(list(r.destinations))
             found = existing.get((r.domain_id, r.kind, r.local))
             if found is None:
-                new.append({"domain": r.domain_id, "kind": r.kind, "local": r.local, "destinations": dests,
-                            "state": "enabled", "created_at": now})
+                new.append((r.domain_id, r.kind, r.local, dests, "enabled", created))
             elif found[1] == dests:
                 unchanged += 1
             else:
                 Alias.update(destinations=dests).where(Alias.id == found[0]).execute()
                 replaced.append((found[0], found[1]))
         for chunk in _chunks(new, 2000):
-            inserted.extend(row[0] for row in Alias.insert_many(chunk).returning(Alias.id).tuples().execute())
+            inserted.extend(_insert(chunk))
         if inserted or replaced:
             _changed()
     writes.inserted.extend(inserted)
     writes.replaced.extend(replaced)
     writes.unchanged += unchanged
+
+
+def _insert(rows: Sequence[tuple[object, ...]]) -> list[int]:
+    """Insert alias rows (domain_id, kind, local, destinations, state, created_at); return their ids.
+    One plain statement: peewee's query builder costs ten times SQLite's own work at this size."""
+    values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(rows))
+    sql = (f"INSERT INTO alias (domain_id, kind, local, destinations, state, created_at) VALUES {values} "
+           "RETURNING id")
+    return [row[0] for row in database.execute_sql(sql, [v for r in rows for v in r]).fetchall()]
 
 
 def undo_import(writes: ImportWrites) -> None:
@@ -159,22 +168,33 @@ def iter_aliases(domain: str | None = None, search: str | None = None,
         after_name = domains[-1][1]
 
 
+_PAGE_SQL = ("SELECT id, kind, local, destinations, state, password_hash IS NOT NULL, created_at FROM alias "
+             "WHERE domain_id = ? AND (kind > ? OR (kind = ? AND local > ?)) ORDER BY kind, local LIMIT ?")
+
+
 def _domain_aliases(dom_id: int, name: str, account: str, needle: str | None,
                     page: int) -> Iterator[AliasRecord]:
-    after: tuple[str, str] | None = None
+    """The aliases of one domain, a page at a time by (kind, local): each page one range of the
+    (domain, kind, local) index. Plain SQL: peewee's row conversion would double a listing's time."""
+    after = ("", "")
     while True:
-        q = (Alias.select(Alias.id, Alias.kind, Alias.local, Alias.destinations, Alias.state,
-                          Alias.password_hash.is_null(False), Alias.created_at)
-             .where(Alias.domain == dom_id).order_by(Alias.kind, Alias.local).limit(page))
-        if after is not None:
-            q = q.where((Alias.kind > after[0]) | ((Alias.kind == after[0]) & (Alias.local > after[1])))
-        rows = list(q.tuples())
+        rows = database.execute_sql(_PAGE_SQL, (dom_id, after[0], after[0], after[1], page)).fetchall()
         for ident, kind, local, dests, state, has_password, created in rows:
             rec = AliasRecord(ident, name, kind, local, tuple(json.loads(dests)), state, bool(has_password),
-                              account, created)
+                              account, _datetime(created))
             if needle is None or needle in rec.address.lower() or any(
                     needle in d.lower() for d in rec.destinations):
                 yield rec
         if len(rows) < page:
             return
         after = (rows[-1][1], rows[-1][2])
+
+
+def _datetime(value: object) -> dt.datetime:
+    """A DateTimeField as SQLite returns it (the text peewee wrote) as peewee reads it back."""
+    if isinstance(value, str):
+        try:
+            return dt.datetime.fromisoformat(value)
+        except ValueError:
+            pass
+    return Alias.created_at.python_value(value)
