@@ -6,6 +6,10 @@ their text is shown escaped (`render.visible`).
 
 from __future__ import annotations
 
+import io
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, TextIO
 
 import click
@@ -67,24 +71,24 @@ def alias_list(state: State, domain_name: str | None, search: str | None, as_jso
 
 
 @alias.command("import")
-@click.argument("file", type=click.File("r", encoding="utf-8", errors="surrogateescape"))
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("--account", help="Create missing domains for this account (without it they are an error).",
               metavar="EMAIL")
 @click.option("--dry-run", is_flag=True, help="Check the file and count what would change; write nothing.")
 @pass_state
-def alias_import(state: State, file: TextIO, account: str | None, dry_run: bool) -> None:
+def alias_import(state: State, file: str, account: str | None, dry_run: bool) -> None:
     """Import aliases from FILE (- for stdin) in Postfix's virtual(5) format:
     `address destination[, destination...]`, with user@dom, @dom or *@dom (catch-all) and /regex/@dom.
 
     Every line is checked before anything is written; any problem is listed as FILE:LINE and nothing is
     imported. An alias that exists gets the file's destinations."""
     state.open()
-    name = "-" if file.name in ("-", "<stdin>") else file.name
     try:
-        plan = virtual.plan_import(file, account)
+        with _text_lines(file) as lines:
+            plan = virtual.plan_import(lines, account)
     except virtual.ImportRefused as refused:
         for p in refused.problems:
-            line(f"{name}:{p.line}: {p.reason}", err=True)
+            line(f"{file}:{p.line}: {p.reason}", err=True)
         if refused.total > len(refused.problems):
             line(f"... and {refused.total - len(refused.problems)} more", err=True)
         raise click.ClickException(str(refused)) from None
@@ -99,6 +103,25 @@ def alias_import(state: State, file: TextIO, account: str | None, dry_run: bool)
             line(note, err=True)
         raise
     line(summary.line)
+
+
+@contextmanager
+def _text_lines(path: str) -> Iterator[TextIO]:
+    """FILE (or stdin for -) as UTF-8 text; undecodable bytes reach the checks as lone surrogates, so they
+    are a line's problem, not a traceback."""
+    if path == "-":
+        stream = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape")
+        try:
+            yield stream
+        finally:
+            stream.detach()
+        return
+    try:
+        handle = open(path, encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {path}: {exc.strerror or exc}") from None
+    with handle:
+        yield handle
 
 
 @alias.command("export")
