@@ -150,9 +150,10 @@ def _parse(text: str) -> tuple[AliasSpec | None, tuple[str, ...], str | None]:
     return spec, tuple(checked), None
 
 
-def plan_import(lines: Iterable[str], account: str | None = None) -> ImportPlan:
+def plan_import(lines: Iterable[str], account: str | None = None, *, count: bool = True) -> ImportPlan:
     """Check every line of a virtual(5) file and the domains it names, writing nothing; raise
-    `ImportRefused` listing the problems. With `account`, missing domains are to be created for it."""
+    `ImportRefused` listing the problems. With `account`, missing domains are to be created for it.
+    `count` reads what would be added, updated or unchanged (a dry run's answer)."""
     problems = _Problems()
     acct = None
     if account is not None:
@@ -189,7 +190,8 @@ def plan_import(lines: Iterable[str], account: str | None = None) -> ImportPlan:
         problems.kept.sort(key=lambda p: p.line)
         raise ImportRefused(problems.kept, problems.total)
     plan = ImportPlan(entries, ids, missing, acct)
-    _count(plan)
+    if count:
+        _count(plan)
     return plan
 
 

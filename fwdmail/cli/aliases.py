@@ -85,7 +85,7 @@ def alias_import(state: State, file: str, account: str | None, dry_run: bool) ->
     state.open()
     try:
         with _text_lines(file) as lines:
-            plan = virtual.plan_import(lines, account)
+            plan = virtual.plan_import(lines, account, count=dry_run)
     except virtual.ImportRefused as refused:
         for p in refused.problems:
             line(f"{file}:{p.line}: {p.reason}", err=True)
