@@ -8,18 +8,19 @@ that backtracks on adversarial local parts is refused before it reaches the MX.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from fwdmail import store
 from fwdmail.app.domains import get_domain
-from fwdmail.mail.addresses import SUBSTITUTION, parse_alias_spec, parse_destinations
+from fwdmail.mail.addresses import SUBSTITUTION, AliasSpec, parse_alias_spec, parse_destinations
 from fwdmail.policy.routing import PROBE_BUDGET, slow_probe
 from fwdmail.runtime import keys
 from fwdmail.store import AliasRecord
 
 __all__ = [
-    "ALIAS_STATES", "AliasRecord", "NewPassword", "add_alias", "list_aliases", "new_alias_password",
-    "remove_alias", "set_alias_state",
+    "ALIAS_STATES", "AliasRecord", "NewPassword", "add_alias", "check_alias", "iter_aliases", "list_aliases",
+    "new_alias_password", "remove_alias", "set_alias_state",
 ]
 
 ALIAS_STATES = store.ALIAS_STATES
@@ -38,8 +39,15 @@ def _shown(probe: str) -> str:
 
 
 def add_alias(address: str, destinations: list[str]) -> AliasRecord:
-    """Add an alias; refuses a forward to itself, `$N` beyond the regex's groups and a regex that
-    backtracks on adversarial local parts (it would cost the MX's event loop on every such RCPT)."""
+    """Add an alias (checked as `check_alias` says)."""
+    spec, dests = check_alias(address, destinations)
+    return store.add_alias(spec.domain, spec.kind, spec.local, dests)
+
+
+def check_alias(address: str, destinations: list[str]) -> tuple[AliasSpec, list[str]]:
+    """Parse an alias and its destinations; refuses a forward to itself, `$N` beyond the regex's groups
+    and a regex that backtracks on adversarial local parts (it would cost the MX's event loop on every
+    such RCPT)."""
     spec = parse_alias_spec(address)
     dests = parse_destinations(destinations)
     groups = re.compile(spec.local).groups if spec.kind == "regex" else 0
@@ -56,12 +64,21 @@ def add_alias(address: str, destinations: list[str]) -> AliasRecord:
             raise ValueError(f"{dest} uses ${max(used)} but the pattern has {groups} group(s)")
         if spec.kind == "exact" and dest.lower() == spec.address:
             raise ValueError(f"alias {spec.address} cannot forward to itself")
-    return store.add_alias(spec.domain, spec.kind, spec.local, dests)
+    return spec, dests
 
 
 def list_aliases(domain: str | None = None) -> list[AliasRecord]:
     """All aliases, or those of `domain` (which must exist)."""
     return store.list_aliases(get_domain(domain).name if domain is not None else None)
+
+
+def iter_aliases(domain: str | None = None, search: str | None = None) -> Iterator[AliasRecord]:
+    """The aliases (of `domain`, which must exist; whose address or a destination contains `search`),
+    read from the store a page at a time: memory stays flat however many there are."""
+    name = get_domain(domain).name if domain is not None else None
+    if search is not None and not search.strip():
+        raise ValueError("empty --search text")
+    return store.iter_aliases(name, search.strip() if search else None)
 
 
 def remove_alias(address: str) -> str:

@@ -92,6 +92,109 @@ def progress(steps: Iterable[tuple[str, str, int | None]]) -> Iterator[Callable[
         yield lambda key, n: bar.advance(tasks[key], n)
 
 
+@contextmanager
+def terminal_progress(title: str, total: int) -> Iterator[Callable[[int], None]]:
+    """`progress` with one bar, shown only when stderr is a terminal (scripts and logs get no bar)."""
+    if not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    with progress([("", title, total)]) as advance:
+        yield lambda n: advance("", n)
+
+
+# Streamed listings print this many rows (a table chunk, or JSON items) per write.
+STREAM_CHUNK = 500
+
+
+def stream_table(title: str, columns: Sequence[tuple[str, int | None]], rows: Iterable[Sequence[object]],
+                 out: Console | None = None) -> int:
+    """Print a table as its rows come, `STREAM_CHUNK` at a time, without holding them all: every chunk
+    has the same column widths (a fixed width, or None for an equal share of the rest), so the chunks
+    read as one table. Cells are `visible` text as in `table`. Returns the number of rows."""
+    from rich import box
+
+    out = out or console()
+    count = 0
+    chunk: Table | None = None
+
+    def fresh(first: bool) -> Table:
+        t = Table(title=text(title) if first else None, title_justify="left", box=box.SIMPLE_HEAD,
+                  show_edge=False, show_header=first, expand=True, width=out.width)
+        for name, width in columns:
+            t.add_column(text(name), overflow="fold", width=width, ratio=None if width else 1,
+                         no_wrap=False)
+        return t
+
+    for r in rows:
+        if chunk is None:
+            chunk = fresh(count == 0)
+        add_row(chunk, r)
+        count += 1
+        if count % STREAM_CHUNK == 0:
+            out.print(chunk)
+            chunk = None
+    if chunk is not None or count == 0:
+        out.print(chunk or fresh(True))
+    return count
+
+
+_QUOTE = json.encoder.encode_basestring  # C, non-ASCII kept as ensure_ascii=False keeps it
+_SCALAR = json.JSONEncoder(ensure_ascii=False).encode
+
+
+class _Unusual(Exception):
+    """A value `_layout` leaves to json.dumps."""
+
+
+def _layout(value: Any, level: int) -> str:
+    """`json.dumps(value, indent=2, ensure_ascii=False)` for plain dicts, lists and scalars, nested at
+    `level`: json's indented encoder is pure Python, this one leaves each scalar to its C encoder."""
+    if isinstance(value, str):
+        return _QUOTE(value)
+    if isinstance(value, int | float | bool) or value is None:
+        return _SCALAR(value)
+    if isinstance(value, dt.date):
+        return _QUOTE(_iso(value))
+    inner = "\n" + "  " * (level + 1)
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise _Unusual
+        body = ",".join(f"{inner}{_QUOTE(k)}: {_layout(v, level + 1)}"
+                        for k, v in value.items())
+        return f"{{{body}\n{'  ' * level}}}" if value else "{}"
+    if isinstance(value, list | tuple):
+        body = ",".join(inner + _layout(v, level + 1) for v in value)
+        return f"[{body}\n{'  ' * level}]" if value else "[]"
+    raise _Unusual
+
+
+def _item_text(item: Any) -> str:
+    """`json_text(item)` nested one level in an array, as fast as the item allows."""
+    try:
+        out = _layout(item, 1)
+    except _Unusual:
+        return json_text(item).replace("\n", "\n  ")
+    if out.isascii() and "\x7f" not in out:  # json escaped every other hidden ASCII character already
+        return out
+    return HIDDEN_CHARS.sub(lambda m: m.group() if m.group() == "\n" else json.dumps(m.group())[1:-1], out)
+
+
+def stream_json(items: Iterable[Any]) -> int:
+    """Write one JSON array item by item, as `emit_json` would write the whole list (same text), without
+    holding it. Returns the number of items."""
+    count = 0
+    buffer: list[str] = []
+    for item in items:
+        buffer.append(("[\n  " if count == 0 else ",\n  ") + _item_text(item))
+        count += 1
+        if len(buffer) >= STREAM_CHUNK:
+            click.echo("".join(buffer), nl=False)
+            buffer.clear()
+    buffer.append("\n]" if count else "[]")
+    click.echo("".join(buffer))
+    return count
+
+
 def line(value: object, *, err: bool = False, multiline: bool = False) -> None:
     """Print a plain line (no markup is involved, but outside text is still shown visibly)."""
     click.echo(visible(value, multiline=multiline), err=err)

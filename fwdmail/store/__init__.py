@@ -12,6 +12,16 @@ from fwdmail.store.abuse import (
     list_abuse_events,
     record_abuse,
 )
+from fwdmail.store.bulk import (
+    IMPORT_BATCH,
+    ImportRow,
+    ImportWrites,
+    domain_ids,
+    existing_destinations,
+    import_batch,
+    iter_aliases,
+    undo_import,
+)
 from fwdmail.store.db import (
     SCHEMA_VERSION,
     StoreError,
@@ -32,6 +42,7 @@ from fwdmail.store.directory import (
     ALIAS_KINDS,
     ALIAS_STATES,
     AccountRecord,
+    AliasLookup,
     AliasRecord,
     AlreadyExists,
     DomainRecord,
@@ -41,6 +52,7 @@ from fwdmail.store.directory import (
     add_domain,
     alias_password_hash,
     delete_account,
+    directory_changes,
     directory_snapshot,
     directory_version,
     get_account,
@@ -50,6 +62,8 @@ from fwdmail.store.directory import (
     list_aliases,
     list_domains,
     load_directory,
+    lookup_aliases,
+    lookup_key,
     mark_domain_verified,
     remove_alias,
     remove_domain,
