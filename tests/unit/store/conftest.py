@@ -37,6 +37,10 @@ class Opened:
     def reopen(self) -> None:
         store.open_store(self.path, self.url)
 
+    def reopen_here(self) -> None:
+        """This thread's own connection to the open store (as the daemon's database threads have)."""
+        store_db.database.connect(reuse_if_open=True)
+
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Rows of `sql` (with `?` placeholders) on the store's own connection."""
         return [tuple(r) for r in store_db.database.execute_sql(store_db.sql(sql), params).fetchall()]
