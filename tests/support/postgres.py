@@ -109,12 +109,14 @@ class PostgresServer:
             conn.execute(f"CREATE DATABASE {name} STRATEGY FILE_COPY")
         return self.url(name)
 
-    def drop_database(self, url: str) -> None:
+    def empty_database(self, url: str) -> None:
+        """Drop everything in `url`'s database (its public schema), much faster than a new database."""
         import psycopg
 
-        name = url.rsplit("/", 1)[1]
-        with psycopg.connect(self.url(), autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("SET lock_timeout = '5s'")  # a connection a test left open fails it, not hangs
+            conn.execute("DROP SCHEMA public CASCADE")
+            conn.execute("CREATE SCHEMA public")
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None

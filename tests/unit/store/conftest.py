@@ -66,6 +66,12 @@ class Opened:
         return str(self.path) if self.engine == "sqlite" else self.url
 
 
+@pytest.fixture(scope="session")
+def postgres_url(postgres: PostgresServer) -> str:
+    """The one database the session's PostgreSQL tests share, emptied before each."""
+    return postgres.new_database()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def engine(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -81,8 +87,9 @@ def opened(engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> Itera
         store.close_store()
         return
     server: PostgresServer = request.getfixturevalue("postgres")
-    at = Opened(engine, path, server.new_database())
+    url: str = request.getfixturevalue("postgres_url")
+    server.empty_database(url)
+    at = Opened(engine, path, url)
     at.reopen()
     yield at
     store.close_store()
-    server.drop_database(at.url)
