@@ -5,7 +5,10 @@ listing, Meta upserts, and how a store that cannot be reached is reported."""
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +20,7 @@ from tests.support.rows import T0
 from tests.unit.store.conftest import Opened
 
 LATER = T0 + dt.timedelta(minutes=5)
+REPO = Path(__file__).resolve().parents[3]
 
 
 class Reply:
@@ -175,3 +179,24 @@ def test_postgres_errors_are_classified(opened: Opened) -> None:
         store.list_accounts()
     assert store.unavailable(exc.value) and "\n" not in store.failure(exc.value)
     assert store.run_read(store.list_accounts) == []
+
+
+def test_processes_opening_a_new_store_at_once_migrate_it_once(opened: Opened) -> None:
+    store.close_store()
+    if opened.engine == "sqlite":
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{opened.path}{suffix}").unlink(missing_ok=True)
+    else:
+        opened.outside("DROP SCHEMA public CASCADE")
+        opened.outside("CREATE SCHEMA public")
+    code = ("import sys; from fwdmail import store; store.open_store(sys.argv[1], sys.argv[2]); "
+            "store.add_account(sys.argv[3])")
+    args = [sys.executable, "-c", code, str(opened.path), opened.url]
+    procs = [subprocess.Popen([*args, f"p{i}@example.test"], cwd=REPO, stderr=subprocess.PIPE)
+             for i in range(4)]
+    errors = [p.communicate(timeout=60)[1].decode()[-300:] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, errors
+    opened.reopen()
+    assert len(store.list_accounts()) == 4
+    version = opened.query("SELECT value FROM meta WHERE key = 'schema_version'")
+    assert version == [(str(store.SCHEMA_VERSION),)]
