@@ -18,6 +18,7 @@ import re
 import socket
 import tomllib
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -331,6 +332,43 @@ class StoreConfig:
                  "clients wait that long for a reply; keep it short")
 
 
+DATABASE_SCHEMES = ("postgresql", "postgres")
+
+
+def _shown_url(url: str) -> str:
+    """`url` as an error may quote it: any password replaced by ***."""
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    if not sep or "@" not in netloc:
+        return url
+    creds, _, host = netloc.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}{':***' if ':' in creds else ''}@{host}{slash}{path}"
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = ""
+
+    def validate(self, key: str) -> None:
+        if not self.url:
+            return
+        shown = _shown_url(self.url)
+        bad = (f"{key}.url: must be empty (SQLite in data_dir) or postgresql://user@host:port/dbname, "
+               f"got {shown!r}")
+        try:
+            parts = urllib.parse.urlsplit(self.url)
+            port = parts.port
+        except ValueError:
+            raise ConfigError(bad) from None
+        socket_dir = "host=/" in parts.query  # postgresql:///dbname?host=/run/postgresql
+        named = parts.path.strip("/")
+        if parts.scheme not in DATABASE_SCHEMES or not (parts.hostname or socket_dir) or not named:
+            raise ConfigError(bad)
+        if port == 0 or any(c.isspace() for c in self.url):
+            raise ConfigError(bad)
+
+
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 
 
@@ -352,6 +390,7 @@ class Config:
     abuse: AbuseConfig = field(default_factory=AbuseConfig)
     error_log: ErrorLogConfig = field(default_factory=ErrorLogConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
 
     def validate(self, key: str = "") -> None:
         if self.log_level not in ("debug", "info", "warning", "error"):

@@ -52,7 +52,7 @@ def prepare(cfg: Config, *, open_db: bool = True, create: bool = False) -> Runti
         raise ConfigError(f"data_dir: cannot set up {data}: {exc.strerror or exc}") from None
     check_tls(cfg)
     if open_db:
-        store.open_store(cfg.db_path)
+        store.open_store(cfg.db_path, cfg.database.url)
     return Runtime(cfg, secret, cfg.cert_path, cfg.key_path)
 
 

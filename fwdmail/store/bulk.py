@@ -2,7 +2,8 @@
 read the directory page by page so memory stays flat whatever its size.
 
 Values arrive validated by `fwdmail.app.aliases`; nothing here parses what an admin typed. Writes begin
-IMMEDIATE and each batch is its own transaction, so a running daemon's writes get the lock between them.
+IMMEDIATE (on SQLite) and each batch is its own transaction, so a running daemon's writes get the lock
+between them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from fwdmail.store.db import reads, rest_after
+from fwdmail.store.db import reads, rest_after, sql, writing
 from fwdmail.store.directory import AliasRecord, _bump_directory
 from fwdmail.store.models import Account, Alias, Domain, database, lookup_key, utcnow
 
@@ -74,11 +75,11 @@ def _existing(keys: Sequence[tuple[int, str, str]]) -> dict[tuple[int, str, str]
     out: dict[tuple[int, str, str], tuple[int, str]] = {}
     for chunk in _chunks(list(keys), _LOOKUP_CHUNK):
         values = ", ".join(["(?, ?, ?)"] * len(chunk))
-        sql = (f"WITH k(d, kd, l) AS (VALUES {values}) "
+        query = (f"WITH k(d, kd, l) AS (VALUES {values}) "
                "SELECT a.id, a.domain_id, a.kind, a.local, a.destinations FROM k "
                "JOIN alias AS a ON a.domain_id = k.d AND a.kind = k.kd AND a.local = k.l")
         params = [v for key in chunk for v in key]  # type: ignore[union-attr]
-        for ident, dom, kind, local, dests in database.execute_sql(sql, params).fetchall():
+        for ident, dom, kind, local, dests in database.execute_sql(sql(query), params).fetchall():
             out[(dom, kind, local)] = (ident, dests)
     return out
 
@@ -98,7 +99,7 @@ def import_batch(rows: Sequence[ImportRow], writes: ImportWrites) -> None:
     replaced: list[tuple[int, str]] = []
     unchanged = 0
     created = str(utcnow())  # as peewee writes a DateTimeField to SQLite
-    with database.atomic("IMMEDIATE"):
+    with writing():
         existing = _existing([(r.domain_id, r.kind, r.local) for r in rows])
         new = []
         for r in rows:
@@ -125,10 +126,10 @@ def _insert(rows: Sequence[tuple[object, ...]]) -> list[int]:
     the MX finds an exact alias by; return their ids. One plain statement: peewee's query builder costs
     ten times SQLite's own work at this size."""
     values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(rows))
-    sql = (f"INSERT INTO alias (domain_id, kind, local, lookup, destinations, state, created_at) "
-           f"VALUES {values} RETURNING id")
+    query = (f"INSERT INTO alias (domain_id, kind, local, lookup, destinations, state, created_at) "
+             f"VALUES {values} RETURNING id")
     params = [v for r in rows for v in (*r[:3], lookup_key(str(r[2])), *r[3:])]
-    return [row[0] for row in database.execute_sql(sql, params).fetchall()]
+    return [row[0] for row in database.execute_sql(sql(query), params).fetchall()]
 
 
 def undo_import(writes: ImportWrites) -> None:
@@ -136,12 +137,12 @@ def undo_import(writes: ImportWrites) -> None:
     batches as it wrote them."""
     for chunk in _chunks(writes.inserted, IMPORT_BATCH):
         started = time.monotonic()
-        with database.atomic("IMMEDIATE"):
+        with writing():
             Alias.delete().where(Alias.id.in_(list(chunk))).execute()
             _changed()
         time.sleep(rest_after(started))
     for chunk in _chunks(writes.replaced, IMPORT_BATCH):
-        with database.atomic("IMMEDIATE"):
+        with writing():
             for ident, dests in chunk:  # type: ignore[misc]
                 Alias.update(destinations=dests).where(Alias.id == ident).execute()
             _changed()
@@ -180,7 +181,7 @@ def _domain_aliases(dom_id: int, name: str, account: str, needle: str | None,
     (domain, kind, local) index. Plain SQL: peewee's row conversion would double a listing's time."""
     after = ("", "")
     while True:
-        rows = database.execute_sql(_PAGE_SQL, (dom_id, after[0], after[0], after[1], page)).fetchall()
+        rows = database.execute_sql(sql(_PAGE_SQL), (dom_id, after[0], after[0], after[1], page)).fetchall()
         for ident, kind, local, dests, state, has_password, created in rows:
             rec = AliasRecord(ident, name, kind, local, tuple(json.loads(dests)), state, bool(has_password),
                               account, _datetime(created))

@@ -1,15 +1,22 @@
-"""The SQLite connections: pragmas, schema version, forward migrations, checkpoints, and how a thread
-reads (its own read-only connection) or writes (waiting a bounded time for the write lock)."""
+"""The store's connections, on SQLite (the default, a file in data_dir) or PostgreSQL (`[database] url`):
+pragmas, schema version, forward migrations under a lock, checkpoints, and how a thread reads (its own
+read-only connection) or writes (waiting a bounded time for locks held elsewhere).
+
+Untrusted input: the `[database] url` (validated in config; its password never reaches a message) and
+the database's own error texts, logged only for failures of the store as a whole."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import peewee as pw
 from playhouse import migrate as schema
@@ -33,22 +40,79 @@ class StoreError(RuntimeError):
     """The store cannot be opened or used (locked, read-only, full, corrupt)."""
 
 
+# PostgreSQL's SQLSTATE for "disk full" (class 53, insufficient resources).
+PG_DISK_FULL = "53100"
+
+
+def _from_psycopg(exc: BaseException) -> bool:
+    return any(type(e).__module__.startswith("psycopg") for e in (exc, exc.__context__, exc.__cause__)
+               if e is not None)
+
+
 def unavailable(exc: BaseException) -> bool:
-    """Whether `exc` says the store as a whole cannot work now (locked, full, read-only, I/O error),
-    rather than that it refused one particular write."""
-    return isinstance(exc, pw.OperationalError | StoreError)
+    """Whether `exc` says the store as a whole cannot work now (locked, full, read-only, I/O error, the
+    server gone), rather than that it refused one particular write."""
+    if isinstance(exc, pw.OperationalError | StoreError):
+        return True
+    # psycopg's "the connection is closed" (the server went away between two statements).
+    return isinstance(exc, pw.InterfaceError) and _from_psycopg(exc)
 
 
 def storage_full(exc: BaseException) -> bool:
-    """Whether `exc` is SQLite's SQLITE_FULL: no room left on the data dir's file system."""
+    """Whether `exc` is SQLite's SQLITE_FULL or PostgreSQL's disk-full SQLSTATE: no room left."""
     return any(getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+               or getattr(e, "sqlstate", None) == PG_DISK_FULL
                for e in (exc, exc.__context__, exc.__cause__))
 
 
 def failure(exc: BaseException) -> str:
-    """A store failure as a log line may say it: SQLite's own message ("database is locked"), or the
-    exception's type for anything else (its text could quote stored data)."""
-    return str(exc) if unavailable(exc) and str(exc) else type(exc).__name__
+    """A store failure as a log line may say it: the engine's own first line ("database is locked",
+    "connection refused"), or the exception's type for anything else (its text could quote stored data)."""
+    text = str(exc).strip().splitlines()[0] if unavailable(exc) and str(exc).strip() else ""
+    return text or type(exc).__name__
+
+
+def is_sqlite() -> bool:
+    """Whether the open store is SQLite (the default) rather than PostgreSQL."""
+    return isinstance(database.obj, pw.SqliteDatabase)
+
+
+def writing() -> AbstractContextManager[Any]:
+    """A write transaction: on SQLite `BEGIN IMMEDIATE`, taking the write lock before the first read so a
+    writer waits for another instead of failing on a stale snapshot; on PostgreSQL a plain transaction
+    (a verb that reads and then writes locks its rows: `locking`, `FOR_UPDATE`)."""
+    return database.atomic("IMMEDIATE") if is_sqlite() else database.atomic()
+
+
+def snapshot() -> AbstractContextManager[Any]:
+    """A read transaction that sees one state throughout (SQLite's transactions always do; PostgreSQL's
+    default READ COMMITTED would see each statement's own)."""
+    return database.atomic() if is_sqlite() else database.atomic(isolation_level="REPEATABLE READ")
+
+
+def locking(query: pw.ModelSelect) -> pw.ModelSelect:
+    """`query` locking the rows it reads until the transaction ends (PostgreSQL); SQLite's write
+    transaction holds the whole database already."""
+    return query if is_sqlite() else query.for_update()
+
+
+def sql(text: str) -> str:
+    """Fixed SQL written with `?` placeholders, in the open database's parameter style."""
+    param = database.param
+    return text if param == "?" else text.replace("?", param)
+
+
+def redacted_url(url: str) -> str:
+    """`url` with any password replaced, as an error message may show it."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "(unparseable URL)"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
 
 
 class _SqliteDatabase(pw.SqliteDatabase):
@@ -63,10 +127,17 @@ class _SqliteDatabase(pw.SqliteDatabase):
         super().rollback()
 
 
+class _PostgresqlDatabase(pw.PostgresqlDatabase):
+    """peewee's PostgresqlDatabase on psycopg 3 (peewee's own adapter for it)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, prefer_psycopg3=True, connect_timeout=10)
+
+
 # MIGRATIONS[i] brings an existing database from schema version i + 1 to i + 2. A new database is created
 # from the models straight at SCHEMA_VERSION, so changing models.py takes both: the model edit (new
 # databases) and a migration appended here (existing ones).
-def _directory_lookups(db: pw.SqliteDatabase) -> None:
+def _directory_lookups(db: pw.Database) -> None:
     """2: aliases found by an indexed `lookup` key, and the per-domain change log the MX polls."""
     migrator = schema.SchemaMigrator.from_database(db)
     schema.migrate(migrator.add_column("alias", "lookup", pw.CharField(default="")))
@@ -80,14 +151,17 @@ def _directory_lookups(db: pw.SqliteDatabase) -> None:
     db.create_tables([DirectoryChange])
 
 
-MIGRATIONS: list[Callable[[pw.SqliteDatabase], None]] = [_directory_lookups]
+MIGRATIONS: list[Callable[[pw.Database], None]] = [_directory_lookups]
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
 
-def open_store(path: str | Path) -> pw.SqliteDatabase:
-    """Open (creating if needed) the database at `path`, apply pragmas and migrations."""
-    path = Path(path)
+def open_store(path: str | Path, url: str = "") -> pw.Database:
+    """Open (creating if needed) the database at `path`, apply pragmas and migrations; with `url` (a
+    `postgresql://` URL, `[database] url`) the PostgreSQL database it names instead of `path`."""
     close_store()
+    if url:
+        return _open_postgres(url)
+    path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
@@ -109,6 +183,23 @@ def open_store(path: str | Path) -> pw.SqliteDatabase:
     return db
 
 
+def _open_postgres(url: str) -> pw.Database:
+    shown = redacted_url(url)
+    if importlib.util.find_spec("psycopg") is None:
+        raise StoreError(f"cannot open database {shown}: PostgreSQL needs psycopg "
+                         "(pip install 'fwdmail[postgres]')")
+    db = _PostgresqlDatabase(url)
+    database.initialize(db)
+    try:
+        db.connect(reuse_if_open=True)
+        migrate(db)
+    except (pw.DatabaseError, pw.InterfaceError, StoreError) as exc:
+        db.close()
+        raise StoreError(f"cannot open database {shown}: {failure(exc) if unavailable(exc) else exc}"
+                         ) from None
+    return db
+
+
 def close_store() -> None:
     """Close this thread's connection, if any."""
     db = database.obj
@@ -116,7 +207,7 @@ def close_store() -> None:
         db.close()
 
 
-def schema_version(db: pw.SqliteDatabase) -> int:
+def schema_version(db: pw.Database) -> int:
     if not db.table_exists("meta"):
         return 0
     row = Meta.get_or_none(Meta.key == "schema_version")
@@ -127,15 +218,23 @@ def schema_version(db: pw.SqliteDatabase) -> int:
     return int(row.value)
 
 
-def migrate(db: pw.SqliteDatabase) -> None:
+# The PostgreSQL advisory lock that migrations hold (any constant: only fwdmail takes it on its database).
+MIGRATION_LOCK = 0x66776D_01
+
+
+def migrate(db: pw.Database) -> None:
     """Create a new database at SCHEMA_VERSION, or bring an older one forward, in one transaction.
 
-    A database written by a newer fwdmail is refused rather than guessed at. An up-to-date database is
-    only read, so opening the store does not wait for the daemon's write lock.
+    Once, under a lock, however many processes open the store at the same time: SQLite's write lock,
+    PostgreSQL's transaction-scoped advisory lock (DDL there is transactional too). A database written by
+    a newer fwdmail is refused rather than guessed at. An up-to-date database is only read, so opening
+    the store does not wait for the daemon's write lock.
     """
     if schema_version(db) == SCHEMA_VERSION:
         return
-    with db.atomic("IMMEDIATE"):
+    with writing():
+        if not is_sqlite():
+            db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
         current = schema_version(db)
         if current > SCHEMA_VERSION:
             raise StoreError(
@@ -151,7 +250,13 @@ def migrate(db: pw.SqliteDatabase) -> None:
         else:
             for version in range(current, SCHEMA_VERSION):
                 MIGRATIONS[version - 1](db)
-        Meta.insert(key="schema_version", value=str(SCHEMA_VERSION)).on_conflict_replace().execute()
+        upsert_meta("schema_version", str(SCHEMA_VERSION))
+
+
+def upsert_meta(key: str, value: str) -> None:
+    """Set one `Meta` fact, inserting or replacing it (the same statement on both engines)."""
+    (Meta.insert(key=key, value=value)
+     .on_conflict(conflict_target=[Meta.key], update={Meta.value: value}).execute())
 
 
 @contextlib.contextmanager
@@ -160,7 +265,7 @@ def unsynced() -> Iterator[None]:
     the WAL without an fsync (`synchronous` NORMAL), and the next synchronous commit or checkpoint makes
     them durable with everything before it. For bookkeeping whose loss repeats work but loses nothing.
     (SQLite only: elsewhere commits stay as the server syncs them.)"""
-    if not isinstance(database.obj, pw.SqliteDatabase):
+    if not is_sqlite():
         yield
         return
     database.execute_sql("PRAGMA synchronous = 1")
@@ -175,7 +280,10 @@ def checkpoint(wait_ms: int = 200) -> None:
 
     While it waits for readers it holds other writers off, so it waits at most `wait_ms` (not the
     connection's busy timeout) and may leave the WAL as it was; `settle_wal` retries until it is done.
+    Nothing on PostgreSQL (the server manages its WAL).
     """
+    if not is_sqlite():
+        return
     saved = database.execute_sql("PRAGMA busy_timeout").fetchone()[0]
     database.execute_sql(f"PRAGMA busy_timeout = {int(wait_ms)}")
     try:
@@ -185,7 +293,9 @@ def checkpoint(wait_ms: int = 200) -> None:
 
 
 def data_version() -> int:
-    """SQLite's data_version: changes when another connection commits."""
+    """SQLite's data_version: changes when another connection commits (always 0 on PostgreSQL)."""
+    if not is_sqlite():
+        return 0
     return int(database.execute_sql("PRAGMA data_version").fetchone()[0])
 
 
@@ -206,10 +316,21 @@ def run_read(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     transaction, or this process's writer waiting for it) holds the write lock, so reads never queue
     behind writes.
     """
-    if database.obj is not None and database.is_closed():
-        database.connect()
-        database.execute_sql("PRAGMA query_only = 1")
+    if database.obj is not None and _reconnect():
+        database.execute_sql("PRAGMA query_only = 1" if is_sqlite()
+                             else "SET default_transaction_read_only = on")
     return fn(*args, **kwargs)
+
+
+def _reconnect() -> bool:
+    """Open this thread's connection if it is closed, or (PostgreSQL) broken by a server that went away
+    and came back; True if it opened one."""
+    if not database.is_closed():
+        if is_sqlite() or database.is_connection_usable():
+            return False
+        database.close()
+    database.connect()
+    return True
 
 
 # Even a write whose deadline passed while it queued waits this long (or its whole budget, if smaller) for
@@ -224,7 +345,11 @@ def run_write(asked_at: float, budget: float, fn: Callable[P, T], *args: P.args,
     queued behind one that waits do not each wait the whole budget in turn."""
     if database.obj is not None:
         wait = max(asked_at + budget - time.monotonic(), min(MIN_LOCK_WAIT, budget))
-        database.execute_sql(f"PRAGMA busy_timeout = {int(wait * 1000)}")
+        if is_sqlite():
+            database.execute_sql(f"PRAGMA busy_timeout = {int(wait * 1000)}")
+        else:
+            _reconnect()
+            database.execute_sql(f"SET lock_timeout = {int(wait * 1000)}")
     return fn(*args, **kwargs)
 
 

@@ -4,8 +4,8 @@ Every change bumps `directory_version` and records it as the version of each dom
 (`DirectoryChange`), in the same transaction, so a running daemon polls one indexed query
 (`directory_changes`) and drops only those domains from its cache. The MX reads one recipient at a time
 (`lookup_aliases`: the domain, its exact aliases by indexed key, its regex and catch-all rules).
-Callers get plain records, never peewee objects. Writes begin IMMEDIATE: they take SQLite's write lock
-before reading, so a CLI write waits (busy timeout) for the running daemon's writes instead of failing
+Callers get plain records, never peewee objects. Writes begin IMMEDIATE on SQLite: they take its write
+lock before reading, so a CLI write waits (busy timeout) for the running daemon's writes instead of failing
 on a stale read snapshot.
 """
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import peewee as pw
 
-from fwdmail.store.db import checkpoint, reads, rest_after
+from fwdmail.store.db import checkpoint, reads, rest_after, snapshot, writing
 from fwdmail.store.models import (
     AbuseEvent,
     Account,
@@ -30,7 +30,6 @@ from fwdmail.store.models import (
     Meta,
     OutboundEmail,
     SmtpErrorLog,
-    database,
     lookup_key,
 )
 
@@ -118,8 +117,12 @@ def _bump_directory(domains: Iterable[str] | None = None, removed: Iterable[str]
     """A new directory version, recorded as the last change of each of `domains` (None: of every
     domain, so readers drop all they cached). Domains `removed` leave no trace of their name here: their
     removal is recorded as a change of every domain. Called inside the caller's transaction."""
-    version = directory_version() + 1
-    Meta.insert(key="directory_version", value=str(version)).on_conflict_replace().execute()
+    # One statement reads and bumps the counter, so concurrent writers (PostgreSQL) never share a version.
+    bumped = (Meta.insert(key="directory_version", value="1")
+              .on_conflict(conflict_target=[Meta.key],
+                           update={Meta.value: pw.Cast(pw.Cast(Meta.value, "BIGINT") + 1, "TEXT")})
+              .returning(Meta.value).execute())
+    version = int(next(iter(bumped)).value)
     gone = sorted(set(removed))
     if gone:
         DirectoryChange.delete().where(DirectoryChange.domain.in_(gone)).execute()
@@ -189,7 +192,7 @@ def _alias(domain: str, kind: str, local: str) -> Alias:
 # accounts
 
 def add_account(email: str) -> AccountRecord:
-    with database.atomic("IMMEDIATE"):
+    with writing():
         if Account.get_or_none(Account.email == email):
             raise AlreadyExists(f"account {email} exists already")
         row = Account.create(email=email)
@@ -220,7 +223,7 @@ def delete_account(email: str) -> dict[str, int]:
     logs = _delete_in_batches(SmtpErrorLog, SmtpErrorLog.domain.in_(domain_ids)
                               | SmtpErrorLog.domain_name.in_(names))
     _delete_in_batches(AbuseEvent, AbuseEvent.domain.in_(domain_ids))
-    with database.atomic("IMMEDIATE"):
+    with writing():
         acct = _account(email)
         domain_ids = [d.id for d in acct.domains]
         names = [d.name for d in acct.domains]
@@ -250,7 +253,7 @@ def _delete_in_batches(model: type[BaseModel], condition: pw.Expression) -> int:
     total = 0
     for _ in range(model.select().where(condition).count() // DELETE_BATCH + 1):
         started = time.monotonic()
-        with database.atomic("IMMEDIATE"):
+        with writing():
             ids = [r.id for r in model.select(model.id).where(condition).limit(DELETE_BATCH)]
             deleted = model.delete().where(model.id.in_(ids)).execute() if ids else 0
         total += deleted
@@ -264,7 +267,7 @@ def _delete_in_batches(model: type[BaseModel], condition: pw.Expression) -> int:
 
 def add_domain(name: str, account_email: str, dkim_selector: str, dkim_private_key: str,
                verification_token: str) -> DomainRecord:
-    with database.atomic("IMMEDIATE"):
+    with writing():
         acct = _account(account_email)
         if Domain.get_or_none(Domain.name == name):
             raise AlreadyExists(f"domain {name} exists already")
@@ -296,7 +299,7 @@ def update_domain(name: str, **changes: object) -> DomainRecord:
     days = changes.get("retention_days", 0)
     if not isinstance(days, int) or not 0 <= days <= 30:
         raise ValueError(f"retention_days must be between 0 and 30, got {days}")
-    with database.atomic("IMMEDIATE"):
+    with writing():
         row = _domain(name)
         for k, v in changes.items():
             setattr(row, k, v)
@@ -306,7 +309,7 @@ def update_domain(name: str, **changes: object) -> DomainRecord:
 
 
 def mark_domain_verified(name: str, now: dt.datetime) -> DomainRecord:
-    with database.atomic("IMMEDIATE"):
+    with writing():
         row = _domain(name)
         row.verified_at = now
         row.save()
@@ -322,7 +325,7 @@ def remove_domain(name: str) -> dict[str, int]:
     logs = _delete_in_batches(SmtpErrorLog,
                               (SmtpErrorLog.domain == row.id) | (SmtpErrorLog.domain_name == name))
     _delete_in_batches(AbuseEvent, AbuseEvent.domain == row.id)
-    with database.atomic("IMMEDIATE"):
+    with writing():
         row = _domain(name)
         counts = {
             "aliases": row.aliases.count(),
@@ -344,7 +347,7 @@ def add_alias(domain: str, kind: str, local: str, destinations: list[str]) -> Al
         raise ValueError(f"alias kind must be one of {', '.join(ALIAS_KINDS)}, got {kind!r}")
     if not 1 <= len(destinations) <= 10:
         raise ValueError(f"an alias needs 1 to 10 destinations, got {len(destinations)}")
-    with database.atomic("IMMEDIATE"):
+    with writing():
         dom = _domain(domain)
         exists = Alias.get_or_none(Alias.domain == dom, Alias.kind == kind, Alias.local == local)
         if exists:
@@ -369,7 +372,7 @@ def list_aliases(domain: str | None = None) -> list[AliasRecord]:
 
 
 def remove_alias(domain: str, kind: str, local: str) -> None:
-    with database.atomic("IMMEDIATE"):
+    with writing():
         _alias(domain, kind, local).delete_instance()
         _bump_directory([domain])
     checkpoint()
@@ -378,7 +381,7 @@ def remove_alias(domain: str, kind: str, local: str) -> None:
 def set_alias_state(domain: str, kind: str, local: str, state: str) -> AliasRecord:
     if state not in ALIAS_STATES:
         raise ValueError(f"alias state must be one of {', '.join(ALIAS_STATES)}, got {state!r}")
-    with database.atomic("IMMEDIATE"):
+    with writing():
         row = _alias(domain, kind, local)
         row.state = state
         row.save()
@@ -387,7 +390,7 @@ def set_alias_state(domain: str, kind: str, local: str, state: str) -> AliasReco
 
 
 def set_alias_password(domain: str, kind: str, local: str, password_hash: str) -> AliasRecord:
-    with database.atomic("IMMEDIATE"):
+    with writing():
         row = _alias(domain, kind, local)
         row.password_hash = password_hash
         row.save()
@@ -416,7 +419,7 @@ def load_directory() -> tuple[list[DomainRecord], list[AliasRecord]]:
 @reads
 def directory_snapshot() -> tuple[int, list[DomainRecord], list[AliasRecord]]:
     """`directory_version` with every domain and alias, all read in one transaction (they agree)."""
-    with database.atomic():
+    with snapshot():
         version = directory_version()
         domains, aliases = load_directory()
     return version, domains, aliases
@@ -432,7 +435,7 @@ MAX_CHANGES = 1000
 def directory_changes(since: int | None) -> tuple[int, list[str] | None]:
     """The directory version now, and the domains changed after version `since`: None when that is
     every domain (or more than `MAX_CHANGES`, or the version went back), [] when `since` is None."""
-    with database.atomic():
+    with snapshot():
         version = directory_version()
         if since is None or version == since:
             return version, []
@@ -448,7 +451,7 @@ def lookup_aliases(domain: str, keys: Sequence[str], with_rules: bool = True) ->
     """The hosted `domain` (None if it is not hosted) with its exact aliases whose `lookup_key` is one
     of `keys` (the last added, if several differ only in case) and, if `with_rules`, its regex and
     catch-all aliases. Indexed queries only, read in one transaction."""
-    with database.atomic():
+    with snapshot():
         row = Domain.select(Domain, Account).join(Account).where(Domain.name == domain).first()
         if row is None:
             return None

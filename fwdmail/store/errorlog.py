@@ -10,7 +10,8 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fwdmail.store.models import Domain, SmtpErrorLog, database
+from fwdmail.store.db import writing
+from fwdmail.store.models import Domain, SmtpErrorLog
 
 __all__ = ["SmtpErrorRecord", "list_smtp_errors", "log_smtp_errors"]
 
@@ -46,7 +47,7 @@ def log_smtp_errors(rows: Sequence[tuple[dt.datetime, str, str, str, int, str, s
     if not rows:
         return 0
     names = {r[2].lower() for r in rows if r[2]}
-    with database.atomic("IMMEDIATE"):
+    with writing():
         ids = {d.name: d.id for d in Domain.select(Domain.id, Domain.name).where(Domain.name.in_(names))}
         SmtpErrorLog.insert_many([_row(*r, domain_ids=ids) for r in rows]).execute()
     return len(rows)

@@ -1,7 +1,8 @@
 """Verbs on the outbound queue: submitted mail, its recipients, delivery attempts, claims and redaction.
 
 Time-dependent verbs take `now` (naive UTC). Callers get plain records, never peewee objects. Verbs that
-read and then write begin IMMEDIATE, so they wait for another writer instead of failing on a stale snapshot.
+read and then write begin IMMEDIATE on SQLite, so they wait for another writer instead of failing on a stale
+snapshot; on PostgreSQL they lock the rows they read (`FOR UPDATE`) and re-check them once locked.
 The verbs every submitted message goes through (`enqueue`, `claim_due`, `record_attempts`) use fixed
 parameterised SQL (plain SQL that PostgreSQL takes as well) instead of building peewee queries, whose
 compilation cost more than SQLite's work on them.
@@ -19,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-from fwdmail.store.db import reads, unsynced
+from fwdmail.store.db import is_sqlite, locking, reads, sql, unsynced, writing
 from fwdmail.store.directory import NotFound
 from fwdmail.store.errorlog import log_smtp_errors
 from fwdmail.store.models import Alias, Domain, OutboundEmail, OutboundRecipient, database
@@ -163,19 +164,19 @@ class AttemptOutcome:
     redacted: bool
 
 
-def _sql(text: str) -> str:
-    """`text` with its `?` placeholders in the connected database's style."""
-    param = database.param
-    return text if param == "?" else text.replace("?", param)
-
-
 def _run(text: str, params: Sequence[Any] = ()) -> Any:
-    return database.execute_sql(_sql(text), params)
+    return database.execute_sql(sql(text), params)
 
 
 def _run_many(text: str, rows: Sequence[Sequence[Any]]) -> None:
     if rows:
-        database.cursor().executemany(_sql(text), rows)
+        database.cursor().executemany(sql(text), rows)
+
+
+def _for_update(text: str, of: str = "") -> str:
+    """`text` locking the rows it reads on PostgreSQL (`of`: only that table's); SQLite's write
+    transaction holds the whole database already."""
+    return text if is_sqlite() else f"{text} FOR UPDATE{f' OF {of}' if of else ''}"
 
 
 def _when(value: object) -> dt.datetime:
@@ -247,7 +248,7 @@ def enqueue(emails: Sequence[NewEmail], now: dt.datetime) -> list[str]:
     """Store messages in one transaction (one durable commit for all); return their queue ids."""
     if not emails:
         return []
-    with database.atomic("IMMEDIATE"):
+    with writing():
         ids = _domain_ids({e.domain for e in emails})
         for email in emails:
             if email.domain not in ids:
@@ -277,8 +278,9 @@ def claim_due(now: dt.datetime, token: str, limit: int) -> list[ClaimedEmail]:
     due = (*PENDING_STATUSES, now, limit)
     if _run(_DUE, due).fetchone() is None:
         return []  # the common idle poll: a read, no write lock
-    with unsynced(), database.atomic("IMMEDIATE"):
-        ids = [r[0] for r in _run(_DUE, due).fetchall()]
+    with unsynced(), writing():
+        # On PostgreSQL a row another claim locked first is re-checked once free: claimed, it drops out.
+        ids = [r[0] for r in _run(_for_update(_DUE), due).fetchall()]
         if not ids:
             return []
         marks = _marks(len(ids))
@@ -341,7 +343,7 @@ def record_attempts(attempts: Sequence[Attempt],
     the group committer's). An attempt on a message that is gone or no longer claimed by its token gets
     None.
     """
-    with database.atomic("IMMEDIATE"):
+    with writing():
         return _record_attempts(attempts)
 
 
@@ -360,7 +362,8 @@ _ATTEMPTED = ("SELECT e.id, e.claim_token, e.mail_from, d.id, d.name, d.retentio
 def _record_attempts(attempts: Sequence[Attempt]) -> list[AttemptOutcome | None]:
     """The work of `record_attempts` in a few statements for the whole batch, not a few per message."""
     ids = sorted({a.email_id for a in attempts})
-    claims = {row[0]: _Claim(*row[1:]) for row in _run(_ATTEMPTED.format(_marks(len(ids))), ids).fetchall()}
+    claims = {row[0]: _Claim(*row[1:])
+              for row in _run(_for_update(_ATTEMPTED.format(_marks(len(ids))), "e"), ids).fetchall()}
     ours: dict[int, Attempt] = {}
     for a in attempts:
         row = claims.get(a.email_id)
@@ -430,8 +433,8 @@ def _attempt_changes(a: Attempt, statuses: list[str],
 def record_crash(email_id: int, token: str, now: dt.datetime, retry_at: dt.datetime,
                  max_crashes: int) -> str | None:
     """The worker failed on this message: count it, release the claim, hold it after `max_crashes`."""
-    with database.atomic("IMMEDIATE"):
-        email = OutboundEmail.get_or_none(OutboundEmail.id == email_id)
+    with writing():
+        email = locking(OutboundEmail.select().where(OutboundEmail.id == email_id)).first()
         if email is None or email.claim_token != token:
             return None
         return _crashed(email, now, retry_at, max_crashes)
@@ -456,13 +459,13 @@ def release_stale_claims(now: dt.datetime, max_crashes: int, claimed_before: dt.
     never dropped. Returns (released, held).
     """
     released = held = 0
-    with database.atomic("IMMEDIATE"):
+    with writing():
         q = OutboundEmail.select().where(OutboundEmail.claimed_at.is_null(False))
         if claimed_before is not None:
             q = q.where(OutboundEmail.claimed_at < claimed_before)
         if exclude:
             q = q.where(OutboundEmail.id.not_in(list(exclude)))
-        for email in q:
+        for email in locking(q):
             released += 1
             if _crashed(email, now, now, max_crashes) == "held":
                 held += 1
@@ -477,8 +480,9 @@ def release_claims(token: str, now: dt.datetime) -> int:
     )
 
 
-def _email(queue_id: str) -> OutboundEmail:
-    row = OutboundEmail.get_or_none(OutboundEmail.queue_id == queue_id)
+def _email(queue_id: str, lock: bool = False) -> OutboundEmail:
+    q = OutboundEmail.select().where(OutboundEmail.queue_id == queue_id)
+    row = (locking(q) if lock else q).first()
     if row is None:
         raise NotFound(f"no email {queue_id}")
     return row
@@ -514,8 +518,8 @@ def list_emails(status: str | None = None, domain: str | None = None,
 
 def retry_email(queue_id: str, now: dt.datetime) -> EmailRecord:
     """Make a queued, deferred or held message due now (a held one gets its crash count reset)."""
-    with database.atomic("IMMEDIATE"):
-        e = _email(queue_id)
+    with writing():
+        e = _email(queue_id, lock=True)
         if e.status in FINAL_STATUSES:
             raise ValueError(f"email {queue_id} is {e.status}: there is nothing left to retry")
         if e.claimed_at is not None:
@@ -530,5 +534,5 @@ def retry_email(queue_id: str, now: dt.datetime) -> EmailRecord:
 
 def delete_email(queue_id: str) -> None:
     """Delete a message with its recipients (the caller then settles the WAL: `settle_deleted`)."""
-    with database.atomic("IMMEDIATE"):
+    with writing():
         _email(queue_id).delete_instance()

@@ -2,8 +2,8 @@
 
 Each purge verb changes at most `batch` rows in one transaction and returns how many it changed, so a
 caller loops until a batch comes back short. Each has a `count_*` twin for dry runs. A row is due once
-its deadline is reached (deadline <= now), never before. Writes begin IMMEDIATE, so a purge from the CLI
-waits for the daemon's writes (busy timeout) instead of failing on a stale read snapshot.
+its deadline is reached (deadline <= now), never before. Writes begin IMMEDIATE on SQLite, so a purge
+from the CLI waits for the daemon's writes (busy timeout) instead of failing on a stale read snapshot.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 
 import peewee as pw
 
-from fwdmail.store.db import StoreError, reads
+from fwdmail.store.db import StoreError, is_sqlite, reads, upsert_meta, writing
 from fwdmail.store.models import AbuseEvent, Domain, Meta, OutboundEmail, SmtpErrorLog, database
 from fwdmail.store.outbound import FINAL_STATUSES
 
@@ -39,7 +39,7 @@ def _error_logs_before(cutoff: dt.datetime) -> pw.ModelSelect:
 
 def purge_error_logs_before(cutoff: dt.datetime, batch: int) -> int:
     """Delete up to `batch` SMTP error logs created at or before `cutoff`."""
-    with database.atomic("IMMEDIATE"):
+    with writing():
         ids = [r.id for r in _error_logs_before(cutoff).order_by(SmtpErrorLog.id).limit(batch)]
         return _delete_ids(SmtpErrorLog, ids)
 
@@ -55,7 +55,7 @@ def _abuse_events_before(cutoff: dt.datetime) -> pw.ModelSelect:
 
 def purge_abuse_events_before(cutoff: dt.datetime, batch: int) -> int:
     """Delete up to `batch` spam/abuse records created at or before `cutoff`."""
-    with database.atomic("IMMEDIATE"):
+    with writing():
         ids = [r.id for r in _abuse_events_before(cutoff).order_by(AbuseEvent.id).limit(batch)]
         return _delete_ids(AbuseEvent, ids)
 
@@ -87,7 +87,7 @@ def _bodies_due(now: dt.datetime) -> pw.ModelSelect | None:
 
 def redact_bodies_due(now: dt.datetime, batch: int) -> int:
     """Drop the body of up to `batch` final messages with final_at + domain.retention_days <= now."""
-    with database.atomic("IMMEDIATE"):
+    with writing():
         q = _bodies_due(now)
         if q is None:
             return 0
@@ -116,7 +116,7 @@ def _emails_due(now: dt.datetime, days: int) -> pw.ModelSelect:
 
 def delete_emails_due(now: dt.datetime, days: int, batch: int) -> int:
     """Delete up to `batch` outbound records (with their recipients) due by `_emails_due`."""
-    with database.atomic("IMMEDIATE"):
+    with writing():
         ids = [r.id for r in _emails_due(now, days).order_by(OutboundEmail.id).limit(batch)]
         return _delete_ids(OutboundEmail, ids)
 
@@ -130,8 +130,10 @@ def wal_checkpoint(wait_ms: int = 200) -> bool:
     """Checkpoint the WAL and truncate it to zero bytes; False if a reader kept it from completing.
 
     Waits at most `wait_ms` for readers (not the connection's long busy timeout), so the caller's
-    thread is not held up; the caller retries later.
+    thread is not held up; the caller retries later. Nothing to do on PostgreSQL (always True).
     """
+    if not is_sqlite():
+        return True
     saved = database.execute_sql("PRAGMA busy_timeout").fetchone()[0]
     database.execute_sql(f"PRAGMA busy_timeout = {int(wait_ms)}")
     try:
@@ -169,4 +171,4 @@ def last_retention_run() -> dt.datetime | None:
 
 
 def set_last_retention_run(now: dt.datetime) -> None:
-    Meta.insert(key=_LAST_RUN_KEY, value=now.isoformat()).on_conflict_replace().execute()
+    upsert_meta(_LAST_RUN_KEY, now.isoformat())

@@ -4,24 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fwdmail import store
 from tests.support.daemon import Daemon
+from tests.unit.store.conftest import Opened
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "fwdmail.db"
-    store.open_store(path)
-    yield path
-    store.close_store()
+def db(opened: Opened) -> Opened:
+    return opened
 
 
-def test_record_and_list_abuse_events(db: Path) -> None:
+def test_record_and_list_abuse_events(db: Opened) -> None:
     store.add_account("owner@hosted.test")
     store.add_domain("hosted.test", "owner@hosted.test", "sel", "not a real key", "token")
     t0 = dt.datetime(2024, 1, 1, 12, 0)
@@ -36,7 +33,7 @@ def test_record_and_list_abuse_events(db: Path) -> None:
     assert [e.kind for e in store.list_abuse_events("dnsbl")] == ["dnsbl"]
 
 
-def test_abuse_events_go_with_their_domain(db: Path) -> None:
+def test_abuse_events_go_with_their_domain(db: Opened) -> None:
     store.add_account("owner@hosted.test")
     store.add_domain("hosted.test", "owner@hosted.test", "sel", "not a real key", "token")
     store.record_abuse(dt.datetime(2024, 1, 1), "spf-reject", "192.0.2.1", "hosted.test", "spf=fail")

@@ -3,27 +3,23 @@ migration that brings an existing (schema 1) data dir to them."""
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 from fwdmail import store
 from fwdmail.store.models import Alias, DirectoryChange, Domain, database
+from tests.unit.store.conftest import Opened
 
 OWNER = "owner@owner.test"
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "fwdmail.db"
-    store.open_store(path)
+def db(opened: Opened) -> Opened:
     store.add_account(OWNER)
     for name in ("a.test", "b.test"):
         store.add_domain(name, OWNER, "sel", "key", "tok")
-    yield path
-    store.close_store()
+    return opened
 
 
 def changed_since(version: int) -> list[str] | None:
@@ -31,7 +27,7 @@ def changed_since(version: int) -> list[str] | None:
     return None if found is None else sorted(found)
 
 
-def test_each_change_names_the_domains_it_touched(db: Path) -> None:
+def test_each_change_names_the_domains_it_touched(db: Opened) -> None:
     steps: list[tuple[Callable[[], object], list[str] | None]] = [
         (lambda: store.add_alias("a.test", "exact", "x", ["d@dest.test"]), ["a.test"]),
         (lambda: store.set_alias_state("a.test", "exact", "x", "quiet"), ["a.test"]),
@@ -53,7 +49,7 @@ def test_each_change_names_the_domains_it_touched(db: Path) -> None:
     assert [r.domain for r in DirectoryChange.select()] == ["*"]
 
 
-def test_a_change_without_domains_named_drops_everything(db: Path) -> None:
+def test_a_change_without_domains_named_drops_everything(db: Opened) -> None:
     before = store.directory_version()
     with database.atomic():
         store.directory._bump_directory()  # what a bulk writer that names no domain says
@@ -61,14 +57,14 @@ def test_a_change_without_domains_named_drops_everything(db: Path) -> None:
     assert store.directory_changes(before + 5) == (before + 1, None), "a version gone back: drop all"
 
 
-def test_many_domains_changed_drops_everything(db: Path) -> None:
+def test_many_domains_changed_drops_everything(db: Opened) -> None:
     before = store.directory_version()
     with database.atomic():
         store.directory._bump_directory(f"d{i}.test" for i in range(store.directory.MAX_CHANGES + 1))
     assert store.directory_changes(before)[1] is None
 
 
-def test_lookup_reads_one_recipient(db: Path) -> None:
+def test_lookup_reads_one_recipient(db: Opened) -> None:
     store.add_alias("a.test", "exact", "Bob", ["bob@dest.test"])
     store.add_alias("a.test", "exact", "BOB", ["later@dest.test"])
     store.add_alias("a.test", "regex", "^x.*$", ["x@dest.test"])
@@ -83,7 +79,7 @@ def test_lookup_reads_one_recipient(db: Path) -> None:
     assert store.lookup_aliases("stranger.test", ["bob"]) is None
 
 
-def test_every_insert_fills_the_lookup_key(db: Path) -> None:
+def test_every_insert_fills_the_lookup_key(db: Opened) -> None:
     a = Domain.get(Domain.name == "a.test")
     Alias.insert(domain=a, kind="exact", local="Dict", destinations="[]").execute()
     Alias.insert_many([{"domain": a, "kind": "exact", "local": "MANY", "destinations": "[]"}]).execute()
@@ -93,22 +89,17 @@ def test_every_insert_fills_the_lookup_key(db: Path) -> None:
     assert sorted(r.lookup for r in Alias.select()) == ["created", "dict", "many", "tuple"]
 
 
-def test_an_older_data_dir_is_migrated(tmp_path: Path) -> None:
-    path = tmp_path / "fwdmail.db"
-    store.open_store(path)
+def test_an_older_data_dir_is_migrated(opened: Opened) -> None:
     store.add_account(OWNER)
     store.add_domain("a.test", OWNER, "sel", "key", "tok")
     store.add_alias("a.test", "exact", "Mixed", ["m@dest.test"])
     store.close_store()
-    old = sqlite3.connect(path)  # as schema 1 was: no lookup key, no change log
-    old.executescript("""
-        DROP INDEX alias_domain_id_kind_lookup;
-        ALTER TABLE alias DROP COLUMN lookup;
-        DROP TABLE directory_change;
-        UPDATE meta SET value = '1' WHERE key = 'schema_version';
-    """)
-    old.close()
-    store.open_store(path)
+    for statement in (  # as schema 1 was: no lookup key, no change log
+        "DROP INDEX alias_domain_id_kind_lookup", "ALTER TABLE alias DROP COLUMN lookup",
+        "DROP TABLE directory_change", "UPDATE meta SET value = '1' WHERE key = 'schema_version'",
+    ):
+        opened.outside(statement)
+    opened.reopen()
     try:
         assert store.db.schema_version(database.obj) == store.SCHEMA_VERSION == 2
         found = store.lookup_aliases("a.test", ["mixed"])
@@ -116,7 +107,7 @@ def test_an_older_data_dir_is_migrated(tmp_path: Path) -> None:
         before = store.directory_version()
         store.add_alias("a.test", "exact", "new", ["n@dest.test"])
         assert store.directory_changes(before) == (before + 1, ["a.test"])
-        indexes = [r[1] for r in database.execute_sql("PRAGMA index_list(alias)").fetchall()]
+        indexes = [i.name for i in database.get_indexes("alias")]
         assert "alias_domain_id_kind_lookup" in indexes
     finally:
         store.close_store()

@@ -1,4 +1,5 @@
-"""The SQLite store: pragmas, file modes, schema versions, migrations, concurrent writers, directory verbs."""
+"""The store on SQLite and PostgreSQL (the `opened` fixture): schema versions, migrations, directory
+verbs; and SQLite's own pragmas, file modes and concurrent writers."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from unittest import mock
 
 import peewee as pw
 import pytest
@@ -18,6 +20,7 @@ from fwdmail.store.models import ALL_MODELS
 from tests.support import rows
 from tests.support.daemon import Daemon
 from tests.support.rows import T0
+from tests.unit.store.conftest import Opened
 
 
 @pytest.fixture
@@ -57,19 +60,17 @@ def test_files_are_private(db: Path) -> None:
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
 
 
-def test_every_model_field_is_a_column(db: Path) -> None:
-    con = raw(db)
+def test_every_model_field_is_a_column(opened: Opened) -> None:
     for model in ALL_MODELS:
         table = model._meta.table_name
-        columns = {r[1] for r in con.execute(f'PRAGMA table_info("{table}")')}
+        columns = {c.name for c in store_db.database.get_columns(table)}
         assert columns == {f.column_name for f in model._meta.sorted_fields}, table
-    con.close()
 
 
-def test_reopening_keeps_data_and_version(db: Path) -> None:
+def test_reopening_keeps_data_and_version(opened: Opened) -> None:
     store.add_account("a@example.com")
     store.close_store()
-    store.open_store(db)
+    opened.reopen()
     assert [a.email for a in store.list_accounts()] == ["a@example.com"]
     assert store_db.schema_version(store_db.database.obj) == store.SCHEMA_VERSION
 
@@ -81,7 +82,7 @@ def _add_scratch_column(database: pw.SqliteDatabase) -> None:
     database.execute_sql("ALTER TABLE account ADD COLUMN note TEXT NOT NULL DEFAULT 'migrated'")
 
 
-def test_an_older_database_is_migrated_forward(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_older_database_is_migrated_forward(opened: Opened, monkeypatch: pytest.MonkeyPatch) -> None:
     store.add_account("old@example.com")
     store.close_store()
     calls: list[int] = []
@@ -96,17 +97,16 @@ def test_an_older_database_is_migrated_forward(db: Path, monkeypatch: pytest.Mon
 
     monkeypatch.setattr(store_db, "MIGRATIONS", [*store_db.MIGRATIONS, v2, v3])
     monkeypatch.setattr(store_db, "SCHEMA_VERSION", store.SCHEMA_VERSION + 2)
-    store.open_store(db)
+    opened.reopen()
     assert calls == [2, 3]
     assert store_db.schema_version(store_db.database.obj) == store.SCHEMA_VERSION + 2
-    assert raw(db).execute("SELECT email, note FROM account").fetchall() == [
-        ("old@example.com", "migrated-twice")]
+    assert opened.outside("SELECT email, note FROM account") == [("old@example.com", "migrated-twice")]
     store.close_store()
-    store.open_store(db)  # up to date: nothing runs again
+    opened.reopen()  # up to date: nothing runs again
     assert calls == [2, 3]
 
 
-def test_a_failing_migration_changes_nothing(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_migration_changes_nothing(opened: Opened, monkeypatch: pytest.MonkeyPatch) -> None:
     store.add_account("old@example.com")
     store.close_store()
     before = store.SCHEMA_VERSION
@@ -117,24 +117,22 @@ def test_a_failing_migration_changes_nothing(db: Path, monkeypatch: pytest.Monke
 
     monkeypatch.setattr(store_db, "MIGRATIONS", [*store_db.MIGRATIONS, broken])
     monkeypatch.setattr(store_db, "SCHEMA_VERSION", before + 1)
-    with pytest.raises(store.StoreError, match="no such table"):
-        store.open_store(db)
-    con = raw(db)
-    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(before),)
-    assert "note" not in {r[1] for r in con.execute("PRAGMA table_info(account)")}
+    with pytest.raises(store.StoreError, match="no_such_table"):
+        opened.reopen()
+    assert opened.outside("SELECT value FROM meta WHERE key = 'schema_version'") == [(str(before),)]
+    assert opened.outside("SELECT * FROM account") == [(1, "old@example.com", mock.ANY)]  # no `note` column
 
 
-def test_a_newer_database_is_refused(db: Path, tmp_path: Path) -> None:
+def test_a_newer_database_is_refused(opened: Opened) -> None:
     store.close_store()
     newer = str(store.SCHEMA_VERSION + 1)
-    raw(db).execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (newer,))
+    opened.outside("UPDATE meta SET value = ? WHERE key = 'schema_version'", (newer,))
     with pytest.raises(store.StoreError) as exc:
-        store.open_store(db)
+        opened.reopen()
     message = str(exc.value)
     assert f"schema version {store.SCHEMA_VERSION + 1} is newer" in message and "upgrade fwdmail" in message
-    assert str(db) in message
-    assert raw(db).execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
-        str(store.SCHEMA_VERSION + 1),)
+    assert opened.name in message
+    assert opened.outside("SELECT value FROM meta WHERE key = 'schema_version'") == [(newer,)]
 
 
 def test_a_newer_database_is_one_line_from_the_cli(tmp_path: Path) -> None:
@@ -228,7 +226,7 @@ def test_cli_gives_up_after_the_busy_timeout_with_one_line(tmp_path: Path,
 # ------------------------------------------------------------------ directory verbs
 
 
-def test_every_directory_change_bumps_the_version(db: Path) -> None:
+def test_every_directory_change_bumps_the_version(opened: Opened) -> None:
     seen = [store.directory_version()]
 
     def changed() -> None:
@@ -247,7 +245,7 @@ def test_every_directory_change_bumps_the_version(db: Path) -> None:
     store.delete_account("a@example.com"), changed()
 
 
-def test_duplicates_and_unknown_names(db: Path) -> None:
+def test_duplicates_and_unknown_names(opened: Opened) -> None:
     store.add_account("a@example.com")
     with pytest.raises(store.AlreadyExists):
         store.add_account("a@example.com")
@@ -267,7 +265,7 @@ def test_duplicates_and_unknown_names(db: Path) -> None:
         store.update_domain("example.com", dkim_private_key="evil")
 
 
-def test_alias_records(db: Path) -> None:
+def test_alias_records(opened: Opened) -> None:
     store.add_account("a@example.com")
     store.add_domain("example.com", "a@example.com", "sel", "key", "tok")
     store.add_alias("example.com", "regex", "^(.+)-x$", ["s+$1@example.org", "t@example.org"])
@@ -283,12 +281,12 @@ def test_alias_records(db: Path) -> None:
     assert store.get_alias("example.com", "catch-all", "*").has_password
 
 
-def abuse_domains(path: Path) -> list[str]:
+def abuse_domains(opened: Opened) -> list[str]:
     sql = "SELECT d.name FROM abuse_event a LEFT JOIN domain d ON a.domain_id = d.id ORDER BY a.id"
-    return [r[0] for r in raw(path).execute(sql)]
+    return [r[0] for r in opened.query(sql)]
 
 
-def test_remove_domain_takes_its_aliases_mail_and_logs(db: Path) -> None:
+def test_remove_domain_takes_its_aliases_mail_and_logs(opened: Opened) -> None:
     rows.make_domain("gone.test", "a@example.com")
     rows.make_domain("kept.test", "a@example.com")
     for name in ("gone.test", "kept.test"):
@@ -301,11 +299,11 @@ def test_remove_domain_takes_its_aliases_mail_and_logs(db: Path) -> None:
     assert [a.domain for a in store.list_aliases()] == ["kept.test"]
     assert {e.domain for e in store.list_emails()} == {"kept.test"}
     assert {e.domain for e in store.list_smtp_errors()} == {"kept.test"}
-    assert abuse_domains(db) == ["kept.test"]
+    assert abuse_domains(opened) == ["kept.test"]
     assert store.get_account("a@example.com").domains == ("kept.test",)
 
 
-def test_delete_account_takes_everything_it_owns(db: Path) -> None:
+def test_delete_account_takes_everything_it_owns(opened: Opened) -> None:
     for owner, names in (("gone@example.com", ("g1.test", "g2.test")), ("kept@example.com", ("k.test",))):
         for name in names:
             rows.make_domain(name, owner)
@@ -321,15 +319,14 @@ def test_delete_account_takes_everything_it_owns(db: Path) -> None:
     assert [a.domain for a in store.list_aliases()] == ["k.test"]
     assert {e.domain for e in store.list_emails()} == {"k.test"}
     assert {e.domain for e in store.list_smtp_errors()} == {"k.test"}
-    assert abuse_domains(db) == ["k.test"]
-    con = raw(db)
-    assert con.execute("SELECT count(*) FROM outbound_recipient").fetchone() == (1,)
-    assert con.execute("SELECT count(*) FROM alias WHERE password_hash IS NOT NULL").fetchone() == (1,)
+    assert abuse_domains(opened) == ["k.test"]
+    assert opened.query("SELECT count(*) FROM outbound_recipient") == [(1,)]
+    assert opened.query("SELECT count(*) FROM alias WHERE password_hash IS NOT NULL") == [(1,)]
     with pytest.raises(store.NotFound):
         store.delete_account("gone@example.com")
 
 
-def test_the_store_itself_guards_its_invariants(db: Path) -> None:
+def test_the_store_itself_guards_its_invariants(opened: Opened) -> None:
     store.add_account("a@example.com")
     store.add_domain("example.com", "a@example.com", "sel", "key", "tok")
     for days in (-1, 31, "7"):
