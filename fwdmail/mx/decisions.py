@@ -12,7 +12,6 @@ shapes each forwarded copy (see `forward.Forwarder`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from fwdmail.runtime.context import Context
 from fwdmail.runtime.errorlog import ErrorLogWriter, ErrorRow
 from fwdmail.runtime.logsetup import scrub
 from fwdmail.runtime.shares import share
+from fwdmail.runtime.tasks import cancel_and_wait
 from fwdmail.smtp import replies
 from fwdmail.smtp.replies import SmtpError
 
@@ -231,11 +231,7 @@ class Mx:
         await self.forwarder.drain(timeout)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await task
+        await cancel_and_wait(self._tasks)
         await self.forwarder.notices.close()
         await self.errors.close()
 

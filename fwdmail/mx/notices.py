@@ -7,7 +7,6 @@ to length). Nothing of the forwarded message is in the notice; at most one per a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import secrets
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from fwdmail import store
 from fwdmail.mail.dates import rfc5322
 from fwdmail.runtime.expiring import OncePerWindow
+from fwdmail.runtime.tasks import cancel_and_wait
 from fwdmail.smtp.client import Delivery
 from fwdmail.smtp.replies import SmtpError
 
@@ -90,8 +90,4 @@ class PartialNotices:
 
     async def close(self) -> None:
         """Stop the notices still being sent."""
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await task
+        await cancel_and_wait(self._tasks)
