@@ -29,6 +29,8 @@ from fwdmail.store.db import (
     close_store,
     data_version,
     failure,
+    is_sqlite,
+    meta_once,
     only_reads,
     open_store,
     reads,
