@@ -117,5 +117,6 @@ from fwdmail.store.retention import (
     set_last_retention_run,
     settle_deleted,
     settle_wal,
+    take_lease,
     wal_checkpoint,
 )

@@ -4,6 +4,7 @@ cluster, and the SRS secret shared through the database."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import threading
 from pathlib import Path
@@ -11,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from fwdmail import store
-from fwdmail.config import Config, DatabaseConfig
+from fwdmail.config import Config, DatabaseConfig, from_dict
 from fwdmail.mail import srs
+from fwdmail.retention.scheduler import RetentionScheduler
 from fwdmail.runtime import datadir, keys
+from fwdmail.runtime.context import Context
 from fwdmail.store import db as store_db
 from tests.support import rows
 from tests.support.rows import T0
@@ -138,3 +141,56 @@ def test_a_single_node_moving_to_postgres_keeps_its_srs_secret(opened: Opened, t
     old = keys.ensure_secret(tmp_path / "node-a" / "srs.secret")
     assert _node(opened, tmp_path, "node-a").srs_secret == old
     assert _node(opened, tmp_path, "node-b").srs_secret == old
+
+
+def test_of_nodes_asking_at_once_one_takes_the_lease_until_it_expires(opened: Opened) -> None:
+    postgres_only(opened)
+    got: list[bool] = []
+    start = threading.Barrier(4, timeout=30)
+
+    def node() -> None:
+        opened.reopen_here()
+        try:
+            start.wait()
+            got.append(store.take_lease("retention", T0, 3600))
+        finally:
+            store.close_store()
+
+    threads = [threading.Thread(target=node) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(got) == [False, False, False, True]
+    assert not store.take_lease("retention", T0 + dt.timedelta(days=1), 3600), "the database's clock judges"
+    opened.outside("UPDATE lease SET expires_at = (now() AT TIME ZONE 'UTC') - interval '1 second'")
+    assert store.take_lease("retention", T0, 3600) and not store.take_lease("retention", T0, 3600)
+
+
+def test_two_schedulers_on_one_database_run_the_jobs_once_per_interval(opened: Opened,
+                                                                       tmp_path: Path) -> None:
+    old = [rows.add_error_log(store.utcnow() - dt.timedelta(days=60)) for _ in range(5)]
+    assert len(old) == 5
+    runtime = datadir.Runtime(from_dict({"data_dir": str(tmp_path / "data"), "retention": {"interval": 3600},
+                                         "database": {"url": opened.url}}),
+                              b"secret", tmp_path / "cert.pem", tmp_path / "key.pem")
+
+    async def main() -> list[object]:
+        contexts = [Context(runtime), Context(runtime)]
+        schedulers = [RetentionScheduler(c.blocking, c.config.retention) for c in contexts]
+        try:
+            first = await asyncio.gather(*(s.run_once() for s in schedulers))
+            again = await asyncio.gather(*(s.run_once() for s in schedulers))
+            return [*first, *again]
+        finally:
+            for s, c in zip(schedulers, contexts, strict=True):
+                await s.stop()
+                c.blocking.shutdown()
+
+    reports = asyncio.run(main())
+    if opened.engine == "sqlite":  # one daemon per store: every run is its own
+        assert all(r is not None for r in reports)
+        return
+    ran = [r for r in reports if r is not None]
+    assert len(ran) == 1, "one run for the cluster in this interval"
+    assert ran[0].counts["smtp_error_logs"] == 5  # type: ignore[attr-defined]
