@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fwdmail import store
-from fwdmail.config import Config, DatabaseConfig, from_dict
+from fwdmail.config import Config, ConfigError, DatabaseConfig, from_dict
 from fwdmail.mail import srs
 from fwdmail.retention.scheduler import RetentionScheduler
 from fwdmail.runtime import datadir, keys
@@ -194,3 +194,17 @@ def test_two_schedulers_on_one_database_run_the_jobs_once_per_interval(opened: O
     ran = [r for r in reports if r is not None]
     assert len(ran) == 1, "one run for the cluster in this interval"
     assert ran[0].counts["smtp_error_logs"] == 5  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("value", ["a b", "x" * 65, "mx1/blue", "ünï"])
+def test_a_bad_node_id_is_one_line(value: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        from_dict({"cluster": {"node_id": value}})
+    assert str(exc.value).startswith("cluster.node_id: must be empty") and "\n" not in str(exc.value)
+
+
+def test_the_node_id_is_the_configured_one_or_stable_per_data_dir(tmp_path: Path) -> None:
+    assert datadir.node_id(from_dict({"cluster": {"node_id": "mx-2"}})) == "mx-2"
+    one, two = (from_dict({"data_dir": str(tmp_path / d)}) for d in ("one", "two"))
+    assert datadir.node_id(one) == datadir.node_id(from_dict({"data_dir": str(tmp_path / "one")}))
+    assert datadir.node_id(one) != datadir.node_id(two)
