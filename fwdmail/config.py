@@ -369,6 +369,19 @@ class DatabaseConfig:
             raise ConfigError(bad)
 
 
+NODE_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    node_id: str = ""
+
+    def validate(self, key: str) -> None:
+        if self.node_id and (len(self.node_id) > 64 or not set(self.node_id) <= NODE_ID_CHARS):
+            raise ConfigError(f"{key}.node_id: must be empty (the default) or up to 64 letters, digits, "
+                              f"'.', '-' and '_', got {self.node_id[:80]!r}")
+
+
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 
 
@@ -391,6 +404,7 @@ class Config:
     error_log: ErrorLogConfig = field(default_factory=ErrorLogConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def validate(self, key: str = "") -> None:
         if self.log_level not in ("debug", "info", "warning", "error"):

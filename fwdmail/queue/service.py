@@ -5,7 +5,9 @@ replies (already reduced to `SmtpError`s by the delivery client). Temporary fail
 a clamped exponential backoff until `max_lifetime`; permanent ones bounce at once with an RFC 3464 DSN
 to the envelope sender, the alias that sent it (never for a null sender). The DSN, from the null sender,
 goes out as any other mail: to the alias's MX, ours for a hosted alias, which forwards it to the alias's
-destinations. Claims of a worker that died are taken back at start;
+destinations. Claims are tagged with this node (`[cluster] node_id`): a start takes back only this
+node's claims of a worker that died, and a claim older than `claim_timeout` by the database's clock is
+any node's to take back;
 a message that keeps crashing the worker is held, never dropped.
 """
 
@@ -115,6 +117,7 @@ class QueueService:
         self.ctx = ctx
         self.cfg = ctx.config.queue
         self.token = secrets.token_hex(8)
+        self.node = ctx.runtime.node_id
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._tasks: dict[int, asyncio.Task[None]] = {}
@@ -134,7 +137,7 @@ class QueueService:
 
     async def start(self) -> None:
         released, held = await self.ctx.blocking.db(store.release_stale_claims, store.utcnow(),
-                                                    self.cfg.max_crashes)
+                                                    self.cfg.max_crashes, node=self.node)
         if released:
             log.warning("took back %d message(s) claimed before a crash; %d now held", released, held)
         self._runner = asyncio.get_running_loop().create_task(self._run())
@@ -218,7 +221,8 @@ class QueueService:
         self._claim_owed = False
         if self._claim_now(free, time.monotonic()):
             self._last_claim = time.monotonic()
-            self._start(await self.ctx.blocking.db(store.claim_due, store.utcnow(), self.token, free))
+            self._start(await self.ctx.blocking.db(store.claim_due, store.utcnow(), self.token, free,
+                                                   self.node))
         else:
             self._claim_owed = free > 0
         mono = time.monotonic()
@@ -232,7 +236,7 @@ class QueueService:
             now = store.utcnow()
             released, held = await self.ctx.blocking.db(
                 store.release_stale_claims, now, self.cfg.max_crashes,
-                now - dt.timedelta(seconds=self.cfg.claim_timeout), [*self._tasks, *self._unrecorded])
+                exclude=[*self._tasks, *self._unrecorded], older_than=self.cfg.claim_timeout)
             if released:
                 log.warning("took back %d stale claim(s); %d now held", released, held)
 

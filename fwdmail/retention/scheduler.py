@@ -4,6 +4,8 @@
 Runs never overlap (one instance at a time, late runs coalesced into one); a run missed while the daemon
 was down happens once at start. A failing job is logged and tried again next period; it never stops the
 loop. A checkpoint a reader blocked is retried on the next run even if that run removes nothing.
+Of several nodes on one PostgreSQL store, one runs the jobs per interval: each run first takes a lease
+judged by the database's clock, and a node that finds it taken skips that run.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from fwdmail.runtime.executor import Blocking
 log = logging.getLogger("fwdmail.retention")
 
 JOB_ID = "retention"
+LEASE_SHARE = 0.9
+"""The share of `interval` one node's run holds the cluster's lease: a little less than the whole, so
+the same node's next run, its timer firing a little early, still finds it free."""
 
 
 def _wall_now() -> dt.datetime:
@@ -72,11 +77,22 @@ class RetentionScheduler:
         return job.next_run_time if job is not None else None
 
     async def run_once(self) -> Report | None:
-        """One run of every job as of now; None if a run is still going (runs never overlap)."""
+        """One run of every job as of now; None if a run is still going (runs never overlap) or another
+        node of the cluster already has this interval's run (`store.take_lease`)."""
         if self._running.locked() or self._stop.is_set():
             return None
         async with self._running:
             now = store.utcnow()
+            try:
+                lease = self.config.interval * LEASE_SHARE
+                ours = await self.blocking.db(store.take_lease, JOB_ID, now, lease)
+            except Exception as exc:
+                log.warning("cannot take the retention lease (%s); trying again next period",
+                            store.failure(exc))
+                return None
+            if not ours:
+                log.debug("retention run skipped: another node has this interval's run")
+                return None
             try:
                 await self.blocking.db(store.set_last_retention_run, now)
             except Exception as exc:

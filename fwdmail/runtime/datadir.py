@@ -1,9 +1,15 @@
-"""The data directory: database, SRS secret and self-signed TLS pair, created on first use."""
+"""The data directory: database, SRS secret and self-signed TLS pair, created on first use; the node id.
+
+On PostgreSQL (`[database] url`) the SRS secret lives in the database instead, so every node shares it:
+a bounce to an address one node minted is reversed by any other."""
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
+import re
+import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +31,33 @@ class Runtime:
     srs_secret: bytes
     cert_path: Path
     key_path: Path
+    node_id: str = ""
+
+
+SRS_SECRET_KEY = "srs_secret"
+
+
+def node_id(cfg: Config) -> str:
+    """What this node's queue claims are tagged with: `[cluster] node_id`, or this machine's hostname and
+    a hash of the data dir's absolute path, the same on every start of this node."""
+    if cfg.cluster.node_id:
+        return cfg.cluster.node_id
+    host = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:48] or "node"
+    where = hashlib.sha256(str(cfg.data_path.absolute()).encode()).hexdigest()[:8]
+    return f"{host}-{where}"
+
+
+def _shared_srs_secret(path: Path) -> bytes:
+    """The SRS secret every node of a PostgreSQL store shares, kept in the database: made once by the
+    first node to start (from this data dir's old secret if it has one, so its addresses stay valid),
+    read by every later one."""
+    old = path.read_bytes().strip() if path.is_file() else b""
+    candidate = old if keys.secret_ok(old) else keys.new_secret()
+    shared = store.meta_once(SRS_SECRET_KEY, candidate.decode("ascii")).encode("ascii", "replace")
+    if not keys.secret_ok(shared):
+        raise keys.DamagedKeyFile(f"kept in the database ({SRS_SECRET_KEY} in table meta) is not a whole "
+                                  "secret: restore it from a backup")
+    return shared.strip()
 
 
 def prepare(cfg: Config, *, open_db: bool = True, create: bool = False) -> Runtime:
@@ -43,7 +76,9 @@ def prepare(cfg: Config, *, open_db: bool = True, create: bool = False) -> Runti
         data.mkdir(parents=True, exist_ok=True)
         os.chmod(data, 0o700)
         _tighten(cfg)
-        secret = cfg.srs.secret.encode() if cfg.srs.secret else keys.ensure_secret(data / "srs.secret")
+        shared = bool(cfg.database.url) and open_db and not cfg.srs.secret
+        secret = (cfg.srs.secret.encode() if cfg.srs.secret or shared
+                  else keys.ensure_secret(data / "srs.secret"))
         if not cfg.tls.cert:
             keys.ensure_self_signed_cert(cfg.cert_path, cfg.key_path, cfg.server_hostname)
     except keys.DamagedKeyFile as exc:
@@ -53,7 +88,12 @@ def prepare(cfg: Config, *, open_db: bool = True, create: bool = False) -> Runti
     check_tls(cfg)
     if open_db:
         store.open_store(cfg.db_path, cfg.database.url)
-    return Runtime(cfg, secret, cfg.cert_path, cfg.key_path)
+    if shared:
+        try:
+            secret = _shared_srs_secret(data / "srs.secret")
+        except keys.DamagedKeyFile as exc:
+            raise ConfigError(f"database: the SRS secret {exc}") from None
+    return Runtime(cfg, secret, cfg.cert_path, cfg.key_path, node_id(cfg))
 
 
 def _tighten(cfg: Config) -> None:

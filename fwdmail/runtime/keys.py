@@ -133,6 +133,16 @@ def write_atomic(path: Path, data: bytes) -> None:
 _SECRET_BYTES = 32
 
 
+def new_secret() -> bytes:
+    """A random secret as fwdmail keeps it: 32 bytes, base64."""
+    return base64.b64encode(os.urandom(_SECRET_BYTES))
+
+
+def secret_ok(text: bytes) -> bool:
+    """Whether `text` is a whole secret (not empty, not cut short)."""
+    return _secret_ok(text)
+
+
 def _secret_ok(text: bytes) -> bool:
     try:
         return len(base64.b64decode(text.strip(), validate=True)) == _SECRET_BYTES
@@ -148,7 +158,7 @@ def ensure_secret(path: Path) -> bytes:
     """
     with _creating(path):
         if not path.exists():
-            write_atomic(path, base64.b64encode(os.urandom(_SECRET_BYTES)) + b"\n")
+            write_atomic(path, new_secret() + b"\n")
         text = path.read_bytes()
     if not _secret_ok(text):
         raise DamagedKeyFile(

@@ -29,6 +29,8 @@ from fwdmail.store.db import (
     close_store,
     data_version,
     failure,
+    is_sqlite,
+    meta_once,
     only_reads,
     open_store,
     reads,
@@ -115,5 +117,6 @@ from fwdmail.store.retention import (
     set_last_retention_run,
     settle_deleted,
     settle_wal,
+    take_lease,
     wal_checkpoint,
 )

@@ -21,7 +21,7 @@ from typing import Any, ParamSpec, TypeVar
 import peewee as pw
 from playhouse import migrate as schema
 
-from fwdmail.store.models import ALL_MODELS, DirectoryChange, Meta, database, lookup_key
+from fwdmail.store.models import ALL_MODELS, DirectoryChange, Lease, Meta, database, lookup_key
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -151,7 +151,14 @@ def _directory_lookups(db: pw.Database) -> None:
     db.create_tables([DirectoryChange])
 
 
-MIGRATIONS: list[Callable[[pw.Database], None]] = [_directory_lookups]
+def _cluster(db: pw.Database) -> None:
+    """3: claims tagged with the claiming node, and the leases that run a job once for the cluster."""
+    migrator = schema.SchemaMigrator.from_database(db)
+    schema.migrate(migrator.add_column("outbound_email", "claim_node", pw.CharField(null=True)))
+    db.create_tables([Lease])
+
+
+MIGRATIONS: list[Callable[[pw.Database], None]] = [_directory_lookups, _cluster]
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
 
@@ -257,6 +264,14 @@ def upsert_meta(key: str, value: str) -> None:
     """Set one `Meta` fact, inserting or replacing it (the same statement on both engines)."""
     (Meta.insert(key=key, value=value)
      .on_conflict(conflict_target=[Meta.key], update={Meta.value: value}).execute())
+
+
+def meta_once(key: str, value: str) -> str:
+    """The `Meta` fact `key`, set to `value` first if it has none: of several processes setting it at
+    once, one value wins and every one gets it (an insert-if-absent, then a read)."""
+    with writing():
+        Meta.insert(key=key, value=value).on_conflict_ignore().execute()
+        return str(Meta.get(Meta.key == key).value)
 
 
 @contextlib.contextmanager

@@ -102,6 +102,14 @@ class DirectoryChange(BaseModel):
     version = pw.BigIntegerField(index=True)
 
 
+class Lease(BaseModel):
+    """A cluster-wide "once per interval" lock: the job `name` is taken until `expires_at` (naive UTC, the
+    database's clock on PostgreSQL)."""
+
+    name = pw.CharField(primary_key=True)
+    expires_at = pw.DateTimeField()
+
+
 class OutboundEmail(BaseModel):
     queue_id = pw.CharField(unique=True)
     domain = pw.ForeignKeyField(Domain, backref="outbound", on_delete="CASCADE")
@@ -118,6 +126,7 @@ class OutboundEmail(BaseModel):
     next_attempt_at = pw.DateTimeField(index=True)
     claimed_at = pw.DateTimeField(null=True)
     claim_token = pw.CharField(null=True)
+    claim_node = pw.CharField(null=True)  # the node whose worker holds the claim (`[cluster] node_id`)
     attempts = pw.IntegerField(default=0)
     crash_count = pw.IntegerField(default=0)
     final_at = pw.DateTimeField(null=True)
@@ -161,5 +170,6 @@ class AbuseEvent(BaseModel):
 
 
 ALL_MODELS: list[type[BaseModel]] = [
-    Meta, Account, Domain, Alias, DirectoryChange, OutboundEmail, OutboundRecipient, SmtpErrorLog, AbuseEvent,
+    Meta, Account, Domain, Alias, DirectoryChange, Lease, OutboundEmail, OutboundRecipient, SmtpErrorLog,
+    AbuseEvent,
 ]

@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
+import peewee as pw
+
 from fwdmail.store.db import is_sqlite, locking, reads, sql, unsynced, writing
 from fwdmail.store.directory import NotFound
 from fwdmail.store.errorlog import log_smtp_errors
@@ -267,9 +269,18 @@ _CLAIMED = (
 )
 
 
-def claim_due(now: dt.datetime, token: str, limit: int) -> list[ClaimedEmail]:
-    """Claim up to `limit` unclaimed messages due at `now` (oldest due first) for the worker `token`.
+def _db_now(now: dt.datetime) -> tuple[str, tuple[Any, ...]]:
+    """The time a claim is stamped with, as SQL and its parameters: the database's clock on PostgreSQL
+    (every node judges a stale claim by the same clock), the verb's `now` on SQLite (one machine)."""
+    return ("?", (now,)) if is_sqlite() else ("(now() AT TIME ZONE 'UTC')", ())
 
+
+def claim_due(now: dt.datetime, token: str, limit: int, node: str = "") -> list[ClaimedEmail]:
+    """Claim up to `limit` unclaimed messages due at `now` (oldest due first) for the worker `token` of
+    the node `node`.
+
+    On PostgreSQL the due rows are locked with `SKIP LOCKED`: rows another node is claiming right now are
+    passed over, not waited for, so nodes claiming at once neither block each other nor share a message.
     The claim is committed without an fsync: if a power loss takes it back, the message is merely due
     again (the commit that records its delivery attempt syncs the claim with it).
     """
@@ -279,13 +290,13 @@ def claim_due(now: dt.datetime, token: str, limit: int) -> list[ClaimedEmail]:
     if _run(_DUE, due).fetchone() is None:
         return []  # the common idle poll: a read, no write lock
     with unsynced(), writing():
-        # On PostgreSQL a row another claim locked first is re-checked once free: claimed, it drops out.
-        ids = [r[0] for r in _run(_for_update(_DUE), due).fetchall()]
+        ids = [r[0] for r in _run(_DUE if is_sqlite() else f"{_DUE} FOR UPDATE SKIP LOCKED", due).fetchall()]
         if not ids:
             return []
         marks = _marks(len(ids))
-        _run(f'UPDATE "outbound_email" SET claimed_at = ?, claim_token = ? WHERE id IN ({marks})',
-             (now, token, *ids))
+        stamp, stamp_params = _db_now(now)
+        _run(f'UPDATE "outbound_email" SET claimed_at = {stamp}, claim_token = ?, claim_node = ? '
+             f"WHERE id IN ({marks})", (*stamp_params, token, node or None, *ids))
         pending: dict[int, list[str]] = {i: [] for i in ids}
         for email_id, address in _run(
                 f'SELECT email_id, address FROM "outbound_recipient" WHERE email_id IN ({marks}) '
@@ -413,7 +424,8 @@ def _attempt_changes(a: Attempt, statuses: list[str],
     """An attempt's outcome and the columns it sets on its message, given its recipients' statuses."""
     status = _overall_status(statuses)
     final = status in FINAL_STATUSES
-    changes: dict[str, object] = {"status": status, "claimed_at": None, "claim_token": None}
+    changes: dict[str, object] = {"status": status, "claimed_at": None, "claim_token": None,
+                                  "claim_node": None}
     if a.bounced and a.notices:
         changes["dsn_sent"] = True
     if a.delay_notified:
@@ -444,6 +456,7 @@ def _crashed(email: OutboundEmail, now: dt.datetime, retry_at: dt.datetime, max_
     email.crash_count += 1
     email.claimed_at = None
     email.claim_token = None
+    email.claim_node = None
     if email.crash_count >= max_crashes:
         email.status = "held"
     email.next_attempt_at = retry_at
@@ -452,8 +465,12 @@ def _crashed(email: OutboundEmail, now: dt.datetime, retry_at: dt.datetime, max_
 
 
 def release_stale_claims(now: dt.datetime, max_crashes: int, claimed_before: dt.datetime | None = None,
-                         exclude: Sequence[int] = ()) -> tuple[int, int]:
-    """Take back claims of workers that died (all claims, or those made before `claimed_before`).
+                         exclude: Sequence[int] = (), *, node: str | None = None,
+                         older_than: float | None = None) -> tuple[int, int]:
+    """Take back claims of workers that died: all claims, or those of the node `node` (a node's start:
+    never another live node's), or those made before `claimed_before`, or more than `older_than` seconds
+    ago by the database's clock on PostgreSQL (the verb's `now` on SQLite). A claim with no node (made
+    before claims were tagged) counts as every node's.
 
     Each counts as a crash of that message; a message that reaches `max_crashes` is held for the admin,
     never dropped. Returns (released, held).
@@ -461,8 +478,14 @@ def release_stale_claims(now: dt.datetime, max_crashes: int, claimed_before: dt.
     released = held = 0
     with writing():
         q = OutboundEmail.select().where(OutboundEmail.claimed_at.is_null(False))
+        if node is not None:
+            q = q.where((OutboundEmail.claim_node == node) | OutboundEmail.claim_node.is_null())
         if claimed_before is not None:
             q = q.where(OutboundEmail.claimed_at < claimed_before)
+        if older_than is not None:
+            q = q.where(OutboundEmail.claimed_at < (
+                now - dt.timedelta(seconds=older_than) if is_sqlite()
+                else pw.SQL("(now() AT TIME ZONE 'UTC') - %s * interval '1 second'", (older_than,))))
         if exclude:
             q = q.where(OutboundEmail.id.not_in(list(exclude)))
         for email in locking(q):
@@ -475,7 +498,7 @@ def release_stale_claims(now: dt.datetime, max_crashes: int, claimed_before: dt.
 def release_claims(token: str, now: dt.datetime) -> int:
     """Give back, without counting a crash, the claims of a worker that stops cleanly."""
     return (
-        OutboundEmail.update(claimed_at=None, claim_token=None, next_attempt_at=now)
+        OutboundEmail.update(claimed_at=None, claim_token=None, claim_node=None, next_attempt_at=now)
         .where(OutboundEmail.claim_token == token).execute()
     )
 

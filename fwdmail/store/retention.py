@@ -21,7 +21,7 @@ __all__ = [
     "count_abuse_events_before", "count_bodies_due", "count_emails_due",
     "count_error_logs_before", "delete_emails_due", "last_retention_run", "purge_abuse_events_before",
     "purge_error_logs_before", "redact_bodies_due", "set_last_retention_run", "settle_deleted", "settle_wal",
-    "wal_checkpoint",
+    "take_lease", "wal_checkpoint",
 ]
 
 _LAST_RUN_KEY = "retention_last_run"
@@ -172,3 +172,23 @@ def last_retention_run() -> dt.datetime | None:
 
 def set_last_retention_run(now: dt.datetime) -> None:
     upsert_meta(_LAST_RUN_KEY, now.isoformat())
+
+
+# One statement, so of several nodes asking at once exactly one gets the lease: the insert of a new name,
+# or the update of an expired one (a node that finds the row locked waits, then sees it taken).
+_TAKE_LEASE = (
+    "INSERT INTO lease (name, expires_at) VALUES (%s, (now() AT TIME ZONE 'UTC') + %s * interval '1 second') "
+    "ON CONFLICT (name) DO UPDATE SET expires_at = EXCLUDED.expires_at "
+    "WHERE lease.expires_at <= (now() AT TIME ZONE 'UTC') RETURNING name"
+)
+
+
+def take_lease(name: str, now: dt.datetime, seconds: float) -> bool:
+    """Whether this node may run the job `name` now, for the whole cluster: True for the first to ask,
+    which then holds it `seconds`; False for any other until then (PostgreSQL's clock judges, not a
+    node's). On SQLite always True: one machine runs one daemon on the store (the data dir's serve lock).
+    """
+    if is_sqlite():
+        return True
+    with writing():
+        return database.execute_sql(_TAKE_LEASE, (name, seconds)).fetchone() is not None

@@ -94,14 +94,15 @@ def test_an_older_data_dir_is_migrated(opened: Opened) -> None:
     store.add_domain("a.test", OWNER, "sel", "key", "tok")
     store.add_alias("a.test", "exact", "Mixed", ["m@dest.test"])
     store.close_store()
-    for statement in (  # as schema 1 was: no lookup key, no change log
+    for statement in (  # as schema 1 was: no lookup key, no change log (nor schema 3's claim node, leases)
+        "ALTER TABLE outbound_email DROP COLUMN claim_node", "DROP TABLE lease",
         "DROP INDEX alias_domain_id_kind_lookup", "ALTER TABLE alias DROP COLUMN lookup",
         "DROP TABLE directory_change", "UPDATE meta SET value = '1' WHERE key = 'schema_version'",
     ):
         opened.outside(statement)
     opened.reopen()
     try:
-        assert store.db.schema_version(database.obj) == store.SCHEMA_VERSION == 2
+        assert store.db.schema_version(database.obj) == store.SCHEMA_VERSION == 3
         found = store.lookup_aliases("a.test", ["mixed"])
         assert found is not None and found.exact["mixed"] is not None
         before = store.directory_version()
@@ -109,5 +110,6 @@ def test_an_older_data_dir_is_migrated(opened: Opened) -> None:
         assert store.directory_changes(before) == (before + 1, ["a.test"])
         indexes = [i.name for i in database.get_indexes("alias")]
         assert "alias_domain_id_kind_lookup" in indexes
+        assert "claim_node" in [c.name for c in database.get_columns("outbound_email")]
     finally:
         store.close_store()
