@@ -21,7 +21,7 @@ from typing import Any, ParamSpec, TypeVar
 import peewee as pw
 from playhouse import migrate as schema
 
-from fwdmail.store.models import ALL_MODELS, DirectoryChange, Meta, database, lookup_key
+from fwdmail.store.models import ALL_MODELS, ApiToken, DirectoryChange, HttpLog, Meta, database, lookup_key
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -151,7 +151,12 @@ def _directory_lookups(db: pw.Database) -> None:
     db.create_tables([DirectoryChange])
 
 
-MIGRATIONS: list[Callable[[pw.Database], None]] = [_directory_lookups]
+def _http_tables(db: pw.Database) -> None:
+    """3: API tokens (hashed) and the 30-day log of web/API requests."""
+    db.create_tables([ApiToken, HttpLog])
+
+
+MIGRATIONS: list[Callable[[pw.Database], None]] = [_directory_lookups, _http_tables]
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
 

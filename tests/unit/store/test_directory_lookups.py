@@ -96,12 +96,13 @@ def test_an_older_data_dir_is_migrated(opened: Opened) -> None:
     store.close_store()
     for statement in (  # as schema 1 was: no lookup key, no change log
         "DROP INDEX alias_domain_id_kind_lookup", "ALTER TABLE alias DROP COLUMN lookup",
-        "DROP TABLE directory_change", "UPDATE meta SET value = '1' WHERE key = 'schema_version'",
+        "DROP TABLE directory_change", "DROP TABLE api_token", "DROP TABLE http_log",
+        "UPDATE meta SET value = '1' WHERE key = 'schema_version'",
     ):
         opened.outside(statement)
     opened.reopen()
     try:
-        assert store.db.schema_version(database.obj) == store.SCHEMA_VERSION == 2
+        assert store.db.schema_version(database.obj) == store.SCHEMA_VERSION == 3
         found = store.lookup_aliases("a.test", ["mixed"])
         assert found is not None and found.exact["mixed"] is not None
         before = store.directory_version()
