@@ -238,3 +238,29 @@ def test_parse_instant(text: str, expected: dt.datetime) -> None:
 def test_parse_instant_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="ISO-8601"):
         jobs.parse_instant(text)
+
+
+def _http_row(at: dt.datetime, account_id: int | None = None) -> None:
+    store.log_http_requests([store.HttpLogRecord(at, account_id, "GET", "/v1/account", 200, 1,
+                                                 "192.0.2.0/24")])
+
+
+def test_web_api_request_logs_go_at_exactly_30_days(db: Path) -> None:
+    _http_row(T0 - 30 * DAY)
+    _http_row(T0 - 30 * DAY + TICK)
+    assert jobs.purge_now(T0, RetentionConfig(), dry_run=True).counts["http_logs"] == 1
+    assert purge(T0).counts["http_logs"] == 1
+    assert [r.created_at for r in store.list_http_logs()] == [T0 - 30 * DAY + TICK]
+    assert purge(T0 + TICK).counts["http_logs"] == 1
+    assert store.list_http_logs() == []
+
+
+def test_deleting_an_account_deletes_its_tokens_and_request_log(db: Path) -> None:
+    acct = store.add_account("gone@owner.test")
+    store.add_api_token(acct.email, "h" * 64, T0)
+    _http_row(T0, acct.id)
+    _http_row(T0)
+    assert store.account_for_token("h" * 64) == store.get_account(acct.email)
+    store.delete_account(acct.email)
+    assert store.account_for_token("h" * 64) is None
+    assert [r.account_id for r in store.list_http_logs()] == [None]
