@@ -88,6 +88,10 @@ def test_a_token_is_shown_once_and_stored_only_as_its_hash(d: Daemon, tokens: di
     assert hashlib.sha256(tokens[A].encode()).hexdigest() in stored
     assert not any(t in s for t in tokens.values() for s in stored)
     assert len(tokens[A]) > 40 and tokens[A] != tokens[B]
+    shown = d.cli("account", "token", A).output
+    assert "shown once" in shown and shown.split()[-1].startswith("fwd_")
+    refused = d.cli("account", "token", "nobody@owner.test", expect=1).output
+    assert refused.strip() == "Error: no account nobody@owner.test"
 
 
 V1 = [("GET", "/v1/account"), ("GET", "/v1/domains"), ("POST", "/v1/domains"),
