@@ -195,6 +195,27 @@ class TlsConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    listen: tuple[str, ...] = ("127.0.0.1:8080",)
+    trusted_proxies: tuple[str, ...] = ()
+    max_connections: int = 256
+    max_connections_per_ip: int = 20
+    max_body_size: int = 64 * 1024
+
+    def validate(self, key: str) -> None:
+        for addr in self.listen:
+            _host_port(f"{key}.listen", addr)
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ConfigError(f"{key}.trusted_proxies: not an IP address or network: {proxy!r}") from None
+        for name in ("max_connections", "max_connections_per_ip", "max_body_size"):
+            _positive(f"{key}.{name}", getattr(self, name))
+        _at_most(f"{key}.max_body_size", self.max_body_size, 16 * 1024 * 1024, "the API takes small JSON")
+
+
+@dataclass(frozen=True)
 class SrsConfig:
     domain: str = ""
     secret: str = ""
@@ -395,6 +416,7 @@ class Config:
     mx: MxConfig = field(default_factory=MxConfig)
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     srs: SrsConfig = field(default_factory=SrsConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)

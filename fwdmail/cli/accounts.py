@@ -1,10 +1,10 @@
-"""`fwdmail account ...`: add, list, delete. Handles the addresses the admin typed (checked in app)."""
+"""`fwdmail account ...`: add, list, delete, token. Handles the addresses the admin typed (checked in app)."""
 
 from __future__ import annotations
 
 import click
 
-from fwdmail.app import accounts
+from fwdmail.app import accounts, tokens
 from fwdmail.cli.common import State, confirm_or_abort, json_option, pass_state
 from fwdmail.cli.render import emit_json, line, table
 
@@ -57,3 +57,18 @@ def account_delete(state: State, email: str, yes: bool, as_json: bool) -> None:
         emit_json({"deleted": rec.email, **counts})
     else:
         line(f"account {rec.email} deleted: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+
+
+@account.command("token")
+@click.argument("email")
+@json_option
+@pass_state
+def account_token(state: State, email: str, as_json: bool) -> None:
+    """Make an API token for EMAIL's account and print it once (only its hash is kept)."""
+    state.open()
+    new = tokens.new_api_token(email)
+    if as_json:
+        emit_json({"email": new.account.email, "token": new.token})
+    else:
+        line(f"API token for {new.account.email} (shown once, store it now):")
+        line(f"  {new.token}")

@@ -73,11 +73,12 @@ def _event_loop(choice: str) -> tuple[str, Callable[..., int]]:
 @click.option("--mx-worker-fd", type=int, default=None, hidden=True)
 @pass_state
 def serve(state: State, mx_worker_fd: int | None) -> None:
-    """Run the MX, submission, outbound queue and retention jobs in one process."""
+    """Run the MX, submission, outbound queue, HTTP API and retention jobs in one process."""
     from fwdmail.app import maintenance
     from fwdmail.runtime import logsetup
     from fwdmail.runtime import serve as daemon
     from fwdmail.runtime.context import StartupError
+    from fwdmail.web.server import WebService
 
     rt = state.open(create=True)
     maintenance.close_store()
@@ -91,7 +92,7 @@ def serve(state: State, mx_worker_fd: int | None) -> None:
     if problem is not None:
         log.warning("%s", problem)
     try:
-        code = runner(daemon.run(rt, state.config_path, mx_worker_fd))
+        code = runner(daemon.run(rt, state.config_path, mx_worker_fd, web=WebService))
     except StartupError as exc:
         raise click.ClickException(visible(exc)) from None
     finally:

@@ -86,6 +86,17 @@ async def purge_abuse_events(db: DbSeam, now: dt.datetime, cfg: RetentionConfig,
     return await _batches(db, store.purge_abuse_events_before, (cutoff,), cfg.batch_size, progress, stop)
 
 
+# The privacy policy's promise for the web/API request log.
+HTTP_LOG_DAYS = 30
+
+
+async def purge_http_logs(db: DbSeam, now: dt.datetime, cfg: RetentionConfig,
+                          progress: Progress | None = None, stop: asyncio.Event | None = None) -> int:
+    """Delete web/API request rows `HTTP_LOG_DAYS` or more days old."""
+    cutoff = _days(now, HTTP_LOG_DAYS)
+    return await _batches(db, store.purge_http_logs_before, (cutoff,), cfg.batch_size, progress, stop)
+
+
 async def redact_bodies(db: DbSeam, now: dt.datetime, cfg: RetentionConfig,
                         progress: Progress | None = None, stop: asyncio.Event | None = None) -> int:
     """Drop the bodies of final outbound mail past its domain's retention_days."""
@@ -107,6 +118,10 @@ async def _count_abuse_events(db: DbSeam, now: dt.datetime, cfg: RetentionConfig
     return await db(store.count_abuse_events_before, _days(now, cfg.error_log_days))
 
 
+async def _count_http_logs(db: DbSeam, now: dt.datetime, cfg: RetentionConfig) -> int:
+    return await db(store.count_http_logs_before, _days(now, HTTP_LOG_DAYS))
+
+
 async def _count_bodies(db: DbSeam, now: dt.datetime, cfg: RetentionConfig) -> int:
     return await db(store.count_bodies_due, now)
 
@@ -124,6 +139,8 @@ JOBS: tuple[Job, ...] = (
         lambda c: "final, domain retention_days passed", _count_bodies, redact_bodies),
     Job("emails_deleted", "outbound records deleted",
         lambda c: f"final, Date {c.outbound_record_days}+ days ago", _count_emails, delete_emails),
+    Job("http_logs", "web/API request logs",
+        lambda c: f"created {HTTP_LOG_DAYS}+ days ago", _count_http_logs, purge_http_logs),
 )
 
 

@@ -1,6 +1,8 @@
 """`fwdmail serve`: one asyncio loop running the MX, submission, queue workers and retention jobs.
 
-Start order: store -> queue recovery -> workers -> listeners -> scheduler; stop in reverse. The open-files
+Start order: store -> queue recovery -> workers -> listeners -> HTTP listener -> scheduler; stop in
+reverse. The HTTP service is handed in by the caller (`fwdmail serve` passes the web part's, which sits
+above). The open-files
 limit is raised to its hard limit first; the listeners' session caps are derived from it.
 SIGTERM/SIGINT drain in-flight work; a second signal forces the stop. SIGHUP reloads the TLS
 certificate and key for new sessions.
@@ -12,6 +14,7 @@ import asyncio
 import gc
 import logging
 import signal
+from collections.abc import Callable
 from typing import Protocol
 
 from fwdmail.mx.service import MxService
@@ -36,9 +39,13 @@ class Service(Protocol):
     async def stop(self) -> None: ...
 
 
+WebFactory = Callable[[Context], Service]
+
+
 def build_services(ctx: Context, config_file: str | None = None, mx_worker_fd: int | None = None,
-                   ) -> list[Service]:
-    """The daemon's services in start order (an MX worker process runs only the MX)."""
+                   web: WebFactory | None = None) -> list[Service]:
+    """The daemon's services in start order (an MX worker process runs only the MX); `web` makes the
+    HTTP listener, started after the SMTP listeners."""
     policies = [AbusePolicy(ctx), SenderAuthPolicy(ctx)]
     if mx_worker_fd is not None:
         return [MxService(ctx, policies, inbox_fd=mx_worker_fd)]
@@ -47,6 +54,7 @@ def build_services(ctx: Context, config_file: str | None = None, mx_worker_fd: i
         queue,
         SubmissionService(ctx, on_queued=queue.wake),
         MxService(ctx, policies, worker_command=worker_command(config_file)),
+        *([web(ctx)] if web is not None else []),
         RetentionScheduler(ctx.blocking, ctx.config.retention),  # last: starts after listeners, stops first
     ]
 
@@ -59,16 +67,17 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-async def run(runtime: Runtime, config_file: str | None = None, mx_worker_fd: int | None = None) -> int:
+async def run(runtime: Runtime, config_file: str | None = None, mx_worker_fd: int | None = None,
+              web: WebFactory | None = None) -> int:
     """Run until a stop signal; return the process exit code. `config_file` is passed on to MX worker
-    processes; `mx_worker_fd` makes this process one of them."""
+    processes; `mx_worker_fd` makes this process one of them; `web` makes the HTTP listener."""
     ctx = Context(runtime)
     loop = asyncio.get_running_loop()
     raise_fd_limit()
     caps = session_caps(ctx.config)
     log.info("open-files limit %s: at most %d MX and %d submission sessions", caps.fd_limit or "unlimited",
              caps.mx, caps.submission)
-    services = build_services(ctx, config_file, mx_worker_fd)
+    services = build_services(ctx, config_file, mx_worker_fd, web)
 
     def on_signal(signame: str) -> None:
         if ctx.stopping.is_set():

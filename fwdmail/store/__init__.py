@@ -78,6 +78,13 @@ from fwdmail.store.errorlog import (
     list_smtp_errors,
     log_smtp_errors,
 )
+from fwdmail.store.httplog import (
+    HttpLogRecord,
+    count_http_logs_before,
+    list_http_logs,
+    log_http_requests,
+    purge_http_logs_before,
+)
 from fwdmail.store.models import utcnow
 from fwdmail.store.outbound import (
     EMAIL_STATUSES,
@@ -120,3 +127,4 @@ from fwdmail.store.retention import (
     take_lease,
     wal_checkpoint,
 )
+from fwdmail.store.tokens import account_for_token, add_api_token, count_api_tokens

@@ -21,7 +21,16 @@ from typing import Any, ParamSpec, TypeVar
 import peewee as pw
 from playhouse import migrate as schema
 
-from fwdmail.store.models import ALL_MODELS, DirectoryChange, Lease, Meta, database, lookup_key
+from fwdmail.store.models import (
+    ALL_MODELS,
+    ApiToken,
+    DirectoryChange,
+    HttpLog,
+    Lease,
+    Meta,
+    database,
+    lookup_key,
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -158,7 +167,12 @@ def _cluster(db: pw.Database) -> None:
     db.create_tables([Lease])
 
 
-MIGRATIONS: list[Callable[[pw.Database], None]] = [_directory_lookups, _cluster]
+def _http_tables(db: pw.Database) -> None:
+    """4: API tokens (hashed) and the 30-day log of web/API requests."""
+    db.create_tables([ApiToken, HttpLog])
+
+
+MIGRATIONS: list[Callable[[pw.Database], None]] = [_directory_lookups, _cluster, _http_tables]
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
 

@@ -169,7 +169,28 @@ class AbuseEvent(BaseModel):
     detail = pw.TextField(default="")
 
 
+class ApiToken(BaseModel):
+    """An account's API token, kept only as the SHA-256 of the token (shown once, never stored)."""
+
+    account = pw.ForeignKeyField(Account, backref="api_tokens", on_delete="CASCADE")
+    token_hash = pw.CharField(unique=True)
+    created_at = pw.DateTimeField(default=utcnow)
+
+
+class HttpLog(BaseModel):
+    """One web/API request: the route pattern (never the path as sent, a query string or a body) and the
+    client's network (/24 or /48), never its address. Kept 30 days."""
+
+    created_at = pw.DateTimeField(default=utcnow, index=True)
+    account = pw.ForeignKeyField(Account, null=True, backref="http_logs", on_delete="CASCADE")
+    method = pw.CharField()
+    route = pw.CharField()
+    status = pw.IntegerField()
+    duration_ms = pw.IntegerField()
+    client_net = pw.CharField(default="")
+
+
 ALL_MODELS: list[type[BaseModel]] = [
     Meta, Account, Domain, Alias, DirectoryChange, Lease, OutboundEmail, OutboundRecipient, SmtpErrorLog,
-    AbuseEvent,
+    AbuseEvent, ApiToken, HttpLog,
 ]

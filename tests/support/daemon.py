@@ -81,6 +81,7 @@ class Daemon:
         self.mx_port = free_port()
         self.submission_port = free_port()
         self.submission_tls_port = free_port()
+        self.http_port = free_port()
         base: dict[str, Any] = {
             "data_dir": str(self.data_dir),
             "hostname": "mx.fwdmail.test",
@@ -91,6 +92,7 @@ class Daemon:
                 "listen": [f"127.0.0.1:{self.submission_port}"],
                 "listen_tls": [f"127.0.0.1:{self.submission_tls_port}"],
             },
+            "http": {"listen": [f"127.0.0.1:{self.http_port}"]},
             "srs": {"domain": "srs.fwdmail.test"},
             "delivery": {"connect_timeout": 3, "command_timeout": 5, "data_timeout": 5, "port": 25},
             "queue": {"min_backoff": 1, "max_backoff": 2, "poll_interval": 0.2},

@@ -51,7 +51,7 @@ def test_error_logs_and_abuse_events_go_at_exactly_7_days(db: Path) -> None:
     assert not rows.abuse_event_exists(spam_due) and rows.abuse_event_exists(spam_young)
 
     assert purge(T0 + TICK).counts == {"smtp_error_logs": 1, "abuse_events": 1, "emails_redacted": 0,
-                                       "emails_deleted": 0}
+                                       "emails_deleted": 0, "http_logs": 0}
     assert not rows.error_log_exists(young) and not rows.abuse_event_exists(spam_young)
 
 
@@ -149,7 +149,7 @@ def test_dry_run_counts_without_changing_anything(db: Path) -> None:
     msg = rows.add_outbound("a.test", created_at=T0 - 31 * DAY, date_header=None)
     report = jobs.purge_now(T0, RetentionConfig(), dry_run=True)
     assert report.counts == {"smtp_error_logs": 1, "abuse_events": 0, "emails_redacted": 1,
-                             "emails_deleted": 1}
+                             "emails_deleted": 1, "http_logs": 0}
     assert rows.error_log_exists(log_id) and rows.outbound(msg).body is not None
 
 
@@ -238,3 +238,29 @@ def test_parse_instant(text: str, expected: dt.datetime) -> None:
 def test_parse_instant_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="ISO-8601"):
         jobs.parse_instant(text)
+
+
+def _http_row(at: dt.datetime, account_id: int | None = None) -> None:
+    store.log_http_requests([store.HttpLogRecord(at, account_id, "GET", "/v1/account", 200, 1,
+                                                 "192.0.2.0/24")])
+
+
+def test_web_api_request_logs_go_at_exactly_30_days(db: Path) -> None:
+    _http_row(T0 - 30 * DAY)
+    _http_row(T0 - 30 * DAY + TICK)
+    assert jobs.purge_now(T0, RetentionConfig(), dry_run=True).counts["http_logs"] == 1
+    assert purge(T0).counts["http_logs"] == 1
+    assert [r.created_at for r in store.list_http_logs()] == [T0 - 30 * DAY + TICK]
+    assert purge(T0 + TICK).counts["http_logs"] == 1
+    assert store.list_http_logs() == []
+
+
+def test_deleting_an_account_deletes_its_tokens_and_request_log(db: Path) -> None:
+    acct = store.add_account("gone@owner.test")
+    store.add_api_token(acct.email, "h" * 64, T0)
+    _http_row(T0, acct.id)
+    _http_row(T0)
+    assert store.account_for_token("h" * 64) == store.get_account(acct.email)
+    store.delete_account(acct.email)
+    assert store.account_for_token("h" * 64) is None
+    assert [r.account_id for r in store.list_http_logs()] == [None]

@@ -94,15 +94,16 @@ def test_an_older_data_dir_is_migrated(opened: Opened) -> None:
     store.add_domain("a.test", OWNER, "sel", "key", "tok")
     store.add_alias("a.test", "exact", "Mixed", ["m@dest.test"])
     store.close_store()
-    for statement in (  # as schema 1 was: no lookup key, no change log (nor schema 3's claim node, leases)
+    for statement in (  # as schema 1 was: no lookup key, no change log, no claim node, leases, tokens, log
         "ALTER TABLE outbound_email DROP COLUMN claim_node", "DROP TABLE lease",
         "DROP INDEX alias_domain_id_kind_lookup", "ALTER TABLE alias DROP COLUMN lookup",
-        "DROP TABLE directory_change", "UPDATE meta SET value = '1' WHERE key = 'schema_version'",
+        "DROP TABLE directory_change", "DROP TABLE api_token", "DROP TABLE http_log",
+        "UPDATE meta SET value = '1' WHERE key = 'schema_version'",
     ):
         opened.outside(statement)
     opened.reopen()
     try:
-        assert store.db.schema_version(database.obj) == store.SCHEMA_VERSION == 3
+        assert store.db.schema_version(database.obj) == store.SCHEMA_VERSION == 4
         found = store.lookup_aliases("a.test", ["mixed"])
         assert found is not None and found.exact["mixed"] is not None
         before = store.directory_version()
