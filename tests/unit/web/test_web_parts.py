@@ -84,3 +84,18 @@ def _refs(node: object) -> list[str]:
     if isinstance(node, list):
         return [r for v in node for r in _refs(v)]
     return []
+
+
+def test_the_aiohttp_site_members_the_limited_site_relies_on_are_there() -> None:
+    """`LimitedSite.start` replaces `TCPSite.start` using private members of aiohttp's sites: an aiohttp
+    outside the pinned range that renames or drops one fails here, not in production."""
+    import inspect
+
+    from aiohttp import web
+
+    site_source = inspect.getsource(web.TCPSite.__init__) + inspect.getsource(web.BaseSite.__init__)
+    for member in ("self._runner", "self._host", "self._port", "self._server"):
+        assert member in site_source, f"aiohttp's sites no longer set {member}"
+    started = inspect.getsource(web.TCPSite.start)
+    assert "create_server" in started and "self._runner.server" in started
+    assert inspect.iscoroutinefunction(web.BaseSite.start)
