@@ -22,8 +22,9 @@ from fwdmail.mail.addresses import Address, AddressError, parse_address
 from fwdmail.mx.dedup import DeliveredMemory
 from fwdmail.mx.forward import CLIENT_NOTE, SRS_BOUNCE_ALIAS, Forwarder
 from fwdmail.policy.contract import Accepted, InboundPolicy, SessionInfo, Transaction
+from fwdmail.policy.directory import DirectoryCache
 from fwdmail.policy.guessing import ClientKeys, RowGate, SrsGuard
-from fwdmail.policy.routing import DirectoryCache, RegexBudget, Route
+from fwdmail.policy.routing import RegexBudget, Route
 from fwdmail.runtime.context import Context
 from fwdmail.runtime.errorlog import ErrorLogWriter, ErrorRow
 from fwdmail.runtime.logsetup import scrub

@@ -7,6 +7,10 @@ Every change bumps `directory_version` and records it as the version of each dom
 Callers get plain records, never peewee objects. Writes begin IMMEDIATE on SQLite: they take its write
 lock before reading, so a CLI write waits (busy timeout) for the running daemon's writes instead of failing
 on a stale read snapshot.
+
+Longer than ~400 lines on purpose: every write here bumps the change log in its own transaction, and the
+lookups read what those writes record; kept together, the rule "every change names its domains" is
+visible in one file.
 """
 
 from __future__ import annotations

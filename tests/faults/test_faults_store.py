@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from fwdmail import store
-from fwdmail.policy.routing import DirectoryCache
+from fwdmail.policy.directory import DirectoryCache
 from fwdmail.runtime.executor import Blocking
 from fwdmail.runtime.groupcommit import GroupCommitter
 from fwdmail.store.models import database

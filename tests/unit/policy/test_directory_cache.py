@@ -16,7 +16,8 @@ from fwdmail import store
 from fwdmail.app import aliases as app_aliases
 from fwdmail.config import ConfigError, from_dict
 from fwdmail.mail.addresses import parse_address
-from fwdmail.policy.routing import Directory, DirectoryCache, Route, resolve
+from fwdmail.policy.directory import DirectoryCache
+from fwdmail.policy.routing import Directory, Route, resolve
 from fwdmail.runtime.executor import Blocking
 from fwdmail.smtp import replies
 

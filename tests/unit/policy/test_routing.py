@@ -11,7 +11,8 @@ import pytest
 from fwdmail import store
 from fwdmail.app import aliases as app_aliases
 from fwdmail.mail.addresses import parse_address
-from fwdmail.policy.routing import MAX_DESTINATIONS, Directory, DirectoryCache, Route, resolve
+from fwdmail.policy.directory import DirectoryCache
+from fwdmail.policy.routing import MAX_DESTINATIONS, Directory, Route, resolve
 from fwdmail.runtime.executor import Blocking
 from fwdmail.smtp import replies
 
