@@ -255,7 +255,7 @@ class WebService:
                 self.runner = None
                 raise StartupError(f"http.listen: cannot listen on {address}: {exc.strerror or exc}"
                                    ) from None
-        log.info("HTTP API listening on %s", ", ".join(cfg.listen))
+        log.info("HTTP API listening on %d address(es)", len(cfg.listen))
 
     async def stop(self) -> None:
         if self.runner is not None:
