@@ -157,7 +157,7 @@ class SharedLimits:
         if self.max_connections <= 0:
             return True
         key = self.state.key("conn", client_key(peer[0]))
-        member = secrets.token_bytes(12)
+        member = secrets.token_hex(12).encode()
         if not await self.state.lease(key, member, self.max_connections, self.LEASE_TTL):
             return False
         self.held[peer] = (key, member)

@@ -333,7 +333,11 @@ async def open_shared(cfg: ClusterConfig, run_db: Any) -> SharedState | None:
     `PersistentRedis` with a one-line reason."""
     if not cfg.redis_url:
         return None
-    import redis.asyncio
+    try:
+        import redis.asyncio
+    except ImportError:
+        raise SharedUnavailable("cluster.redis_url: the Redis client is not installed: "
+                                "pip install 'fwdmail[cluster]'") from None
 
     secret_hex = await run_db(store.meta_once, KEY_SECRET, secrets.token_hex(32))
     try:
