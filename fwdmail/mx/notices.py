@@ -87,7 +87,8 @@ class PartialNotices:
         if self.shared is not None:
             try:
                 if not await self.shared.add(self.shared.key("notice", alias.lower()), self.interval):
-                    return  # another node told the owner within the interval
+                    log.debug("partial-failure notice not sent: one was sent within the interval")
+                    return
             except SharedUnavailable:
                 log.warning("partial-failure notice not sent: the shared state is unavailable")
                 return

@@ -9,7 +9,9 @@ one test never touch another's.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import smtplib
 import socket
@@ -24,7 +26,8 @@ import redis
 
 from tests.support.daemon import REPO, Daemon
 from tests.support.dns_server import LoopbackDNS
-from tests.support.mx import CLIENT, cli_batch, message, send
+from tests.support.mx import CLIENT, cli, cli_batch, message, send
+from tests.support.outbound import connect
 from tests.support.postgres import PostgresServer, postgres_bin, running_postgres
 from tests.support.redis import RedisServer, redis_bin, running_redis
 from tests.support.smtp_sink import SmtpSink
@@ -46,7 +49,10 @@ SETUP = [
     ["domain", "set", "ours.test", "--auth-policy", "off"],
     ["alias", "add", "ok@ours.test", "ok@dest.test"],
     ["alias", "add", "pair@ours.test", "first@dest.test", "second@dest.test"],
+    ["alias", "add", "partial@ours.test", "good@dest.test", "gone@dest.test"],
+    ["alias", "add", "login@ours.test", "someone@dest.test"],
 ]
+MAX_LOGIN_FAILURES = 3
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +74,8 @@ def _settings(db_url: str, redis_url: str, node: str, dns: LoopbackDNS, sink: Sm
         "database": {"url": db_url},
         "cluster": {"node_id": node, "redis_url": redis_url, "redis_timeout": 1.0},
         "dns": {"nameservers": [dns.address]},
-        "delivery": {"routes": {"dest.test": sink.address}},
+        "delivery": {"routes": {"dest.test": sink.address, "owner.test": sink.address}},
+        "submission": {"auth_failures_per_hour": MAX_LOGIN_FAILURES},
         "abuse": {"max_connections_per_ip": MAX_CONNECTIONS, "max_messages_per_ip_per_minute": PER_MINUTE},
         "srs": {"max_invalid_per_client": SRS_PER_CLIENT},
     }
@@ -177,6 +184,44 @@ def test_the_invalid_srs_budget_is_shared(nodes: tuple[Daemon, Daemon]) -> None:
     after = send(b, "", [_bogus_srs(9)], b"", source=source)
     code, text = after.rcpts[0]
     assert code == 451 and b"deferred" in text, after  # the budget node A and B spent together
+
+
+def _login(d: Daemon, source: str, user: str, password: str) -> tuple[int, bytes]:
+    with connect(d, source=source) as s:
+        blob = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+        return s.docmd("AUTH", "PLAIN " + blob)
+
+
+def test_failed_logins_lock_the_client_out_of_every_node(nodes: tuple[Daemon, Daemon]) -> None:
+    a, b = nodes
+    password = json.loads(cli(a, "alias", "password", "login@ours.test", "--json").stdout)["password"]
+    source = "127.0.0.17"
+    codes = [_login(d, source, "login@ours.test", "guess")[0] for d in (a, b, a)]
+    assert codes == [535] * MAX_LOGIN_FAILURES
+    for d in (a, b):  # the right password too: the client is locked out on both nodes
+        assert _login(d, source, "login@ours.test", password)[0] == 421
+    assert _login(b, "127.0.0.18", "login@ours.test", password)[0] == 235
+
+
+def test_one_partial_failure_notice_per_interval_for_both_nodes(nodes: tuple[Daemon, Daemon],
+                                                                clean_downstream: SmtpSink) -> None:
+    a, b = nodes
+    sink = clean_downstream
+    sink.behaviour.rcpt = {"gone@dest.test": "550 5.1.1 No such user"}
+    skipped = b.logs().count("partial-failure notice not sent: one was sent within the interval")
+    assert send(a, "alice@src.test", ["partial@ours.test"], message(), source="127.0.0.19").code == 250
+    deadline = time.monotonic() + 20
+    while _copies(sink, "owner@owner.test") < 1:
+        assert time.monotonic() < deadline, "node A sent no notice"
+        time.sleep(0.05)
+    assert send(b, "alice@src.test", ["partial@ours.test"], message(), source="127.0.0.19").code == 250
+    deadline = time.monotonic() + 20
+    while b.logs().count("partial-failure notice not sent: one was sent within the interval") == skipped:
+        assert _copies(sink, "owner@owner.test") == 1, "node B sent a second notice"
+        assert time.monotonic() < deadline, "node B neither sent a notice nor skipped it"
+        time.sleep(0.05)
+    assert _copies(sink, "owner@owner.test") == 1
+    assert _copies(sink, "good@dest.test") == 2
 
 
 def test_redis_holds_only_keyed_hashes_each_with_a_ttl(nodes: tuple[Daemon, Daemon],
