@@ -37,6 +37,10 @@ class SharedUnavailable(Exception):
     """The shared state cannot be read or written now (Redis gone, slow or refusing)."""
 
 
+class _NoScript(Exception):
+    """The server does not have a script (yet, or any more after a restart)."""
+
+
 class PersistentRedis(Exception):
     """The Redis server writes its data to disk (RDB snapshots or AOF) and that was not allowed."""
 
@@ -118,11 +122,6 @@ class MemoryState(SharedState):
             self._values.pop(key)
             return None
         return entry[1]
-
-    def ttl(self, key: bytes) -> float | None:
-        """Seconds left to `key` (None when absent); for tests and the privacy checks."""
-        entry = self._values.get(key)
-        return None if entry is None or self._live(key) is None else entry[0] - self.clock()
 
     async def count(self, key: bytes, window: float) -> int:
         n = self._live(key)
@@ -238,6 +237,8 @@ class RedisState(SharedState):
             self._went_down(exc)
             raise SharedUnavailable(type(exc).__name__) from None
         except Exception as exc:
+            if type(exc).__name__ == "NoScriptError":
+                raise _NoScript from None
             if type(exc).__module__.startswith("redis"):
                 self._went_down(exc)
                 raise SharedUnavailable(type(exc).__name__) from None
@@ -254,7 +255,13 @@ class RedisState(SharedState):
                         type(exc).__name__)
 
     async def _script(self, source: str, keys: list[bytes], args: list[Any]) -> Any:
-        return await self._call("EVAL", source, len(keys), *keys, *args)
+        """Run a script by its digest; sent whole only when the server does not have it (first use,
+        or a restarted server), which loads it for the next calls."""
+        digest = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+        try:
+            return await self._call("EVALSHA", digest, len(keys), *keys, *args)
+        except _NoScript:
+            return await self._call("EVAL", source, len(keys), *keys, *args)
 
     async def count(self, key: bytes, window: float) -> int:
         return int(await self._script(_COUNT, [key], [_ms(window)]))
