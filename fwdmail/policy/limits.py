@@ -265,6 +265,13 @@ class AbusePolicy(InboundPolicy):
     async def _record(self, kind: str, ip: str, detail: str) -> None:
         if not self.limits.records.first(kind, ip, self.clock()):
             return
+        if self.shared is not None:  # once per window for every node together
+            state, window = self.shared.state, self.limits.records.window
+            try:
+                if not await state.add(state.key("record", kind, client_key(ip)), window):
+                    return
+            except SharedUnavailable:
+                return
         log.info("abuse control: %s", kind)
         try:
             await self.ctx.blocking.db(store.record_abuse, store.utcnow(), kind, ip, None, detail)

@@ -111,6 +111,14 @@ def _greeting(d: Daemon, source: str) -> tuple[socket.socket, bytes]:
     return sock, data
 
 
+def _abuse_rows(d: Daemon, kind: str) -> int:
+    import psycopg
+
+    with psycopg.connect(d.settings["database"]["url"], autocommit=True) as con:
+        row = con.execute("SELECT count(*) FROM abuse_event WHERE kind = %s", (kind,)).fetchone()
+    return int(row[0]) if row else 0
+
+
 def test_connections_per_client_are_limited_across_nodes(nodes: tuple[Daemon, Daemon]) -> None:
     a, b = nodes
     source = "127.0.0.11"
@@ -120,9 +128,12 @@ def test_connections_per_client_are_limited_across_nodes(nodes: tuple[Daemon, Da
             sock, greeting = _greeting(d, source)
             held.append(sock)
             assert greeting.startswith(b"220 "), greeting
-        sock, greeting = _greeting(b, source)
-        sock.close()
-        assert greeting.startswith(b"421 4.7.0"), greeting  # the 4th, though node B holds only one
+        for d in (b, a):  # the 4th, though node B holds only one; and on node A
+            sock, greeting = _greeting(d, source)
+            sock.close()
+            assert greeting.startswith(b"421 4.7.0"), greeting
+        # recorded once for the cluster, not once per node (both refusals are inside one window)
+        assert _abuse_rows(a, "too-many-connections") == 1
         held.pop(0).close()  # one of node A's sessions ends: its lease goes back
         deadline = time.monotonic() + 10
         while True:
