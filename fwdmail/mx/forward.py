@@ -269,7 +269,7 @@ class Forwarder:
         done = {o.destination for o in outcomes if o.error is None}
         delivered.extend(fp for d, fp in fps.items()
                          if d in done or fp in landed or self.delivered.seen(fp, mono))
-        return await self._conclude(tx, groups, outcomes, fps)
+        return await self._conclude(tx, groups, outcomes, fps, remote)
 
     async def _settle(self, fps: list[bytes]) -> set[bytes]:
         """Wait (at most `flight_wait`) while another session forwards this message to some of its
@@ -317,7 +317,8 @@ class Forwarder:
         return [Outcome(group, d, results.get(d, replies.TRY_LATER)) for d in destinations]
 
     async def _conclude(self, tx: Transaction, groups: list[_Group], outcomes: list[Outcome],
-                        fps: dict[str, bytes]) -> str:
+                        fps: dict[str, bytes], remembered: set[bytes] | None = None) -> str:
+        """`remembered`: the fingerprints the shared retry memory held when the message came."""
         now = store.utcnow()
         mono = time.monotonic()
         failed = [_Failure(o.group, o.destination, o.error) for o in outcomes if o.error is not None]
@@ -339,7 +340,8 @@ class Forwarder:
             return reply.reply
         for fp in fps.values():
             self.delivered.forget(fp)
-        await self._shared_quietly("forget", list(fps.values()))
+        if remembered:
+            await self._shared_quietly("forget", [fp for fp in fps.values() if fp in remembered])
         delivered_any = bool(accepted) or any(g.already for g in groups) or any(
             a.route.discard for a in tx.recipients)
         if permanent and not delivered_any:
