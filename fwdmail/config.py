@@ -390,17 +390,40 @@ class DatabaseConfig:
             raise ConfigError(bad)
 
 
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 NODE_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
 
 
 @dataclass(frozen=True)
 class ClusterConfig:
     node_id: str = ""
+    redis_url: str = ""
+    redis_timeout: float = 2.0
+    redis_max_connections: int = 64
+    redis_prefix: str = "fwdmail:"
+    allow_persistent_redis: bool = False
 
     def validate(self, key: str) -> None:
         if self.node_id and (len(self.node_id) > 64 or not set(self.node_id) <= NODE_ID_CHARS):
             raise ConfigError(f"{key}.node_id: must be empty (the default) or up to 64 letters, digits, "
                               f"'.', '-' and '_', got {self.node_id[:80]!r}")
+        if self.redis_url:
+            try:
+                parts = urllib.parse.urlsplit(self.redis_url)
+                parts.port  # noqa: B018 (raises on a bad port)
+            except ValueError:
+                parts = None
+            if (parts is None or parts.scheme not in REDIS_SCHEMES or not (parts.hostname or parts.path)
+                    or any(c.isspace() for c in self.redis_url)):
+                raise ConfigError(f"{key}.redis_url: must be empty (in-memory, one node) or "
+                                  f"redis://host:port/db, rediss://... or unix:///path, "
+                                  f"got {_shown_url(self.redis_url)!r}")
+        _positive(f"{key}.redis_timeout", self.redis_timeout)
+        _positive(f"{key}.redis_max_connections", self.redis_max_connections)
+        _at_most(f"{key}.redis_max_connections", self.redis_max_connections, 10_000)
+        if not 1 <= len(self.redis_prefix) <= 64 or not set(self.redis_prefix) <= NODE_ID_CHARS | {":"}:
+            raise ConfigError(f"{key}.redis_prefix: must be 1 to 64 letters, digits, '.', '-', '_' and ':', "
+                              f"got {self.redis_prefix[:80]!r}")
 
 
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")

@@ -28,6 +28,7 @@ from fwdmail.policy.routing import RegexBudget, Route
 from fwdmail.runtime.context import Context
 from fwdmail.runtime.errorlog import ErrorLogWriter, ErrorRow
 from fwdmail.runtime.logsetup import scrub
+from fwdmail.runtime.sharedstate import SharedUnavailable
 from fwdmail.runtime.shares import share
 from fwdmail.runtime.tasks import cancel_and_wait
 from fwdmail.smtp import replies
@@ -67,8 +68,10 @@ class Mx:
         # forge an SRS address was worked out from (see fwdmail.example.toml).
         processes = cfg.mx.workers
         keys = ClientKeys()
-        self.guard = SrsGuard(share(cfg.srs.max_invalid_per_client, processes),
-                              max(1, cfg.srs.max_invalid_total // processes), cfg.srs.invalid_window, keys)
+        srs_share = 1 if ctx.shared is not None else processes  # shared: every process counts in one place
+        self.guard = SrsGuard(share(cfg.srs.max_invalid_per_client, srs_share),
+                              max(1, cfg.srs.max_invalid_total // srs_share), cfg.srs.invalid_window, keys,
+                              ctx.shared)
         self.errors = ErrorLogWriter(ctx.blocking, RowGate(
             share(cfg.error_log.max_rows_per_client_per_minute, processes),
             max(1, cfg.error_log.max_rows_per_minute // processes), keys), log)
@@ -180,7 +183,7 @@ class Mx:
 
     async def _route(self, addr: Address, session: SessionInfo, tx: Transaction) -> Route | SmtpError:
         if addr.domain == self.srs_domain and srs.is_srs(addr.local):
-            return self._srs_route(addr, session)
+            return await self._srs_route(addr, session)
         try:
             route = await self.directory.route(addr, self.regex_budget.meter(session.peer_ip, tx.notes))
         except Exception as exc:
@@ -190,14 +193,18 @@ class Mx:
             return replies.NO_SUCH_USER
         return route
 
-    def _srs_route(self, addr: Address, session: SessionInfo) -> Route | SmtpError:
-        """A bounce to our SRS address, within the guessing budgets: past them it is deferred unchecked."""
+    async def _srs_route(self, addr: Address, session: SessionInfo) -> Route | SmtpError:
+        """A bounce to our SRS address, within the guessing budgets: past them it is deferred unchecked,
+        as it is while the budgets shared by the nodes cannot be read."""
         now = time.monotonic()
-        if self.guard.locked(session.peer_ip, now):
-            return replies.SRS_DEFERRED
-        route = self._reverse_srs(addr)
-        if not isinstance(route, Route):
-            self.guard.invalid((session.peer_ip, session.peer_port), now)
+        try:
+            if await self.guard.check(session.peer_ip, now):
+                return replies.SRS_DEFERRED
+            route = self._reverse_srs(addr)
+            if not isinstance(route, Route):
+                await self.guard.count((session.peer_ip, session.peer_port), now)
+        except SharedUnavailable:
+            return replies.STORE_UNAVAILABLE
         return route
 
     def _reverse_srs(self, addr: Address) -> Route | SmtpError:

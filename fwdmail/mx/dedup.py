@@ -1,7 +1,9 @@
-"""In-memory memory of "this destination already accepted this message" (or is being sent it right now).
+"""Memory of "this destination already accepted this message" (or is being sent it right now): in this
+process (`DeliveredMemory`) and, with `[cluster] redis_url`, across nodes (`SharedDelivered`).
 
-Untrusted input: message bytes and destination addresses, kept only as keyed SHA-256 fingerprints, in memory,
-bounded in count and time; nothing here is ever written to disk.
+Untrusted input: message bytes and destination addresses, kept only as keyed SHA-256 fingerprints (in the
+shared state hashed once more under the cluster's key), bounded in count and time, every shared key with
+a TTL; nothing here is ever written to disk.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fwdmail.runtime.expiring import ExpiringSet
+from fwdmail.runtime.sharedstate import SharedState
 
-__all__ = ["DeliveredMemory", "fingerprint", "message_digest", "message_hasher"]
+__all__ = ["DeliveredMemory", "SharedDelivered", "fingerprint", "message_digest", "message_hasher"]
 
 
 message_hasher = hashlib.sha256
@@ -132,3 +135,58 @@ class DeliveredMemory:
         elif kind in (b"d", b"e"):
             self._remote.discard(fp)
             self._landed(fp, kind == b"d")
+
+
+class SharedDelivered:
+    """The retry memory every node shares: what matters across nodes is "this digest was delivered to
+    this destination" (kept `ttl` seconds after a deferral, so a sender's retry on another node skips the
+    destinations that accepted) and "a node is forwarding it now" (a mark of at most `flight_ttl`
+    seconds, turned into "delivered" when it lands accepted, so a session on another node waiting on it
+    learns the outcome). Methods raise `SharedUnavailable` when the shared state is gone."""
+
+    POLL = 0.2
+
+    def __init__(self, state: SharedState, ttl: float, flight_ttl: float) -> None:
+        self.state = state
+        self.ttl = ttl
+        self.flight_ttl = flight_ttl
+
+    def _done(self, fp: bytes) -> bytes:
+        return self.state.key("dlv", fp)
+
+    def _flight(self, fp: bytes) -> bytes:
+        return self.state.key("fly", fp)
+
+    async def seen(self, fps: list[bytes]) -> set[bytes]:
+        """Those of `fps` a destination accepted (remembered after a deferral)."""
+        values = await self.state.get_many([self._done(fp) for fp in fps])
+        return {fp for fp, v in zip(fps, values, strict=True) if v is not None}
+
+    async def claim(self, fp: bytes, deadline: float) -> str:
+        """"mine" (this session forwards `fp` now), "delivered" (a session on some node just forwarded
+        it, accepted), or "busy" (one still is at `deadline`, a monotonic time)."""
+        key = self._flight(fp)
+        while True:
+            if await self.state.add(key, self.flight_ttl):
+                return "mine"
+            mark = await self.state.get(key)
+            if mark == b"d":
+                return "delivered"
+            if time.monotonic() >= deadline:
+                return "busy"
+            if mark is not None:  # None: it landed undelivered meanwhile, so try to take it at once
+                await asyncio.sleep(min(self.POLL, max(0.0, deadline - time.monotonic())))
+
+    async def land(self, fp: bytes, delivered: bool) -> None:
+        """The forward of `fp` this session claimed is over."""
+        if delivered:
+            await self.state.put(self._flight(fp), self.flight_ttl, b"d")
+        else:
+            await self.state.delete(self._flight(fp))
+
+    async def remember(self, fps: list[bytes]) -> None:
+        for fp in fps:
+            await self.state.put(self._done(fp), self.ttl)
+
+    async def forget(self, fps: list[bytes]) -> None:
+        await self.state.delete(*(self._done(fp) for fp in fps))

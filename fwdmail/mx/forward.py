@@ -4,7 +4,8 @@ Untrusted input: the message bytes an SMTP client on port 25 sent (header size, 
 loop marker), and the destinations' replies (masked: a reply quoted to the client or the error log names
 the alias, never the destination, and no other address or IP it echoes). The message lives in memory
 only, until the reply; a sender's retry after a 4xx does not reach the destinations that already took
-it (`DeliveredMemory`, keyed fingerprints), nor those another session is forwarding it to right now.
+it (`DeliveredMemory`, keyed fingerprints), nor those another session is forwarding it to right now;
+with `[cluster] redis_url` neither on another node (`SharedDelivered`).
 """
 
 from __future__ import annotations
@@ -17,18 +18,20 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from fwdmail import store
 from fwdmail.mail import headers as header_section
 from fwdmail.mail import srs
 from fwdmail.mail.received import count_received, received_header
-from fwdmail.mx.dedup import DeliveredMemory, fingerprint, message_digest
+from fwdmail.mx.dedup import DeliveredMemory, SharedDelivered, fingerprint, message_digest
 from fwdmail.mx.notices import PartialNotices, Refused
 from fwdmail.policy.contract import InboundPolicy, SessionInfo, Transaction
 from fwdmail.policy.routing import Route
 from fwdmail.runtime.context import Context
 from fwdmail.runtime.errorlog import ErrorLogWriter, ErrorRow
 from fwdmail.runtime.logsetup import scrub
+from fwdmail.runtime.sharedstate import SharedUnavailable
 from fwdmail.smtp import replies
 from fwdmail.smtp.client import Content
 from fwdmail.smtp.replies import SmtpError
@@ -114,7 +117,11 @@ class Forwarder:
         self.flight_wait = timeouts.connect_timeout + 2 * timeouts.command_timeout + timeouts.data_timeout
         """How long a message waits for its copy that another session is forwarding (one try's worth)."""
         self.delivered = DeliveredMemory(self.cfg.dedup_ttl, self.cfg.dedup_max_entries, 2 * self.flight_wait)
-        self.notices = PartialNotices(self.hostname, ctx.delivery, self.cfg.partial_failure_notice_interval)
+        self.shared = (SharedDelivered(ctx.shared, self.cfg.dedup_ttl, 2 * self.flight_wait)
+                       if ctx.shared is not None else None)
+        """The retry memory across nodes (`[cluster] redis_url`), beside this node's own."""
+        self.notices = PartialNotices(self.hostname, ctx.delivery, self.cfg.partial_failure_notice_interval,
+                                      ctx.shared)
         self.policies = policies
         self.errors = errors
         self.in_flight = 0
@@ -206,7 +213,15 @@ class Forwarder:
         sender = srs.forward(tx.sender, self.secret, self.srs_domain, now, self.srs_hash_length)
         fps = {d: fingerprint(digest, d, self._fp_key) for g in groups for d in g.destinations}
         landed = await self._settle(list(fps.values()))
+        remote: set[bytes] = set()
+        if self.shared is not None:
+            try:
+                remote = await self.shared.seen(list(fps.values()))
+            except SharedUnavailable:
+                return await self.refuse(tx, replies.STORE_UNAVAILABLE)
         started: list[bytes] = []
+        claimed: list[bytes] = []
+        deadline = time.monotonic() + self.flight_wait
         try:
             mono = time.monotonic()
             jobs = []
@@ -214,11 +229,20 @@ class Forwarder:
             for g in groups:
                 pending = []
                 for d in g.destinations:
-                    if self.delivered.seen(fps[d], mono) or fps[d] in landed:
+                    if self.delivered.seen(fps[d], mono) or fps[d] in landed or fps[d] in remote:
                         g.already += 1
                     elif self.delivered.flying(fps[d], mono):
                         outcomes.append(Outcome(g, d, replies.FORWARD_IN_PROGRESS))
+                    elif (claim := await self._claim(fps[d], deadline)) != "mine":
+                        if claim == "delivered":
+                            g.already += 1
+                            landed.add(fps[d])
+                        else:
+                            outcomes.append(Outcome(g, d, replies.FORWARD_IN_PROGRESS if claim == "busy"
+                                                    else replies.STORE_UNAVAILABLE))
                     else:
+                        if self.shared is not None:
+                            claimed.append(fps[d])
                         self.delivered.start(fps[d])
                         started.append(fps[d])
                         pending.append(d)
@@ -233,14 +257,19 @@ class Forwarder:
             outcomes += [item for batch in await asyncio.gather(*jobs) for item in batch]
             for o in outcomes:
                 self.delivered.land(fps[o.destination], o.error is None)
+                if fps[o.destination] in claimed:
+                    claimed.remove(fps[o.destination])
+                    await self._shared_quietly("land", fps[o.destination], o.error is None)
         finally:
             for fp in started:
                 self.delivered.land(fp, False)  # only those not landed above (stopped midway)
+            for fp in claimed:
+                await self._shared_quietly("land", fp, False)
         mono = time.monotonic()
         done = {o.destination for o in outcomes if o.error is None}
         delivered.extend(fp for d, fp in fps.items()
                          if d in done or fp in landed or self.delivered.seen(fp, mono))
-        return await self._conclude(tx, groups, outcomes, fps)
+        return await self._conclude(tx, groups, outcomes, fps, remote)
 
     async def _settle(self, fps: list[bytes]) -> set[bytes]:
         """Wait (at most `flight_wait`) while another session forwards this message to some of its
@@ -259,6 +288,25 @@ class Forwarder:
             landed |= await self.delivered.settle(busy, deadline - mono)
         return landed
 
+    async def _claim(self, fp: bytes, deadline: float) -> str:
+        """"mine" when no node forwards `fp` now (always without shared state), else what
+        `SharedDelivered.claim` says; "unavailable" when the shared state is gone."""
+        if self.shared is None:
+            return "mine"
+        try:
+            return await self.shared.claim(fp, deadline)
+        except SharedUnavailable:
+            return "unavailable"
+
+    async def _shared_quietly(self, verb: str, *args: Any) -> None:
+        """A write to the shared retry memory whose failure only loses the memory (logged)."""
+        if self.shared is None:
+            return
+        try:
+            await getattr(self.shared, verb)(*args)
+        except SharedUnavailable:
+            log.warning("retry memory not shared (%s): a retry on another node may be delivered twice", verb)
+
     async def _send(self, group: _Group, sender: str, destinations: list[str],
                     message: Content) -> list[Outcome]:
         try:
@@ -269,7 +317,8 @@ class Forwarder:
         return [Outcome(group, d, results.get(d, replies.TRY_LATER)) for d in destinations]
 
     async def _conclude(self, tx: Transaction, groups: list[_Group], outcomes: list[Outcome],
-                        fps: dict[str, bytes]) -> str:
+                        fps: dict[str, bytes], remembered: set[bytes] | None = None) -> str:
+        """`remembered`: the fingerprints the shared retry memory held when the message came."""
         now = store.utcnow()
         mono = time.monotonic()
         failed = [_Failure(o.group, o.destination, o.error) for o in outcomes if o.error is not None]
@@ -282,6 +331,7 @@ class Forwarder:
         if temporary:
             for d in accepted:
                 self.delivered.remember(fps[d], mono)
+            await self._shared_quietly("remember", [fps[d] for d in accepted])
             code = temporary[0].error.code
             code = code if 450 <= code < 500 else 451  # a 421 would tell the client we hung up
             reply, inbound = _whole_reply(temporary, code, "4.", now)
@@ -290,6 +340,8 @@ class Forwarder:
             return reply.reply
         for fp in fps.values():
             self.delivered.forget(fp)
+        if remembered:
+            await self._shared_quietly("forget", [fp for fp in fps.values() if fp in remembered])
         delivered_any = bool(accepted) or any(g.already for g in groups) or any(
             a.route.discard for a in tx.recipients)
         if permanent and not delivered_any:

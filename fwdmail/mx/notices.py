@@ -1,7 +1,8 @@
 """Partial-failure notices: telling an alias's owner that some of its destinations refused a message.
 
 Untrusted input: destinations' reply texts (shown to the alias's owner, whitespace-collapsed and cut
-to length). Nothing of the forwarded message is in the notice; at most one per alias per interval.
+to length). Nothing of the forwarded message is in the notice; at most one per alias per interval (with
+`[cluster] redis_url` for all nodes together: a mark per alias, a keyed hash with the interval as TTL).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from fwdmail import store
 from fwdmail.mail.dates import rfc5322
 from fwdmail.runtime.expiring import OncePerWindow
+from fwdmail.runtime.sharedstate import SharedState, SharedUnavailable
 from fwdmail.runtime.tasks import cancel_and_wait
 from fwdmail.smtp.client import Delivery
 from fwdmail.smtp.replies import SmtpError
@@ -39,10 +41,13 @@ def _oneline(text: str) -> str:
 class PartialNotices:
     """Sends each notice in the background, through the MX's delivery, from postmaster@`hostname`."""
 
-    def __init__(self, hostname: str, delivery: Delivery, interval: float) -> None:
+    def __init__(self, hostname: str, delivery: Delivery, interval: float,
+                 shared: SharedState | None = None) -> None:
         self.hostname = hostname
         self.delivery = delivery
+        self.interval = interval
         self.gate = OncePerWindow(interval)
+        self.shared = shared
         self._tasks: set[asyncio.Task[None]] = set()
 
     def notify(self, alias: str, owner: str, refused: list[Refused], mono: float) -> None:
@@ -50,7 +55,7 @@ class PartialNotices:
         if not owner or not self.gate.allow(alias, mono):
             return
         message = self.message(owner, alias, refused, store.utcnow())
-        task = asyncio.get_running_loop().create_task(self._send(owner, message))
+        task = asyncio.get_running_loop().create_task(self._send(owner, message, alias))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -78,7 +83,15 @@ class PartialNotices:
         ]
         return "\r\n".join(lines).encode("utf-8")
 
-    async def _send(self, owner: str, message: bytes) -> None:
+    async def _send(self, owner: str, message: bytes, alias: str = "") -> None:
+        if self.shared is not None:
+            try:
+                if not await self.shared.add(self.shared.key("notice", alias.lower()), self.interval):
+                    log.debug("partial-failure notice not sent: one was sent within the interval")
+                    return
+            except SharedUnavailable:
+                log.warning("partial-failure notice not sent: the shared state is unavailable")
+                return
         try:
             result = await self.delivery.send("", [owner], message)
         except Exception as exc:

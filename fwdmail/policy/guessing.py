@@ -3,7 +3,9 @@
 Untrusted input: the client addresses the transport reports and how many invalid SRS recipients and
 error-log-worthy refusals each sends. Clients are counted per network (IPv4 /24, IPv6 /64, what one
 party easily holds) under a keyed hash made with a key drawn at start: no address is kept in the clear,
-nothing here is written anywhere, a restart forgets every counter, and every table is bounded.
+nothing here is written anywhere, a restart forgets every counter, and every table is bounded. With
+`[cluster] redis_url` the invalid-SRS counts are those of every node (`SrsGuard.shared`): keyed hashes
+under the cluster's key, each counter living one window.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections import Counter
 
 from fwdmail.policy.clients import network
 from fwdmail.runtime.expiring import BoundedMap
+from fwdmail.runtime.sharedstate import SharedState
 from fwdmail.smtp.replies import SmtpError
 
 __all__ = ["ClientKeys", "RowGate", "SrsGuard", "Window", "network"]
@@ -88,10 +91,13 @@ class SrsGuard:
     checked, so no answer tells a right guess from a wrong one.
     """
 
-    def __init__(self, per_client: int, total: int, window: float, keys: ClientKeys) -> None:
+    def __init__(self, per_client: int, total: int, window: float, keys: ClientKeys,
+                 shared: SharedState | None = None) -> None:
+        """With `shared`, the budgets are those of every node (`check` and `count` use it)."""
         self.keys = keys
         self.clients = Window(per_client, window)
         self.all = Window(total, window, max_keys=1)
+        self.shared = shared
         self._sessions: BoundedMap[tuple[str, int], bool] = BoundedMap(_MAX_CLIENTS)
 
     def session_blocked(self, peer: tuple[str, int]) -> bool:
@@ -109,6 +115,25 @@ class SrsGuard:
 
     def end_session(self, peer: tuple[str, int]) -> None:
         self._sessions.pop(peer)
+
+    async def check(self, ip: str, now: float) -> bool:
+        """`locked`, across nodes when shared (raises `SharedUnavailable` when that state is gone)."""
+        if self.shared is None:
+            return self.locked(ip, now)
+        total = await self.shared.read(self.shared.key("srs-all"))
+        if total >= self.all.limit:
+            return True
+        return await self.shared.read(self.shared.key("srs", network(ip))) >= self.clients.limit
+
+    async def count(self, peer: tuple[str, int], now: float) -> None:
+        """`invalid`, across nodes when shared (raises `SharedUnavailable` when that state is gone)."""
+        if self.shared is None:
+            self.invalid(peer, now)
+            return
+        await self.shared.count(self.shared.key("srs-all"), self.all.length)
+        if await self.shared.count(self.shared.key("srs", network(peer[0])), self.clients.length) \
+                >= self.clients.limit:
+            self._sessions.set(peer, True)
 
 
 class RowGate:

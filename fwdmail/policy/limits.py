@@ -1,14 +1,18 @@
-"""Per-client abuse limits of the MX, held in memory only: concurrent connections and message rate.
+"""Per-client abuse limits of the MX: concurrent connections and message rate.
 
-Untrusted input: the client addresses the transport reports. Nothing here is written anywhere; a
-restart forgets every counter. IPv6 clients are counted per /64 (what one subscriber gets), IPv4 and
-IPv4-mapped IPv6 per address. Every table is bounded.
+Untrusted input: the client addresses the transport reports. Held in this process's memory, or with
+`[cluster] redis_url` in the shared state every node reads (`SharedLimits`: keyed hashes of the client,
+with TTLs). Nothing is written to disk; a restart forgets every local counter. IPv6 clients are counted
+per /64 (what one subscriber gets), IPv4 and IPv4-mapped IPv6 per address. Every table is bounded.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import enum
 import logging
+import secrets
 import time
 from collections.abc import Callable
 
@@ -22,13 +26,22 @@ from fwdmail.policy.clients import client_key
 from fwdmail.policy.contract import InboundPolicy, SessionInfo, Transaction
 from fwdmail.runtime.context import Context
 from fwdmail.runtime.expiring import BoundedMap, OncePerWindow
+from fwdmail.runtime.sharedstate import SharedState, SharedUnavailable
 from fwdmail.runtime.shares import share
-from fwdmail.smtp.replies import DNSBL_LISTED, RATE_LIMITED, TOO_MANY_CONNECTIONS, SmtpError
+from fwdmail.smtp.replies import (
+    DNSBL_LISTED,
+    RATE_LIMITED,
+    STORE_UNAVAILABLE,
+    TOO_MANY_CONNECTIONS,
+    SmtpError,
+)
 
-__all__ = ["AbusePolicy", "ConnectionLimiter", "Limits", "Rate", "RecordThrottle", "TokenBuckets",
-           "client_key"]
+__all__ = ["SHARED_UNAVAILABLE_AT_CONNECT", "AbusePolicy", "ConnectionLimiter", "Limits", "Rate",
+           "RecordThrottle", "SharedLimits", "TokenBuckets", "client_key"]
 
 log = logging.getLogger("fwdmail.limits")
+
+SHARED_UNAVAILABLE_AT_CONNECT = SmtpError(421, "4.3.0", "Temporary local problem, try again later")
 
 
 class ConnectionLimiter:
@@ -118,6 +131,75 @@ class Limits:
         self.records = RecordThrottle()
 
 
+class SharedLimits:
+    """Connections and message rate per client, shared by every node through `state`.
+
+    Connections: each session holds a lease (a random token) in a set per client, of at most
+    `max_per_client` live leases. Leases live `LEASE_TTL` seconds and are renewed every `RENEW_EVERY`
+    while their session lives, so the sessions of a node that died stop counting within `LEASE_TTL`
+    without a node ever having to sum the others' counts. Messages: a counter per client per minute
+    (a fixed window opened by the client's first message), the whole limit shared by every node.
+    """
+
+    LEASE_TTL = 90.0
+    RENEW_EVERY = 30.0
+
+    def __init__(self, state: SharedState, cfg: AbuseConfig) -> None:
+        self.state = state
+        self.max_connections = cfg.max_connections_per_ip
+        self.per_minute = cfg.max_messages_per_ip_per_minute
+        self.held: dict[tuple[str, int], tuple[bytes, bytes]] = {}
+        self._renewing: asyncio.Task[None] | None = None
+        self._releasing: set[asyncio.Task[None]] = set()
+
+    async def acquire(self, peer: tuple[str, int]) -> bool:
+        """Take a lease for the session `peer` (ip, port); False if its client holds all of them."""
+        if self.max_connections <= 0:
+            return True
+        key = self.state.key("conn", client_key(peer[0]))
+        member = secrets.token_hex(12).encode()
+        if not await self.state.lease(key, member, self.max_connections, self.LEASE_TTL):
+            return False
+        self.held[peer] = (key, member)
+        if self._renewing is None or self._renewing.done():
+            self._renewing = asyncio.get_running_loop().create_task(self._renew())
+        return True
+
+    def release(self, peer: tuple[str, int]) -> None:
+        """Give the session's lease back, in the background (on failure it expires by itself)."""
+        held = self.held.pop(peer, None)
+        if held is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._release(*held))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    async def _release(self, key: bytes, member: bytes) -> None:
+        with contextlib.suppress(SharedUnavailable):
+            await self.state.release(key, member)
+
+    async def _renew(self) -> None:
+        while self.held:
+            await asyncio.sleep(self.RENEW_EVERY)
+            with contextlib.suppress(SharedUnavailable):
+                await self.state.renew(list(self.held.values()), self.LEASE_TTL)
+
+    async def rate(self, ip: str) -> Rate:
+        """Count one message from `ip`'s client in its current minute."""
+        if self.per_minute <= 0:
+            return Rate.ALLOWED
+        n = await self.state.count(self.state.key("rate", client_key(ip)), 60.0)
+        if n <= self.per_minute:
+            return Rate.ALLOWED
+        return Rate.NEWLY_LIMITED if n == self.per_minute + 1 else Rate.LIMITED
+
+    async def close(self) -> None:
+        if self._renewing is not None:
+            self._renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewing
+
+
 class AbusePolicy(InboundPolicy):
     """The MX's per-client controls: connections and DNSBL at connect, message rate at MAIL FROM.
 
@@ -131,16 +213,25 @@ class AbusePolicy(InboundPolicy):
         self.cfg = ctx.config.abuse
         self.clock = clock
         self.limits = Limits(self.cfg, ctx.config.mx.workers)
+        self.shared = SharedLimits(ctx.shared, self.cfg) if ctx.shared is not None else None
         self.resolver = resolver or async_resolver(ctx.config.dns)
         self._counted: set[tuple[str, int]] = set()
 
     async def connect(self, session: SessionInfo) -> SmtpError | None:
         ip = session.peer_ip
-        if not self.limits.connections.acquire(ip):
+        if self.shared is not None:
+            try:
+                acquired = await self.shared.acquire((ip, session.peer_port))
+            except SharedUnavailable:
+                return SHARED_UNAVAILABLE_AT_CONNECT
+        else:
+            acquired = self.limits.connections.acquire(ip)
+            if acquired:
+                self._counted.add((ip, session.peer_port))
+        if not acquired:
             await self._record("too-many-connections", ip,
                                f"more than {self.cfg.max_connections_per_ip} concurrent connections")
             return TOO_MANY_CONNECTIONS
-        self._counted.add((ip, session.peer_port))
         if self.cfg.dnsbl_zones:
             zone = await dnsbl.listed(self.resolver, ip, self.cfg.dnsbl_zones, self.ctx.config.dns.timeout)
             if zone is not None:
@@ -150,12 +241,20 @@ class AbusePolicy(InboundPolicy):
 
     def disconnect(self, session: SessionInfo) -> None:
         key = (session.peer_ip, session.peer_port)
+        if self.shared is not None:
+            self.shared.release(key)
         if key in self._counted:
             self._counted.discard(key)
             self.limits.connections.release(session.peer_ip)
 
     async def mail(self, session: SessionInfo, tx: Transaction) -> SmtpError | None:
-        rate = self.limits.rate.check(session.peer_ip, self.clock())
+        if self.shared is not None:
+            try:
+                rate = await self.shared.rate(session.peer_ip)
+            except SharedUnavailable:
+                return STORE_UNAVAILABLE
+        else:
+            rate = self.limits.rate.check(session.peer_ip, self.clock())
         if rate is Rate.ALLOWED:
             return None
         if rate is Rate.NEWLY_LIMITED:
@@ -166,6 +265,13 @@ class AbusePolicy(InboundPolicy):
     async def _record(self, kind: str, ip: str, detail: str) -> None:
         if not self.limits.records.first(kind, ip, self.clock()):
             return
+        if self.shared is not None:  # once per window for every node together
+            state, window = self.shared.state, self.limits.records.window
+            try:
+                if not await state.add(state.key("record", kind, client_key(ip)), window):
+                    return
+            except SharedUnavailable:
+                return
         log.info("abuse control: %s", kind)
         try:
             await self.ctx.blocking.db(store.record_abuse, store.utcnow(), kind, ip, None, detail)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from fwdmail.config import Config
 from fwdmail.runtime.datadir import Runtime
 from fwdmail.runtime.executor import Blocking
+from fwdmail.runtime.sharedstate import SharedState
 
 if TYPE_CHECKING:
     from fwdmail.smtp.client import Delivery
@@ -80,6 +81,8 @@ class Context:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     force_stop: asyncio.Event = field(default_factory=asyncio.Event)
     tls: ServerTls | None = None
+    shared: SharedState | None = None
+    """What every node shares (`[cluster] redis_url`); None: each feature keeps its own memory."""
     delivery: Delivery = field(init=False)
     _drain_until: float | None = field(default=None, init=False)
 

@@ -23,9 +23,10 @@ from fwdmail.policy.limits import AbusePolicy
 from fwdmail.policy.sender_auth import SenderAuthPolicy
 from fwdmail.queue.service import QueueService
 from fwdmail.retention.scheduler import RetentionScheduler
-from fwdmail.runtime.context import Context
+from fwdmail.runtime.context import Context, StartupError
 from fwdmail.runtime.datadir import Runtime
 from fwdmail.runtime.listeners import raise_fd_limit, session_caps
+from fwdmail.runtime.sharedstate import PersistentRedis, SharedState, SharedUnavailable, open_shared
 from fwdmail.submission.service import SubmissionService
 
 log = logging.getLogger("fwdmail.serve")
@@ -67,12 +68,31 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
+async def _shared_state(ctx: Context, announce: bool) -> SharedState | None:
+    """The shared state of `[cluster] redis_url` (None without one: a warning when the database is
+    shared, since limits and retry memory then hold per node)."""
+    cluster = ctx.config.cluster
+    if not cluster.redis_url:
+        if ctx.config.database.url and announce:
+            log.warning("cluster.redis_url is empty while the database is shared: per-client limits, login "
+                        "lockouts, retry memory and notice limits hold per node, not across nodes")
+        return None
+    try:
+        state = await open_shared(cluster, ctx.blocking.db)
+    except (SharedUnavailable, PersistentRedis) as exc:
+        raise StartupError(str(exc)) from None
+    if announce:
+        log.info("short-term state shared through Redis")
+    return state
+
+
 async def run(runtime: Runtime, config_file: str | None = None, mx_worker_fd: int | None = None,
               web: WebFactory | None = None) -> int:
     """Run until a stop signal; return the process exit code. `config_file` is passed on to MX worker
     processes; `mx_worker_fd` makes this process one of them; `web` makes the HTTP listener."""
     ctx = Context(runtime)
     loop = asyncio.get_running_loop()
+    ctx.shared = await _shared_state(ctx, announce=mx_worker_fd is None)
     raise_fd_limit()
     caps = session_caps(ctx.config)
     log.info("open-files limit %s: at most %d MX and %d submission sessions", caps.fd_limit or "unlimited",
@@ -119,6 +139,8 @@ async def run(runtime: Runtime, config_file: str | None = None, mx_worker_fd: in
             except Exception:
                 log.exception("error while stopping %s", service.name)
         await ctx.delivery.close()
+        if ctx.shared is not None:
+            await ctx.shared.close()
         ctx.blocking.shutdown()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)

@@ -23,6 +23,7 @@ from fwdmail.policy.limits import ConnectionLimiter
 from fwdmail.runtime.context import Context
 from fwdmail.runtime.executor import Busy
 from fwdmail.runtime.groupcommit import GroupCommitter
+from fwdmail.runtime.sharedstate import SharedUnavailable
 from fwdmail.smtp import replies
 from fwdmail.smtp.replies import SmtpError
 from fwdmail.smtp.server import MISSING, Envelope, Session, SmtpServer
@@ -55,7 +56,7 @@ class SubmissionHandler:
         self.committer = committer
         self.limiter = limiter
         self.on_queued = on_queued
-        self.passwords = PasswordCheck(ctx.blocking, self.cfg)
+        self.passwords = PasswordCheck(ctx.blocking, self.cfg, ctx.shared)
         self.connections = ConnectionLimiter(self.cfg.max_connections_per_ip)
         self._counted: set[SmtpServer] = set()
 
@@ -79,8 +80,11 @@ class SubmissionHandler:
     async def handle_AUTH(self, server: SmtpServer, session: Session, envelope: Envelope,
                           args: list[str]) -> str | None:
         ip = _peer_ip(session)
-        if self.limiter.blocked(ip, time.monotonic()):
-            return await self._locked_out(server)
+        try:
+            if await self.limiter.is_blocked(ip, time.monotonic()):
+                return await self._locked_out(server)
+        except SharedUnavailable:
+            return replies.AUTH_BUSY.reply
         try:
             if args[0].upper() == "PLAIN":
                 creds = await self._plain(server, args)
@@ -91,16 +95,16 @@ class SubmissionHandler:
         if creds is None:
             return None
         async with self.limiter.turn(ip):
-            if self.limiter.blocked(ip, time.monotonic()):
-                return await self._locked_out(server)
             try:
+                if await self.limiter.is_blocked(ip, time.monotonic()):
+                    return await self._locked_out(server)
                 login = await self.passwords.check(*creds)
-            except Busy:
+                locked = login is None and await self.limiter.count_failure(ip, time.monotonic())
+            except (Busy, SharedUnavailable):
                 log.debug("submission login not checked: password checks over their budget or capacity")
                 await asyncio.sleep(_REFUSED_PAUSE)
                 return replies.AUTH_BUSY.reply
             if login is None:
-                locked = self.limiter.failed(ip, time.monotonic())
                 log.info("submission login failed%s", "; client locked out for a while" if locked else "")
                 return replies.AUTH_FAILED.reply
         session.authenticated = True

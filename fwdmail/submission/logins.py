@@ -2,7 +2,8 @@
 
 Untrusted input: login names and passwords a submission client sends, and the address of the client.
 Failed logins are counted in memory only, per client (IPv4 address or IPv6 /64; never written
-anywhere), per login name (as a keyed hash) and in total; passwords verified a short while ago are
+anywhere), per login name (as a keyed hash) and in total (with `[cluster] redis_url`, in the state every
+node shares: keyed hashes under the cluster's key, each with a TTL); passwords verified a short while ago are
 remembered as keyed hashes, so a client that logs in again does not cost another password hash.
 `PasswordCheck` looks a login up in the store and verifies its password on the bounded hashing pool
 (`Blocking.hash`), so guesses from many addresses are refused instead of taking the CPU the MX needs.
@@ -27,6 +28,7 @@ from fwdmail.mail.addresses import AddressError, parse_address, parse_alias_spec
 from fwdmail.policy.clients import client_key
 from fwdmail.runtime import keys
 from fwdmail.runtime.executor import Blocking, Busy
+from fwdmail.runtime.sharedstate import SharedState, SharedUnavailable
 
 __all__ = ["AuthLimiter", "FailureBudget", "Login", "LoginCache", "PasswordCheck"]
 
@@ -56,7 +58,10 @@ class AuthLimiter:
     are monotonic seconds; at most `max_entries` clients are remembered."""
 
     def __init__(self, max_failures: int, lockout: float, window: float = 3600.0,
-                 max_entries: int = 100_000) -> None:
+                 max_entries: int = 100_000, shared: SharedState | None = None) -> None:
+        """With `shared`, failures and lockouts are those of every node (`is_blocked`, `count_failure`):
+        failures counted in a fixed `window` opened by the first, a lockout a mark of `lockout` seconds."""
+        self.shared = shared
         self.max_failures = max_failures
         self.lockout = lockout
         self.window = window
@@ -111,6 +116,24 @@ class AuthLimiter:
         while len(table) > self.max_entries:
             del table[next(iter(table))]
 
+    async def is_blocked(self, ip: str, now: float) -> bool:
+        """`blocked`, across nodes when shared (raises `SharedUnavailable` when that state is gone)."""
+        if self.shared is None:
+            return self.blocked(ip, now)
+        return await self.shared.get(self.shared.key("lock", client_key(ip))) is not None
+
+    async def count_failure(self, ip: str, now: float) -> bool:
+        """`failed`, across nodes when shared (raises `SharedUnavailable` when that state is gone)."""
+        if self.shared is None:
+            return self.failed(ip, now)
+        client = client_key(ip)
+        counter = self.shared.key("fail", client)
+        if await self.shared.count(counter, self.window) < self.max_failures:
+            return False
+        await self.shared.put(self.shared.key("lock", client), self.lockout)
+        await self.shared.delete(counter)
+        return True
+
 
 class _Windows:
     """At most `limit` events per key in any `window` seconds; at most `max_keys` keys, the least
@@ -148,10 +171,14 @@ class FailureBudget:
     addresses guessing one password) and `total_per_minute` in all. A login that needs a password check
     while either is spent is refused before hashing. Names are held as keyed hashes, in memory only."""
 
-    def __init__(self, total_per_minute: int, per_alias_per_hour: int, max_aliases: int = 10_000) -> None:
+    def __init__(self, total_per_minute: int, per_alias_per_hour: int, max_aliases: int = 10_000,
+                 shared: SharedState | None = None) -> None:
+        """With `shared`, the budgets are those of every node, each a fixed window opened by its first
+        failure (`may_try`, `count_failure`)."""
         self._total = _Windows(total_per_minute, 60.0, 1)
         self._aliases = _Windows(per_alias_per_hour, 3600.0, max_aliases)
         self._key = secrets.token_bytes(32)
+        self.shared = shared
 
     def _name(self, username: bytes) -> bytes:
         return hmac.digest(self._key, username.strip().lower(), hashlib.sha256)
@@ -162,6 +189,26 @@ class FailureBudget:
     def failed(self, username: bytes, now: float) -> None:
         self._total.add(b"", now)
         self._aliases.add(self._name(username), now)
+
+    def _shared_keys(self, state: SharedState, username: bytes) -> tuple[bytes, bytes]:
+        return state.key("authall"), state.key("authname", username.strip().lower())
+
+    async def may_try(self, username: bytes, now: float) -> bool:
+        """`allows`, across nodes when shared (raises `SharedUnavailable` when that state is gone)."""
+        if self.shared is None:
+            return self.allows(username, now)
+        total, name = self._shared_keys(self.shared, username)
+        return (await self.shared.read(total) < self._total.limit
+                and await self.shared.read(name) < self._aliases.limit)
+
+    async def count_failure(self, username: bytes, now: float) -> None:
+        """`failed`, across nodes when shared (raises `SharedUnavailable` when that state is gone)."""
+        if self.shared is None:
+            self.failed(username, now)
+            return
+        total, name = self._shared_keys(self.shared, username)
+        await self.shared.count(total, self._total.window)
+        await self.shared.count(name, self._aliases.window)
 
 
 class LoginCache:
@@ -221,25 +268,29 @@ class PasswordCheck:
     """Logins checked against the store, within the failure budget (`FailureBudget`) and helped by the
     cache of passwords verified recently (`LoginCache`). Hashing runs on `blocking`'s hashing pool."""
 
-    def __init__(self, blocking: Blocking, cfg: SubmissionConfig) -> None:
+    def __init__(self, blocking: Blocking, cfg: SubmissionConfig, shared: SharedState | None = None) -> None:
         self.blocking = blocking
         self.logins = LoginCache()
         self.failures = FailureBudget(cfg.auth_failures_total_per_minute,
-                                      cfg.auth_failures_per_alias_per_hour)
+                                      cfg.auth_failures_per_alias_per_hour, shared=shared)
         self._dummy_hash: str | None = None
 
     async def check(self, username: bytes, password: bytes) -> Login | None:
         """The alias these credentials log in as, or None (counted against `failures`). Costs one scrypt,
         unless the same password of the alias was verified a short while ago (`LoginCache`). When the
         failure budget of the name or of all names is spent, only such a remembered password is looked
-        up; anything else raises `Busy` without a database query or a hash, as does a full hashing pool."""
+        up; anything else raises `Busy` without a database query or a hash, as does a full hashing pool
+        (and shared budgets that cannot be read)."""
         try:
             spec = parse_alias_spec(username.decode("utf-8"))
             secret = password.decode("utf-8")
         except (UnicodeDecodeError, AddressError):
             spec, secret = None, ""
         name = spec.address.encode("utf-8") if spec is not None else username
-        allowed = self.failures.allows(name, time.monotonic())
+        try:
+            allowed = await self.failures.may_try(name, time.monotonic())
+        except SharedUnavailable:
+            raise Busy from None
         if not allowed and not self.logins.known(name, secret, time.monotonic()):
             raise Busy
         record = None
@@ -257,7 +308,10 @@ class PasswordCheck:
             encoded = self._dummy_hash
         ok = await self.blocking.hash(keys.verify_password, secret, encoded)
         if not ok or record is None or record.password_hash is None:
-            self.failures.failed(name, time.monotonic())
+            try:
+                await self.failures.count_failure(name, time.monotonic())
+            except SharedUnavailable:
+                raise Busy from None
             return None
         self.logins.remember(record.alias_id, record.password_hash, secret, time.monotonic(), name)
         return Login(record.alias_id, record.domain, record.kind, record.local)

@@ -38,7 +38,7 @@ class SubmissionService:
         cfg = ctx.config.submission
         self.committer: GroupCommitter[store.NewEmail, str] = GroupCommitter(
             ctx.blocking, store.enqueue, store.utcnow)
-        self.limiter = AuthLimiter(cfg.auth_failures_per_hour, cfg.auth_lockout)
+        self.limiter = AuthLimiter(cfg.auth_failures_per_hour, cfg.auth_lockout, shared=ctx.shared)
         self.handler = SubmissionHandler(ctx, self.committer, self.limiter, on_queued or (lambda: None))
         self._servers: list[asyncio.Server] = []
         self.sessions = Sessions("submission", session_caps(ctx.config).submission)
