@@ -1,4 +1,4 @@
-"""What every daemon service shares: config, secrets, the blocking seam, TLS, stop signals."""
+"""What every daemon service shares: config, secrets, the blocking seam, TLS, stop signals, metrics."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from fwdmail.config import Config
 from fwdmail.runtime.datadir import Runtime
 from fwdmail.runtime.executor import Blocking
+from fwdmail.runtime.metrics import Metrics
 
 if TYPE_CHECKING:
     from fwdmail.smtp.client import Delivery
@@ -80,6 +81,7 @@ class Context:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     force_stop: asyncio.Event = field(default_factory=asyncio.Event)
     tls: ServerTls | None = None
+    metrics: Metrics = field(default_factory=Metrics)
     delivery: Delivery = field(init=False)
     _drain_until: float | None = field(default=None, init=False)
 
