@@ -175,3 +175,44 @@ def test_the_metrics_listener_serves_without_a_token_and_stops_with_the_http_ser
     assert seen[("fwdmail_sessions_open", (("listener", "http"),))] == 0
     assert {k[1] for k in seen if k[0] == "fwdmail_queue_messages"} == {
         (("state", s),) for s in ("queued", "sending", "deferred", "held")}
+
+
+def test_the_metrics_listener_bounds_connections_per_client_and_in_all(tmp_path: Path) -> None:
+    port = free_port()
+    ctx = _context(tmp_path, listen=(f"127.0.0.1:{port}",))
+
+    async def connect(source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+
+    async def refused(source: str) -> bool:
+        reader, writer = await connect(source)
+        try:
+            return await asyncio.wait_for(reader.read(1), 10) == b""
+        except ConnectionResetError:
+            return True
+        finally:
+            writer.close()
+
+    async def answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\n\r\n")
+        return (await asyncio.wait_for(reader.readline(), 10)).startswith(b"HTTP/1.1 200")
+
+    async def run() -> tuple[bool, bool, bool]:
+        service = WebService(ctx)
+        await service.start()
+        held = []
+        try:
+            held = [await connect("127.0.0.1") for _ in range(web_metrics.MAX_CONNECTIONS_PER_IP)]
+            per_client = await refused("127.0.0.1")  # the others' share is still free
+            held += [await connect(f"127.0.0.{2 + i // web_metrics.MAX_CONNECTIONS_PER_IP}")
+                     for i in range(web_metrics.MAX_CONNECTIONS - len(held))]
+            in_all = await refused("127.0.0.99")
+            still = all([await answers(r, w) for r, w in held])
+        finally:
+            for _, w in held:
+                w.close()
+            await service.stop()
+            await _close(ctx)
+        return per_client, in_all, still
+
+    assert asyncio.run(run()) == (True, True, True)
