@@ -6,9 +6,11 @@ address, a domain or an IP. With `[mx] workers = 2` the worker's counts reach th
 from __future__ import annotations
 
 import re
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -172,3 +174,16 @@ def test_counts_of_mx_worker_processes_reach_the_serving_process(
         assert counter(seen, "messages_refused_total", service="mx", reason="no_such_user") == 1
     finally:
         d.stop()
+
+
+def test_a_metrics_port_in_use_stops_the_start_with_one_line(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        d = Daemon(tmp_path, {"metrics": {"listen": [f"127.0.0.1:{port}"]}})
+        d.start(wait_ports=[])
+        assert d.proc is not None
+        code = d.proc.wait(60)
+        d.stop()
+    assert code == 1
+    assert f"metrics.listen: cannot listen on 127.0.0.1:{port}" in d.logs()
+    assert "Traceback" not in d.logs()
