@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
@@ -140,6 +141,7 @@ class Metrics:
         self.depth = _Depth()
         self.relay: Callable[[bytes], None] | None = None
         self._reported: dict[str, int] = {}
+        self._children: dict[tuple[str, ...], Any] = {}  # labelled series, looked up once each
         r.register(_Gauges(self))
 
     # events
@@ -190,19 +192,27 @@ class Metrics:
     def _count(self, service: str, outcome: str, why: str, n: int = 1) -> None:
         if self.relay is not None:
             self.relay(NOTE + f"c|{service}|{outcome}|{why}|{n}".encode())
-        elif outcome == "forwarded":
-            self.forwarded.labels(service).inc(n)
-        elif outcome == "refused":
-            self.refused.labels(service, why).inc(n)
         else:
-            self.deferred.labels(service, why).inc(n)
+            self._child(outcome, service, why).inc(n)
 
     def _observe(self, service: str, outcome: str, seconds: float) -> None:
         if self.relay is not None:
             self.relay(NOTE + f"h|{service}|{outcome}|{seconds:.6f}".encode())
         else:
-            histogram = self.mx_seconds if service == "mx" else self.queue_seconds
-            histogram.labels(outcome).observe(max(0.0, seconds))
+            self._child("seconds", service, outcome).observe(max(0.0, seconds))
+
+    def _child(self, kind: str, first: str, second: str) -> Any:
+        key = (kind, first, second)
+        child = self._children.get(key)
+        if child is None:
+            if kind == "seconds":
+                child = (self.mx_seconds if first == "mx" else self.queue_seconds).labels(second)
+            elif kind == "forwarded":
+                child = self.forwarded.labels(first)
+            else:
+                child = (self.refused if kind == "refused" else self.deferred).labels(first, second)
+            self._children[key] = child
+        return child
 
     def apply(self, source: int, note: bytes) -> bool:
         """Count a worker's note (from the worker numbered `source`); an empty note: that worker is gone.
