@@ -215,6 +215,22 @@ class HttpConfig:
         _at_most(f"{key}.max_body_size", self.max_body_size, 16 * 1024 * 1024, "the API takes small JSON")
 
 
+_TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: tuple[str, ...] = ()
+    token: str = ""
+
+    def validate(self, key: str) -> None:
+        for addr in self.listen:
+            _host_port(f"{key}.listen", addr, min_port=1)
+        if self.token and not _TOKEN.fullmatch(self.token):
+            raise ConfigError(f"{key}.token: must be empty (off) or 16 to 256 letters, digits and -._~+/= "
+                              f"(e.g. from `openssl rand -hex 32`), got {len(self.token)} character(s)")
+
+
 @dataclass(frozen=True)
 class SrsConfig:
     domain: str = ""
@@ -440,6 +456,7 @@ class Config:
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     srs: SrsConfig = field(default_factory=SrsConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
@@ -646,6 +663,8 @@ def as_dict(cfg: Config) -> dict[str, Any]:
     out = {k: plain(v) for k, v in dataclasses.asdict(cfg).items()}
     if out["srs"]["secret"]:
         out["srs"]["secret"] = "********"
+    if out["metrics"]["token"]:
+        out["metrics"]["token"] = "********"
     out["hostname"] = cfg.server_hostname
     return out
 

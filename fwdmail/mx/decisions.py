@@ -99,6 +99,7 @@ class Mx:
                 break
             err = await policy.connect(session)
         if err is not None:
+            self.ctx.metrics.refusal("mx", err)
             await self._log_ours(err, "", "", session)
         return err
 
@@ -111,6 +112,7 @@ class Mx:
         """MAIL FROM: a new transaction, or the refusal (logged; the sender is not)."""
         result = await self._sender(session, raw, options)
         if isinstance(result, SmtpError):
+            self.ctx.metrics.refusal("mx", result)
             await self._log_ours(result, "", "", session)
         else:
             result.notes[CLIENT_NOTE] = session.peer_ip
@@ -142,6 +144,12 @@ class Mx:
     async def recipient(self, session: SessionInfo, tx: Transaction, raw: str) -> Accepted | SmtpError:
         """RCPT TO: accept the recipient into `tx`, or the refusal (logged if it names a hosted domain,
         else only counted: the error log names no stranger's domain or address)."""
+        result = await self._recipient(session, tx, raw)
+        if isinstance(result, SmtpError):
+            self.ctx.metrics.refusal("mx", result)
+        return result
+
+    async def _recipient(self, session: SessionInfo, tx: Transaction, raw: str) -> Accepted | SmtpError:
         if self.guard.session_blocked((session.peer_ip, session.peer_port)):
             self.errors.count(replies.SRS_SESSION_BLOCKED)
             return replies.SRS_SESSION_BLOCKED
@@ -226,6 +234,7 @@ class Mx:
 
     async def refuse(self, tx: Transaction | None, error: SmtpError) -> str:
         """The reply for a message refused as a whole (logged once per alias)."""
+        self.ctx.metrics.refusal("mx", error)
         return await self.forwarder.refuse(tx, error)
 
     async def message(self, session: SessionInfo, tx: Transaction, data: bytes, digest: bytes = b"") -> str:

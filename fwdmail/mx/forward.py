@@ -162,8 +162,11 @@ class Forwarder:
                        delivered: list[bytes]) -> str:
         self.in_flight += 1
         self._idle.clear()
+        started = time.monotonic()
         try:
-            return await self._message(session, tx, data, digest, delivered)
+            reply = await self._message(session, tx, data, digest, delivered)
+            self.ctx.metrics.mx_reply(reply, time.monotonic() - started)
+            return reply
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:

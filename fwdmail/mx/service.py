@@ -21,6 +21,7 @@ from fwdmail.mx.workers import Dispatcher, Inbox
 from fwdmail.policy.contract import InboundPolicy
 from fwdmail.runtime.context import Context
 from fwdmail.runtime.listeners import close_servers, listen, session_caps
+from fwdmail.runtime.tasks import cancel_and_wait
 from fwdmail.smtp import replies
 from fwdmail.smtp.limits import Sessions
 from fwdmail.smtp.server import SmtpServer
@@ -28,6 +29,8 @@ from fwdmail.smtp.server import SmtpServer
 __all__ = ["MxService"]
 
 log = logging.getLogger("fwdmail.mx")
+
+SESSIONS_REPORT_EVERY = 1.0
 
 
 class MxService:
@@ -49,6 +52,7 @@ class MxService:
         self._dispatcher: Dispatcher | None = None
         self._inbox: Inbox | None = None
         self._adopting: set[asyncio.Task[object]] = set()
+        self._reporter: asyncio.Task[None] | None = None
 
     def _protocol(self) -> SmtpServer:
         return SmtpServer(
@@ -65,17 +69,27 @@ class MxService:
         self.ctx.server_tls()
         await self.mx.load_srs_lengths()
         workers = self.ctx.config.mx.workers
+        metrics = self.ctx.metrics
+        metrics.track_sessions("mx", lambda: len(self.sessions))
         if self._inbox_fd is not None:
             self._inbox = Inbox(self._inbox_fd, self._adopt, self.mx.delivered.apply, self.ctx.stopping.set)
-            self.mx.delivered.tell = self._inbox.tell
+            self.mx.delivered.tell = metrics.relay = self._inbox.tell
             self._inbox.start()
+            self._reporter = asyncio.get_running_loop().create_task(self._report_sessions())
         elif workers > 1 and self._worker_command:
-            self._dispatcher = Dispatcher(workers, self._worker_command, self._adopt, self.mx.delivered.apply)
+            self._dispatcher = Dispatcher(workers, self._worker_command, self._adopt, self.mx.delivered.apply,
+                                          metrics.apply)
             self.mx.delivered.tell = self._dispatcher.tell
             await self._dispatcher.start(self.ctx.config.mx.listen)
         else:
             self._servers = await listen(self.ctx.config.mx.listen, self._protocol)
             log.info("MX listening on %d address(es)", len(self._servers))
+
+    async def _report_sessions(self) -> None:
+        """In a worker: tell the serving process this process's open sessions, at most once a second."""
+        while not self.ctx.stopping.is_set():
+            self.ctx.metrics.report_sessions("mx")
+            await asyncio.sleep(SESSIONS_REPORT_EVERY)
 
     def _adopt(self, sock: socket.socket) -> None:
         """Serve a connection accepted elsewhere (by the dispatcher, or sent by the serving process)."""
@@ -103,6 +117,8 @@ class MxService:
             self._dispatcher.close()
         if self._inbox is not None:
             self._inbox.stop()
+        if self._reporter is not None:
+            await cancel_and_wait({self._reporter})
         log.info("MX closed to new connections; %d session(s) inside a message", self.sessions.busy)
         if not await self.sessions.drain(self.ctx.drain_left(), self.ctx.force_stop):
             log.warning("MX stopping with %d message(s) still being received", self.sessions.busy)

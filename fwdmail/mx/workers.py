@@ -6,11 +6,14 @@ the per-client limits (`share`), so a client never gets more than the configured
 a multiple of the process count). The retry memory (destinations that took a message answered 4xx, and
 forwards in flight) is shared: a process that remembers or forgets a fingerprint, or starts or ends a
 forward, tells the serving process, which tells the others, so a sender's retry is recognised (or waits
-for the copy in flight) whichever process serves it. Only keyed fingerprints cross processes, never
-addresses. Workers stop when told (SIGTERM: drain; a second one forces) or when the
-serving process is gone (their end of the pair reaches end of file).
+for the copy in flight) whichever process serves it. Workers' metrics notes (`runtime.metrics`: fixed
+codes and numbers) come back the same way and count in the serving process's registry. Only keyed
+fingerprints and metrics notes cross processes, never addresses. Workers stop when told (SIGTERM:
+drain; a second one forces) or when the serving process is gone (their end of the pair reaches end of
+file).
 
-Untrusted input: none; the pairs carry sockets and 32-byte fingerprints between our own processes.
+Untrusted input: none; the pairs carry sockets, 32-byte fingerprints and metrics notes between our own
+processes.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from collections.abc import Callable
 
 from fwdmail.config import parse_host_port
 from fwdmail.runtime.listeners import listen_error
+from fwdmail.runtime.metrics import NOTE as METRICS_NOTE
 
 __all__ = ["Dispatcher", "Inbox", "worker_command"]
 
@@ -36,6 +40,7 @@ _STOP_GRACE = 5.0
 
 Adopt = Callable[[socket.socket], None]
 Note = Callable[[bytes], None]  # b"r"/"f" (remember, forget), b"i"/"d"/"e" (in flight, delivered, not) + fp
+Counted = Callable[[int, bytes], bool]  # worker number, metrics note (b"": that worker is gone)
 _CONNECTION = b"c"
 _NOTE_SIZE = 64
 
@@ -43,12 +48,15 @@ _NOTE_SIZE = 64
 class Dispatcher:
     """Accepts on the MX addresses and spreads connections over this process and `count - 1` workers."""
 
-    def __init__(self, count: int, command: list[str], adopt: Adopt, noted: Note) -> None:
-        """`adopt` serves a connection here; `noted` applies a worker's retry-memory note here."""
+    def __init__(self, count: int, command: list[str], adopt: Adopt, noted: Note,
+                 counted: Counted | None = None) -> None:
+        """`adopt` serves a connection here; `noted` applies a worker's retry-memory note here, `counted`
+        its metrics notes."""
         self.count = count
         self.command = command
         self.adopt = adopt
         self.noted = noted
+        self.counted = counted
         self._turn = 0
         self._listeners: list[socket.socket] = []
         self._pipes: list[socket.socket] = []
@@ -105,7 +113,13 @@ class Dispatcher:
                 note = b""
             if not note:
                 asyncio.get_running_loop().remove_reader(pipe.fileno())
+                if self.counted is not None:
+                    self.counted(self._pipes.index(pipe), b"")
                 return
+            if note.startswith(METRICS_NOTE):
+                if self.counted is not None:
+                    self.counted(self._pipes.index(pipe), note)
+                continue
             self.noted(note)
             self._tell(note, skip=pipe)
 

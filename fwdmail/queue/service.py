@@ -279,6 +279,7 @@ class QueueService:
                             self.cfg.max_crashes)
 
     async def _deliver(self, email: store.ClaimedEmail, signed: _Signed | None) -> None:
+        started = time.monotonic()
         results: dict[str, SmtpError | None] = {}
         if email.recipients and signed is not None:
             batch, index = signed
@@ -288,12 +289,24 @@ class QueueService:
             results = await self.ctx.delivery.send(email.mail_from, email.recipients, message)
         now = store.utcnow()
         plan = plan_attempt(email, results, now, self.cfg)
+        self._count(email, plan, time.monotonic() - started, now)
         notices: list[store.NewEmail] = []
         if plan.bounce_report:
             notices.append(self._report("failed", email, plan.bounced, now, None))
         if plan.delay_notice:
             notices.append(self._report("delayed", email, plan.deferred, now, plan.expires_at))
         await self._record(_Finished(email, now, plan, notices))
+
+    def _count(self, email: store.ClaimedEmail, plan: AttemptPlan, seconds: float, now: dt.datetime) -> None:
+        """An attempt in the metrics: each recipient delivered, deferred or bounced (by reason), its time."""
+        metrics = self.ctx.metrics
+        if plan.delivered:
+            metrics.forward("queue", len(plan.delivered))
+        for error in (*plan.deferred.values(), *plan.bounced.values()):
+            metrics.refusal("queue", error, "destination")
+        outcome = "forwarded" if plan.delivered or not plan.bounced else "refused"
+        metrics.attempt("deferred" if plan.deferred else outcome, seconds,
+                        (now - email.created_at).total_seconds() if plan.delivered else None)
 
     async def _record(self, finished: _Finished) -> None:
         """Write an attempt's outcome, in one transaction with the outcomes of attempts that end meanwhile.

@@ -1,4 +1,4 @@
-"""What every daemon service shares: config, secrets, the blocking seam, TLS, stop signals."""
+"""What every daemon service shares: config, secrets, the blocking seam, TLS, stop signals, metrics."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from fwdmail.config import Config
 from fwdmail.runtime.datadir import Runtime
 from fwdmail.runtime.executor import Blocking
+from fwdmail.runtime.metrics import Metrics
 from fwdmail.runtime.sharedstate import SharedState
 
 if TYPE_CHECKING:
@@ -83,6 +84,7 @@ class Context:
     tls: ServerTls | None = None
     shared: SharedState | None = None
     """What every node shares (`[cluster] redis_url`); None: each feature keeps its own memory."""
+    metrics: Metrics = field(default_factory=Metrics)
     delivery: Delivery = field(init=False)
     _drain_until: float | None = field(default=None, init=False)
 

@@ -5,7 +5,8 @@ reverse. The HTTP service is handed in by the caller (`fwdmail serve` passes the
 above). The open-files
 limit is raised to its hard limit first; the listeners' session caps are derived from it.
 SIGTERM/SIGINT drain in-flight work; a second signal forces the stop. SIGHUP reloads the TLS
-certificate and key for new sessions.
+certificate and key for new sessions. Under systemd (`Type=notify`), READY=1 is sent once every service
+has started (every listener accepts) and STOPPING=1 when the stop begins (`runtime.notify`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from fwdmail.retention.scheduler import RetentionScheduler
 from fwdmail.runtime.context import Context, StartupError
 from fwdmail.runtime.datadir import Runtime
 from fwdmail.runtime.listeners import raise_fd_limit, session_caps
+from fwdmail.runtime.notify import Notifier
 from fwdmail.runtime.sharedstate import PersistentRedis, SharedState, SharedUnavailable, open_shared
 from fwdmail.submission.service import SubmissionService
 
@@ -98,14 +100,16 @@ async def run(runtime: Runtime, config_file: str | None = None, mx_worker_fd: in
     log.info("open-files limit %s: at most %d MX and %d submission sessions", caps.fd_limit or "unlimited",
              caps.mx, caps.submission)
     services = build_services(ctx, config_file, mx_worker_fd, web)
+    systemd = Notifier() if mx_worker_fd is None else Notifier("")  # a worker's parent speaks for it
 
     def on_signal(signame: str) -> None:
         if ctx.stopping.is_set():
             log.warning("second %s: forcing stop", signame)
+            systemd.status("stopping: forced")
             ctx.force_stop.set()
         else:
             log.info("%s: draining and stopping", signame)
-            ctx.drain_left()
+            systemd.stopping(f"stopping: draining for at most {ctx.drain_left():.0f} s")
             ctx.stopping.set()
 
     reloads: set[asyncio.Task[bool]] = set()
@@ -127,12 +131,17 @@ async def run(runtime: Runtime, config_file: str | None = None, mx_worker_fd: in
     started: list[Service] = []
     try:
         for service in services:
+            systemd.status(f"starting {service.name}")
             await service.start()
             started.append(service)
-        log.info("fwdmail ready: %s", ", ".join(s.name for s in started) or "no services")
+        names = ", ".join(s.name for s in started) or "no services"
+        log.info("fwdmail ready: %s", names)
         freeze_startup_objects()
+        systemd.ready(f"serving: {names}")
         await ctx.stopping.wait()
     finally:
+        if not ctx.stopping.is_set():
+            systemd.stopping("stopping: a service failed")
         for service in reversed(started):
             try:
                 await service.stop()
@@ -144,5 +153,6 @@ async def run(runtime: Runtime, config_file: str | None = None, mx_worker_fd: in
         ctx.blocking.shutdown()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        systemd.close()
     log.info("fwdmail stopped")
     return 0

@@ -111,6 +111,7 @@ from fwdmail.store.outbound import (
     release_stale_claims,
     retry_email,
 )
+from fwdmail.store.queuestats import queue_depth
 from fwdmail.store.retention import (
     count_abuse_events_before,
     count_bodies_due,

@@ -158,9 +158,9 @@ class SubmissionHandler:
                           mail_options: list[str]) -> str:
         login = session.auth_data if session.authenticated else None
         if not isinstance(login, Login):
-            return replies.AUTH_REQUIRED.reply
+            return self._refused(replies.AUTH_REQUIRED)
         if not login.may_send_as(address):
-            return replies.SENDER_NOT_ALLOWED.reply
+            return self._refused(replies.SENDER_NOT_ALLOWED)
         envelope.mail_from = normalize_address(address)
         envelope.mail_options.extend(mail_options)
         return replies.OK_SENDER
@@ -168,15 +168,15 @@ class SubmissionHandler:
     async def handle_RCPT(self, server: SmtpServer, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
         if not session.authenticated:
-            return replies.AUTH_REQUIRED.reply
+            return self._refused(replies.AUTH_REQUIRED)
         try:
             rcpt = normalize_address(address)
         except AddressError:
-            return replies.BAD_ADDRESS.reply
+            return self._refused(replies.BAD_ADDRESS)
         if rcpt.lower() in (r.lower() for r in envelope.rcpt_tos):
             return replies.OK_RECIPIENT
         if len(envelope.rcpt_tos) >= self.cfg.max_recipients:
-            return replies.TOO_MANY_RECIPIENTS.reply
+            return self._refused(replies.TOO_MANY_RECIPIENTS)
         envelope.rcpt_tos.append(rcpt)
         envelope.rcpt_options.extend(rcpt_options)
         return replies.OK_RECIPIENT
@@ -184,14 +184,14 @@ class SubmissionHandler:
     async def handle_DATA(self, server: SmtpServer, session: Session, envelope: Envelope) -> str:
         login = session.auth_data if session.authenticated else None
         if not isinstance(login, Login) or envelope.mail_from is None:
-            return replies.AUTH_REQUIRED.reply
+            return self._refused(replies.AUTH_REQUIRED)
         now = store.utcnow()
         queue_id = store.new_queue_id()
         try:
             msg = prepare_message(login, envelope.original_content or b"", now, self.cfg, self.hostname,
                                   queue_id)
         except SmtpError as exc:
-            return exc.reply
+            return self._refused(exc)
         item = store.NewEmail(
             queue_id=queue_id, domain=login.domain, mail_from=envelope.mail_from,
             recipients=tuple(envelope.rcpt_tos), headers=msg.headers, body=msg.body, subject=msg.subject,
@@ -201,8 +201,15 @@ class SubmissionHandler:
             await self.committer.submit(item)
         except Exception as exc:
             log.warning("could not queue a submitted message: %s", store.failure(exc))
-            return (replies.STORAGE_FULL if store.storage_full(exc) else replies.STORE_UNAVAILABLE).reply
+            full = store.storage_full(exc)
+            return self._refused(replies.STORAGE_FULL if full else replies.STORE_UNAVAILABLE)
+        self.ctx.metrics.queue()
         self.on_queued()
         log.debug("queued %s: %d recipient(s), %d bytes", queue_id, len(item.recipients),
                  len(msg.headers) + len(msg.body))
         return replies.QUEUED.format(queue_id=queue_id)
+
+    def _refused(self, error: SmtpError) -> str:
+        """`error`'s reply, counted in the metrics by its reason."""
+        self.ctx.metrics.refusal("submission", error)
+        return error.reply

@@ -42,6 +42,7 @@ class SubmissionService:
         self.handler = SubmissionHandler(ctx, self.committer, self.limiter, on_queued or (lambda: None))
         self._servers: list[asyncio.Server] = []
         self.sessions = Sessions("submission", session_caps(ctx.config).submission)
+        ctx.metrics.track_sessions("submission", lambda: len(self.sessions))
         self.gate: TlsGate | None = None
 
     def _factory(self, implicit_tls: bool) -> Callable[[], SmtpServer]:

@@ -19,7 +19,7 @@ from aiohttp import web
 from fwdmail.app import httplog, now
 from fwdmail.config import HttpConfig, parse_host_port
 from fwdmail.runtime.context import Context, StartupError
-from fwdmail.web import api
+from fwdmail.web import api, metrics
 from fwdmail.web.auth import ACCOUNT_KEY
 
 log = logging.getLogger("fwdmail.http")
@@ -242,7 +242,9 @@ class WebService:
     async def start(self) -> None:
         cfg = self.ctx.config.http
         limits = ConnectionLimits(cfg.max_connections_per_ip, cfg.max_connections)
-        runner = web.AppRunner(make_app(self.ctx, self.requests), handle_signals=False, access_log=None,
+        application = make_app(self.ctx, self.requests)
+        metrics.register(application, self.ctx, limits, LimitedSite)
+        runner = web.AppRunner(application, handle_signals=False, access_log=None,
                                keepalive_timeout=KEEPALIVE_TIMEOUT, shutdown_timeout=SHUTDOWN_TIMEOUT)
         await runner.setup()
         self.runner = runner
