@@ -22,7 +22,8 @@ from fwdmail.store import DomainRecord
 
 __all__ = [
     "AUTH_POLICIES", "DnsRecord", "DomainRecord", "RecordCheck", "Verification", "add_domain",
-    "dns_records", "get_domain", "list_domains", "remove_domain", "set_domain", "verify_domain",
+    "check_records", "dns_records", "get_domain", "list_domains", "record_verification", "remove_domain",
+    "set_domain", "verify_domain",
 ]
 
 AUTH_POLICIES = ("off", "report-only", "enforce")
@@ -146,9 +147,9 @@ def _spf_allows(records: list[str], host: str) -> bool:
     return f"a:{host.lower()}" in terms or "mx" in terms
 
 
-def verify_domain(cfg: Config, name: str, now: dt.datetime) -> Verification:
-    """Look up every record `dns_records` lists; mark the domain verified when MX and token match."""
-    domain = get_domain(name)
+def check_records(cfg: Config, domain: DomainRecord) -> list[RecordCheck]:
+    """Look up every record `dns_records` lists for `domain` through the `[dns]` resolver (blocking: DNS
+    round trips, no store access)."""
     try:
         resolver = sync_resolver(cfg.dns)
     except dns.exception.DNSException as exc:
@@ -170,6 +171,16 @@ def verify_domain(cfg: Config, name: str, now: dt.datetime) -> Verification:
         else:
             ok = any(_dkim_key(f) == _dkim_key(rec.value) for f in found)
         checks.append(RecordCheck(rec, ok, "; ".join(found)))
-    if checks[0].ok and checks[-1].ok:
-        domain = store.mark_domain_verified(domain.name, now)
+    return checks
+
+
+def record_verification(name: str, checks: list[RecordCheck], now: dt.datetime) -> Verification:
+    """Mark the domain verified when its MX and token records matched; the domain as it is now."""
+    domain = store.mark_domain_verified(name, now) if checks[0].ok and checks[-1].ok else get_domain(name)
     return Verification(domain, checks)
+
+
+def verify_domain(cfg: Config, name: str, now: dt.datetime) -> Verification:
+    """Look up every record `dns_records` lists; mark the domain verified when MX and token match."""
+    domain = get_domain(name)
+    return record_verification(domain.name, check_records(cfg, domain), now)

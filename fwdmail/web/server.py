@@ -31,7 +31,7 @@ SHUTDOWN_TIMEOUT = 5.0
 MAX_PENDING_ROWS = 10_000
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type",
+               405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type", 429: "busy",
                503: "unavailable"}
 
 
@@ -170,7 +170,7 @@ def client_address(request: web.Request, proxies: tuple[ipaddress.IPv4Network | 
 
 MESSAGES = {401: "a valid API token is required (HTTP Basic user name or Bearer)",
             404: "no such resource", 405: "method not allowed here", 413: "the request body is too large"}
-KEPT_HEADERS = ("www-authenticate", "allow", "link", "x-page", "x-limit")
+KEPT_HEADERS = ("www-authenticate", "allow", "link", "x-page", "x-limit", "retry-after")
 
 
 def _error_reply(status: int, message: str) -> web.Response:
