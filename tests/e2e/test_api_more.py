@@ -9,6 +9,8 @@ import datetime as dt
 import email.utils
 import json
 import smtplib
+import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +24,7 @@ from tests.support.smtp_sink import SmtpSink
 
 A, B, C = "ann@owner.test", "ben@owner.test", "cat@owner.test"
 BOUNCE = "nobody@dest.test"
+SLOW = 1.0  # [http] header_timeout and body_timeout here
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +37,8 @@ def sink() -> Iterator[SmtpSink]:
 @pytest.fixture(scope="module")
 def d(tmp_path_factory: pytest.TempPathFactory, sink: SmtpSink, dns_server: LoopbackDNS) -> Iterator[Daemon]:
     daemon = Daemon(tmp_path_factory.mktemp("api_more"), {
-        "http": {"max_body_size": 4096}, "dns": {"nameservers": [dns_server.address]},
+        "http": {"max_body_size": 4096, "header_timeout": SLOW, "body_timeout": SLOW},
+        "dns": {"nameservers": [dns_server.address]},
         "delivery": {"routes": {"*": sink.address}},
     })
     for who in (A, B, C):
@@ -313,3 +317,55 @@ def test_an_account_deletes_itself_only_when_it_confirms(d: Daemon, doc: dict[st
     assert checked(d, doc, "GET", "/v1/account", token=t)[0] == 401
     assert d.cli("account", "delete", who, "--yes", expect=1).output.strip() == f"Error: no account {who}"
     assert who not in d.cli("account", "list").output
+
+
+def _closed(s: socket.socket) -> bool:
+    """Whether the server closed `s` (nothing else may arrive on it)."""
+    try:
+        data = s.recv(4096)
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        return True
+    assert data == b"", data
+    return True
+
+
+def test_clients_trickling_headers_or_a_body_are_closed_while_others_are_served(
+        d: Daemon, tok: dict[str, str]) -> None:
+    def connect(first: bytes) -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", d.http_port), timeout=5)
+        s.sendall(first)
+        s.settimeout(0.1)
+        return s
+
+    clients = {
+        "idle": (connect(b""), b""),
+        "headers": (connect(b"GET /healthz HTTP/1.1\r\nHost: x\r\n"), b"X-Slow: 1\r\n"),
+        "body": (connect(b"PATCH /v1/domains/ann.test HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                         + tok[A].encode() + b"\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 1000\r\n\r\n{"), b" "),
+    }
+    closed: set[str] = set()
+    served = 0
+    deadline = time.monotonic() + 5 * SLOW + 5  # aiohttp alone closes an idle connection after 15 s
+    try:
+        while len(closed) < len(clients):
+            assert time.monotonic() < deadline, f"still open: {set(clients) - closed}"
+            for name, (s, trickle) in clients.items():
+                if name in closed:
+                    continue
+                try:
+                    if trickle:
+                        s.sendall(trickle)
+                except ConnectionError:
+                    closed.add(name)
+                    continue
+                if _closed(s):
+                    closed.add(name)
+            assert call(d, "GET", "/healthz")[0] == 200  # everyone else is served meanwhile
+            served += 1
+    finally:
+        for s, _ in clients.values():
+            s.close()
+    assert served >= 2
