@@ -13,6 +13,7 @@ import logging
 import signal
 import socket
 from collections.abc import Sequence
+from typing import Any
 
 from fwdmail.mx.decisions import Mx
 from fwdmail.mx.dedup import message_hasher
@@ -76,6 +77,12 @@ class MxService:
         else:
             self._servers = await listen(self.ctx.config.mx.listen, self._protocol)
             log.info("MX listening on %d address(es)", len(self._servers))
+
+    def listening(self) -> list[Any]:
+        """The sockets this process accepts MX connections on (for `/healthz`)."""
+        if self._dispatcher is not None:
+            return self._dispatcher.listening()
+        return [sock for server in self._servers for sock in server.sockets]
 
     def _adopt(self, sock: socket.socket) -> None:
         """Serve a connection accepted elsewhere (by the dispatcher, or sent by the serving process)."""

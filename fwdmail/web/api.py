@@ -7,6 +7,7 @@ types are checked here, values in `app`. Nothing a client sent is logged."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -29,10 +30,12 @@ from fwdmail.web.apicore import text_field as _text_field
 from fwdmail.web.auth import authenticate
 from fwdmail.web.openapi import document
 
-__all__ = ["CONTEXT_KEY", "ApiError", "reply", "routes"]
+__all__ = ["CONTEXT_KEY", "LISTENERS_KEY", "ApiError", "ListenerCheck", "reply", "routes"]
 
 HEALTH_TIMEOUT = 2.0
 DEFAULT_PAGE_SIZE = 50
+ListenerCheck = Callable[[], list[str]]  # one line per service with listeners down
+LISTENERS_KEY = web.AppKey("listeners", ListenerCheck)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -41,6 +44,9 @@ async def healthz(request: web.Request) -> web.Response:
         await asyncio.wait_for(ctx.blocking.db(tenancy.store_reachable), HEALTH_TIMEOUT)
     except Exception:
         return reply({"status": "unavailable", "reason": "store unreachable"}, status=503)
+    down = request.app[LISTENERS_KEY]()
+    if down:
+        return reply({"status": "unavailable", "reason": "listeners down: " + "; ".join(down)}, status=503)
     return reply({"status": "ok"})
 
 

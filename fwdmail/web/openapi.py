@@ -158,7 +158,7 @@ def _op(summary: str, responses: dict[str, Any], *, params: list[Any] | None = N
 
 
 _PATHS: dict[str, Any] = {
-    "/healthz": {"get": _op("Whether the daemon can serve (the store reachable)", {
+    "/healthz": {"get": _op("Whether the daemon can serve: the store reachable, every listener up", {
         "200": _json(_ref("Health"), "serving"), "503": _json(_ref("Health"), "not serving, with the reason"),
     }, secured=False)},
     "/v1/openapi.json": {"get": _op("This document", {"200": {"description": "OpenAPI 3.1 document",

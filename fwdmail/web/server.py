@@ -19,6 +19,7 @@ from aiohttp import web
 from fwdmail.app import httplog, now
 from fwdmail.config import HttpConfig, parse_host_port
 from fwdmail.runtime.context import Context, StartupError
+from fwdmail.runtime.listeners import accepting
 from fwdmail.web import api
 from fwdmail.web.auth import ACCOUNT_KEY
 
@@ -167,6 +168,9 @@ class LimitedSite(web.TCPSite):
         self._server = await loop.create_server(lambda: _Limited(server, self._limits, *self._timeouts),
                                                 self._host, self._port, reuse_address=True)
 
+    def listening(self) -> tuple[Any, ...]:
+        return tuple(self._server.sockets) if self._server is not None else ()
+
 
 class RequestLog:
     """Request rows waiting to be written: one write at a time, taking all that arrived meanwhile."""
@@ -241,7 +245,9 @@ def _from_exception(exc: web.HTTPException) -> web.Response:
     return response
 
 
-def make_app(ctx: Context, requests: RequestLog) -> web.Application:
+def make_app(ctx: Context, requests: RequestLog, listeners: api.ListenerCheck | None = None,
+             ) -> web.Application:
+    """The application; `listeners` says which of the daemon's listeners are down (for `/healthz`)."""
     cfg: HttpConfig = ctx.config.http
     proxies = tuple(ipaddress.ip_network(p, strict=False) for p in cfg.trusted_proxies)
 
@@ -280,6 +286,7 @@ def make_app(ctx: Context, requests: RequestLog) -> web.Application:
     application = web.Application(client_max_size=cfg.max_body_size, middlewares=[logged],
                                   handler_args={"access_log": None})
     application[api.CONTEXT_KEY] = ctx
+    application[api.LISTENERS_KEY] = listeners or (lambda: [])
     application.add_routes(api.routes())
     return application
 
@@ -295,22 +302,39 @@ class WebService:
 
     name = "http"
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, listeners: api.ListenerCheck | None = None) -> None:
         self.ctx = ctx
         self.requests = RequestLog(ctx)
         self.runner: web.AppRunner | None = None
+        self.sites: list[LimitedSite] = []
+        self._others = listeners
+
+    def listening(self) -> list[Any]:
+        """The sockets the HTTP sites accept on (for `/healthz`)."""
+        return [sock for site in self.sites for sock in site.listening()]
+
+    def _listener_problems(self) -> list[str]:
+        """The daemon's listeners down, this service's own sites included (before serve counts them)."""
+        found = self._others() if self._others is not None else []
+        if any(line.startswith(f"{self.name}:") for line in found):
+            return found
+        want, up = len(self.ctx.config.http.listen), sum(1 for s in self.listening() if accepting(s))
+        return found + ([f"{self.name}: {want - up} of {want} listener(s) down"] if up < want else [])
 
     async def start(self) -> None:
         cfg = self.ctx.config.http
         limits = ConnectionLimits(cfg.max_connections_per_ip, cfg.max_connections)
-        runner = web.AppRunner(make_app(self.ctx, self.requests), handle_signals=False, access_log=None,
+        runner = web.AppRunner(make_app(self.ctx, self.requests, self._listener_problems),
+                               handle_signals=False, access_log=None,
                                keepalive_timeout=KEEPALIVE_TIMEOUT, shutdown_timeout=SHUTDOWN_TIMEOUT)
         await runner.setup()
         self.runner = runner
         for address in cfg.listen:
             host, port = parse_host_port(address)
             try:
-                await LimitedSite(runner, host, port, limits, cfg).start()
+                site = LimitedSite(runner, host, port, limits, cfg)
+                await site.start()
+                self.sites.append(site)
             except OSError as exc:
                 await runner.cleanup()
                 self.runner = None
@@ -322,4 +346,5 @@ class WebService:
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
+        self.sites = []
         await self.requests.close()
