@@ -369,3 +369,24 @@ def test_clients_trickling_headers_or_a_body_are_closed_while_others_are_served(
         for s, _ in clients.values():
             s.close()
     assert served >= 2
+
+
+def test_healthz_counts_the_listeners_of_mx_worker_processes(tmp_path_factory: pytest.TempPathFactory,
+                                                             doc: dict[str, Any]) -> None:
+    """With `[mx] workers = 2` the serving process accepts MX connections on its dispatcher's sockets;
+    they count as the MX's listeners (all up: 200)."""
+    daemon = Daemon(tmp_path_factory.mktemp("api_workers"), {"mx": {"workers": 2}})
+    daemon.start()
+    try:
+        wait_until(lambda: _answers(daemon), 20, "the HTTP listener")
+        assert checked(daemon, doc, "GET", "/healthz")[::2] == (200, {"status": "ok"})
+    finally:
+        assert daemon.stop() == 0
+    assert "Traceback" not in daemon.logs()
+
+
+def _answers(d: Daemon) -> bool:
+    try:
+        return call(d, "GET", "/healthz")[0] in (200, 503)
+    except OSError:
+        return False
