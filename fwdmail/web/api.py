@@ -2,7 +2,8 @@
 the executor, and render what it returns with the field names of the CLI's `--json`.
 
 Untrusted input: URL path parameters, query parameters (paging) and JSON request bodies; shapes and
-types are checked here, values in `app`. Nothing a client sent is logged."""
+types are checked by `apicore`, values in `app`. Nothing a client sent is logged. The handlers added
+later live by noun in `api_account`, `api_domains` and `api_emails`, registered here."""
 
 from __future__ import annotations
 

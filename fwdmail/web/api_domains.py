@@ -18,8 +18,8 @@ from fwdmail.runtime.executor import Busy
 from fwdmail.web.apicore import ApiError, alias_json, call, context, domain_json, fields, read_body, reply
 from fwdmail.web.auth import authenticate
 
-# DNS checks wait on remote answers on a worker thread: a few at once in all, one per account.
-MAX_VERIFICATIONS = 2
+# DNS checks wait on remote answers (on the loop, no thread held): a few at once in all, one per account.
+MAX_VERIFICATIONS = 8
 DOMAIN_SETTINGS = {"retention_days": "integer", "auth_policy": "string", "friendly_from": "boolean",
                    "require_tls_inbound": "boolean"}
 ALIAS_CHANGES = {"destinations": "strings", "enabled": "boolean", "mode": "string"}
@@ -41,7 +41,7 @@ async def get_dns(request: web.Request) -> web.Response:
 
 async def _checks(ctx: Context, record: tenancy.DomainRecord) -> list[domains.RecordCheck]:
     try:
-        return await ctx.blocking.cpu(domains.check_records, ctx.config, record)
+        return await domains.check_records_async(ctx.config, record)
     except ValueError as exc:
         raise ApiError(503, "dns_unavailable", str(exc)) from None
 

@@ -101,6 +101,13 @@ def test_a_domains_dns_records_verification_and_settings(
     assert status == 200 and result["domain"] == "cat.test" and result["verified_at"] is not None
     assert [r["ok"] for r in result["records"]] == [True, False, False, False, True]
     assert checked(d, doc, "GET", "/v1/domains/cat.test", token=t)[2]["verified_at"] == result["verified_at"]
+    checked(d, doc, "POST", "/v1/domains", token=t, body={"name": "cat-broken.test"})
+    dns_server.set_failure("cat-broken.test", "SERVFAIL")
+    try:  # a resolver that fails is the DNS's trouble, not the client's: try later
+        status, _, err = checked(d, doc, "POST", "/v1/domains/cat-broken.test/verify", token=t)
+    finally:
+        dns_server.clear_failure("cat-broken.test")
+    assert (status, err["error"]) == (503, "dns_unavailable") and "cat-broken.test" in err["message"]
 
     status, _, dom = checked(d, doc, "PATCH", "/v1/domains/cat.test", token=t,
                              body={"retention_days": 0, "auth_policy": "enforce", "friendly_from": False})
