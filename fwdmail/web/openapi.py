@@ -8,6 +8,7 @@ from typing import Any
 
 _TIME = {"type": "string", "format": "date-time"}
 _NULL_TIME = {"type": ["string", "null"], "format": "date-time"}
+_STATUSES = ["queued", "deferred", "delivered", "bounced", "partial", "held"]
 
 
 def _object(props: dict[str, Any], extra: bool = False) -> dict[str, Any]:
@@ -74,8 +75,7 @@ _SCHEMAS: dict[str, Any] = {
     }),
     "Email": _object({
         "id": {"type": "string"},
-        "status": {"type": "string", "enum": ["queued", "deferred", "delivered", "bounced", "partial",
-                                              "held"]},
+        "status": {"type": "string", "enum": _STATUSES},
         "domain": {"type": "string"}, "mail_from": {"type": "string"}, "subject": {"type": "string"},
         "date": _NULL_TIME, "size": {"type": "integer"}, "created_at": _TIME, "send_at": _NULL_TIME,
         "next_attempt_at": _NULL_TIME, "claimed": {"type": "boolean"}, "attempts": {"type": "integer"},
@@ -223,7 +223,8 @@ _PATHS: dict[str, Any] = {
         params=[_DOMAIN, _ALIAS])},
     "/v1/emails": {"get": _op("The account's outbound mail, newest first, a page at a time", {
         "200": _list("Email", "one page (a Link header names the next)"), **_errors(400, 404, *_AUTHED)},
-        params=[{"name": "status", "in": "query", "schema": {"type": "string"}}, _FILTER_DOMAIN, _SINCE,
+        params=[{"name": "status", "in": "query", "schema": {"type": "string", "enum": _STATUSES}},
+                _FILTER_DOMAIN, _SINCE,
                 _UNTIL, _LIMIT, _CURSOR])},
     "/v1/emails/{id}": {
         "get": _op("One message: statuses per recipient, headers, text and attachments listed", {

@@ -346,7 +346,20 @@ def test_clients_trickling_headers_or_a_body_are_closed_while_others_are_served(
         s.settimeout(0.1)
         return s
 
+    def after_one_request() -> socket.socket:
+        s = connect(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        got, deadline = b"", time.monotonic() + 10
+        while b'"ok"' not in got:
+            assert time.monotonic() < deadline, got
+            try:
+                got += s.recv(4096)
+            except TimeoutError:
+                continue
+        s.sendall(b"GET /healthz HTTP/1.1\r\n")  # the next request, kept alive, then trickled
+        return s
+
     clients = {
+        "keep-alive": (after_one_request(), b"X-Slow: 1\r\n"),
         "idle": (connect(b""), b""),
         "headers": (connect(b"GET /healthz HTTP/1.1\r\nHost: x\r\n"), b"X-Slow: 1\r\n"),
         "body": (connect(b"PATCH /v1/domains/ann.test HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
