@@ -10,6 +10,7 @@ import email.utils
 import json
 import smtplib
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -410,3 +411,30 @@ def _answers(d: Daemon) -> bool:
         return call(d, "GET", "/healthz")[0] in (200, 503)
     except OSError:
         return False
+
+
+def test_one_dns_check_at_a_time_per_account(d: Daemon, doc: dict[str, Any], tok: dict[str, str],
+                                            dns_server: LoopbackDNS) -> None:
+    """While an account's check waits on a resolver that does not answer, its next one is a 429 with
+    Retry-After; another account's check still runs."""
+    t = tok[C]
+    checked(d, doc, "POST", "/v1/domains", token=t, body={"name": "cat-slow.test"})
+    checked(d, doc, "POST", "/v1/domains", token=tok[B], body={"name": "ben-check.test"})
+    dns_server.set_failure("cat-slow.test", "timeout")
+    first: list[int] = []
+    waiting = threading.Thread(
+        target=lambda: first.append(call(d, "POST", "/v1/domains/cat-slow.test/verify", token=t)[0]))
+    try:
+        waiting.start()
+        deadline = time.monotonic() + 10
+        while ("cat-slow.test", "MX") not in dns_server.queries:  # the first check is waiting on DNS
+            assert time.monotonic() < deadline and waiting.is_alive()
+            time.sleep(0.02)
+        status, headers, err = checked(d, doc, "POST", "/v1/domains/cat-slow.test/verify", token=t)
+        assert (status, err["error"], headers.get("Retry-After")) == (429, "busy", "5")
+        assert checked(d, doc, "POST", "/v1/domains/ben-check.test/verify", token=tok[B])[0] == 200
+    finally:
+        waiting.join(30)
+        dns_server.clear_failure("cat-slow.test")
+    assert first == [503]  # the resolver's time ran out: try later
+    assert checked(d, doc, "POST", "/v1/domains/cat-slow.test/verify", token=t)[0] == 200
