@@ -17,7 +17,8 @@ from typing import Generic, TypeVar
 
 from fwdmail import store
 from fwdmail.app import emails, tenancy
-from fwdmail.store import EmailRecord, NotFound, SmtpErrorRecord
+from fwdmail.mail.addresses import parse_alias_spec
+from fwdmail.store import AliasRecord, EmailRecord, NotFound, SmtpErrorRecord
 from fwdmail.store.accountviews import Key, account_email_record, page_emails, page_smtp_errors
 
 __all__ = [
@@ -72,6 +73,13 @@ def _limit(limit: int) -> int:
     return limit
 
 
+def _own_alias(account_email: str, alias: str) -> AliasRecord:
+    """The account's alias named by its full address (user@domain, *@domain or /regex/@domain)."""
+    spec = parse_alias_spec(alias)
+    tenancy.own_domain(account_email, spec.domain)
+    return store.get_alias(spec.domain, spec.kind, spec.local)
+
+
 def _page(rows: list[T], limit: int) -> Page[T]:
     if len(rows) <= limit:
         return Page(rows, None)
@@ -81,16 +89,17 @@ def _page(rows: list[T], limit: int) -> Page[T]:
 
 @store.reads
 def own_emails(account_email: str, *, limit: int, status: str | None = None, domain: str | None = None,
-               since: dt.datetime | None = None, until: dt.datetime | None = None,
+               alias: str | None = None, since: dt.datetime | None = None, until: dt.datetime | None = None,
                cursor: str | None = None) -> Page[EmailRecord]:
-    """A page of the account's outbound mail, newest first, filtered as `fwdmail emails list` is and by
-    acceptance time in [since, until)."""
+    """A page of the account's outbound mail, newest first, filtered as `fwdmail emails list` is, by the
+    alias that sent it and by acceptance time in [since, until)."""
     if status is not None and status not in emails.STATUSES:
         raise ValueError(f"status must be one of {', '.join(emails.STATUSES)}")
     _window(since, until)
     name = tenancy.own_domain(account_email, domain).name if domain is not None else None
-    rows = page_emails(account_email, limit=_limit(limit) + 1, status=status, domain=name, since=since,
-                       until=until, after=_decode(cursor))
+    alias_id = _own_alias(account_email, alias).id if alias is not None else None
+    rows = page_emails(account_email, limit=_limit(limit) + 1, status=status, domain=name, alias_id=alias_id,
+                       since=since, until=until, after=_decode(cursor))
     return _page(rows, limit)
 
 
@@ -118,7 +127,7 @@ def delete_own_email(account_email: str, queue_id: str) -> str:
 
 
 @store.reads
-def own_smtp_errors(account_email: str, *, limit: int, domain: str | None = None,
+def own_smtp_errors(account_email: str, *, limit: int, domain: str | None = None, alias: str | None = None,
                     direction: str | None = None, since: dt.datetime | None = None,
                     until: dt.datetime | None = None, cursor: str | None = None) -> Page[SmtpErrorRecord]:
     """A page of the SMTP errors logged for the account's domains, newest first."""
@@ -126,6 +135,7 @@ def own_smtp_errors(account_email: str, *, limit: int, domain: str | None = None
         raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}")
     _window(since, until)
     name = tenancy.own_domain(account_email, domain).name if domain is not None else None
-    rows = page_smtp_errors(account_email, limit=_limit(limit) + 1, domain=name, direction=direction,
-                            since=since, until=until, after=_decode(cursor))
+    shown = _own_alias(account_email, alias).address if alias is not None else None
+    rows = page_smtp_errors(account_email, limit=_limit(limit) + 1, domain=name, alias=shown,
+                            direction=direction, since=since, until=until, after=_decode(cursor))
     return _page(rows, limit)

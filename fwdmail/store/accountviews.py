@@ -40,8 +40,8 @@ def _bounds(created: pw.Field, ident: pw.Field, since: dt.datetime | None, until
 
 @reads
 def page_emails(account_email: str, *, limit: int, status: str | None = None, domain: str | None = None,
-                since: dt.datetime | None = None, until: dt.datetime | None = None,
-                after: Key | None = None) -> list[EmailRecord]:
+                alias_id: int | None = None, since: dt.datetime | None = None,
+                until: dt.datetime | None = None, after: Key | None = None) -> list[EmailRecord]:
     """Up to `limit` of the account's messages (headers and body left out), newest first, after `after`."""
     fields = [f for f in OutboundEmail._meta.sorted_fields if f.name not in ("headers", "body")]
     q = (OutboundEmail.select(*fields, Domain.name).join(Domain).join(Account)
@@ -52,6 +52,8 @@ def page_emails(account_email: str, *, limit: int, status: str | None = None, do
         q = q.where(OutboundEmail.status == status)
     if domain is not None:
         q = q.where(Domain.name == domain)
+    if alias_id is not None:
+        q = q.where(OutboundEmail.alias == alias_id)
     emails = list(q)
     recipients: dict[int, list[OutboundRecipient]] = {e.id: [] for e in emails}
     if emails:
@@ -74,8 +76,9 @@ def account_email_record(account_email: str, queue_id: str) -> EmailRecord | Non
 
 @reads
 def page_smtp_errors(account_email: str, *, limit: int, domain: str | None = None,
-                     direction: str | None = None, since: dt.datetime | None = None,
-                     until: dt.datetime | None = None, after: Key | None = None) -> list[SmtpErrorRecord]:
+                     alias: str | None = None, direction: str | None = None,
+                     since: dt.datetime | None = None, until: dt.datetime | None = None,
+                     after: Key | None = None) -> list[SmtpErrorRecord]:
     """Up to `limit` logged errors of the account's domains, newest first, after `after`."""
     q = (SmtpErrorLog.select(SmtpErrorLog).join(Domain).join(Account)
          .where(Account.email == account_email,
@@ -83,6 +86,8 @@ def page_smtp_errors(account_email: str, *, limit: int, domain: str | None = Non
          .order_by(SmtpErrorLog.created_at.desc(), SmtpErrorLog.id.desc()).limit(limit))
     if domain is not None:
         q = q.where(Domain.name == domain)
+    if alias is not None:
+        q = q.where(pw.fn.LOWER(SmtpErrorLog.alias) == alias.lower())
     if direction is not None:
         q = q.where(SmtpErrorLog.direction == direction)
     return [SmtpErrorRecord(r.id, r.created_at, r.direction, r.domain_name, r.alias, r.code,

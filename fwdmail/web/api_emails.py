@@ -28,8 +28,8 @@ from fwdmail.web.apicore import (
 from fwdmail.web.auth import authenticate
 
 DEFAULT_LIMIT = 50
-EMAIL_FILTERS = ("status", "domain", "since", "until", "limit", "cursor")
-LOG_FILTERS = ("domain", "direction", "since", "until", "limit", "cursor")
+EMAIL_FILTERS = ("status", "domain", "alias", "since", "until", "limit", "cursor")
+LOG_FILTERS = ("domain", "alias", "direction", "since", "until", "limit", "cursor")
 
 
 def email_json(e: EmailRecord) -> dict[str, Any]:
@@ -71,7 +71,8 @@ async def list_emails(request: web.Request) -> web.Response:
     limit = int_query(request, "limit", DEFAULT_LIMIT)
     page = await call(ctx, ownmail.own_emails, account.email, limit=limit,
                       status=text_query(request, "status"), domain=text_query(request, "domain"),
-                      since=time_query(request, "since"), until=time_query(request, "until"),
+                      alias=text_query(request, "alias"), since=time_query(request, "since"),
+                      until=time_query(request, "until"),
                       cursor=request.query.get("cursor"))
     return reply([email_json(e) for e in page.items], headers=_page_headers(request, page.cursor, limit))
 
@@ -104,7 +105,8 @@ async def list_logs(request: web.Request) -> web.Response:
     check_query(request, LOG_FILTERS)
     limit = int_query(request, "limit", DEFAULT_LIMIT)
     page = await call(ctx, ownmail.own_smtp_errors, account.email, limit=limit,
-                      domain=text_query(request, "domain"), direction=text_query(request, "direction"),
+                      domain=text_query(request, "domain"), alias=text_query(request, "alias"),
+                      direction=text_query(request, "direction"),
                       since=time_query(request, "since"), until=time_query(request, "until"),
                       cursor=request.query.get("cursor"))
     return reply([log_json(r) for r in page.items], headers=_page_headers(request, page.cursor, limit))

@@ -139,6 +139,8 @@ _UNTIL = {"name": "until", "in": "query", "schema": {"type": "string", "format":
           "description": "created before"}
 _FILTER_DOMAIN = {"name": "domain", "in": "query", "schema": {"type": "string"},
                   "description": "one of the account's domains"}
+_FILTER_ALIAS = {"name": "alias", "in": "query", "schema": {"type": "string"},
+                 "description": "one of the account's aliases, as its full address (user@domain)"}
 
 
 def _list(item: str, description: str) -> dict[str, Any]:
@@ -224,7 +226,7 @@ _PATHS: dict[str, Any] = {
     "/v1/emails": {"get": _op("The account's outbound mail, newest first, a page at a time", {
         "200": _list("Email", "one page (a Link header names the next)"), **_errors(400, 404, *_AUTHED)},
         params=[{"name": "status", "in": "query", "schema": {"type": "string", "enum": _STATUSES}},
-                _FILTER_DOMAIN, _SINCE,
+                _FILTER_DOMAIN, _FILTER_ALIAS, _SINCE,
                 _UNTIL, _LIMIT, _CURSOR])},
     "/v1/emails/{id}": {
         "get": _op("One message: statuses per recipient, headers, text and attachments listed", {
@@ -236,7 +238,7 @@ _PATHS: dict[str, Any] = {
         "200": _json(_ref("Email"), "due now"), **_errors(400, 404, *_AUTHED)}, params=[_EMAIL_ID])},
     "/v1/logs": {"get": _op("SMTP errors (4xx/5xx) of the account's domains, newest first", {
         "200": _list("SmtpError", "one page (a Link header names the next)"), **_errors(400, 404, *_AUTHED)},
-        params=[_FILTER_DOMAIN, {"name": "direction", "in": "query",
+        params=[_FILTER_DOMAIN, _FILTER_ALIAS, {"name": "direction", "in": "query",
                                  "schema": {"type": "string", "enum": ["inbound", "outbound"]}},
                 _SINCE, _UNTIL, _LIMIT, _CURSOR])},
 }

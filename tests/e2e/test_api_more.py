@@ -187,6 +187,13 @@ def test_emails_are_listed_filtered_paged_shown_retried_and_deleted(
     future = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert checked(d, doc, "GET", f"/v1/emails?since={future}", token=t)[2] == []
     assert checked(d, doc, "GET", f"/v1/emails?until={future}", token=t)[2] == rows
+    by_alias = checked(d, doc, "GET", "/v1/emails?alias=ME@ann.test", token=t)[2]
+    assert {r["id"] for r in by_alias} == set(mail.values())  # not the DSN, sent by no alias
+    checked(d, doc, "POST", "/v1/domains/ann.test/aliases", token=t,
+            body={"address": "quiet", "destinations": ["ann@else.test"]})
+    assert checked(d, doc, "GET", "/v1/emails?alias=quiet@ann.test", token=t)[2] == []
+    for missing in ("nobody@ann.test", "me@ben.test"):
+        assert checked(d, doc, "GET", f"/v1/emails?alias={missing}", token=t)[0] == 404
 
     seen: list[str] = []
     path = "/v1/emails?limit=1"
@@ -236,6 +243,8 @@ def test_logs_are_the_smtp_errors_of_the_accounts_domains(
     assert any(x["code"] == 550 and x["enhanced_code"] == "5.1.1" for x in outbound)
     cli = [x for x in json.loads(d.cli("logs", "--json").output) if x["domain"] == "ann.test"]
     assert got == cli
+    assert checked(d, doc, "GET", "/v1/logs?alias=me@ann.test", token=t)[2] == [
+        x for x in got if x["alias"] == "me@ann.test"] != []
     inbound = checked(d, doc, "GET", "/v1/logs?direction=inbound&domain=ann.test", token=t)[2]
     assert inbound and {x["direction"] for x in inbound} == {"inbound"}
     status, headers, first = checked(d, doc, "GET", "/v1/logs?limit=1", token=t)
@@ -248,7 +257,8 @@ def test_logs_are_the_smtp_errors_of_the_accounts_domains(
     "/v1/emails?status=lost", "/v1/emails?since=yesterday", "/v1/emails?since=2026-02-01&until=2026-01-01",
     "/v1/emails?cursor=bm9wZQ", "/v1/emails?cursor=" + "A" * 300, "/v1/emails?colour=red",
     "/v1/emails?limit=1&limit=2", "/v1/emails?domain=", "/v1/logs?direction=sideways",
-    "/v1/logs?until=31/12/2026", "/v1/logs?page=2",
+    "/v1/logs?until=31/12/2026", "/v1/logs?page=2", "/v1/emails?alias=not-an-address",
+    "/v1/logs?alias=%2F(a%2B)%2B%2F@ann.test%00",
 ])
 def test_bad_filters_are_a_400(d: Daemon, doc: dict[str, Any], tok: dict[str, str], path: str) -> None:
     status, _, err = checked(d, doc, "GET", path, token=tok[A])
@@ -268,6 +278,7 @@ def test_another_accounts_ids_are_404_on_every_new_endpoint(
         ("GET", f"/v1/emails/{qid}", None), ("POST", f"/v1/emails/{qid}/retry", None),
         ("DELETE", f"/v1/emails/{qid}", None), ("GET", "/v1/emails?domain=ann.test", None),
         ("GET", "/v1/logs?domain=ann.test", None), ("GET", "/v1/domains/nowhere.test/dns", None),
+        ("GET", "/v1/emails?alias=me@ann.test", None), ("GET", "/v1/logs?alias=me@ann.test", None),
         ("GET", "/v1/emails/NOSUCHID", None),
     ]:
         status, _, reply = checked(d, doc, method, path, token=intruder, body=body)

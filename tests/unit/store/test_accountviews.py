@@ -60,6 +60,7 @@ def test_emails_page_by_key_newest_first_without_repeats_or_gaps(two_accounts: O
     assert _walk(2, since=T0 + dt.timedelta(minutes=30)) == ["C1", "C0"]
     assert _walk(2, until=T0 + dt.timedelta(minutes=30)) == ["A4", "A3", "A2", "A1", "A0"]
     assert _walk(2, status="delivered") == []
+    assert _walk(2, alias_id=10**6) == []
     assert page_emails("c@owner.test", limit=10) == []
     assert [r.queue_id for r in page_emails("b@owner.test", limit=10)] == ["B2", "B1", "B0"]
 
@@ -87,6 +88,8 @@ def test_error_logs_page_by_key_and_stay_in_the_account(two_accounts: Opened) ->
     assert [r.text for r in page_smtp_errors("a@owner.test", limit=10, direction="outbound")] == ["later"]
     assert [r.text for r in page_smtp_errors("a@owner.test", limit=10, domain="a2.test")] == ["later"]
     assert [r.text for r in page_smtp_errors("b@owner.test", limit=10)] == ["theirs"]
+    assert [r.text for r in page_smtp_errors("a@owner.test", limit=10, alias="Z@A2.test")] == ["later"]
+    assert page_smtp_errors("a@owner.test", limit=10, alias="y@b.test") == []
     assert page_smtp_errors("a@owner.test", limit=10, since=T0 + dt.timedelta(seconds=1)) == []
 
 
