@@ -201,6 +201,9 @@ class HttpConfig:
     max_connections: int = 256
     max_connections_per_ip: int = 20
     max_body_size: int = 64 * 1024
+    # slow clients (slowloris): seconds to send a request's headers, then its body
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
 
     def validate(self, key: str) -> None:
         for addr in self.listen:
@@ -213,6 +216,8 @@ class HttpConfig:
         for name in ("max_connections", "max_connections_per_ip", "max_body_size"):
             _positive(f"{key}.{name}", getattr(self, name))
         _at_most(f"{key}.max_body_size", self.max_body_size, 16 * 1024 * 1024, "the API takes small JSON")
+        for name in ("header_timeout", "body_timeout"):
+            _positive(f"{key}.{name}", getattr(self, name))
 
 
 _TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
