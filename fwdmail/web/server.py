@@ -155,9 +155,10 @@ class LimitedSite(web.TCPSite):
     """A TCP site whose connections pass `ConnectionLimits` first."""
 
     def __init__(self, runner: web.AppRunner, host: str, port: int, limits: ConnectionLimits,
-                 cfg: HttpConfig) -> None:
+                 cfg: HttpConfig | None = None) -> None:
         super().__init__(runner, host, port)
         self._limits = limits
+        cfg = cfg or HttpConfig()
         self._timeouts = (cfg.header_timeout, cfg.body_timeout)
 
     async def start(self) -> None:
@@ -245,6 +246,22 @@ def _from_exception(exc: web.HTTPException) -> web.Response:
     return response
 
 
+@web.middleware
+async def paced(request: web.Request,
+                handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Tell a limited connection when a request's headers arrived and when it was answered, which
+    restarts its slow-client timers (`_Limited`)."""
+    connection = request.transport.get_protocol() if request.transport is not None else None
+    limited = connection if isinstance(connection, _Limited) else None
+    if limited is not None:
+        limited.started(request)
+    try:
+        return await handler(request)
+    finally:
+        if limited is not None:
+            limited.finished()
+
+
 def make_app(ctx: Context, requests: RequestLog, listeners: api.ListenerCheck | None = None,
              ) -> web.Application:
     """The application; `listeners` says which of the daemon's listeners are down (for `/healthz`)."""
@@ -255,10 +272,6 @@ def make_app(ctx: Context, requests: RequestLog, listeners: api.ListenerCheck | 
     async def logged(request: web.Request,
                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         started = time.monotonic()
-        connection = request.transport.get_protocol() if request.transport is not None else None
-        limited = connection if isinstance(connection, _Limited) else None
-        if limited is not None:
-            limited.started(request)
         response: web.StreamResponse
         try:
             response = await handler(request)
@@ -271,9 +284,6 @@ def make_app(ctx: Context, requests: RequestLog, listeners: api.ListenerCheck | 
         except Exception:
             log.exception("error answering %s %s", request.method, _route(request))
             response = _error_reply(500, "internal error")
-        finally:
-            if limited is not None:
-                limited.finished()
         account = request.get(ACCOUNT_KEY)
         requests.add(httplog.HttpLogRecord(
             now(), account.id if account is not None else None,
@@ -283,7 +293,7 @@ def make_app(ctx: Context, requests: RequestLog, listeners: api.ListenerCheck | 
         ))
         return response
 
-    application = web.Application(client_max_size=cfg.max_body_size, middlewares=[logged],
+    application = web.Application(client_max_size=cfg.max_body_size, middlewares=[paced, logged],
                                   handler_args={"access_log": None})
     application[api.CONTEXT_KEY] = ctx
     application[api.LISTENERS_KEY] = listeners or (lambda: [])
@@ -325,7 +335,8 @@ class WebService:
         cfg = self.ctx.config.http
         limits = ConnectionLimits(cfg.max_connections_per_ip, cfg.max_connections)
         application = make_app(self.ctx, self.requests, self._listener_problems)
-        metrics.register(application, self.ctx, limits, LimitedSite)
+        metrics.register(application, self.ctx, limits,
+                         lambda *args: LimitedSite(*args, cfg), middlewares=(paced,))
         runner = web.AppRunner(application, handle_signals=False, access_log=None,
                                keepalive_timeout=KEEPALIVE_TIMEOUT, shutdown_timeout=SHUTDOWN_TIMEOUT)
         await runner.setup()
