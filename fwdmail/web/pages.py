@@ -6,7 +6,9 @@ Untrusted input: the session cookie (see `web.sessions`), POSTed forms (bounded 
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -18,6 +20,8 @@ from fwdmail.web.auth import ACCOUNT_KEY
 from fwdmail.web.pagebase import FORM_KEY, MAX_FIELD, MAX_FIELDS, STATE_KEY, PagesState, page, state
 from fwdmail.web.sessions import SESSION_KEY, Session, cookie_id
 from fwdmail.web.templating import STATIC, add_security_headers
+
+log = logging.getLogger("fwdmail.http")
 
 NOT_PAGES = ("/v1/", "/healthz", "/static/")
 ERROR_TEXT = {400: "That request was not understood.", 403: "This form has expired: go back, reload the "
@@ -77,6 +81,12 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         if 300 <= exc.status < 400:
             return web.Response(status=exc.status, headers={"Location": exc.headers.get("Location", "/")})
         return _error_page(request, exc.status)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("error answering page %s %s", request.method, request.match_info.route.resource
+                      and request.match_info.route.resource.canonical)
+        return _error_page(request, 500)
 
 
 def setup(application: web.Application, ctx: Context) -> None:
