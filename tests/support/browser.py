@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,8 +65,10 @@ def shot(tab: Any, name: str, full_page: bool = True) -> Path:
     return path
 
 
-def login(tab: Any, base_url: str, email: str, password: str, totp_secret: str | None = None) -> None:
-    """Log in through the login form (and the second-factor form when `totp_secret` is given)."""
+def login(tab: Any, base_url: str, email: str, password: str, totp_secret: str | None = None,
+          later: bool = False) -> None:
+    """Log in through the login form (and the second-factor form when `totp_secret` is given; `later`:
+    with the next time step's code, for an account whose current code was just used)."""
     tab.goto(f"{base_url}/login")
     tab.fill("input[name=email]", email)
     tab.fill("input[name=password]", password)
@@ -74,6 +77,7 @@ def login(tab: Any, base_url: str, email: str, password: str, totp_secret: str |
         import pyotp
 
         tab.wait_for_url(re.compile(r".*/login/totp$"))
-        tab.fill("input[name=code]", pyotp.TOTP(totp_secret).now())
+        totp = pyotp.TOTP(totp_secret)
+        tab.fill("input[name=code]", totp.at(time.time() + 30) if later else totp.now())
         tab.click("form.card button[type=submit]")
     tab.wait_for_url(re.compile(r".*/domains$"))
