@@ -13,11 +13,20 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from fwdmail.app import now, sessions
+from fwdmail.app import now, sessions, tenancy
 from fwdmail.runtime.context import Context
 from fwdmail.web import csrf, pages_aliases, pages_domains, pages_login, pages_security
 from fwdmail.web.auth import ACCOUNT_KEY
-from fwdmail.web.pagebase import FORM_KEY, MAX_FIELD, MAX_FIELDS, STATE_KEY, PagesState, page, state
+from fwdmail.web.pagebase import (
+    FORM_KEY,
+    MAX_FIELD,
+    MAX_FIELDS,
+    STATE_KEY,
+    FormError,
+    PagesState,
+    page,
+    state,
+)
 from fwdmail.web.sessions import SESSION_KEY, Session, cookie_id
 from fwdmail.web.templating import STATIC, add_security_headers
 
@@ -81,6 +90,10 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         if 300 <= exc.status < 400:
             return web.Response(status=exc.status, headers={"Location": exc.headers.get("Location", "/")})
         return _error_page(request, exc.status)
+    except FormError as exc:
+        return page(request, "error.html", status=400, title="Not done", message=str(exc))
+    except tenancy.UNAVAILABLE:
+        return _error_page(request, 503)
     except asyncio.CancelledError:
         raise
     except Exception:

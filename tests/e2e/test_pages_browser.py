@@ -1,5 +1,6 @@
 """The "My Account" pages in a real headless Chromium against a real `fwdmail serve`: an invite link, a
 password set through it, logging in (with TOTP), adding a domain and an alias, deleting the account.
+Every request stays on the daemon's origin and no console error (a CSP violation among them) appears.
 Screenshots of each step go to tests/artifacts/screenshots/."""
 
 from __future__ import annotations
@@ -12,7 +13,15 @@ from typing import Any
 import pyotp
 import pytest
 
-from tests.support.browser import DESKTOP, PHONE, browser, login, page, shot  # noqa: F401  (fixtures)
+from tests.support.browser import (  # noqa: F401  (fixtures)
+    DESKTOP,
+    PHONE,
+    browser,
+    login,
+    page,
+    shot,
+    watch,
+)
 from tests.support.daemon import Daemon
 
 EMAIL = "carol@owner.test"
@@ -40,6 +49,7 @@ def invite(d: Daemon, email: str = EMAIL) -> str:
 
 
 def test_invite_password_totp_domain_alias_then_delete_the_account(d: Daemon, page: Any) -> None:  # noqa: F811
+    seen = watch(page)
     page.goto(invite(d))
     shot(page, "01-set-password")
     page.fill("input[name=password]", PASSWORD)
@@ -86,8 +96,14 @@ def test_invite_password_totp_domain_alias_then_delete_the_account(d: Daemon, pa
 
     page.goto(f"{base(d)}/security")
     shot(page, "07-security")
+    page.click("#tokens form[action='/security/tokens'] button")
+    assert page.locator("#new-token").inner_text().startswith("fwd_")
+    page.click("#tokens button.copy")
+    page.wait_for_selector("#tokens button.copy:text('Copied')")
     page.fill("#delete input[name=confirm]", EMAIL)
     page.click("#delete button[type=submit]")
     assert "are deleted" in page.content()
     assert EMAIL not in d.cli("account", "list").output
     assert page.context.cookies() == []
+    assert seen.outside(base(d)) == [] and len(seen.requests) > 20
+    assert seen.errors == []

@@ -2,7 +2,8 @@
 
 `browser` (module scope) launches it once; `page` gives each test a fresh context (no cookies) and saves
 a screenshot of where the test ended under tests/artifacts/screenshots/ (ignored by git). `login` logs in
-through the real form, answering the TOTP step when a secret is given. `shot` saves a named screenshot.
+through the real form, answering the TOTP step when a secret is given. `shot` saves a named screenshot;
+`watch` records every request and console error of a page.
 Only loopback addresses are ever opened."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,26 @@ def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
             shot(tab, f"{request.node.name}-end")
         finally:
             context.close()
+
+
+@dataclass
+class Watch:
+    """What a page asked for and complained about: every request URL, console errors (CSP violations
+    among them) and uncaught script errors."""
+
+    requests: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def outside(self, base_url: str) -> list[str]:
+        return [u for u in self.requests if not (u == base_url or u.startswith(base_url + "/"))]
+
+
+def watch(tab: Any) -> Watch:
+    seen = Watch()
+    tab.on("request", lambda r: seen.requests.append(r.url))
+    tab.on("console", lambda m: seen.errors.append(m.text) if m.type == "error" else None)
+    tab.on("pageerror", lambda e: seen.errors.append(str(e)))
+    return seen
 
 
 def shot(tab: Any, name: str, full_page: bool = True) -> Path:
