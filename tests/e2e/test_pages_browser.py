@@ -25,6 +25,8 @@ from tests.support.browser import (  # noqa: F401  (fixtures)
 from tests.support.daemon import Daemon
 from tests.support.mx import db_rows
 
+pytestmark = pytest.mark.slow  # a browser and a daemon: ~15-25 s
+
 EMAIL = "carol@owner.test"
 PASSWORD = "a long enough password"
 
