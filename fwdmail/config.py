@@ -204,16 +204,24 @@ class HttpConfig:
     # slow clients (slowloris): seconds to send a request's headers, then its body
     header_timeout: float = 10.0
     body_timeout: float = 30.0
+    public_url: str = ""
+    login_failures_per_client_per_hour: int = 20
+    login_failures_per_account_per_hour: int = 10
+    login_failures_total_per_minute: int = 60
 
     def validate(self, key: str) -> None:
         for addr in self.listen:
             _host_port(f"{key}.listen", addr)
+        if self.public_url and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", self.public_url):
+            raise ConfigError(f"{key}.public_url: not an http(s) URL without query: {self.public_url!r}")
         for proxy in self.trusted_proxies:
             try:
                 ipaddress.ip_network(proxy, strict=False)
             except ValueError:
                 raise ConfigError(f"{key}.trusted_proxies: not an IP address or network: {proxy!r}") from None
-        for name in ("max_connections", "max_connections_per_ip", "max_body_size"):
+        for name in ("max_connections", "max_connections_per_ip", "max_body_size",
+                     "login_failures_per_client_per_hour", "login_failures_per_account_per_hour",
+                     "login_failures_total_per_minute"):
             _positive(f"{key}.{name}", getattr(self, name))
         _at_most(f"{key}.max_body_size", self.max_body_size, 16 * 1024 * 1024, "the API takes small JSON")
         for name in ("header_timeout", "body_timeout"):

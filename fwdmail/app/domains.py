@@ -25,7 +25,7 @@ from fwdmail.store import DomainRecord
 __all__ = [
     "AUTH_POLICIES", "DnsRecord", "DomainRecord", "RecordCheck", "Verification", "add_domain",
     "check_records", "check_records_async", "dns_records", "get_domain", "list_domains",
-    "record_verification", "remove_domain", "set_domain", "verify_domain",
+    "record_verification", "remove_domain", "set_domain", "verifies", "verify_domain",
 ]
 
 AUTH_POLICIES = ("off", "report-only", "enforce")
@@ -205,9 +205,14 @@ async def check_records_async(cfg: Config, domain: DomainRecord) -> list[RecordC
     return [_judge(cfg, rec, list(found[(rec.name, rec.type)])) for rec in records]
 
 
+def verifies(checks: list[RecordCheck]) -> bool:
+    """What marks a domain verified: its MX and its verification token found."""
+    return checks[0].ok and checks[-1].ok
+
+
 def record_verification(name: str, checks: list[RecordCheck], now: dt.datetime) -> Verification:
     """Mark the domain verified when its MX and token records matched; the domain as it is now."""
-    domain = store.mark_domain_verified(name, now) if checks[0].ok and checks[-1].ok else get_domain(name)
+    domain = store.mark_domain_verified(name, now) if verifies(checks) else get_domain(name)
     return Verification(domain, checks)
 
 

@@ -69,6 +69,7 @@ from fwdmail.store.directory import (
     mark_domain_verified,
     remove_alias,
     remove_domain,
+    set_alias_destinations,
     set_alias_password,
     set_alias_state,
     update_domain,
@@ -128,4 +129,28 @@ from fwdmail.store.retention import (
     take_lease,
     wal_checkpoint,
 )
-from fwdmail.store.tokens import account_for_token, add_api_token, count_api_tokens
+from fwdmail.store.sessions import (
+    LoginState,
+    SessionRecord,
+    add_login_link,
+    add_session,
+    count_expired_web_sessions,
+    count_sessions,
+    delete_session,
+    delete_sessions,
+    get_login_state,
+    login_link_account,
+    purge_login_links_before,
+    purge_sessions_before,
+    set_login,
+    set_session_stage,
+    take_login_link,
+    web_session,
+)
+from fwdmail.store.tokens import (
+    account_for_token,
+    add_api_token,
+    count_api_tokens,
+    list_api_tokens,
+    revoke_api_token,
+)
