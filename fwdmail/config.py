@@ -201,10 +201,13 @@ class HttpConfig:
     max_connections: int = 256
     max_connections_per_ip: int = 20
     max_body_size: int = 64 * 1024
+    public_url: str = ""
 
     def validate(self, key: str) -> None:
         for addr in self.listen:
             _host_port(f"{key}.listen", addr)
+        if self.public_url and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", self.public_url):
+            raise ConfigError(f"{key}.public_url: not an http(s) URL without query: {self.public_url!r}")
         for proxy in self.trusted_proxies:
             try:
                 ipaddress.ip_network(proxy, strict=False)

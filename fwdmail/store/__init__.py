@@ -133,4 +133,21 @@ from fwdmail.store.retention import (
     take_lease,
     wal_checkpoint,
 )
+from fwdmail.store.sessions import (
+    LoginState,
+    SessionRecord,
+    add_login_link,
+    add_session,
+    count_sessions,
+    delete_session,
+    delete_sessions,
+    get_login_state,
+    login_link_account,
+    purge_login_links_before,
+    purge_sessions_before,
+    set_login,
+    set_session_stage,
+    take_login_link,
+    web_session,
+)
 from fwdmail.store.tokens import account_for_token, add_api_token, count_api_tokens

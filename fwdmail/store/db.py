@@ -23,11 +23,14 @@ from playhouse import migrate as schema
 
 from fwdmail.store.models import (
     ALL_MODELS,
+    AccountLogin,
     ApiToken,
     DirectoryChange,
     HttpLog,
     Lease,
+    LoginLink,
     Meta,
+    WebSession,
     database,
     lookup_key,
 )
@@ -172,7 +175,12 @@ def _http_tables(db: pw.Database) -> None:
     db.create_tables([ApiToken, HttpLog])
 
 
-MIGRATIONS: list[Callable[[pw.Database], None]] = [_directory_lookups, _cluster, _http_tables]
+def _web_logins(db: pw.Database) -> None:
+    """issue 16 pages: account web logins, sessions and one-time password links."""
+    db.create_tables([AccountLogin, WebSession, LoginLink], safe=True)
+
+
+MIGRATIONS: list[Callable[[pw.Database], None]] = [_directory_lookups, _cluster, _http_tables, _web_logins]
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
 

@@ -19,8 +19,9 @@ from aiohttp import web
 from fwdmail.app import httplog, now
 from fwdmail.config import HttpConfig, parse_host_port
 from fwdmail.runtime.context import Context, StartupError
-from fwdmail.web import api
+from fwdmail.web import api, pages
 from fwdmail.web.auth import ACCOUNT_KEY
+from fwdmail.web.clients import client_address
 
 log = logging.getLogger("fwdmail.http")
 
@@ -151,23 +152,6 @@ class RequestLog:
             log.warning("request log: %d rows dropped while the store was unavailable", self.dropped)
 
 
-def client_address(request: web.Request, proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
-                   ) -> str:
-    """The peer, or with a trusted proxy as peer the last untrusted X-Forwarded-For hop."""
-    peer = request.remote or ""
-    if not proxies:
-        return peer
-    hops = [peer, *reversed([h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",")])]
-    for hop in hops:
-        try:
-            ip = ipaddress.ip_address(hop)
-        except ValueError:
-            return ""
-        if not any(ip in net for net in proxies):
-            return hop
-    return hops[-1]
-
-
 MESSAGES = {401: "a valid API token is required (HTTP Basic user name or Bearer)",
             404: "no such resource", 405: "method not allowed here", 413: "the request body is too large"}
 KEPT_HEADERS = ("www-authenticate", "allow", "link", "x-page", "x-limit")
@@ -216,10 +200,11 @@ def make_app(ctx: Context, requests: RequestLog) -> web.Application:
         ))
         return response
 
-    application = web.Application(client_max_size=cfg.max_body_size, middlewares=[logged],
+    application = web.Application(client_max_size=cfg.max_body_size, middlewares=[logged, pages.middleware],
                                   handler_args={"access_log": None})
     application[api.CONTEXT_KEY] = ctx
     application.add_routes(api.routes())
+    pages.setup(application, ctx)
     return application
 
 
