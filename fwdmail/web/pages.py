@@ -13,7 +13,7 @@ from aiohttp import web
 
 from fwdmail.app import now, sessions
 from fwdmail.runtime.context import Context
-from fwdmail.web import csrf, pages_domains, pages_login
+from fwdmail.web import csrf, pages_domains, pages_emails, pages_login, pages_logs
 from fwdmail.web.auth import ACCOUNT_KEY
 from fwdmail.web.pagebase import FORM_KEY, MAX_FIELD, MAX_FIELDS, STATE_KEY, PagesState, page, state
 from fwdmail.web.sessions import SESSION_KEY, Session, cookie_id
@@ -86,4 +86,5 @@ def setup(application: web.Application, ctx: Context) -> None:
     application.on_response_prepare.append(add_security_headers)
     application.add_routes(pages_login.routes())
     application.add_routes(pages_domains.routes())
+    application.add_routes(pages_emails.routes() + pages_logs.routes())
     application.router.add_static("/static", STATIC, name="static", append_version=False)
