@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.browser import browser, login, page, shot  # noqa: F401  (fixtures)
+from tests.support.browser import PHONE, browser, login, page, shot  # noqa: F401  (fixtures)
 from tests.support.daemon import Daemon
 from tests.support.hostile_html import PWNED, document
 from tests.support.outbound import OWNER, add_domain, queue_id, submit, wait_status
@@ -147,6 +147,12 @@ def test_hostile_preview_neither_runs_nor_fetches_until_images_are_asked_for(
     page.goto(f"{base}/emails/{ids['hostile']}")  # not remembered beyond the view that asked
     page.wait_for_load_state("load")
     assert recorder.paths == []
+    page.set_viewport_size(PHONE)
+    page.reload()
+    page.wait_for_load_state("load")
+    preview_frame(page).wait_for_selector("text=fwdmail hostile preview")
+    page.locator("p.remote-note").scroll_into_view_if_needed()  # an off-screen frame is not painted
+    shot(page, "preview-05-phone", full_page=False)
 
 
 def test_a_redacted_message_says_so(d: tuple[Daemon, dict[str, str]], page: Any) -> None:  # noqa: F811
