@@ -40,9 +40,12 @@ class Attachment:
 
 @dataclass(frozen=True)
 class MailView:
+    """What the detail page lists; `remote_images` counts the remote images its preview holds back."""
+
     headers: list[tuple[str, str]]
     attachments: list[Attachment]
     redacted: bool
+    remote_images: int = 0
 
 
 @dataclass(frozen=True)
@@ -75,21 +78,36 @@ def _size(part: email.message.Message) -> int:
     return len(payload) if isinstance(payload, bytes) else len(str(part.get_payload()))
 
 
+def _attachments(msg: email.message.EmailMessage) -> list[Attachment]:
+    found: list[Attachment] = []
+    if not msg.is_multipart():
+        return found
+    try:
+        for i, part in enumerate(msg.iter_attachments()):
+            if i >= MAX_PARTS:
+                break
+            found.append(Attachment(clean(part.get_filename() or "")[:200], part.get_content_type(),
+                                    _size(part)))
+    except Exception:  # broken MIME: what was listed so far stands
+        pass
+    return found
+
+
+def _remote_images(msg: email.message.EmailMessage) -> int:
+    try:
+        part = msg.get_body(preferencelist=("html",))
+        return 0 if part is None else htmlsafe.sanitize(part.get_content()).remote_images
+    except Exception:  # as in `frame`: nothing to count in what cannot be decoded
+        return 0
+
+
 def view(record: EmailRecord) -> MailView:
-    """Decoded headers and the attachments (none once the body is redacted)."""
+    """Decoded headers, the attachments and the remote images held back (none once redacted)."""
     msg = _parse(record)
     headers = [_header(msg, name, raw) for name, raw in msg.raw_items()]
-    attachments: list[Attachment] = []
-    if record.body is not None and msg.is_multipart():
-        try:
-            for i, part in enumerate(msg.iter_attachments()):
-                if i >= MAX_PARTS:
-                    break
-                attachments.append(Attachment(clean(part.get_filename() or "")[:200],
-                                              part.get_content_type(), _size(part)))
-        except Exception:  # broken MIME: what was listed so far stands
-            pass
-    return MailView(headers, attachments, record.body is None)
+    if record.body is None:
+        return MailView(headers, [], True)
+    return MailView(headers, _attachments(msg), False, _remote_images(msg))
 
 
 def _inline_images(msg: email.message.Message) -> dict[str, str]:

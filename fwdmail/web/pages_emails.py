@@ -62,11 +62,10 @@ async def email_detail(request: web.Request) -> web.StreamResponse:
     record = await call(request, mailbox.own_email, session.account.email, request.match_info["id"])
     shown = await state(request).ctx.blocking.cpu(mailframe.view, record)
     remote = _wants_remote(request)
-    counted = await state(request).ctx.blocking.cpu(mailframe.frame, record, False)
     attachments = [(a.filename, a.content_type, human_size(a.size)) for a in shown.attachments]
     return page(request, "email_detail.html", title=record.subject or "(no subject)", active="/emails",
                 email=record, headers=shown.headers, attachments=attachments, redacted=shown.redacted,
-                remote=remote, remote_images=counted.remote_images, sandbox=FRAME_SANDBOX,
+                remote=remote, remote_images=shown.remote_images, sandbox=FRAME_SANDBOX,
                 frame_url=f"/emails/{record.queue_id}/preview" + ("?images=remote" if remote else ""))
 
 
