@@ -22,7 +22,8 @@ from fwdmail.store import DomainRecord
 
 __all__ = [
     "AUTH_POLICIES", "DnsRecord", "DomainRecord", "RecordCheck", "Verification", "add_domain",
-    "dns_records", "get_domain", "list_domains", "remove_domain", "set_domain", "verify_domain",
+    "check_records", "dns_records", "get_domain", "list_domains", "remove_domain", "set_domain", "verifies",
+    "verify_domain",
 ]
 
 AUTH_POLICIES = ("off", "report-only", "enforce")
@@ -146,9 +147,8 @@ def _spf_allows(records: list[str], host: str) -> bool:
     return f"a:{host.lower()}" in terms or "mx" in terms
 
 
-def verify_domain(cfg: Config, name: str, now: dt.datetime) -> Verification:
-    """Look up every record `dns_records` lists; mark the domain verified when MX and token match."""
-    domain = get_domain(name)
+def check_records(cfg: Config, domain: DomainRecord) -> list[RecordCheck]:
+    """Look up every record `dns_records` lists (DNS only: no store, so it may run on any thread)."""
     try:
         resolver = sync_resolver(cfg.dns)
     except dns.exception.DNSException as exc:
@@ -170,6 +170,18 @@ def verify_domain(cfg: Config, name: str, now: dt.datetime) -> Verification:
         else:
             ok = any(_dkim_key(f) == _dkim_key(rec.value) for f in found)
         checks.append(RecordCheck(rec, ok, "; ".join(found)))
-    if checks[0].ok and checks[-1].ok:
+    return checks
+
+
+def verifies(checks: list[RecordCheck]) -> bool:
+    """What marks a domain verified: its MX and its verification token found."""
+    return checks[0].ok and checks[-1].ok
+
+
+def verify_domain(cfg: Config, name: str, now: dt.datetime) -> Verification:
+    """Look up every record `dns_records` lists; mark the domain verified when MX and token match."""
+    domain = get_domain(name)
+    checks = check_records(cfg, domain)
+    if verifies(checks):
         domain = store.mark_domain_verified(domain.name, now)
     return Verification(domain, checks)

@@ -75,6 +75,7 @@ from fwdmail.store.directory import (
     mark_domain_verified,
     remove_alias,
     remove_domain,
+    set_alias_destinations,
     set_alias_password,
     set_alias_state,
     update_domain,
@@ -138,6 +139,7 @@ from fwdmail.store.sessions import (
     SessionRecord,
     add_login_link,
     add_session,
+    count_expired_web_sessions,
     count_sessions,
     delete_session,
     delete_sessions,
@@ -150,4 +152,10 @@ from fwdmail.store.sessions import (
     take_login_link,
     web_session,
 )
-from fwdmail.store.tokens import account_for_token, add_api_token, count_api_tokens
+from fwdmail.store.tokens import (
+    account_for_token,
+    add_api_token,
+    count_api_tokens,
+    list_api_tokens,
+    revoke_api_token,
+)

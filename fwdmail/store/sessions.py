@@ -14,7 +14,8 @@ from fwdmail.store.directory import AccountRecord, _account, _account_record
 from fwdmail.store.models import Account, AccountLogin, LoginLink, WebSession
 
 __all__ = [
-    "LoginState", "SessionRecord", "add_login_link", "add_session", "count_sessions", "delete_session",
+    "LoginState", "SessionRecord", "add_login_link", "add_session", "count_expired_web_sessions",
+    "count_sessions", "delete_session",
     "delete_sessions", "get_login_state", "login_link_account", "purge_login_links_before",
     "purge_sessions_before", "set_login", "set_session_stage", "take_login_link", "web_session",
 ]
@@ -153,6 +154,13 @@ def _purge(model: type[WebSession] | type[LoginLink], cutoff: dt.datetime, batch
 def purge_sessions_before(cutoff: dt.datetime, batch: int) -> int:
     """Delete up to `batch` sessions expired at `cutoff`."""
     return _purge(WebSession, cutoff, batch)
+
+
+@reads
+def count_expired_web_sessions(now: dt.datetime) -> int:
+    """Expired sessions and password links (what `purge_*_before(now)` would delete)."""
+    return (WebSession.select().where(WebSession.expires_at <= now).count()
+            + LoginLink.select().where(LoginLink.expires_at <= now).count())
 
 
 def purge_login_links_before(cutoff: dt.datetime, batch: int) -> int:

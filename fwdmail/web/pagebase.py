@@ -49,10 +49,10 @@ def csrf_token(request: web.Request) -> str:
     return csrf.for_session(session.id) if session is not None else csrf.anonymous(state(request).csrf_key)
 
 
-def page(request: web.Request, name: str, status: int = 200, **values: Any) -> web.Response:
+def page(request: web.Request, template: str, status: int = 200, **values: Any) -> web.Response:
     session = current(request)
     values.setdefault("account", session.account if session is not None and session.full else None)
-    return render(name, status=status, csrf_token=csrf_token(request), **values)
+    return render(template, status=status, csrf_token=csrf_token(request), **values)
 
 
 def form(request: web.Request) -> dict[str, str]:

@@ -6,18 +6,39 @@ Untrusted input: the session cookie (see `web.sessions`), POSTed forms (bounded 
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from fwdmail.app import now, sessions
+from fwdmail.app import now, sessions, tenancy
 from fwdmail.runtime.context import Context
-from fwdmail.web import csrf, pages_domains, pages_emails, pages_login, pages_logs
+from fwdmail.web import (
+    csrf,
+    pages_aliases,
+    pages_domains,
+    pages_emails,
+    pages_login,
+    pages_logs,
+    pages_security,
+)
 from fwdmail.web.auth import ACCOUNT_KEY
-from fwdmail.web.pagebase import FORM_KEY, MAX_FIELD, MAX_FIELDS, STATE_KEY, PagesState, page, state
+from fwdmail.web.pagebase import (
+    FORM_KEY,
+    MAX_FIELD,
+    MAX_FIELDS,
+    STATE_KEY,
+    FormError,
+    PagesState,
+    page,
+    state,
+)
 from fwdmail.web.sessions import SESSION_KEY, Session, cookie_id
 from fwdmail.web.templating import STATIC, add_security_headers
+
+log = logging.getLogger("fwdmail.http")
 
 NOT_PAGES = ("/v1/", "/healthz", "/static/")
 ERROR_TEXT = {400: "That request was not understood.", 403: "This form has expired: go back, reload the "
@@ -77,6 +98,16 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         if 300 <= exc.status < 400:
             return web.Response(status=exc.status, headers={"Location": exc.headers.get("Location", "/")})
         return _error_page(request, exc.status)
+    except FormError as exc:
+        return page(request, "error.html", status=400, title="Not done", message=str(exc))
+    except tenancy.UNAVAILABLE:
+        return _error_page(request, 503)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("error answering page %s %s", request.method, request.match_info.route.resource
+                      and request.match_info.route.resource.canonical)
+        return _error_page(request, 500)
 
 
 def setup(application: web.Application, ctx: Context) -> None:
@@ -86,5 +117,7 @@ def setup(application: web.Application, ctx: Context) -> None:
     application.on_response_prepare.append(add_security_headers)
     application.add_routes(pages_login.routes())
     application.add_routes(pages_domains.routes())
+    application.add_routes(pages_aliases.routes())
+    application.add_routes(pages_security.routes())
     application.add_routes(pages_emails.routes() + pages_logs.routes())
     application.router.add_static("/static", STATIC, name="static", append_version=False)

@@ -59,8 +59,10 @@ async def login(request: web.Request) -> web.StreamResponse:
     client = client_address(request, st.proxies)
     if not email or not password:
         return _refused(request, 400, "Give your email address and password.", email)
-    if len(password) > sessions.MAX_PASSWORD or not st.limits.allows(client, email, time.monotonic()):
+    if len(password) > sessions.MAX_PASSWORD:
         st.limits.failed(client, email, time.monotonic())
+        return _refused(request, 401, "Wrong email address or password.", email)
+    if not st.limits.allows(client, email, time.monotonic()):
         return _refused(request, 429, "Too many failed logins: wait a while and try again.", email)
     try:
         login = await _password_ok(request, email, password)

@@ -39,15 +39,15 @@ environment = jinja2.Environment(
 )
 
 
-def render(name: str, status: int = 200, **values: Any) -> web.Response:
-    """The template `name` as an HTML response (never cached: pages show an account's data)."""
+def render(template: str, status: int = 200, **values: Any) -> web.Response:
+    """The template `template` as an HTML response (never cached: pages show an account's data)."""
     values.setdefault("nav", NAV)
     values.setdefault("account", None)
     values.setdefault("csrf_token", "")
     values.setdefault("active", "")
     values.setdefault("notice", "")
     values.setdefault("error", "")
-    text = environment.get_template(name).render(**values)
+    text = environment.get_template(template).render(**values)
     return web.Response(text=text, status=status, content_type="text/html", charset="utf-8",
                         headers={"Cache-Control": "no-store"})
 

@@ -2,14 +2,17 @@
 
 `browser` (module scope) launches it once; `page` gives each test a fresh context (no cookies) and saves
 a screenshot of where the test ended under tests/artifacts/screenshots/ (ignored by git). `login` logs in
-through the real form, answering the TOTP step when a secret is given. `shot` saves a named screenshot.
+through the real form, answering the TOTP step when a secret is given. `shot` saves a named screenshot;
+`watch` records every request and console error of a page.
 Only loopback addresses are ever opened."""
 
 from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +59,26 @@ def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
             context.close()
 
 
+@dataclass
+class Watch:
+    """What a page asked for and complained about: every request URL, console errors (CSP violations
+    among them) and uncaught script errors."""
+
+    requests: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def outside(self, base_url: str) -> list[str]:
+        return [u for u in self.requests if not (u == base_url or u.startswith(base_url + "/"))]
+
+
+def watch(tab: Any) -> Watch:
+    seen = Watch()
+    tab.on("request", lambda r: seen.requests.append(r.url))
+    tab.on("console", lambda m: seen.errors.append(m.text) if m.type == "error" else None)
+    tab.on("pageerror", lambda e: seen.errors.append(str(e)))
+    return seen
+
+
 def shot(tab: Any, name: str, full_page: bool = True) -> Path:
     """Save a screenshot of `tab` as ARTIFACTS/<name>.png; return its path."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -64,8 +87,10 @@ def shot(tab: Any, name: str, full_page: bool = True) -> Path:
     return path
 
 
-def login(tab: Any, base_url: str, email: str, password: str, totp_secret: str | None = None) -> None:
-    """Log in through the login form (and the second-factor form when `totp_secret` is given)."""
+def login(tab: Any, base_url: str, email: str, password: str, totp_secret: str | None = None,
+          later: bool = False) -> None:
+    """Log in through the login form (and the second-factor form when `totp_secret` is given; `later`:
+    with the next time step's code, for an account whose current code was just used)."""
     tab.goto(f"{base_url}/login")
     tab.fill("input[name=email]", email)
     tab.fill("input[name=password]", password)
@@ -74,6 +99,7 @@ def login(tab: Any, base_url: str, email: str, password: str, totp_secret: str |
         import pyotp
 
         tab.wait_for_url(re.compile(r".*/login/totp$"))
-        tab.fill("input[name=code]", pyotp.TOTP(totp_secret).now())
+        totp = pyotp.TOTP(totp_secret)
+        tab.fill("input[name=code]", totp.at(time.time() + 30) if later else totp.now())
         tab.click("form.card button[type=submit]")
     tab.wait_for_url(re.compile(r".*/domains$"))
