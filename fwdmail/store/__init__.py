@@ -12,7 +12,7 @@ from fwdmail.store.abuse import (
     list_abuse_events,
     record_abuse,
 )
-from fwdmail.store.accountviews import (
+from fwdmail.store.accountpages import (
     account_email_owner,
     list_account_emails,
     list_account_http_logs,

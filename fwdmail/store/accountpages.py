@@ -1,5 +1,6 @@
 """Reads of one account's own records, a page at a time, for its "My Account" pages: its outbound mail,
-the SMTP errors of its domains, its own web/API request rows.
+the SMTP errors of its domains, its own web/API request rows. Pages go by offset (the caller bounds the
+page number).
 
 Untrusted input: none as such; the account is the one the caller authenticated and paging values are
 bounded by the caller. Every query is filtered by that account here, so a page cannot reach another's.

@@ -1,4 +1,4 @@
-"""One account's own records a page at a time (store/accountviews), on SQLite and PostgreSQL: only its
+"""One account's own records a page at a time (store/accountpages), on SQLite and PostgreSQL: only its
 domains' mail and SMTP errors, only its own request rows after a time, newest first, offset and limit."""
 
 from __future__ import annotations
