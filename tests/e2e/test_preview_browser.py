@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from fwdmail.web.pages_emails import FRAME_SANDBOX, frame_csp
 from tests.support.browser import PHONE, browser, login, page, shot  # noqa: F401  (fixtures)
 from tests.support.daemon import Daemon
 from tests.support.hostile_html import PWNED, document
@@ -31,18 +32,24 @@ PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001
 
 
 class Recorder:
-    """A loopback HTTP server recording the path of every request (answering images with a PNG)."""
+    """A loopback HTTP server recording the path of every request (answering images with a PNG), or
+    serving `pages` (path -> body, headers)."""
 
-    def __init__(self) -> None:
+    def __init__(self, pages: dict[str, tuple[bytes, dict[str, str]]] | None = None) -> None:
         self.paths: list[str] = []
         recorder = self
+        served = pages or {}
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 recorder.paths.append(self.path)
                 body, kind = (PNG, "image/png") if self.path.startswith("/img/") else (b"x", "text/plain")
+                headers = {"Content-Type": kind}
+                if self.path in served:
+                    body, headers = served[self.path]
                 self.send_response(200)
-                self.send_header("Content-Type", kind)
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -153,6 +160,28 @@ def test_hostile_preview_neither_runs_nor_fetches_until_images_are_asked_for(
     preview_frame(page).wait_for_selector("text=fwdmail hostile preview")
     page.locator("p.remote-note").scroll_into_view_if_needed()  # an off-screen frame is not painted
     shot(page, "preview-05-phone", full_page=False)
+
+
+def test_the_frame_alone_holds_when_the_html_is_not_sanitized(recorder: Recorder,
+                                                               page: Any) -> None:  # noqa: F811
+    """Second layer, apart from the sanitizer: the raw hostile HTML served with the preview's own CSP in
+    an iframe with the preview's sandbox (both taken from the pages' module) fetches and runs nothing."""
+    parent = (f'<!doctype html><title>parent</title><iframe src="/frame" sandbox="{FRAME_SANDBOX}">'
+              "</iframe>").encode()
+    pages = {"/": (parent, {"Content-Type": "text/html; charset=utf-8"}),
+             "/frame": (document(recorder.base).encode(), {"Content-Type": "text/html; charset=utf-8",
+                                                           "Content-Security-Policy": frame_csp(())})}
+    recorder.paths.clear()
+    with Recorder(pages) as host:
+        page.goto(host.base + "/")
+        page.wait_for_load_state("load")
+        (frame,) = [f for f in page.frames if f.url.endswith("/frame")]
+        assert "svg_onload" in frame.evaluate("document.body.innerText")
+        assert frame.evaluate("document.title") == "hostile"  # the raw document's own <title>, no script's
+        assert host.paths == ["/", "/frame"]
+    assert recorder.paths == []
+    assert page.title() == "parent"
+    shot(page, "preview-06-unsanitized-in-frame")
 
 
 def test_a_redacted_message_says_so(d: tuple[Daemon, dict[str, str]], page: Any) -> None:  # noqa: F811
