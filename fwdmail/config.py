@@ -202,6 +202,9 @@ class HttpConfig:
     max_connections_per_ip: int = 20
     max_body_size: int = 64 * 1024
     public_url: str = ""
+    login_failures_per_client_per_hour: int = 20
+    login_failures_per_account_per_hour: int = 10
+    login_failures_total_per_minute: int = 60
 
     def validate(self, key: str) -> None:
         for addr in self.listen:
@@ -213,7 +216,9 @@ class HttpConfig:
                 ipaddress.ip_network(proxy, strict=False)
             except ValueError:
                 raise ConfigError(f"{key}.trusted_proxies: not an IP address or network: {proxy!r}") from None
-        for name in ("max_connections", "max_connections_per_ip", "max_body_size"):
+        for name in ("max_connections", "max_connections_per_ip", "max_body_size",
+                     "login_failures_per_client_per_hour", "login_failures_per_account_per_hour",
+                     "login_failures_total_per_minute"):
             _positive(f"{key}.{name}", getattr(self, name))
         _at_most(f"{key}.max_body_size", self.max_body_size, 16 * 1024 * 1024, "the API takes small JSON")
 

@@ -15,6 +15,7 @@ from collections import OrderedDict, deque
 
 __all__ = ["LoginLimits", "client_net"]
 
+# The defaults of `[http] login_failures_*`.
 PER_CLIENT_PER_HOUR = 20
 PER_ACCOUNT_PER_HOUR = 10
 TOTAL_PER_MINUTE = 60

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from fwdmail.app import now, sessions, tenancy
+from fwdmail.app.weblogin import LoginLimits
 from fwdmail.runtime.context import Context
 from fwdmail.web import (
     csrf,
@@ -113,7 +114,10 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
 def setup(application: web.Application, ctx: Context) -> None:
     """Add the pages to the app (its middleware list must include `middleware`)."""
     proxies = tuple(ipaddress.ip_network(p, strict=False) for p in ctx.config.http.trusted_proxies)
-    application[STATE_KEY] = PagesState(ctx, proxies)
+    cfg = ctx.config.http
+    limits = LoginLimits(cfg.login_failures_per_client_per_hour, cfg.login_failures_per_account_per_hour,
+                         cfg.login_failures_total_per_minute)
+    application[STATE_KEY] = PagesState(ctx, proxies, limits)
     application.on_response_prepare.append(add_security_headers)
     application.add_routes(pages_login.routes())
     application.add_routes(pages_domains.routes())

@@ -23,6 +23,9 @@ from tests.support.browser import (  # noqa: F401  (fixtures)
     watch,
 )
 from tests.support.daemon import Daemon
+from tests.support.mx import db_rows
+
+pytestmark = pytest.mark.slow  # a browser and a daemon: ~15-25 s
 
 EMAIL = "carol@owner.test"
 PASSWORD = "a long enough password"
@@ -50,7 +53,8 @@ def invite(d: Daemon, email: str = EMAIL) -> str:
 
 def test_invite_password_totp_domain_alias_then_delete_the_account(d: Daemon, page: Any) -> None:  # noqa: F811
     seen = watch(page)
-    page.goto(invite(d))
+    link = invite(d)
+    page.goto(link)
     shot(page, "01-set-password")
     page.fill("input[name=password]", PASSWORD)
     page.fill("input[name=repeat]", PASSWORD)
@@ -107,3 +111,12 @@ def test_invite_password_totp_domain_alias_then_delete_the_account(d: Daemon, pa
     assert page.context.cookies() == []
     assert seen.outside(base(d)) == [] and len(seen.requests) > 20
     assert seen.errors == []
+    # the request log: route patterns only (no token, no query string, no address), no full client IP;
+    # the account's own rows went with it
+    logged = db_rows(d, "SELECT route, client_net, account_id FROM http_log")
+    routes = {r["route"] for r in logged}
+    assert {"/set-password/{token}", "/login"} <= routes and {r["account_id"] for r in logged} == {None}
+    assert not any("?" in r or "@" in r or link.rsplit("/", 1)[1] in r for r in routes)
+    assert {r["client_net"] for r in logged} == {"127.0.0.0/24"}
+    assert link.rsplit("/", 1)[1] not in d.logs() and secret not in d.logs()
+    assert "not written" not in d.logs()  # the deleting request's row does not name the deleted account

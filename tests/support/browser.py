@@ -82,6 +82,7 @@ def watch(tab: Any) -> Watch:
 def shot(tab: Any, name: str, full_page: bool = True) -> Path:
     """Save a screenshot of `tab` as ARTIFACTS/<name>.png; return its path."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    tab.wait_for_load_state("load")
     path = ARTIFACTS / (re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + ".png")
     tab.screenshot(path=str(path), full_page=full_page)
     return path

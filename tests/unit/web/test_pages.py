@@ -149,9 +149,10 @@ def test_login_limits_count_per_client_network_and_per_account(tmp_path: Path) -
         b.headers = {"X-Forwarded-For": "198.51.100.7"}  # another network: B's own budget is left
         await b.login(B, PASSWORD, status=303)
 
-    run(tmp_path, scenario, http=HttpConfig(trusted_proxies=("127.0.0.1",)),
-        limits=LoginLimits(per_client_per_hour=5, per_account_per_hour=3, total_per_minute=100),
-        forwarded="192.0.2.1")
+    run(tmp_path, scenario, http=HttpConfig(trusted_proxies=("127.0.0.1",),
+                                            login_failures_per_client_per_hour=5,
+                                            login_failures_per_account_per_hour=3,
+                                            login_failures_total_per_minute=100), forwarded="192.0.2.1")
 
 
 def test_a_session_expires_and_logout_deletes_it(tmp_path: Path) -> None:
