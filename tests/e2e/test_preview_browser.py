@@ -24,6 +24,8 @@ from tests.support.hostile_html import PWNED, document
 from tests.support.outbound import OWNER, add_domain, queue_id, submit, wait_status
 from tests.support.smtp_sink import SmtpSink
 
+pytestmark = pytest.mark.slow  # a browser and a daemon: ~15-25 s
+
 PASSWORD = "a long enough password"
 HOSTILE_FROM, PLAIN_FROM = "news@keep.test", "note@gone.test"
 IMAGES = {"/img/remote.png", "/img/srcset-src.png", "/img/dyn.png", "/img/noscript.png"}
