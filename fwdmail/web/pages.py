@@ -16,7 +16,15 @@ from aiohttp import web
 from fwdmail.app import now, sessions, tenancy
 from fwdmail.app.weblogin import LoginLimits
 from fwdmail.runtime.context import Context
-from fwdmail.web import csrf, pages_aliases, pages_domains, pages_login, pages_security
+from fwdmail.web import (
+    csrf,
+    pages_aliases,
+    pages_domains,
+    pages_emails,
+    pages_login,
+    pages_logs,
+    pages_security,
+)
 from fwdmail.web.auth import ACCOUNT_KEY
 from fwdmail.web.pagebase import (
     FORM_KEY,
@@ -115,4 +123,5 @@ def setup(application: web.Application, ctx: Context) -> None:
     application.add_routes(pages_domains.routes())
     application.add_routes(pages_aliases.routes())
     application.add_routes(pages_security.routes())
+    application.add_routes(pages_emails.routes() + pages_logs.routes())
     application.router.add_static("/static", STATIC, name="static", append_version=False)

@@ -27,7 +27,8 @@ SECURITY_HEADERS = {
 }
 
 # (path, label): the "My Account" menu.
-NAV: list[tuple[str, str]] = [("/domains", "Domains"), ("/aliases", "Aliases"), ("/security", "Security")]
+NAV: list[tuple[str, str]] = [("/domains", "Domains"), ("/aliases", "Aliases"), ("/emails", "Emails"),
+                              ("/logs", "Logs"), ("/security", "Security")]
 
 environment = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(TEMPLATES)),
