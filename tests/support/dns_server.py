@@ -394,8 +394,7 @@ class LoopbackDNS:
         key = _norm(qname)
         with self._lock:
             self.queries.append((key, qtype))
-            if key in self._authenticated:
-                reply.header.ad = 1
+            reply.header.ad = int(key in self._authenticated)  # dnslib's reply() copies the query's AD
             failure = self._failures.get(key)
             if failure == "timeout":
                 return None
