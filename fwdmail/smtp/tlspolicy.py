@@ -31,6 +31,15 @@ log = logging.getLogger("fwdmail.delivery")
 Host = tuple[str, int]
 
 
+class TlsPolicyError(SmtpError):
+    """A delivery deferred by a TLS policy; `public` says so without naming the destination (for the
+    sending MTA on the MX path), the text names the policy, the domain and the host (error log, DSN)."""
+
+    def __init__(self, policy: str, text: str) -> None:
+        super().__init__(451, "4.7.5", text)
+        self.public = f"A destination's TLS policy ({policy}) was not met; will retry"
+
+
 @dataclass(frozen=True)
 class HostCheck:
     """What the TLS session with one server must show: `policy` names it in errors; `host` is the name
@@ -47,9 +56,9 @@ class HostCheck:
         """Connections are reused only between deliveries that check the same."""
         return f"{self.policy}|{self.host}|{self.enforce}|{hash(self.tlsa)}"
 
-    def failure(self, why: str) -> SmtpError:
-        return SmtpError(451, "4.7.5", f"{self.policy} policy of {self.domain}: TLS with {self.host} "
-                                       f"failed: {why}; will retry")
+    def failure(self, why: str) -> TlsPolicyError:
+        return TlsPolicyError(self.policy, f"{self.policy} policy of {self.domain}: TLS with {self.host} "
+                                           f"failed: {why}; will retry")
 
 
 def _is_ip(host: str) -> bool:
@@ -116,8 +125,8 @@ class TlsPolicy:
         if not plan:
             names = ", ".join(h[0] for h in hosts)
             log.warning("MTA-STS policy of %s (enforce): no listed MX among %s; deferred", domain, names)
-            return SmtpError(451, "4.7.5", f"MTA-STS policy of {domain}: no MX host it lists ({names}); "
-                                           "will retry")
+            return TlsPolicyError("MTA-STS", f"MTA-STS policy of {domain}: no MX host it lists ({names}); "
+                                             "will retry")
         return {h: plan[h] for h in hosts if h in plan}
 
     @staticmethod
