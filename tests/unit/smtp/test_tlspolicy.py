@@ -264,3 +264,14 @@ def test_a_routed_domain_is_opportunistic_unless_listed(dns_server: LoopbackDNS,
         (err,) = send(make(dns_server, sink, tmp_path, routes={"routed.test": sink.address},
                            policy={"routed.test": "verify"}), "routed.test")
     assert deferred_by(err, "verify", "127.0.0.1"), err
+
+
+def test_a_policy_over_64_kib_is_not_read(dns_server: LoopbackDNS, policies: PolicyServer, domain: str,
+                                          tmp_path: Path) -> None:
+    """Read whole it would be a valid enforce policy listing another MX; cut at the limit it is none."""
+    publish(dns_server, policies, domain, "enforce", [])
+    padding = "".join(f"x-pad{i}: {'p' * 60}\r\n" for i in range(1200))
+    policies.serve(domain, padding + policy_text("enforce", [f"*.elsewhere.{domain}"]))
+    with tls_sink("other.test") as sink:
+        assert send(make(dns_server, sink, tmp_path, policies), domain) == [None]
+    assert policies.fetches.count(domain) == 1
