@@ -364,7 +364,8 @@ class Delivery:
                 await conn.starttls(server_hostname=check.host, tls_context=self.tls.context(check))
             except ssl.SSLCertVerificationError as exc:
                 raise _PolicyFailure(check.failure(f"certificate not valid ({exc.verify_message})")) from exc
-            except (ssl.SSLError, aiosmtplib.SMTPResponseException) as exc:
+            except (ssl.SSLError, aiosmtplib.SMTPResponseException,
+                    aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
                 raise _PolicyFailure(check.failure("STARTTLS failed")) from exc
             if check.tlsa:
                 why = self.tls.dane_mismatch(check, conn.get_transport_info("ssl_object"))

@@ -21,7 +21,7 @@ from fwdmail.smtp.client import Delivery
 from fwdmail.smtp.replies import SmtpError
 from tests.support.dns_server import LoopbackDNS
 from tests.support.mtasts_server import PolicyServer, policy_text
-from tests.support.smtp_sink import SmtpSink
+from tests.support.smtp_sink import BREAK_TLS, SmtpSink
 from tests.support.tls import ca, ca_cert_file, server_cert_files, server_context
 
 MSG = b"From: a@src.test\r\nTo: b@dest.test\r\nSubject: hi\r\n\r\nhello\r\n"
@@ -275,3 +275,12 @@ def test_a_policy_over_64_kib_is_not_read(dns_server: LoopbackDNS, policies: Pol
     with tls_sink("other.test") as sink:
         assert send(make(dns_server, sink, tmp_path, policies), domain) == [None]
     assert policies.fetches.count(domain) == 1
+
+
+def test_a_broken_starttls_under_a_policy_names_it(dns_server: LoopbackDNS, domain: str,
+                                                   tmp_path: Path) -> None:
+    with tls_sink(f"mx.{domain}") as sink:
+        sink.behaviour.starttls = BREAK_TLS
+        (err,) = send(make(dns_server, sink, tmp_path, tls_policy="verify"), domain)
+        assert sink.messages == []
+    assert deferred_by(err, "verify", f"mx.{domain}") and err is not None and "STARTTLS" in err.text, err
