@@ -287,6 +287,9 @@ class DnsConfig:
         _positive(f"{key}.timeout", self.timeout)
 
 
+TLS_POLICIES = ("opportunistic", "mta-sts+dane", "verify")
+
+
 @dataclass(frozen=True)
 class DeliveryConfig:
     routes: dict[str, str] = field(default_factory=dict)
@@ -297,8 +300,24 @@ class DeliveryConfig:
     max_connections_per_host: int = 10
     idle_timeout: float = 30.0
     port: int = 25
+    # issue 17: TLS policy on delivery (MTA-STS, DANE)
+    tls_policy: str = "mta-sts+dane"
+    policy: dict[str, str] = field(default_factory=dict)
+    tls_ca_file: str = ""
+    mta_sts_timeout: float = 10.0
+    mta_sts_port: int = 443
 
     def validate(self, key: str) -> None:
+        for name, value in [("tls_policy", self.tls_policy),
+                            *((f'policy."{d}"', v) for d, v in self.policy.items())]:
+            if value not in TLS_POLICIES:
+                raise ConfigError(f"{key}.{name}: must be one of {', '.join(TLS_POLICIES)}, got {value!r}")
+        for dom in self.policy:
+            if dom != "*":
+                _hostname(f"{key}.policy", dom)
+        _positive(f"{key}.mta_sts_timeout", self.mta_sts_timeout)
+        if not 1 <= self.mta_sts_port <= 65535:
+            raise ConfigError(f"{key}.mta_sts_port: must be a TCP port, got {self.mta_sts_port}")
         for dom, target in self.routes.items():
             if dom != "*":
                 _hostname(f"{key}.routes", dom)
@@ -635,7 +654,10 @@ def from_dict(data: dict[str, Any], base: Path | None = None) -> Config:
         cfg = dataclasses.replace(
             cfg, data_dir=anchored(cfg.data_dir),
             tls=dataclasses.replace(cfg.tls, cert=anchored(cfg.tls.cert), key=anchored(cfg.tls.key)),
+            delivery=dataclasses.replace(cfg.delivery, tls_ca_file=anchored(cfg.delivery.tls_ca_file)),
         )
+    if cfg.delivery.tls_ca_file and not Path(cfg.delivery.tls_ca_file).is_file():
+        raise ConfigError(f"delivery.tls_ca_file: no such file: {cfg.delivery.tls_ca_file!r}")
     return cfg
 
 

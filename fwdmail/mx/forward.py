@@ -2,10 +2,11 @@
 
 Untrusted input: the message bytes an SMTP client on port 25 sent (header size, Received count, our
 loop marker), and the destinations' replies (masked: a reply quoted to the client or the error log names
-the alias, never the destination, and no other address or IP it echoes). The message lives in memory
-only, until the reply; a sender's retry after a 4xx does not reach the destinations that already took
-it (`DeliveredMemory`, keyed fingerprints), nor those another session is forwarding it to right now;
-with `[cluster] redis_url` neither on another node (`SharedDelivered`).
+the alias, never the destination, and no other address or IP it echoes; a TLS policy failure is quoted
+to the client without its destination's domain and host, which only the error log shows). The message
+lives in memory only, until the reply; a sender's retry after a 4xx does not reach the destinations that
+already took it (`DeliveredMemory`, keyed fingerprints), nor those another session is forwarding it to
+right now; with `[cluster] redis_url` neither on another node (`SharedDelivered`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from fwdmail.runtime.sharedstate import SharedUnavailable
 from fwdmail.smtp import replies
 from fwdmail.smtp.client import Content
 from fwdmail.smtp.replies import SmtpError
+from fwdmail.smtp.tlspolicy import TlsPolicyError
 
 __all__ = ["CLIENT_NOTE", "SRS_BOUNCE_ALIAS", "Forwarder", "Outcome"]
 
@@ -93,7 +95,8 @@ def _whole_reply(failures: list[_Failure], code: int, enhanced_class: str,
     masked as the address the client used, and its error-log row for each alias that failed."""
     g, d, e = failures[0].group, failures[0].destination, failures[0].error
     enhanced = e.enhanced_code if e.enhanced_code.startswith(enhanced_class) else f"{enhanced_class}0.0"
-    reply = SmtpError(code, enhanced, f"<{g.rcpt}>: {_mask(e.text, d, g.rcpt)}")
+    shown = e.public if isinstance(e, TlsPolicyError) else _mask(e.text, d, g.rcpt)
+    reply = SmtpError(code, enhanced, f"<{g.rcpt}>: {shown}")
     text = f"<{g.logged}>: {_mask(e.text, d, g.logged)}"
     aliases = sorted({(f.group.route.domain, f.group.route.alias) for f in failures})
     return reply, [ErrorRow(now, "inbound", dom, alias, reply.code, reply.enhanced_code, text)
