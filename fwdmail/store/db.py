@@ -28,6 +28,8 @@ from fwdmail.store.models import (
     HttpLog,
     Lease,
     Meta,
+    SenderRule,
+    WebhookKey,
     database,
     lookup_key,
 )
@@ -172,7 +174,13 @@ def _http_tables(db: pw.Database) -> None:
     db.create_tables([ApiToken, HttpLog])
 
 
-MIGRATIONS: list[Callable[[pw.Database], None]] = [_directory_lookups, _cluster, _http_tables]
+def _sender_lists_and_webhook_keys(db: pw.Database) -> None:
+    """issue 17: per-domain sender allow/deny lists and webhook signing keys."""
+    db.create_tables([SenderRule, WebhookKey], safe=True)
+
+
+MIGRATIONS: list[Callable[[pw.Database], None]] = [_directory_lookups, _cluster, _http_tables,
+                                                   _sender_lists_and_webhook_keys]
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
 
