@@ -1,0 +1,110 @@
+"""A forwarded message as the JSON body a webhook destination is POSTed.
+
+Untrusted input: the whole message (any bytes, broken MIME, unknown charsets). Header fields come from
+the one header scanner (`mail.headers`); the MIME tree from the standard library's parser, read
+leniently: a part that cannot be decoded is given with its bytes decoded as UTF-8 with replacement. An
+attachment over `max_attachment` bytes is listed with its size and SHA-256 but without its content. At
+most `MAX_PARTS` MIME parts are looked at. No I/O; the caller runs it off the event loop.
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import email.parser
+import email.policy
+import hashlib
+import json
+from dataclasses import dataclass
+from email.message import Message
+
+from fwdmail.mail import headers as header_section
+
+__all__ = ["MAX_PARTS", "Envelope", "payload"]
+
+MAX_PARTS = 1000
+
+
+@dataclass(frozen=True)
+class Envelope:
+    mail_from: str
+    rcpt_to: str  # the address the alias was reached at
+    alias: str
+
+
+def _text(raw: bytes) -> str:
+    return " ".join(raw.decode("utf-8", "replace").split())
+
+
+def _charset(part: Message) -> str:
+    name = part.get_content_charset() or "utf-8"
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        return "utf-8"
+
+
+def _decoded(part: Message) -> bytes:
+    try:
+        data = part.get_payload(decode=True)
+    except Exception:
+        data = None
+    if isinstance(data, bytes):
+        return data
+    raw = part.get_payload()
+    return raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else b""
+
+
+def _filename(part: Message) -> str | None:
+    try:
+        name = part.get_filename()
+    except Exception:
+        return None
+    return str(name) if name else None
+
+
+def _is_attachment(part: Message) -> bool:
+    disposition = str(part.get("Content-Disposition", "")).split(";", 1)[0].strip().lower()
+    return disposition == "attachment" or _filename(part) is not None
+
+
+def payload(message: bytes, envelope: Envelope, authserv_id: str, max_attachment: int,
+            received_at: str) -> bytes:
+    """The JSON (UTF-8) body for one webhook POST of `message` (the copy as forwarded: our Received and
+    Authentication-Results on top)."""
+    fields = header_section.raw_fields(message)
+    headers = [{"name": name.decode("ascii", "replace"), "value": _text(value)}
+               for name, value in fields if name]
+    ours = [h["value"] for h in headers if h["name"] == "authentication-results"
+            and h["value"].split(";", 1)[0].strip().lower() == authserv_id.lower()]
+    tree = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(message)
+    text: list[str] = []
+    html: list[str] = []
+    attachments: list[dict[str, object]] = []
+    for count, part in enumerate(tree.walk()):
+        if count >= MAX_PARTS:
+            break
+        if part.is_multipart():
+            continue
+        ctype = part.get_content_type()
+        if not _is_attachment(part) and ctype in ("text/plain", "text/html"):
+            body = _decoded(part).decode(_charset(part), "replace")
+            (text if ctype == "text/plain" else html).append(body)
+            continue
+        data = _decoded(part)
+        capped = len(data) > max_attachment
+        attachments.append({
+            "filename": _filename(part), "content_type": ctype, "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(), "truncated": capped,
+            "content": None if capped else base64.b64encode(data).decode("ascii"),
+        })
+    doc = {
+        "envelope": {"mail_from": envelope.mail_from, "rcpt_to": envelope.rcpt_to, "alias": envelope.alias},
+        "received_at": received_at,
+        "headers": headers,
+        "text": "\n".join(text) if text else None,
+        "html": "\n".join(html) if html else None,
+        "attachments": attachments,
+        "authentication_results": ours,
+    }
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")

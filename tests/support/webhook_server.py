@@ -1,0 +1,99 @@
+"""A loopback HTTPS server (trustme certificate) standing in for webhook destinations.
+
+Each path answers as told (`behave`: a list of statuses used in turn, the last one repeated, and a
+delay), and every request it receives is kept (`requests`), with its headers and exact body.
+"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from tests.support.tls import server_context
+
+__all__ = ["HookRequest", "WebhookServer"]
+
+
+@dataclass(frozen=True)
+class HookRequest:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class _Behaviour:
+    statuses: list[int] = field(default_factory=lambda: [200])
+    delay: float = 0.0
+    location: str = ""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        body = self.rfile.read(min(length, 64 * 1024 * 1024))
+        owner = self.server.owner
+        with owner.lock:
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            owner.requests.append(HookRequest(self.path, headers, body))
+            how = owner.behaviours.get(self.path, _Behaviour())
+            status = how.statuses.pop(0) if len(how.statuses) > 1 else how.statuses[0]
+        if how.delay:
+            time.sleep(how.delay)
+        self.send_response(status)
+        if how.location:
+            self.send_header("Location", how.location)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, format: str, *args: object) -> None:
+        return None
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    owner: WebhookServer
+
+
+class WebhookServer:
+    """`with WebhookServer(["hook.test"]) as hooks:`; `hooks.url(name, path)` is a URL for the daemon."""
+
+    def __init__(self, hostnames: Sequence[str] = ("hook.test",), host: str = "127.0.0.1") -> None:
+        self.lock = threading.Lock()
+        self.requests: list[HookRequest] = []
+        self.behaviours: dict[str, _Behaviour] = {}
+        self._server = _Server((host, 0), _Handler)
+        self._server.owner = self
+        tls: ssl.SSLContext = server_context(list(hostnames))
+        self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
+
+    def __enter__(self) -> WebhookServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+    def url(self, host: str, path: str) -> str:
+        return f"https://{host}:{self.port}{path}"
+
+    def behave(self, path: str, statuses: Sequence[int] = (200,), delay: float = 0.0,
+               location: str = "") -> None:
+        with self.lock:
+            self.behaviours[path] = _Behaviour(list(statuses), delay, location)
+
+    def received(self, path: str) -> list[HookRequest]:
+        with self.lock:
+            return [r for r in self.requests if r.path == path]
