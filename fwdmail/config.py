@@ -417,7 +417,6 @@ class WebhooksConfig:
     def validate(self, key: str) -> None:
         for name in ("timeout", "max_body_size", "max_attachment_size", "max_connections"):
             _positive(f"{key}.{name}", getattr(self, name))
-        _at_most(f"{key}.timeout", self.timeout, 600, "the sending MTA waits for the reply after DATA")
         if self.ca_file and Path(self.ca_file).is_absolute() and not Path(self.ca_file).is_file():
             raise ConfigError(f"{key}.ca_file: no such file {self.ca_file!r}")
 
