@@ -20,11 +20,19 @@ __all__ = ["Refused", "Unresolved", "non_public", "public_address"]
 
 _Ip = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-# Ranges `is_global` does not already exclude, or that embed an IPv4 address checked in its turn.
-_CGNAT = ipaddress.ip_network("100.64.0.0/10")
+# IANA special-purpose ranges, named here so the answer does not depend on the Python version's tables.
+_SPECIAL = tuple((name, ipaddress.ip_network(net)) for name, net in (
+    ("unspecified", "0.0.0.0/8"), ("private", "10.0.0.0/8"), ("carrier-grade NAT", "100.64.0.0/10"),
+    ("loopback", "127.0.0.0/8"), ("link-local", "169.254.0.0/16"), ("private", "172.16.0.0/12"),
+    ("IETF protocol", "192.0.0.0/24"), ("documentation", "192.0.2.0/24"), ("6to4 relay", "192.88.99.0/24"),
+    ("private", "192.168.0.0/16"), ("benchmarking", "198.18.0.0/15"), ("documentation", "198.51.100.0/24"),
+    ("documentation", "203.0.113.0/24"), ("multicast", "224.0.0.0/4"), ("reserved", "240.0.0.0/4"),
+    ("unspecified", "::/128"), ("loopback", "::1/128"), ("discard-only", "100::/64"),
+    ("IETF protocol", "2001::/23"), ("documentation", "2001:db8::/32"), ("documentation", "3fff::/20"),
+    ("unique-local", "fc00::/7"), ("link-local", "fe80::/10"), ("site-local", "fec0::/10"),
+    ("multicast", "ff00::/8"),
+))
 _NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
-_RELAY_6TO4 = ipaddress.ip_network("192.88.99.0/24")
-_UNIQUE_LOCAL = ipaddress.ip_network("fc00::/7")
 _MAX_ADDRESSES = 32
 
 
@@ -60,14 +68,13 @@ def non_public(addr: _Ip) -> str | None:
         if inner is not None:
             why = non_public(inner)
             return f"IPv6 embedding a {why} address" if why else None
+    special = next((name for name, net in _SPECIAL if addr.version == net.version and addr in net), None)
+    if special is not None:
+        return special
     checks = (
         ("unspecified", addr.is_unspecified), ("loopback", addr.is_loopback),
         ("link-local", addr.is_link_local), ("multicast", addr.is_multicast),
-        ("carrier-grade NAT", isinstance(addr, ipaddress.IPv4Address) and addr in _CGNAT),
-        ("6to4 relay", isinstance(addr, ipaddress.IPv4Address) and addr in _RELAY_6TO4),
-        ("unique-local", isinstance(addr, ipaddress.IPv6Address) and addr in _UNIQUE_LOCAL),
-        ("reserved", addr.is_reserved), ("private", addr.is_private),
-        ("non-global", not addr.is_global),
+        ("reserved", addr.is_reserved), ("private", addr.is_private), ("non-global", not addr.is_global),
     )
     return next((name for name, hit in checks if hit), None)
 
