@@ -28,7 +28,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from fwdmail import store
 from fwdmail.auth.resolver import async_resolver
-from fwdmail.config import Config
+from fwdmail.config import Config, ConfigError
 from fwdmail.mail.jsonmail import Envelope, payload
 from fwdmail.policy import ssrf
 from fwdmail.runtime.executor import Blocking
@@ -75,7 +75,11 @@ class WebhookClient:
         self.resolver = async_resolver(config.dns)
         self.tls = ssl.create_default_context()
         if self.cfg.ca_file:
-            self.tls.load_verify_locations(cafile=self.cfg.ca_file)
+            try:
+                self.tls.load_verify_locations(cafile=self.cfg.ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"webhooks.ca_file: cannot load {self.cfg.ca_file!r}: "
+                                  f"{getattr(exc, 'strerror', None) or exc}") from None
         self._slots = asyncio.Semaphore(self.cfg.max_connections)
 
     async def _key(self, domain: str) -> str:
