@@ -7,7 +7,10 @@ import base64
 import hashlib
 import hmac
 import json
+import pathlib
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 
@@ -205,3 +208,29 @@ def test_ip_literal_loopback_is_refused(strict_mx: Daemon, hooks: WebhookServer)
     out = send(strict_mx, "sender@src.test", [alias_to(strict_mx, hooks.url("127.0.0.1", p))], message())
     assert out.code == 550 and "loopback" in out.text, out.text
     assert hooks.received(p) == []
+
+
+def test_import_and_the_api_take_webhook_destinations(mx: Daemon, hooks: WebhookServer,
+                                                      tmp_path: pathlib.Path) -> None:
+    by_import, by_api = path(), path()
+    listing = tmp_path / "virtual"
+    listing.write_text(f"imported@hooks.test {hooks.url(HOOK, by_import)}, someone@dest.test\n")
+    cli(mx, "alias", "import", str(listing))
+    token = json.loads(cli(mx, "account", "token", "owner@owner.test", "--json").stdout)["token"]
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{mx.http_port}/v1/domains/hooks.test/aliases", method="POST",
+        data=json.dumps({"address": "viaapi", "destinations": [hooks.url(HOOK, by_api)]}).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.status == 201
+    assert send(mx, "sender@src.test", ["viaapi@hooks.test"], message()).code == 250
+    assert len(hooks.received(by_api)) == 1
+    refused = urllib.request.Request(
+        f"http://127.0.0.1:{mx.http_port}/v1/domains/hooks.test/aliases", method="POST",
+        data=json.dumps({"address": "plain", "destinations": ["http://hook.test/x"]}).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(refused, timeout=30)
+    assert err.value.code == 400 and b"only https://" in err.value.read()
+    exported = cli(mx, "alias", "export", "--domain", "hooks.test").stdout
+    assert hooks.url(HOOK, by_import) in exported
