@@ -4,6 +4,7 @@ name the loopback DNS server resolves; the signature is checked with the key the
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import hashlib
 import hmac
 import json
@@ -41,7 +42,7 @@ def mx(tmp_path_factory: pytest.TempPathFactory, dns_server: LoopbackDNS) -> Ite
     d = start_daemon(tmp, {
         "dns": {"nameservers": [dns_server.address]},
         "webhooks": {"allow_private": True, "ca_file": str(ca_cert_file(tmp / "ca")), "timeout": 2,
-                     "max_attachment_size": 1000},
+                     "max_attachment_size": 1000, "max_connections": 2},
         "abuse": {"max_messages_per_ip_per_minute": 10_000},
     }, SETUP)
     yield d
@@ -234,3 +235,18 @@ def test_import_and_the_api_take_webhook_destinations(mx: Daemon, hooks: Webhook
     assert err.value.code == 400 and b"only https://" in err.value.read()
     exported = cli(mx, "alias", "export", "--domain", "hooks.test").stdout
     assert hooks.url(HOOK, by_import) in exported
+
+
+def test_posts_in_flight_are_capped_in_all(mx: Daemon, hooks: WebhookServer) -> None:
+    paths = [path() for _ in range(4)]
+    rcpts = []
+    for p in paths:
+        hooks.behave(p, [200], delay=1)
+        rcpts.append(alias_to(mx, hooks.url(HOOK, p)))
+    with hooks.lock:
+        hooks.most_in_flight = 0
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda r: send(mx, f"s{r[:4]}@src.test", [r], message()), rcpts))
+    assert [o.code for o in outs] == [250] * 4
+    assert all(len(hooks.received(p)) == 1 for p in paths)
+    assert hooks.most_in_flight == 2  # [webhooks] max_connections

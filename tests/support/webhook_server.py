@@ -40,12 +40,16 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(min(length, 64 * 1024 * 1024))
         owner = self.server.owner
         with owner.lock:
+            owner.in_flight += 1
+            owner.most_in_flight = max(owner.most_in_flight, owner.in_flight)
             headers = {k.lower(): v for k, v in self.headers.items()}
             owner.requests.append(HookRequest(self.path, headers, body))
             how = owner.behaviours.get(self.path, _Behaviour())
             status = how.statuses.pop(0) if len(how.statuses) > 1 else how.statuses[0]
         if how.delay:
             time.sleep(how.delay)
+        with owner.lock:
+            owner.in_flight -= 1
         self.send_response(status)
         if how.location:
             self.send_header("Location", how.location)
@@ -69,6 +73,8 @@ class WebhookServer:
         self.lock = threading.Lock()
         self.requests: list[HookRequest] = []
         self.behaviours: dict[str, _Behaviour] = {}
+        self.in_flight = 0
+        self.most_in_flight = 0  # requests being answered at once, at most so far
         self._server = _Server((host, 0), _Handler)
         self._server.owner = self
         tls: ssl.SSLContext = server_context(list(hostnames))
