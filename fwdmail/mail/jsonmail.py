@@ -3,8 +3,11 @@
 Untrusted input: the whole message (any bytes, broken MIME, unknown charsets). Header fields come from
 the one header scanner (`mail.headers`); the MIME tree from the standard library's parser, read
 leniently: a part that cannot be decoded is given with its bytes decoded as UTF-8 with replacement. An
-attachment over `max_attachment` bytes is listed with its size and SHA-256 but without its content. At
-most `MAX_PARTS` MIME parts are looked at. No I/O; the caller runs it off the event loop.
+attachment over `max_attachment` bytes is listed with its size and SHA-256 but without its content. A
+message with more than about `MAX_PARTS` boundary lines or `MAX_MULTIPARTS` multipart containers
+(counted before parsing, so the parser's CPU time stays bounded), or that the parser fails on, is not
+taken apart: it is sent whole as `raw` (within the same cap), with `"mime_parsed": false`. No I/O; the
+caller runs it off the event loop.
 """
 
 from __future__ import annotations
@@ -15,14 +18,17 @@ import email.parser
 import email.policy
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from email.message import Message
 
 from fwdmail.mail import headers as header_section
 
-__all__ = ["MAX_PARTS", "Envelope", "payload"]
+__all__ = ["MAX_MULTIPARTS", "MAX_PARTS", "Envelope", "payload"]
 
 MAX_PARTS = 1000
+MAX_MULTIPARTS = 50  # containers (each may nest in the one before): the parser's time grows with depth
+_MULTIPART = re.compile(rb"multipart/", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -68,19 +74,16 @@ def _is_attachment(part: Message) -> bool:
     return disposition == "attachment" or _filename(part) is not None
 
 
-def payload(message: bytes, envelope: Envelope, authserv_id: str, max_attachment: int,
-            received_at: str) -> bytes:
-    """The JSON (UTF-8) body for one webhook POST of `message` (the copy as forwarded: our Received and
-    Authentication-Results on top)."""
-    fields = header_section.raw_fields(message)
-    headers = [{"name": name.decode("ascii", "replace"), "value": _text(value)}
-               for name, value in fields if name]
-    ours = [h["value"] for h in headers if h["name"] == "authentication-results"
-            and h["value"].split(";", 1)[0].strip().lower() == authserv_id.lower()]
+def _attachment(name: str | None, ctype: str, data: bytes, max_attachment: int) -> dict[str, object]:
+    capped = len(data) > max_attachment
+    return {"filename": name, "content_type": ctype, "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(), "truncated": capped,
+            "content": None if capped else base64.b64encode(data).decode("ascii")}
+
+
+def _parts(message: bytes, max_attachment: int, text: list[str], html: list[str],
+           attachments: list[dict[str, object]]) -> None:
     tree = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(message)
-    text: list[str] = []
-    html: list[str] = []
-    attachments: list[dict[str, object]] = []
     for count, part in enumerate(tree.walk()):
         if count >= MAX_PARTS:
             break
@@ -91,13 +94,29 @@ def payload(message: bytes, envelope: Envelope, authserv_id: str, max_attachment
             body = _decoded(part).decode(_charset(part), "replace")
             (text if ctype == "text/plain" else html).append(body)
             continue
-        data = _decoded(part)
-        capped = len(data) > max_attachment
-        attachments.append({
-            "filename": _filename(part), "content_type": ctype, "size": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(), "truncated": capped,
-            "content": None if capped else base64.b64encode(data).decode("ascii"),
-        })
+        attachments.append(_attachment(_filename(part), ctype, _decoded(part), max_attachment))
+
+
+def payload(message: bytes, envelope: Envelope, authserv_id: str, max_attachment: int,
+            received_at: str) -> bytes:
+    """The JSON (UTF-8) body for one webhook POST of `message` (the copy as forwarded: our Received and
+    Authentication-Results on top)."""
+    fields = header_section.raw_fields(message)
+    headers = [{"name": name.decode("ascii", "replace"), "value": _text(value)}
+               for name, value in fields if name]
+    ours = [h["value"] for h in headers if h["name"] == "authentication-results"
+            and h["value"].split(";", 1)[0].strip().lower() == authserv_id.lower()]
+    text: list[str] = []
+    html: list[str] = []
+    attachments: list[dict[str, object]] = []
+    parsed = (message.count(b"\n--") <= 2 * MAX_PARTS  # a boundary line opens and closes each part
+              and len(_MULTIPART.findall(message, 0, len(message))) <= MAX_MULTIPARTS)
+    if parsed:
+        try:
+            _parts(message, max_attachment, text, html, attachments)
+        except Exception:  # RecursionError: nested deeper than the parser goes
+            parsed = False
+            text, html, attachments = [], [], []
     doc = {
         "envelope": {"mail_from": envelope.mail_from, "rcpt_to": envelope.rcpt_to, "alias": envelope.alias},
         "received_at": received_at,
@@ -106,5 +125,8 @@ def payload(message: bytes, envelope: Envelope, authserv_id: str, max_attachment
         "html": "\n".join(html) if html else None,
         "attachments": attachments,
         "authentication_results": ours,
+        "mime_parsed": parsed,
     }
+    if not parsed:  # too many parts or too deep to take apart: the whole message, as an attachment is
+        doc["raw"] = _attachment(None, "message/rfc822", message, max_attachment)
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")

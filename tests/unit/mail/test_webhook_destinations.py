@@ -3,12 +3,14 @@ JSON body built from a message, whatever its MIME."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 
 import pytest
 
 from fwdmail.mail.addresses import AddressError, parse_destinations
-from fwdmail.mail.jsonmail import Envelope, payload
+from fwdmail.mail.jsonmail import MAX_MULTIPARTS, MAX_PARTS, Envelope, payload
 
 
 def test_urls_and_addresses_mix_and_urls_keep_their_case_past_the_host() -> None:
@@ -42,3 +44,21 @@ def test_payload_of_broken_mime_and_unknown_charset_is_still_json() -> None:
     png, pdf = doc["attachments"]
     assert png["content_type"] == "image/png" and png["sha256"]
     assert pdf["filename"] == "r.pdf" and pdf["truncated"] is True and pdf["content"] is None
+
+
+def _nested(depth: int) -> bytes:
+    levels = (b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n" % (i, i) for i in range(depth))
+    return b"Subject: x\r\n" + b"".join(levels) + b"hi\r\n"
+
+
+@pytest.mark.parametrize(("msg", "parsed"), [
+    (_nested(MAX_MULTIPARTS), True), (_nested(MAX_MULTIPARTS + 1), False), (_nested(5000), False),
+    (b"Content-Type: multipart/mixed; boundary=B\r\n\r\n" + b"--B\r\n\r\nx\r\n" * (2 * MAX_PARTS + 1), False),
+])
+def test_mime_too_deep_or_too_many_parts_is_sent_whole_instead_of_parsed(msg: bytes, parsed: bool) -> None:
+    doc = json.loads(payload(msg, Envelope("s@src.test", "a@us.test", "a@us.test"), "mx.us.test", 10**7, "T"))
+    assert doc["mime_parsed"] is parsed
+    if not parsed:
+        assert doc["attachments"] == [] and doc["text"] is None
+        assert base64.b64decode(doc["raw"]["content"]) == msg
+        assert doc["raw"]["sha256"] == hashlib.sha256(msg).hexdigest()
