@@ -409,7 +409,7 @@ class WebhooksConfig:
 
     allow_private: bool = False
     timeout: float = 30.0
-    max_body_size: int = 65536
+    max_body_size: int = 100 * 1024 * 1024
     max_attachment_size: int = 10 * 1024 * 1024
     max_connections: int = 20
     ca_file: str = ""

@@ -6,8 +6,9 @@ leniently: a part that cannot be decoded is given with its bytes decoded as UTF-
 attachment over `max_attachment` bytes is listed with its size and SHA-256 but without its content. A
 message with more than about `MAX_PARTS` boundary lines or `MAX_MULTIPARTS` multipart containers
 (counted before parsing, so the parser's CPU time stays bounded), or that the parser fails on, is not
-taken apart: it is sent whole as `raw` (within the same cap), with `"mime_parsed": false`. No I/O; the
-caller runs it off the event loop.
+taken apart: it is sent whole as `raw` (within the same cap), with `"mime_parsed": false`. A body over
+`max_body` bytes drops attachment contents, largest first, until it fits. No I/O; the caller runs it off
+the event loop.
 """
 
 from __future__ import annotations
@@ -24,11 +25,15 @@ from email.message import Message
 
 from fwdmail.mail import headers as header_section
 
-__all__ = ["MAX_MULTIPARTS", "MAX_PARTS", "Envelope", "payload"]
+__all__ = ["MAX_MULTIPARTS", "MAX_PARTS", "Envelope", "TooBig", "payload"]
 
 MAX_PARTS = 1000
 MAX_MULTIPARTS = 50  # containers (each may nest in the one before): the parser's time grows with depth
 _MULTIPART = re.compile(rb"multipart/", re.IGNORECASE)
+
+
+class TooBig(ValueError):
+    """The message's JSON does not fit the body limit even without any attachment's content."""
 
 
 @dataclass(frozen=True)
@@ -98,9 +103,9 @@ def _parts(message: bytes, max_attachment: int, text: list[str], html: list[str]
 
 
 def payload(message: bytes, envelope: Envelope, authserv_id: str, max_attachment: int,
-            received_at: str) -> bytes:
+            received_at: str, max_body: int = 1 << 62) -> bytes:
     """The JSON (UTF-8) body for one webhook POST of `message` (the copy as forwarded: our Received and
-    Authentication-Results on top)."""
+    Authentication-Results on top), at most `max_body` bytes (see `_fitted`)."""
     fields = header_section.raw_fields(message)
     headers = [{"name": name.decode("ascii", "replace"), "value": _text(value)}
                for name, value in fields if name]
@@ -129,4 +134,28 @@ def payload(message: bytes, envelope: Envelope, authserv_id: str, max_attachment
     }
     if not parsed:  # too many parts or too deep to take apart: the whole message, as an attachment is
         doc["raw"] = _attachment(None, "message/rfc822", message, max_attachment)
+    return _fitted(doc, [*attachments, *([doc["raw"]] if not parsed else [])], max_body)
+
+
+def _encoded(doc: dict[str, object]) -> bytes:
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
+
+
+def _fitted(doc: dict[str, object], parts: list[dict[str, object]], max_body: int) -> bytes:
+    """`doc` encoded, with attachment contents dropped (largest first) until it fits `max_body` bytes;
+    raises TooBig if it does not fit even without them."""
+    body = _encoded(doc)
+    excess = len(body) - max_body
+    if excess <= 0:
+        return body
+    carried = sorted((p for p in parts if isinstance(p["content"], str)),
+                     key=lambda p: -len(str(p["content"])))
+    for part in carried:
+        if excess <= 0:
+            break
+        excess -= len(str(part["content"]))
+        part["content"], part["truncated"] = None, True
+    body = _encoded(doc)
+    if len(body) > max_body:
+        raise TooBig(f"{len(body)} bytes without attachment contents")
+    return body

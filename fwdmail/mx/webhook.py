@@ -3,8 +3,9 @@
 Untrusted input: the webhook URL (an alias owner wrote it: its host is checked by `policy.ssrf` and the
 connection goes to the address checked, with TLS verified against the host name), and the hook's
 answer: its status decides (2xx accepted; 5xx, 408, 429, a timeout or a broken connection temporary;
-anything else, redirects included, which are never followed, permanent) and at most `max_body_size`
-bytes of its body are read, then dropped. Nothing of the message is stored; no log line names the URL.
+anything else, redirects included, which are never followed, permanent); its body is never read: the
+connection is dropped once the status is in. The JSON POSTed is at most `max_body_size` bytes. Nothing
+of the message is stored; no log line names the URL.
 
 The body is signed: `X-Webhook-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>." + body>`, keyed
 with the domain's webhook key as `fwdmail domain webhook-key` prints it (made on first use).
@@ -29,7 +30,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from fwdmail import store
 from fwdmail.auth.resolver import async_resolver
 from fwdmail.config import Config, ConfigError
-from fwdmail.mail.jsonmail import Envelope, payload
+from fwdmail.mail.jsonmail import Envelope, TooBig, payload
 from fwdmail.policy import ssrf
 from fwdmail.runtime.executor import Blocking
 from fwdmail.smtp import replies
@@ -96,7 +97,9 @@ class WebhookClient:
             key = await self._key(domain)
             body = await self.blocking.cpu_for(len(message))(
                 payload, message, envelope, self.hostname, self.cfg.max_attachment_size,
-                store.utcnow().isoformat(timespec="seconds") + "Z")
+                store.utcnow().isoformat(timespec="seconds") + "Z", self.cfg.max_body_size)
+        except TooBig:
+            return dict.fromkeys(urls, replies.WEBHOOK_TOO_BIG)
         except Exception as exc:
             log.warning("webhook message not prepared: %s", type(exc).__name__)
             return dict.fromkeys(urls, replies.WEBHOOK_TEMPFAIL)
@@ -132,7 +135,8 @@ class WebhookClient:
             async with aiohttp.ClientSession(**session_args) as session, session.post(
                     target, data=body, headers=headers, allow_redirects=False) as resp:
                 status = resp.status
-                await resp.content.read(self.cfg.max_body_size)
+                if resp.connection is not None and resp.connection.transport is not None:
+                    resp.connection.transport.abort()  # the status decides; a TLS close would read on
         except TimeoutError:
             return replies.WEBHOOK_TEMPFAIL.with_text(
                 "Webhook destination did not answer in time, try again later")

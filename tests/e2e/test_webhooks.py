@@ -42,7 +42,7 @@ def mx(tmp_path_factory: pytest.TempPathFactory, dns_server: LoopbackDNS) -> Ite
     d = start_daemon(tmp, {
         "dns": {"nameservers": [dns_server.address]},
         "webhooks": {"allow_private": True, "ca_file": str(ca_cert_file(tmp / "ca")), "timeout": 2,
-                     "max_attachment_size": 1000, "max_connections": 2},
+                     "max_attachment_size": 1000, "max_connections": 2, "max_body_size": 20_000},
         "abuse": {"max_messages_per_ip_per_minute": 10_000},
     }, SETUP)
     yield d
@@ -250,3 +250,26 @@ def test_posts_in_flight_are_capped_in_all(mx: Daemon, hooks: WebhookServer) -> 
     assert [o.code for o in outs] == [250] * 4
     assert all(len(hooks.received(p)) == 1 for p in paths)
     assert hooks.most_in_flight == 2  # [webhooks] max_connections
+
+
+def test_a_huge_answer_is_not_read_to_its_end(mx: Daemon, hooks: WebhookServer) -> None:
+    p = path()
+    hooks.behave(p, [200], answer_bytes=200 * 1024 * 1024)
+    out = send(mx, "sender@src.test", [alias_to(mx, hooks.url(HOOK, p))], message())
+    assert out.code == 250, out.text
+    assert len(hooks.received(p)) == 1
+    deadline = time.monotonic() + 30
+    while p not in hooks.answer_sent and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert hooks.answer_sent[p] < 50 * 1024 * 1024  # the MX hung up once the status was in
+
+
+def test_a_message_too_big_for_the_body_limit_is_refused_once_attachments_are_left_out(
+        mx: Daemon, hooks: WebhookServer) -> None:
+    p = path()
+    rcpt = alias_to(mx, hooks.url(HOOK, p))
+    fits = send(mx, "sender@src.test", [rcpt], multipart(b"a" * 900))  # well under max_body_size
+    assert fits.code == 250
+    too_big = send(mx, "sender@src.test", [rcpt], message(body=b"x" * 30_000 + b"\r\n"))
+    assert too_big.code == 552 and "too big" in too_big.text, too_big.text
+    assert len(hooks.received(p)) == 1

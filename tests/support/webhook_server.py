@@ -6,6 +6,7 @@ delay), and every request it receives is kept (`requests`), with its headers and
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import threading
 import time
@@ -30,6 +31,7 @@ class _Behaviour:
     statuses: list[int] = field(default_factory=lambda: [200])
     delay: float = 0.0
     location: str = ""
+    answer_bytes: int = 2
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -53,9 +55,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         if how.location:
             self.send_header("Location", how.location)
-        self.send_header("Content-Length", "2")
+        self.send_header("Content-Length", str(how.answer_bytes))
         self.end_headers()
-        self.wfile.write(b"ok")
+        chunk = b"o" * 65536
+        sent = 0
+        with contextlib.suppress(OSError):  # a client that read enough hangs up
+            while sent < how.answer_bytes:
+                self.wfile.write(chunk[:how.answer_bytes - sent])
+                sent += min(len(chunk), how.answer_bytes - sent)
+        with owner.lock:
+            owner.answer_sent[self.path] = sent
 
     def log_message(self, format: str, *args: object) -> None:
         return None
@@ -75,6 +84,7 @@ class WebhookServer:
         self.behaviours: dict[str, _Behaviour] = {}
         self.in_flight = 0
         self.most_in_flight = 0  # requests being answered at once, at most so far
+        self.answer_sent: dict[str, int] = {}  # path -> answer bytes written before the client hung up
         self._server = _Server((host, 0), _Handler)
         self._server.owner = self
         tls: ssl.SSLContext = server_context(list(hostnames))
@@ -96,9 +106,9 @@ class WebhookServer:
         return f"https://{host}:{self.port}{path}"
 
     def behave(self, path: str, statuses: Sequence[int] = (200,), delay: float = 0.0,
-               location: str = "") -> None:
+               location: str = "", answer_bytes: int = 2) -> None:
         with self.lock:
-            self.behaviours[path] = _Behaviour(list(statuses), delay, location)
+            self.behaviours[path] = _Behaviour(list(statuses), delay, location, answer_bytes)
 
     def received(self, path: str) -> list[HookRequest]:
         with self.lock:

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from fwdmail.mail.addresses import AddressError, parse_destinations
-from fwdmail.mail.jsonmail import MAX_MULTIPARTS, MAX_PARTS, Envelope, payload
+from fwdmail.mail.jsonmail import MAX_MULTIPARTS, MAX_PARTS, Envelope, TooBig, payload
 
 
 def test_urls_and_addresses_mix_and_urls_keep_their_case_past_the_host() -> None:
@@ -62,3 +62,17 @@ def test_mime_too_deep_or_too_many_parts_is_sent_whole_instead_of_parsed(msg: by
         assert doc["attachments"] == [] and doc["text"] is None
         assert base64.b64decode(doc["raw"]["content"]) == msg
         assert doc["raw"]["sha256"] == hashlib.sha256(msg).hexdigest()
+
+
+def test_attachment_contents_are_left_out_largest_first_until_the_body_fits() -> None:
+    atts = b"".join(b"--B\r\nContent-Type: application/x\r\nContent-Disposition: attachment; filename=f%d\r\n"
+                    b"\r\n" % n + b"z" * size + b"\r\n" for n, size in enumerate((3000, 1000, 2000)))
+    msg = b"Content-Type: multipart/mixed; boundary=B\r\n\r\n" + atts + b"--B--\r\n"
+    env = Envelope("s@src.test", "a@us.test", "a@us.test")
+    whole = payload(msg, env, "mx.us.test", 10**6, "T")
+    trimmed = payload(msg, env, "mx.us.test", 10**6, "T", max_body=len(whole) - 3000)
+    assert len(trimmed) <= len(whole) - 3000
+    kept = {a["filename"]: a["content"] is not None for a in json.loads(trimmed)["attachments"]}
+    assert kept == {"f0": False, "f1": True, "f2": True}
+    with pytest.raises(TooBig):
+        payload(msg, env, "mx.us.test", 10**6, "T", max_body=500)
