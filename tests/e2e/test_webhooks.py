@@ -273,3 +273,16 @@ def test_a_message_too_big_for_the_body_limit_is_refused_once_attachments_are_le
     too_big = send(mx, "sender@src.test", [rcpt], message(body=b"x" * 30_000 + b"\r\n"))
     assert too_big.code == 552 and "too big" in too_big.text, too_big.text
     assert len(hooks.received(p)) == 1
+
+
+def test_the_host_is_resolved_once_and_the_checked_address_connected_to(
+        mx: Daemon, dns_server: LoopbackDNS, hooks: WebhookServer) -> None:
+    name = "other-hook.test"  # in the hook server's certificate; used by this test alone
+    dns_server.add(name, "A", "127.0.0.1", ttl=0)  # no caching: a second lookup would show
+    p = path()
+    rcpt = alias_to(mx, hooks.url(name, p))
+    asked_before = len(dns_server.queries)
+    assert send(mx, "sender@src.test", [rcpt], message()).code == 250
+    asked = [q for q in dns_server.queries[asked_before:] if q[0].rstrip(".") == name]
+    assert sorted(t for _, t in asked) == ["A", "AAAA"]
+    assert len(hooks.received(p)) == 1
