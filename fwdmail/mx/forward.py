@@ -180,8 +180,9 @@ class Forwarder:
                 continue
             group = groups.setdefault(acc.route.alias, _Group(acc.route, acc.rcpt))
             for dest in acc.route.destinations:
-                if dest.lower() not in taken:
-                    taken.add(dest.lower())
+                key = dest if is_webhook(dest) else dest.lower()  # a URL's path and query keep their case
+                if key not in taken:
+                    taken.add(key)
                     group.destinations.append(dest)
         return list(groups.values())
 
