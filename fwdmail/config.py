@@ -474,6 +474,24 @@ class ClusterConfig:
                               f"got {self.redis_prefix[:80]!r}")
 
 
+@dataclass(frozen=True)
+class WebhooksConfig:
+    """issue 17: how the MX POSTs to webhook destinations."""
+
+    allow_private: bool = False
+    timeout: float = 30.0
+    max_body_size: int = 100 * 1024 * 1024
+    max_attachment_size: int = 10 * 1024 * 1024
+    max_connections: int = 20
+    ca_file: str = ""
+
+    def validate(self, key: str) -> None:
+        for name in ("timeout", "max_body_size", "max_attachment_size", "max_connections"):
+            _positive(f"{key}.{name}", getattr(self, name))
+        if self.ca_file and Path(self.ca_file).is_absolute() and not Path(self.ca_file).is_file():
+            raise ConfigError(f"{key}.ca_file: no such file {self.ca_file!r}")
+
+
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 
 
@@ -499,6 +517,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
 
     def validate(self, key: str = "") -> None:
         if self.log_level not in ("debug", "info", "warning", "error"):
@@ -655,6 +674,7 @@ def from_dict(data: dict[str, Any], base: Path | None = None) -> Config:
             cfg, data_dir=anchored(cfg.data_dir),
             tls=dataclasses.replace(cfg.tls, cert=anchored(cfg.tls.cert), key=anchored(cfg.tls.key)),
             delivery=dataclasses.replace(cfg.delivery, tls_ca_file=anchored(cfg.delivery.tls_ca_file)),
+            webhooks=dataclasses.replace(cfg.webhooks, ca_file=anchored(cfg.webhooks.ca_file)),
         )
     if cfg.delivery.tls_ca_file and not Path(cfg.delivery.tls_ca_file).is_file():
         raise ConfigError(f"delivery.tls_ca_file: no such file: {cfg.delivery.tls_ca_file!r}")

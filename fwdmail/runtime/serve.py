@@ -22,6 +22,7 @@ from fwdmail.mx.service import MxService
 from fwdmail.mx.workers import worker_command
 from fwdmail.policy.limits import AbusePolicy
 from fwdmail.policy.sender_auth import SenderAuthPolicy
+from fwdmail.policy.senderlists import SenderListPolicy
 from fwdmail.queue.service import QueueService
 from fwdmail.retention.scheduler import RetentionScheduler
 from fwdmail.runtime.context import Context, StartupError
@@ -81,7 +82,8 @@ def build_services(ctx: Context, config_file: str | None = None, mx_worker_fd: i
     """The daemon's services in start order (an MX worker process runs only the MX); `web` makes the
     HTTP listener, started after the SMTP listeners, and is told of every listener's state."""
     state = listeners or ListenerState()
-    policies = [AbusePolicy(ctx), SenderAuthPolicy(ctx)]
+    senders = SenderListPolicy(ctx)  # first: the others read which domains allow the sender
+    policies = [senders, AbusePolicy(ctx, senders=senders.cache), SenderAuthPolicy(ctx)]
     if mx_worker_fd is not None:
         return [MxService(ctx, policies, inbox_fd=mx_worker_fd)]
     queue = QueueService(ctx)  # its start() takes back claims of a crashed run, then starts the workers

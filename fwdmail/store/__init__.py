@@ -135,6 +135,17 @@ from fwdmail.store.retention import (
     take_lease,
     wal_checkpoint,
 )
+from fwdmail.store.senderlists import (
+    SENDER_RULE_KINDS,
+    SenderRuleRecord,
+    add_sender_rules,
+    any_allow_rules,
+    domain_sender_rules,
+    list_sender_rules,
+    remove_sender_rules,
+    set_webhook_key,
+    webhook_key,
+)
 from fwdmail.store.sessions import (
     LoginState,
     SessionRecord,

@@ -30,6 +30,8 @@ from fwdmail.store.models import (
     Lease,
     LoginLink,
     Meta,
+    SenderRule,
+    WebhookKey,
     WebSession,
     database,
     lookup_key,
@@ -180,7 +182,13 @@ def _web_logins(db: pw.Database) -> None:
     db.create_tables([AccountLogin, WebSession, LoginLink], safe=True)
 
 
-MIGRATIONS: list[Callable[[pw.Database], None]] = [_directory_lookups, _cluster, _http_tables, _web_logins]
+def _sender_lists_and_webhook_keys(db: pw.Database) -> None:
+    """issue 17: per-domain sender allow/deny lists and webhook signing keys."""
+    db.create_tables([SenderRule, WebhookKey], safe=True)
+
+
+MIGRATIONS: list[Callable[[pw.Database], None]] = [_directory_lookups, _cluster, _http_tables,
+                                                   _web_logins, _sender_lists_and_webhook_keys]
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
 

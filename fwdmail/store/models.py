@@ -224,8 +224,30 @@ class LoginLink(BaseModel):
     expires_at = pw.DateTimeField(index=True)
 
 
+# issue 17: sender allow/deny lists and webhook signing keys, per domain
+
+class SenderRule(BaseModel):
+    """One entry of a domain's sender allow or deny list: an address, `@domain`, IP or CIDR."""
+
+    domain = pw.ForeignKeyField(Domain, backref="sender_rules", on_delete="CASCADE")
+    kind = pw.CharField()  # allow | deny
+    pattern = pw.CharField()
+    created_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("domain", "kind", "pattern"), True),)
+
+
+class WebhookKey(BaseModel):
+    """The key a domain's webhook POSTs are signed with (HMAC-SHA256), as `domain webhook-key` prints it."""
+
+    domain = pw.ForeignKeyField(Domain, backref="webhook_keys", on_delete="CASCADE", unique=True)
+    key = pw.CharField()
+    created_at = pw.DateTimeField(default=utcnow)
+
+
 ALL_MODELS: list[type[BaseModel]] = [
     Meta, Account, Domain, Alias, DirectoryChange, Lease, OutboundEmail, OutboundRecipient, SmtpErrorLog,
     AbuseEvent, ApiToken, HttpLog,
-    AccountLogin, WebSession, LoginLink,
+    AccountLogin, WebSession, LoginLink, SenderRule, WebhookKey,
 ]
