@@ -22,6 +22,7 @@ from fwdmail.store.bulk import (
     iter_aliases,
     undo_import,
 )
+from fwdmail.store.copy import TableCopy, TargetNotEmpty, copy_to
 from fwdmail.store.db import (
     SCHEMA_VERSION,
     StoreError,

@@ -1,0 +1,25 @@
+"""`fwdmail db copy`: moving a single-node SQLite install to PostgreSQL in one command.
+
+Handles the target URL the admin typed: checked by the same rules as `[database] url`, and quoted in
+messages only with its password replaced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fwdmail import store
+from fwdmail.config import Config, DatabaseConfig
+from fwdmail.store import TableCopy, TargetNotEmpty
+
+__all__ = ["TableCopy", "TargetNotEmpty", "copy_store"]
+
+
+def copy_store(cfg: Config, url: str, progress: Callable[[str, int], None] | None = None) -> list[TableCopy]:
+    """Copy this install's SQLite store (opened and migrated by the caller) into the empty PostgreSQL
+    database `url`: every table, counts verified; the source is left as it was."""
+    if cfg.database.url:
+        raise ValueError("db copy moves the SQLite store in data_dir, but this config's [database] url "
+                         "already names a database; run it with the single-node config")
+    DatabaseConfig(url).validate("--to")
+    return store.copy_to(cfg.db_path, url, progress=progress)
