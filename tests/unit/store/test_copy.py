@@ -7,8 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from fwdmail import store
 from fwdmail.store.models import ALL_MODELS, ApiToken, HttpLog, Lease, OutboundEmail
 from tests.support import rows
