@@ -113,6 +113,7 @@ from fwdmail.store.outbound import (
     retry_email,
 )
 from fwdmail.store.retention import (
+    VACUUMED_TABLES,
     count_abuse_events_before,
     count_bodies_due,
     count_emails_due,
@@ -126,6 +127,7 @@ from fwdmail.store.retention import (
     settle_deleted,
     settle_wal,
     take_lease,
+    vacuum,
     wal_checkpoint,
 )
 from fwdmail.store.tokens import account_for_token, add_api_token, count_api_tokens
