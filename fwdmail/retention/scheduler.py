@@ -93,6 +93,7 @@ class RetentionScheduler:
             if not ours:
                 log.debug("retention run skipped: another node has this interval's run")
                 return None
+            log.debug("retention run: this node holds the cluster's lease")
             try:
                 await self.blocking.db(store.set_last_retention_run, now)
             except Exception as exc:
