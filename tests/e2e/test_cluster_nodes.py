@@ -245,12 +245,15 @@ def test_postgresql_stopped_30s_clients_get_4xx_nothing_lost_nodes_recover(
     for sink in cluster.sinks.values():
         sink.behaviour.data = None
     during: list[tuple[str, int | None]] = []
+    forwarded: list[tuple[str, int]] = []
     try:
         probes = 0
         while time.monotonic() - stopped < OUTAGE and probes < 20:
             probes += 1
             for name, node in cluster.nodes.items():
                 during.append((name, try_submit(node, cluster.password, f"during-{probes}-{name}")))
+                mx = mx_send(node, "orig@src.test", [FORWARD], mx_message(subject=f"mx-{probes}-{name}"))
+                forwarded.append((name, mx.code or mx.rcpts[0][0]))
                 assert node.proc is not None and node.proc.poll() is None, node.logs()[-3000:]
             time.sleep(max(0.0, min(5.0, OUTAGE - (time.monotonic() - stopped))))
     finally:
@@ -258,6 +261,9 @@ def test_postgresql_stopped_30s_clients_get_4xx_nothing_lost_nodes_recover(
         pg.restart()
 
     assert during and all(code is not None and 400 <= code < 500 for _, code in during), during
+    # The MX forwards during the session: from its directory cache (250, delivered) or, if it cannot
+    # tell, a 4xx the sending MTA retries; never a 5xx.
+    assert all(code == 250 or 400 <= code < 500 for _, code in forwarded), forwarded
 
     after: dict[str, int] = {}
 
