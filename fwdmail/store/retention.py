@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import peewee as pw
 
-from fwdmail.store.db import StoreError, is_sqlite, reads, upsert_meta, writing
+from fwdmail.store.db import StoreError, forget_lock_timeout, is_sqlite, reads, upsert_meta, writing
 from fwdmail.store.models import ALL_MODELS, AbuseEvent, Domain, Meta, OutboundEmail, SmtpErrorLog, database
 from fwdmail.store.outbound import FINAL_STATUSES
 
@@ -216,6 +216,7 @@ def vacuum(tables: Sequence[str], lock_wait_ms: int = VACUUM_LOCK_WAIT_MS,
                 left.append(table)
     finally:
         database.execute_sql("SET statement_timeout = 0")
+        forget_lock_timeout()
     return left
 
 
