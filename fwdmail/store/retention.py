@@ -157,11 +157,11 @@ def settle_wal(attempts: int = 20, wait_ms: int = 200) -> bool:
     return False
 
 
-def settle_deleted(what: str) -> None:
-    """After deleting `what` from the CLI: make sure its bytes left the WAL (SQLite) or the table files
-    (PostgreSQL, `vacuum` of every table), or raise StoreError."""
+def settle_deleted(what: str, tables: Sequence[str] | None = None) -> None:
+    """After deleting `what`: make sure its bytes left the WAL (SQLite) or the files of `tables`
+    (PostgreSQL, `vacuum`; every table when not given), or raise StoreError."""
     if not is_sqlite():
-        left = vacuum(VACUUMED_TABLES, lock_wait_ms=CLI_LOCK_WAIT_MS)
+        left = vacuum(VACUUMED_TABLES if tables is None else tables, lock_wait_ms=CLI_LOCK_WAIT_MS)
         if left:
             raise StoreError(f"{what} deleted, but {', '.join(left)} could not be rewritten yet (busy); "
                              "run `fwdmail purge` to finish")

@@ -1,7 +1,8 @@
-"""Privacy on PostgreSQL, read from the disk: after the retention jobs purge and redact and an account is
-deleted, the files of the database on the private server's data dir (tables, their TOAST tables and
-indexes, and everything else of that database) hold no redacted body, no purged log and no trace of the
-deleted account's address, while a message still queued is found there (the probe sees what is stored).
+"""Privacy on PostgreSQL, read from the disk: after the retention jobs purge and redact, and an account,
+an alias and a queued message are deleted, the files of the database on the private server's data dir
+(tables, their TOAST tables and indexes, and everything else of that database) hold no redacted body, no
+purged log, no deleted message and no trace of the deleted account's address or the removed alias, while
+a message still queued is found there (the probe sees what is stored).
 
 Not covered, as the README says: WAL segments (kept until recycled), replicas and backups.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 import psycopg
 
 from fwdmail import store
-from fwdmail.app import accounts
+from fwdmail.app import accounts, aliases, emails
 from fwdmail.config import RetentionConfig
 from fwdmail.retention import jobs
 from tests.support import rows
@@ -60,7 +61,12 @@ def test_purged_redacted_and_deleted_data_leave_postgresqls_table_files(
                           recipients=(gone,))
         rows.add_error_log(NOW, "gone.test", alias=gone)
         store.add_alias("gone.test", "exact", gone.split("@")[0], ["someone@dest.test"])
-        markers = {m.encode() for m in (small, large, log, gone_body, gone)}
+        dropped_alias, deleted_body = rows.token("alias"), rows.token("deleted")
+        store.add_alias("keep.test", "exact", dropped_alias, ["someone@dest.test"])
+        qid = store.new_queue_id()
+        store.enqueue([store.NewEmail(qid, "keep.test", "me@keep.test", ("x@dest.test",), b"Subject: x\r\n",
+                                      f"{deleted_body}\r\n".encode())], final)
+        markers = {m.encode() for m in (small, large, log, gone_body, gone, dropped_alias, deleted_body)}
         before = database_files(postgres, url)
         assert all(m in before for m in markers), "the probe sees every marker before the purge"
 
@@ -68,6 +74,8 @@ def test_purged_redacted_and_deleted_data_leave_postgresqls_table_files(
         assert report.counts["emails_redacted"] == 2 and report.counts["smtp_error_logs"] == 1
         assert report.unvacuumed == [] and report.failed == {}
         accounts.delete_account(gone)
+        aliases.remove_alias(f"{dropped_alias}@keep.test")
+        emails.delete_email(qid)
 
         after = database_files(postgres, url)
         assert kept.encode() in after, "what is still stored is found"
