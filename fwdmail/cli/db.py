@@ -5,6 +5,7 @@ Handles what the admin typed: the target URL (checked in app; its password never
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -12,6 +13,7 @@ import click
 from fwdmail.app import dbcopy
 from fwdmail.cli.common import State, json_option, pass_state
 from fwdmail.cli.render import emit_json, line, table
+from fwdmail.runtime import datadir
 
 
 @click.group()
@@ -27,10 +29,14 @@ def db() -> None:
 def db_copy(state: State, url: str, as_json: bool) -> None:
     """Copy the SQLite store into an empty PostgreSQL database and verify every table's row count.
 
-    Stop `fwdmail serve` first: mail accepted after the copy's snapshot stays only in SQLite. Then set
-    [database] url to the same URL and start serve again."""
+    Refused while `fwdmail serve` runs on this data dir (mail it accepted after the copy's snapshot
+    would stay behind in SQLite). Afterwards set [database] url to the same URL and start serve again."""
     state.open()
-    report = dbcopy.copy_store(state.config, url)
+    lock = datadir.lock_for_serve(state.config)  # refused while serve runs: its later mail would stay behind
+    try:
+        report = dbcopy.copy_store(state.config, url)
+    finally:
+        os.close(lock)
     ok = all(r.verified for r in report)
     if as_json:
         emit_json({"verified": ok, "tables": [

@@ -146,3 +146,37 @@ def test_serve_on_the_copied_store_forwards_and_submits(
         assert ApiToken.select().count() == 1
     finally:
         store.close_store()
+
+
+def test_db_copy_is_refused_while_serve_runs_on_the_data_dir(
+        tmp_path: Path, postgres: PostgresServer, dns_server: LoopbackDNS, sink: SmtpSink) -> None:
+    d = make_node(tmp_path, dns_server, sink)
+    d.start()
+    try:
+        url = postgres.new_database()
+        refused = d.cli("db", "copy", "--to", url, expect=1)
+        assert "another fwdmail serve" in refused.output and "is running" in refused.output
+    finally:
+        d.stop()
+    import psycopg
+
+    with psycopg.connect(url) as con:
+        assert con.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
+
+
+def test_store_copy_in_one_row_batches_matches_the_source(tmp_path: Path, postgres: PostgresServer,
+                                                          dns_server: LoopbackDNS, sink: SmtpSink) -> None:
+    d = make_node(tmp_path, dns_server, sink)
+    d.cli("init")
+    populate(d.data_dir)
+    url = postgres.new_database()
+    moved: dict[str, int] = {}
+
+    def progress(table: str, n: int) -> None:
+        assert n == 1, "a batch of at most one row"
+        moved[table] = moved.get(table, 0) + n
+
+    report = store.copy_to(d.data_dir / "fwdmail.db", url, progress=progress, batch_rows=1, batch_bytes=1)
+
+    assert {r.table: r.copied for r in report} == moved
+    assert contents(url=url) == contents(d.data_dir / "fwdmail.db")
