@@ -123,7 +123,9 @@ def test_serve_on_the_copied_store_forwards_and_submits(
     d.cli("alias", "add", "in@moved.test", "inbox@dest.test")
     populate(d.data_dir)  # ids taken in every table, so the copy's sequences must continue past them
     url = postgres.new_database()
-    d.cli("db", "copy", "--to", url)
+    shown = d.cli("db", "copy", "--to", url).output
+    assert "outbound_email" in shown and "now set [database] url to the target" in shown
+    assert " NO " not in shown
     point_at(d, url)
     d.start()
     try:
