@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fwdmail import store
-from fwdmail.config import Config, DatabaseConfig
+from fwdmail.config import Config, ConfigError, DatabaseConfig
 from fwdmail.store import TableCopy, TargetNotEmpty
 
 __all__ = ["TableCopy", "TargetNotEmpty", "copy_store"]
@@ -21,5 +21,11 @@ def copy_store(cfg: Config, url: str, progress: Callable[[str, int], None] | Non
     if cfg.database.url:
         raise ValueError("db copy moves the SQLite store in data_dir, but this config's [database] url "
                          "already names a database; run it with the single-node config")
-    DatabaseConfig(url).validate("--to")
+    if not url.strip():
+        raise ConfigError("--to: give the PostgreSQL database to copy into, postgresql://user@host:port/dbname")
+    try:
+        DatabaseConfig(url).validate("--to")
+    except ConfigError as exc:  # the same rules as [database] url, where empty would mean SQLite
+        raise ConfigError(str(exc).replace("--to.url: must be empty (SQLite in data_dir) or",
+                                           "--to: must be")) from None
     return store.copy_to(cfg.db_path, url, progress=progress)

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from fwdmail import store
 from fwdmail.store.models import ALL_MODELS, ApiToken, HttpLog, Lease, OutboundEmail
 from tests.support import rows
@@ -184,3 +186,12 @@ def test_store_copy_in_one_row_batches_matches_the_source(tmp_path: Path, postgr
 
     assert {r.table: r.copied for r in report} == moved
     assert contents(url=url) == contents(d.data_dir / "fwdmail.db")
+
+
+@pytest.mark.parametrize("target", ["mysql://db.test/fwdmail", "", "postgresql://127.0.0.1:5432/"])
+def test_db_copy_refuses_a_target_that_is_no_postgresql_url(tmp_path: Path, target: str) -> None:
+    d = Daemon(tmp_path)
+    d.cli("init")
+    out = d.cli("db", "copy", "--to", target, expect=2).output
+    assert out.startswith("Error: --to: ") and "postgresql://user@host:port/dbname" in out
+    assert "SQLite" not in out and len(out.strip().splitlines()) == 1
