@@ -66,8 +66,9 @@ def event_loop() -> str:
     return os.environ.get("FWDMAIL_BENCH_EVENT_LOOP") or "auto"
 
 
-def render_config(data_dir: Path, ports: Ports, sink_port: int, capture_port: int, dns: str) -> str:
-    """The bench's fwdmail.toml."""
+def render_config(data_dir: Path, ports: Ports, sink_port: int, capture_port: int, dns: str,
+                  extra: dict[str, dict[str, object]] | None = None) -> str:
+    """The bench's fwdmail.toml; `extra` adds tables (e.g. `database`, `cluster` for bench/cluster.py)."""
     tables = {
         "mx": {"listen": [f"{LOOPBACK}:{ports.mx}"], "workers": mx_workers()},
         "submission": {"listen": [f"{LOOPBACK}:{ports.submission}"],
@@ -77,6 +78,7 @@ def render_config(data_dir: Path, ports: Ports, sink_port: int, capture_port: in
         "dns": {"nameservers": [dns]},
         "delivery.routes": {CHECK_DOMAIN: f"{LOOPBACK}:{capture_port}", "*": f"{LOOPBACK}:{sink_port}"},
         "abuse": ABUSE_LIMITS,
+        **(extra or {}),
     }
     lines = [f"data_dir = {_toml(str(data_dir))}", 'hostname = "mx.bench.test"',
              f"event_loop = {_toml(event_loop())}"]
@@ -89,12 +91,13 @@ def render_config(data_dir: Path, ports: Ports, sink_port: int, capture_port: in
 class Fwdmail:
     """`fwdmail serve` with a hosted domain, an alias to the sink and an SMTP password for the alias."""
 
-    def __init__(self, workdir: Path, sink_port: int, capture_port: int, dns: str) -> None:
+    def __init__(self, workdir: Path, sink_port: int, capture_port: int, dns: str,
+                 extra: dict[str, dict[str, object]] | None = None) -> None:
         self.root = workdir / "fwdmail"
         self.root.mkdir(parents=True, exist_ok=True)
         self.ports = Ports(free_port(), free_port(), free_port())
         self.config_path = self.root / "fwdmail.toml"
-        config = render_config(self.root / "data", self.ports, sink_port, capture_port, dns)
+        config = render_config(self.root / "data", self.ports, sink_port, capture_port, dns, extra)
         self.config_path.write_text(config)
         self.log_path = self.root / "serve.log"
         self.password = ""

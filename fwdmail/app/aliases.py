@@ -85,7 +85,7 @@ def remove_alias(address: str) -> str:
     """Remove an alias; return its address as stored."""
     spec = parse_alias_spec(address)
     store.remove_alias(spec.domain, spec.kind, spec.local)
-    store.settle_deleted(f"alias {spec.address}")
+    store.settle_deleted(f"alias {spec.address}", ("alias",))
     return spec.address
 
 

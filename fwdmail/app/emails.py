@@ -53,7 +53,7 @@ def delete_email(queue_id: str) -> None:
     """Delete a message; its bytes must leave the WAL too (a reader can hold them there for a while)."""
     qid = _queue_id(queue_id)
     store.delete_email(qid)
-    store.settle_deleted(f"email {qid}")
+    store.settle_deleted(f"email {qid}", ("outbound_email", "outbound_recipient"))
 
 
 def raw_message(record: EmailRecord) -> bytes:

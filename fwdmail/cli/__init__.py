@@ -16,6 +16,7 @@ from fwdmail import __version__
 from fwdmail.cli.accounts import account
 from fwdmail.cli.aliases import alias
 from fwdmail.cli.common import FwdmailGroup, State
+from fwdmail.cli.db import db
 from fwdmail.cli.domains import domain
 from fwdmail.cli.emails import emails
 from fwdmail.cli.logs import abuse, logs
@@ -35,7 +36,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     ctx.obj = State(config_path)
 
 
-for _command in (init, check_config, serve, account, domain, alias, logs, abuse, purge, emails):
+for _command in (init, check_config, serve, account, domain, alias, logs, abuse, purge, emails, db):
     cli.add_command(_command)
 
 

@@ -130,6 +130,9 @@ def purge(state: State, dry_run: bool, at: str | None, as_json: bool) -> None:
         line(f"error: {key}: {err}", err=True)
     if report.checkpointed is False:
         click.echo("warning: a reader kept the WAL from being truncated; run purge again", err=True)
+    if report.unvacuumed:
+        click.echo(f"warning: {', '.join(report.unvacuumed)} busy, not rewritten yet; run purge again",
+                   err=True)
     if report.failed:
         sys.exit(1)
 

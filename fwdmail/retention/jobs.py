@@ -174,6 +174,7 @@ class Report:
     counts: dict[str, int] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     checkpointed: bool | None = None  # None: nothing removed, no checkpoint needed
+    unvacuumed: list[str] = field(default_factory=list)  # PostgreSQL tables still holding removed bytes
 
     @property
     def removed(self) -> int:
@@ -196,7 +197,9 @@ async def run_all(db: DbSeam, now: dt.datetime, cfg: RetentionConfig, *,
                   force_checkpoint: bool = False) -> Report:
     """Run every job once; a failing job is recorded in the report and the others still run.
 
-    After anything was removed (or when `force_checkpoint`), the WAL is checkpointed and truncated.
+    After anything was removed (or when `force_checkpoint`), the WAL is checkpointed and truncated. On
+    PostgreSQL the tables the jobs changed are rewritten (`store.vacuum`), and outbound mail every time:
+    the queue redacts a body the moment its message is final, so its old bytes wait at most one run.
     """
     report = Report()
     for job in JOBS:
@@ -215,7 +218,33 @@ async def run_all(db: DbSeam, now: dt.datetime, cfg: RetentionConfig, *,
             log.debug("WAL checkpoint failed", exc_info=True)
             report.failed["checkpoint"] = str(exc) or exc.__class__.__name__
             report.checkpointed = False
+    if not store.is_sqlite():
+        tables = _touched(report, everything=force_checkpoint)
+        try:
+            report.unvacuumed = await db(store.vacuum, tables)
+        except Exception as exc:
+            log.debug("vacuum failed", exc_info=True)
+            report.failed["vacuum"] = str(exc) or exc.__class__.__name__
+            report.unvacuumed = list(tables)
     return report
+
+
+# The tables each job deletes from or redacts in (PostgreSQL rewrites them after a run).
+JOB_TABLES: dict[str, tuple[str, ...]] = {
+    "smtp_error_logs": ("smtp_error_log",),
+    "abuse_events": ("abuse_event",),
+    "emails_redacted": ("outbound_email",),
+    "emails_deleted": ("outbound_email", "outbound_recipient"),
+    "http_logs": ("http_log",),
+}
+ALWAYS_VACUUMED = ("outbound_email",)
+
+
+def _touched(report: Report, *, everything: bool) -> list[str]:
+    if everything:
+        return list(store.VACUUMED_TABLES)
+    changed = [t for key, n in report.counts.items() if n for t in JOB_TABLES.get(key, ())]
+    return list(dict.fromkeys([*ALWAYS_VACUUMED, *changed]))
 
 
 def _bind(progress: Callable[[str, int], None], key: str) -> Progress:

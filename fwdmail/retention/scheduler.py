@@ -93,19 +93,23 @@ class RetentionScheduler:
             if not ours:
                 log.debug("retention run skipped: another node has this interval's run")
                 return None
+            log.debug("retention run: this node holds the cluster's lease")
             try:
                 await self.blocking.db(store.set_last_retention_run, now)
             except Exception as exc:
                 log.warning("cannot record the retention run (%s); running the jobs anyway", exc)
             report = await run_all(self.blocking.db, now, self.config, stop=self._stop,
                                    force_checkpoint=self._checkpoint_owed)
-            self._checkpoint_owed = report.checkpointed is False
+            self._checkpoint_owed = report.checkpointed is False or bool(report.unvacuumed)
             self.runs += 1
             self.last_report = report
             for key, error in report.failed.items():
                 log.error("retention job %s failed (%s); it runs again next period", key, error)
             if report.checkpointed is False:
                 log.warning("WAL checkpoint kept from completing by a reader; retried next run")
+            if report.unvacuumed:
+                log.warning("tables %s busy, not rewritten; every table is rewritten next run",
+                            ", ".join(report.unvacuumed))
             if report.removed:
                 log.info("retention run: %s", ", ".join(f"{k}={v}" for k, v in report.counts.items()))
             return report

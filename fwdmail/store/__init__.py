@@ -28,6 +28,7 @@ from fwdmail.store.bulk import (
     iter_aliases,
     undo_import,
 )
+from fwdmail.store.copy import TableCopy, TargetNotEmpty, copy_to
 from fwdmail.store.db import (
     SCHEMA_VERSION,
     StoreError,
@@ -120,6 +121,7 @@ from fwdmail.store.outbound import (
 )
 from fwdmail.store.queuestats import queue_depth
 from fwdmail.store.retention import (
+    VACUUMED_TABLES,
     count_abuse_events_before,
     count_bodies_due,
     count_emails_due,
@@ -133,6 +135,7 @@ from fwdmail.store.retention import (
     settle_deleted,
     settle_wal,
     take_lease,
+    vacuum,
     wal_checkpoint,
 )
 from fwdmail.store.senderlists import (

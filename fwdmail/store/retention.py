@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Sequence
 
 import peewee as pw
 
-from fwdmail.store.db import StoreError, is_sqlite, reads, upsert_meta, writing
-from fwdmail.store.models import AbuseEvent, Domain, Meta, OutboundEmail, SmtpErrorLog, database
+from fwdmail.store.db import StoreError, forget_lock_timeout, is_sqlite, reads, upsert_meta, writing
+from fwdmail.store.models import ALL_MODELS, AbuseEvent, Domain, Meta, OutboundEmail, SmtpErrorLog, database
 from fwdmail.store.outbound import FINAL_STATUSES
 
 __all__ = [
-    "count_abuse_events_before", "count_bodies_due", "count_emails_due",
+    "VACUUMED_TABLES", "count_abuse_events_before", "count_bodies_due", "count_emails_due",
     "count_error_logs_before", "delete_emails_due", "last_retention_run", "purge_abuse_events_before",
     "purge_error_logs_before", "redact_bodies_due", "set_last_retention_run", "settle_deleted", "settle_wal",
-    "take_lease", "wal_checkpoint",
+    "take_lease", "vacuum", "wal_checkpoint",
 ]
 
 _LAST_RUN_KEY = "retention_last_run"
@@ -156,11 +157,67 @@ def settle_wal(attempts: int = 20, wait_ms: int = 200) -> bool:
     return False
 
 
-def settle_deleted(what: str) -> None:
-    """After deleting `what` from the CLI: make sure its bytes left the WAL too, or raise StoreError."""
+def settle_deleted(what: str, tables: Sequence[str] | None = None) -> None:
+    """After deleting `what`: make sure its bytes left the WAL (SQLite) or the files of `tables`
+    (PostgreSQL, `vacuum`; every table when not given), or raise StoreError."""
+    if not is_sqlite():
+        left = vacuum(VACUUMED_TABLES if tables is None else tables, lock_wait_ms=CLI_LOCK_WAIT_MS)
+        if left:
+            raise StoreError(f"{what} deleted, but {', '.join(left)} could not be rewritten yet (busy); "
+                             "run `fwdmail purge` to finish")
+        return
     if not settle_wal():
         raise StoreError(f"{what} deleted, but a reader kept its bytes in the WAL file; "
                          "run `fwdmail purge` to finish")
+
+
+VACUUMED_TABLES: tuple[str, ...] = tuple(m._meta.table_name for m in ALL_MODELS)
+
+# A rewrite waits at most this long for its table's lock (other sessions queue behind a waiting VACUUM
+# FULL, so it gives up rather than stall them) and runs at most VACUUM_RUN_MS; the CLI waits longer.
+VACUUM_LOCK_WAIT_MS = 1_000
+CLI_LOCK_WAIT_MS = 5_000
+VACUUM_RUN_MS = 30_000
+
+
+# PostgreSQL's SQLSTATEs for "lock_timeout passed" and "statement_timeout passed".
+_GAVE_UP = frozenset({"55P03", "57014"})
+
+
+def _gave_up(exc: BaseException) -> bool:
+    return any(getattr(e, "sqlstate", None) in _GAVE_UP for e in (exc, exc.__context__, exc.__cause__))
+
+
+def vacuum(tables: Sequence[str], lock_wait_ms: int = VACUUM_LOCK_WAIT_MS,
+           run_ms: int = VACUUM_RUN_MS) -> list[str]:
+    """Rewrite `tables` (and their TOAST tables and indexes) so that rows deleted or redacted there leave
+    the files; return the tables that could not be rewritten now (lock busy or too slow: try again).
+
+    PostgreSQL's plain VACUUM only marks dead rows' space free and leaves their bytes in the pages, so
+    this is `VACUUM FULL`: a new copy of each table under an exclusive lock, the old files truncated at
+    once. It runs outside any transaction (autocommit), one table at a time, each bounded by
+    `lock_wait_ms` and `run_ms`. Nothing on SQLite (secure_delete and the WAL checkpoint do this).
+    """
+    if is_sqlite():
+        return []
+    unknown = set(tables) - set(VACUUMED_TABLES)
+    if unknown:
+        raise ValueError(f"not fwdmail tables: {sorted(unknown)}")
+    left: list[str] = []
+    database.execute_sql(f"SET lock_timeout = {int(lock_wait_ms)}")
+    database.execute_sql(f"SET statement_timeout = {int(run_ms)}")
+    try:
+        for table in dict.fromkeys(tables):
+            try:
+                database.execute_sql(f'VACUUM (FULL) "{table}"')
+            except pw.DatabaseError as exc:
+                if not _gave_up(exc):
+                    raise
+                left.append(table)
+    finally:
+        database.execute_sql("SET statement_timeout = 0")
+        forget_lock_timeout()
+    return left
 
 
 @reads

@@ -75,7 +75,10 @@ class PostgresServer:
              "-E", "UTF8", "--locale=C", "--no-sync"],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=START_TIMEOUT,
         )
-        log = open(self.root / "postgres.log", "wb")  # noqa: SIM115 - the server's own log, kept with it
+        self._spawn()
+
+    def _spawn(self) -> None:
+        log = open(self.root / "postgres.log", "ab")  # noqa: SIM115 - the server's own log, kept with it
         self.proc = subprocess.Popen(
             [*self._as, str(self.bindir / "postgres"), "-D", str(self.data), "-h", "127.0.0.1",
              "-p", str(self.port), "-k", str(self.root), "-c", "fsync=off", "-c", "synchronous_commit=off",
@@ -99,6 +102,21 @@ class PostgresServer:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
+
+    def pg_ctl_stop(self) -> None:
+        """`pg_ctl stop -m fast`, as an admin stops the server: every client's connection breaks and new
+        ones are refused until `restart`."""
+        subprocess.run([*self._as, str(self.bindir / "pg_ctl"), "-D", str(self.data), "stop", "-m", "fast",
+                        "-w", "-t", str(int(STOP_TIMEOUT))],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       timeout=STOP_TIMEOUT + 5)
+        if self.proc is not None:
+            self.proc.wait(STOP_TIMEOUT)
+            self.proc = None
+
+    def restart(self) -> None:
+        """Start the stopped server again on the same data dir and port."""
+        self._spawn()
 
     def new_database(self) -> str:
         """A fresh empty database's URL (copied from template1: a few ms with fsync off)."""
