@@ -172,7 +172,15 @@ def _http_tables(db: pw.Database) -> None:
     db.create_tables([ApiToken, HttpLog])
 
 
-MIGRATIONS: list[Callable[[pw.Database], None]] = [_directory_lookups, _cluster, _http_tables]
+def _aliases_from(db: pw.Database) -> None:
+    """issue 17: where a domain's aliases come from (store, dns, both); the column added if missing."""
+    if "aliases_from" not in {c.name for c in db.get_columns("domain")}:
+        migrator = schema.SchemaMigrator.from_database(db)
+        schema.migrate(migrator.add_column("domain", "aliases_from", pw.CharField(default="store")))
+
+
+MIGRATIONS: list[Callable[[pw.Database], None]] = [_directory_lookups, _cluster, _http_tables,
+                                                   _aliases_from]
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
 
