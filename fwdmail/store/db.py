@@ -173,10 +173,11 @@ def _http_tables(db: pw.Database) -> None:
 
 
 def _aliases_from(db: pw.Database) -> None:
-    """issue 17: where a domain's aliases come from (store, dns, both); the column added if missing."""
+    """issue 17: where a domain's aliases come from (store, dns, both); the column added if missing.
+    One plain ADD COLUMN: playhouse's add_column rebuilds a SQLite table to make a column NOT NULL, and
+    dropping the old `domain` table would cascade to every alias."""
     if "aliases_from" not in {c.name for c in db.get_columns("domain")}:
-        migrator = schema.SchemaMigrator.from_database(db)
-        schema.migrate(migrator.add_column("domain", "aliases_from", pw.CharField(default="store")))
+        db.execute_sql("ALTER TABLE domain ADD COLUMN aliases_from VARCHAR(255) NOT NULL DEFAULT 'store'")
 
 
 MIGRATIONS: list[Callable[[pw.Database], None]] = [_directory_lookups, _cluster, _http_tables,

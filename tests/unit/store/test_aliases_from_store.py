@@ -24,6 +24,7 @@ def test_aliases_from_is_set_validated_and_bumps_the_directory(opened: Opened) -
 def test_a_database_from_before_the_column_gets_it(opened: Opened) -> None:
     store.add_account("o@owner.test")
     store.add_domain("old.test", "o@owner.test", "sel", "key", "token")
+    store.add_alias("old.test", "exact", "kept", ["k@dest.test"])
     at = store_db.MIGRATIONS.index(store_db._aliases_from) + 1  # the schema version before it
     opened.outside("ALTER TABLE domain DROP COLUMN aliases_from")
     opened.outside("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(at),))
@@ -31,4 +32,5 @@ def test_a_database_from_before_the_column_gets_it(opened: Opened) -> None:
     opened.reopen()
     assert store_db.schema_version(store_db.database.obj) == store.SCHEMA_VERSION
     assert store.get_domain("old.test").aliases_from == "store"
+    assert [a.local for a in store.list_aliases("old.test")] == ["kept"]  # a table rebuild would cascade
     assert store.update_domain("old.test", aliases_from="dns").aliases_from == "dns"
