@@ -176,3 +176,27 @@ def test_the_cache_is_bounded_in_entries(db: Path, dns_server: LoopbackDNS) -> N
     found, entries, size = run(dns_server, scenario, max_entries=10)
     assert [dests(f) for f in found] == [("a@dest.test",)] * 15
     assert entries == 10 and 0 < size < 10 * 10_000
+
+
+def test_concurrent_recipients_ask_dns_once(db: Path, dns_server: LoopbackDNS) -> None:
+    d = hosted()
+    dns_server.add(d, "TXT", "forward-email=a:a@dest.test")
+    before = len(dns_server.queries)
+
+    async def scenario(cache: DirectoryCache, aliases: DnsAliases) -> tuple[list[object], int]:
+        found = await asyncio.gather(*(cache.route(parse_address(f"a+{i}@{d}")) for i in range(20)))
+        return list(found), aliases.lookups
+
+    found, lookups = run(dns_server, scenario)
+    assert [dests(f) for f in found] == [(f"a+{i}@dest.test",) for i in range(20)]
+    assert lookups == 1 and dns_server.queries[before:].count((d, "TXT")) == 1
+
+
+def test_regex_entries_per_domain_are_bounded(db: Path, dns_server: LoopbackDNS) -> None:
+    d = hosted()
+    entries = [f"/^r{i}$/:r{i}@dest.test" for i in range(60)]
+    dns_server.add(d, "TXT", "forward-email=" + ",".join(entries[:30]))
+    dns_server.add(d, "TXT", "forward-email=" + ",".join(entries[30:]))
+    found = routes(dns_server, [f"r0@{d}", f"r49@{d}", f"r50@{d}", f"r59@{d}"])
+    assert [dests(f) for f in found] == [("r0@dest.test",), ("r49@dest.test",), replies.NO_SUCH_USER,
+                                         replies.NO_SUCH_USER]
