@@ -14,7 +14,7 @@ import pytest
 
 from fwdmail import store
 from fwdmail.auth.resolver import async_resolver
-from fwdmail.config import DnsConfig
+from fwdmail.config import ConfigError, DnsConfig, from_dict
 from fwdmail.mail.addresses import parse_address
 from fwdmail.policy.directory import DirectoryCache
 from fwdmail.policy.dnsaliases import DnsAliases
@@ -200,3 +200,15 @@ def test_regex_entries_per_domain_are_bounded(db: Path, dns_server: LoopbackDNS)
     found = routes(dns_server, [f"r0@{d}", f"r49@{d}", f"r50@{d}", f"r59@{d}"])
     assert [dests(f) for f in found] == [("r0@dest.test",), ("r49@dest.test",), replies.NO_SUCH_USER,
                                          replies.NO_SUCH_USER]
+
+
+@pytest.mark.parametrize(("key", "value", "needle"), [
+    ("dns_aliases_cache_max_entries", 5, "mx.dns_aliases_cache_max_entries: must be from 10 to 10000000"),
+    ("dns_aliases_cache_max_bytes", 1000, "mx.dns_aliases_cache_max_bytes: must be from 1048576 (1 MiB)"),
+])
+def test_cache_settings_are_checked(key: str, value: int, needle: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        from_dict({"mx": {key: value}})
+    assert needle in str(exc.value) and "\n" not in str(exc.value)
+    cfg = from_dict({"mx": {"dns_aliases_cache_max_entries": 50, "dns_aliases_cache_max_bytes": 1 << 21}}).mx
+    assert (cfg.dns_aliases_cache_max_entries, cfg.dns_aliases_cache_max_bytes) == (50, 1 << 21)
