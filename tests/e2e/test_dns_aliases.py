@@ -101,3 +101,10 @@ def test_an_unverified_domain_is_not_served(mx: Daemon, sink: SmtpSink) -> None:
     out = send(mx, "alice@src.test", [f"hello@{UNVERIFIED}"], message())
     assert out.rcpts == [(550, b"5.7.1 Recipient domain not verified for aliases from DNS")]
     assert sink.messages == []
+
+
+def test_the_log_names_no_address(mx: Daemon) -> None:
+    send(mx, "alice@src.test", [f"junk@{SERVED}", f"hello@{BROKEN}"], message())
+    logs = mx.logs()
+    assert f"aliases of {SERVED} from DNS" in logs  # the skipped junk entry is counted, by domain only
+    assert "@dest.test" not in logs and f"hello@{SERVED}" not in logs and "alice@src.test" not in logs
