@@ -7,7 +7,8 @@ them), including regex patterns matched on the event loop. Only domains verified
 its owner's consent. Answers are read through the daemon's resolver (`auth.lookup`) and cached per
 domain for their TTL (at least `MIN_TTL`, at most `auth.dnsmemo.MAX_TTL`; "no records" for the
 negative TTL), in a cache bounded in entries and estimated bytes. A DNS failure (SERVFAIL, timeout) is
-`DNS_ALIASES_TEMPFAIL` (451 4.4.3), never a 5xx, and is not cached. Regex entries pass the same
+`DNS_ALIASES_TEMPFAIL` (451 4.4.3), never a 5xx, and is not cached (it is logged once a minute per
+domain at most). Regex entries pass the same
 backtracking refusal as `alias add` (`routing.slow_probe`, off the loop, remembered per pattern); a
 pattern that fails it is skipped like any bad entry, and at most `MAX_REGEX` are read per domain.
 Nothing here logs an address: counts and the domain only.
@@ -42,6 +43,7 @@ log = logging.getLogger("fwdmail.routing")
 MIN_TTL = 1.0  # seconds a positive answer is kept at least, whatever its TTL
 MAX_REGEX = 50  # regex entries read per domain; more are skipped
 _PROBED_PATTERNS = 10_000  # patterns whose backtracking check is remembered
+_WARN_EVERY = 60.0  # seconds between two log lines about one domain's DNS failing
 
 # The seam for webhook destinations: None refuses URL entries (counted; an alias with only URLs is
 # refused with a 5xx rather than sent to the catch-all). Once webhook destinations exist, this becomes
@@ -108,6 +110,7 @@ class DnsAliases:
         self.clock = clock
         self._cache = _Lru(max_entries, max_bytes)
         self._probed: BoundedMap[str, bool] = BoundedMap(_PROBED_PATTERNS)
+        self._warned: BoundedMap[str, float] = BoundedMap(max_entries)  # domain -> when last logged
         self._loading: dict[tuple[str, str], asyncio.Task[_Entry | SmtpError]] = {}
         self.lookups = 0  # DNS questions asked (for tests and metrics)
 
@@ -152,7 +155,11 @@ class DnsAliases:
         self.lookups += 1
         records, expires = await lookup(self.resolver, settings.name, "TXT")
         if isinstance(records, TempFail):
-            log.warning("the aliases of %s cannot be read from DNS for now", settings.name)
+            now = self.clock()
+            last = self._warned.get(settings.name)
+            if last is None or now - last >= _WARN_EVERY:
+                self._warned.set(settings.name, now)
+                log.warning("the aliases of %s cannot be read from DNS for now", settings.name)
             return replies.DNS_ALIASES_TEMPFAIL
         texts = [b"".join(r.strings) for r in records if hasattr(r, "strings")]
         parsed = parse_records(texts, settings.name, settings.account_email, accept_webhook_url)
