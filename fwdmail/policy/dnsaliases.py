@@ -8,9 +8,10 @@ its owner's consent. Answers are read through the daemon's resolver (`auth.looku
 domain for their TTL (at least `MIN_TTL`, at most `auth.dnsmemo.MAX_TTL`; "no records" for the
 negative TTL), in a cache bounded in entries and estimated bytes. A DNS failure (SERVFAIL, timeout) is
 `DNS_ALIASES_TEMPFAIL` (451 4.4.3), never a 5xx, and is not cached (it is logged once a minute per
-domain at most). Regex entries pass the same
-backtracking refusal as `alias add` (`routing.slow_probe`, off the loop, remembered per pattern); a
-pattern that fails it is skipped like any bad entry, and at most `MAX_REGEX` are read per domain.
+domain at most). Regex entries pass the same backtracking refusal as `alias add` (`routing.slow_probe`,
+off the loop, remembered per pattern); a pattern that fails it is skipped like any bad entry; at most
+`MAX_REGEX` are read per domain, and a load checks new patterns for at most `PROBE_SECONDS` (the rest
+wait for a later load). Parsing runs off the loop too (`offload`).
 Nothing here logs an address: counts and the domain only.
 """
 
@@ -42,6 +43,7 @@ log = logging.getLogger("fwdmail.routing")
 
 MIN_TTL = 1.0  # seconds a positive answer is kept at least, whatever its TTL
 MAX_REGEX = 50  # regex entries read per domain; more are skipped
+PROBE_SECONDS = 0.5  # CPU seconds one load may spend checking new patterns for backtracking
 _PROBED_PATTERNS = 10_000  # patterns whose backtracking check is remembered
 _WARN_EVERY = 60.0  # seconds between two log lines about one domain's DNS failing
 
@@ -66,14 +68,18 @@ def _size(entry: _Entry) -> int:
     return size + (_record_bytes(a.catch_all) if a.catch_all is not None else 0)
 
 
-def _build(parsed: TxtAliases, probed: dict[str, bool]) -> tuple[_Entry, dict[str, bool]]:
-    """The routing table of `parsed`: regex patterns compiled and checked for backtracking (`probed`
-    holds the patterns already checked: True for refused). Runs off the loop."""
+def _build(texts: list[bytes], settings: store.DomainRecord, probed: Callable[[str], bool | None],
+           ) -> tuple[_Entry, TxtAliases, dict[str, bool]]:
+    """The routing table of one domain's TXT `texts`: parsed, regex patterns compiled and checked for
+    backtracking (`probed` tells those checked already: True for refused; the patterns checked now are
+    returned). Runs off the loop."""
+    parsed = parse_records(texts, settings.name, settings.account_email, accept_webhook_url)
     exact: dict[str, store.AliasRecord] = {}
     rules: list[tuple[regex.Pattern[str], store.AliasRecord]] = []
     catch_all = None
     skipped = parsed.skipped
     learned: dict[str, bool] = {}
+    deadline = time.monotonic() + PROBE_SECONDS
     for alias in parsed.aliases:
         if alias.kind == "exact":
             exact[alias.local] = alias
@@ -82,8 +88,10 @@ def _build(parsed: TxtAliases, probed: dict[str, bool]) -> tuple[_Entry, dict[st
         elif len(rules) >= MAX_REGEX:
             skipped += 1
         else:
-            refused = probed.get(alias.local)
-            if refused is None:
+            refused = probed(alias.local)
+            if refused is None and time.monotonic() > deadline:
+                refused = True  # not checked in this load's time: skipped now, checked on a later load
+            elif refused is None:
                 try:
                     refused = slow_probe(alias.local) is not None
                 except (regex.error, RecursionError, OverflowError):
@@ -93,7 +101,7 @@ def _build(parsed: TxtAliases, probed: dict[str, bool]) -> tuple[_Entry, dict[st
                 skipped += 1
             else:
                 rules.append((regex.compile(alias.local, regex.IGNORECASE), alias))
-    return _Entry(_DomainAliases(exact, rules, catch_all), skipped), learned
+    return _Entry(_DomainAliases(exact, rules, catch_all), skipped), parsed, learned
 
 
 class DnsAliases:
@@ -162,10 +170,7 @@ class DnsAliases:
                 log.warning("the aliases of %s cannot be read from DNS for now", settings.name)
             return replies.DNS_ALIASES_TEMPFAIL
         texts = [b"".join(r.strings) for r in records if hasattr(r, "strings")]
-        parsed = parse_records(texts, settings.name, settings.account_email, accept_webhook_url)
-        probed = {a.local: bool(self._probed.get(a.local)) for a in parsed.aliases
-                  if a.kind == "regex" and a.local in self._probed}
-        entry, learned = await self.offload(_build, parsed, probed)
+        entry, parsed, learned = await self.offload(_build, texts, settings, self._probed.get)
         for pattern, refused in learned.items():
             self._probed.set(pattern, refused)
         if entry.skipped or parsed.webhooks_refused:
