@@ -209,18 +209,31 @@ class HttpConfig:
     max_connections: int = 256
     max_connections_per_ip: int = 20
     max_body_size: int = 64 * 1024
+    # slow clients (slowloris): seconds to send a request's headers, then its body
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    public_url: str = ""
+    login_failures_per_client_per_hour: int = 20
+    login_failures_per_account_per_hour: int = 10
+    login_failures_total_per_minute: int = 60
 
     def validate(self, key: str) -> None:
         for addr in self.listen:
             _host_port(f"{key}.listen", addr)
+        if self.public_url and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", self.public_url):
+            raise ConfigError(f"{key}.public_url: not an http(s) URL without query: {self.public_url!r}")
         for proxy in self.trusted_proxies:
             try:
                 ipaddress.ip_network(proxy, strict=False)
             except ValueError:
                 raise ConfigError(f"{key}.trusted_proxies: not an IP address or network: {proxy!r}") from None
-        for name in ("max_connections", "max_connections_per_ip", "max_body_size"):
+        for name in ("max_connections", "max_connections_per_ip", "max_body_size",
+                     "login_failures_per_client_per_hour", "login_failures_per_account_per_hour",
+                     "login_failures_total_per_minute"):
             _positive(f"{key}.{name}", getattr(self, name))
         _at_most(f"{key}.max_body_size", self.max_body_size, 16 * 1024 * 1024, "the API takes small JSON")
+        for name in ("header_timeout", "body_timeout"):
+            _positive(f"{key}.{name}", getattr(self, name))
 
 
 _TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
@@ -282,6 +295,9 @@ class DnsConfig:
         _positive(f"{key}.timeout", self.timeout)
 
 
+TLS_POLICIES = ("opportunistic", "mta-sts+dane", "verify")
+
+
 @dataclass(frozen=True)
 class DeliveryConfig:
     routes: dict[str, str] = field(default_factory=dict)
@@ -292,8 +308,24 @@ class DeliveryConfig:
     max_connections_per_host: int = 10
     idle_timeout: float = 30.0
     port: int = 25
+    # issue 17: TLS policy on delivery (MTA-STS, DANE)
+    tls_policy: str = "mta-sts+dane"
+    policy: dict[str, str] = field(default_factory=dict)
+    tls_ca_file: str = ""
+    mta_sts_timeout: float = 10.0
+    mta_sts_port: int = 443
 
     def validate(self, key: str) -> None:
+        for name, value in [("tls_policy", self.tls_policy),
+                            *((f'policy."{d}"', v) for d, v in self.policy.items())]:
+            if value not in TLS_POLICIES:
+                raise ConfigError(f"{key}.{name}: must be one of {', '.join(TLS_POLICIES)}, got {value!r}")
+        for dom in self.policy:
+            if dom != "*":
+                _hostname(f"{key}.policy", dom)
+        _positive(f"{key}.mta_sts_timeout", self.mta_sts_timeout)
+        if not 1 <= self.mta_sts_port <= 65535:
+            raise ConfigError(f"{key}.mta_sts_port: must be a TCP port, got {self.mta_sts_port}")
         for dom, target in self.routes.items():
             if dom != "*":
                 _hostname(f"{key}.routes", dom)
@@ -450,6 +482,24 @@ class ClusterConfig:
                               f"got {self.redis_prefix[:80]!r}")
 
 
+@dataclass(frozen=True)
+class WebhooksConfig:
+    """issue 17: how the MX POSTs to webhook destinations."""
+
+    allow_private: bool = False
+    timeout: float = 30.0
+    max_body_size: int = 100 * 1024 * 1024
+    max_attachment_size: int = 10 * 1024 * 1024
+    max_connections: int = 20
+    ca_file: str = ""
+
+    def validate(self, key: str) -> None:
+        for name in ("timeout", "max_body_size", "max_attachment_size", "max_connections"):
+            _positive(f"{key}.{name}", getattr(self, name))
+        if self.ca_file and Path(self.ca_file).is_absolute() and not Path(self.ca_file).is_file():
+            raise ConfigError(f"{key}.ca_file: no such file {self.ca_file!r}")
+
+
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 
 
@@ -475,6 +525,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
 
     def validate(self, key: str = "") -> None:
         if self.log_level not in ("debug", "info", "warning", "error"):
@@ -630,7 +681,11 @@ def from_dict(data: dict[str, Any], base: Path | None = None) -> Config:
         cfg = dataclasses.replace(
             cfg, data_dir=anchored(cfg.data_dir),
             tls=dataclasses.replace(cfg.tls, cert=anchored(cfg.tls.cert), key=anchored(cfg.tls.key)),
+            delivery=dataclasses.replace(cfg.delivery, tls_ca_file=anchored(cfg.delivery.tls_ca_file)),
+            webhooks=dataclasses.replace(cfg.webhooks, ca_file=anchored(cfg.webhooks.ca_file)),
         )
+    if cfg.delivery.tls_ca_file and not Path(cfg.delivery.tls_ca_file).is_file():
+        raise ConfigError(f"delivery.tls_ca_file: no such file: {cfg.delivery.tls_ca_file!r}")
     return cfg
 
 

@@ -7,22 +7,25 @@ Arguments arrive as the admin typed them; they are validated here and raise `Add
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from dataclasses import dataclass
 
+import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
 from fwdmail import store
-from fwdmail.auth.resolver import sync_resolver
+from fwdmail.auth.resolver import async_resolver, sync_resolver
 from fwdmail.config import Config
 from fwdmail.mail.addresses import normalize_address, normalize_domain
 from fwdmail.runtime import keys
 from fwdmail.store import DomainRecord
 
 __all__ = [
-    "ALIASES_FROM", "AUTH_POLICIES", "DnsRecord", "DomainRecord", "RecordCheck", "Verification", "add_domain",
-    "dns_records", "get_domain", "list_domains", "remove_domain", "set_domain", "verify_domain",
+    "ALIASES_FROM", "AUTH_POLICIES", "DnsRecord", "DomainRecord", "RecordCheck", "Verification",
+    "add_domain", "check_records", "check_records_async", "dns_records", "get_domain", "list_domains",
+    "record_verification", "remove_domain", "set_domain", "verifies", "verify_domain",
 ]
 
 AUTH_POLICIES = ("off", "report-only", "enforce")
@@ -128,6 +131,12 @@ class Verification:
         return [c.record.purpose for c in self.checks if not c.ok]
 
 
+def _texts(answer: dns.resolver.Answer, name: str, rtype: str) -> list[str]:
+    if rtype == "TXT":
+        return [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
+    return [r.to_text() for r in answer]
+
+
 def _lookup(resolver: dns.resolver.Resolver, name: str, rtype: str) -> list[str]:
     try:
         answer = resolver.resolve(name, rtype)
@@ -135,9 +144,17 @@ def _lookup(resolver: dns.resolver.Resolver, name: str, rtype: str) -> list[str]
         return []
     except dns.exception.DNSException as exc:
         raise ValueError(f"DNS lookup of {name} {rtype} failed: {exc}") from None
-    if rtype == "TXT":
-        return [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
-    return [r.to_text() for r in answer]
+    return _texts(answer, name, rtype)
+
+
+async def _lookup_async(resolver: dns.asyncresolver.Resolver, name: str, rtype: str) -> list[str]:
+    try:
+        answer = await resolver.resolve(name, rtype)
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return []
+    except dns.exception.DNSException as exc:
+        raise ValueError(f"DNS lookup of {name} {rtype} failed: {exc}") from None
+    return _texts(answer, name, rtype)
 
 
 def _dkim_key(value: str) -> str:
@@ -154,30 +171,60 @@ def _spf_allows(records: list[str], host: str) -> bool:
     return f"a:{host.lower()}" in terms or "mx" in terms
 
 
-def verify_domain(cfg: Config, name: str, now: dt.datetime) -> Verification:
-    """Look up every record `dns_records` lists; mark the domain verified when MX and token match."""
-    domain = get_domain(name)
+def _judge(cfg: Config, rec: DnsRecord, found: list[str]) -> RecordCheck:
+    """Whether what DNS answered for `rec` is what fwdmail needs."""
+    if rec.type == "MX":
+        want = rec.value.split()[1].lower()
+        ok = any(f.split()[-1].lower() == want for f in found)
+    elif rec.purpose == "SPF":
+        found = [f for f in found if f.lower().split()[:1] == ["v=spf1"]]
+        ok = _spf_allows(found, cfg.server_hostname.rstrip("."))
+    elif rec.purpose == "DMARC":
+        ok = any(f.lower().startswith("v=dmarc1") for f in found)
+    elif rec.purpose == "verification":
+        found = [f for f in found if f.startswith("fwdmail-verification=")]
+        ok = rec.value in found
+    else:
+        ok = any(_dkim_key(f) == _dkim_key(rec.value) for f in found)
+    return RecordCheck(rec, ok, "; ".join(found))
+
+
+def check_records(cfg: Config, domain: DomainRecord) -> list[RecordCheck]:
+    """Look up every record `dns_records` lists for `domain` through the `[dns]` resolver (blocking: DNS
+    round trips, no store access)."""
     try:
         resolver = sync_resolver(cfg.dns)
     except dns.exception.DNSException as exc:
         raise ValueError(f"no DNS resolver: {exc} (set [dns] nameservers)") from None
-    checks = []
-    for rec in dns_records(cfg, domain):
-        found = _lookup(resolver, rec.name, rec.type)
-        if rec.type == "MX":
-            want = rec.value.split()[1].lower()
-            ok = any(f.split()[-1].lower() == want for f in found)
-        elif rec.purpose == "SPF":
-            found = [f for f in found if f.lower().split()[:1] == ["v=spf1"]]
-            ok = _spf_allows(found, cfg.server_hostname.rstrip("."))
-        elif rec.purpose == "DMARC":
-            ok = any(f.lower().startswith("v=dmarc1") for f in found)
-        elif rec.purpose == "verification":
-            found = [f for f in found if f.startswith("fwdmail-verification=")]
-            ok = rec.value in found
-        else:
-            ok = any(_dkim_key(f) == _dkim_key(rec.value) for f in found)
-        checks.append(RecordCheck(rec, ok, "; ".join(found)))
-    if checks[0].ok and checks[-1].ok:
-        domain = store.mark_domain_verified(domain.name, now)
+    return [_judge(cfg, rec, _lookup(resolver, rec.name, rec.type)) for rec in dns_records(cfg, domain)]
+
+
+async def check_records_async(cfg: Config, domain: DomainRecord) -> list[RecordCheck]:
+    """`check_records` on the running loop (the daemon's asynchronous `[dns]` resolver, the lookups at
+    once): no thread waits on the answers."""
+    try:
+        resolver = async_resolver(cfg.dns)
+    except dns.exception.DNSException as exc:
+        raise ValueError(f"no DNS resolver: {exc} (set [dns] nameservers)") from None
+    records = dns_records(cfg, domain)
+    wanted = sorted({(r.name, r.type) for r in records})
+    answers = await asyncio.gather(*(_lookup_async(resolver, name, rtype) for name, rtype in wanted))
+    found = dict(zip(wanted, answers, strict=True))
+    return [_judge(cfg, rec, list(found[(rec.name, rec.type)])) for rec in records]
+
+
+def verifies(checks: list[RecordCheck]) -> bool:
+    """What marks a domain verified: its MX and its verification token found."""
+    return checks[0].ok and checks[-1].ok
+
+
+def record_verification(name: str, checks: list[RecordCheck], now: dt.datetime) -> Verification:
+    """Mark the domain verified when its MX and token records matched; the domain as it is now."""
+    domain = store.mark_domain_verified(name, now) if verifies(checks) else get_domain(name)
     return Verification(domain, checks)
+
+
+def verify_domain(cfg: Config, name: str, now: dt.datetime) -> Verification:
+    """Look up every record `dns_records` lists; mark the domain verified when MX and token match."""
+    domain = get_domain(name)
+    return record_verification(domain.name, check_records(cfg, domain), now)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 from dataclasses import dataclass
+from typing import Any
 
 from fwdmail import store
-from fwdmail.app import aliases, domains
+from fwdmail.app import accounts, aliases, domains
 from fwdmail.mail.addresses import AddressError, normalize_domain, parse_alias_spec
 from fwdmail.runtime import keys
 from fwdmail.store import AliasRecord, AlreadyExists, DomainRecord, NotFound
+from fwdmail.store.accountviews import set_alias_destinations
 
 __all__ = [
     "MAX_PAGE_SIZE",
@@ -27,14 +29,19 @@ __all__ = [
     "PreparedDomain",
     "add_own_alias",
     "add_prepared_domain",
+    "delete_own_account",
     "list_own_domains",
     "own_alias",
     "own_aliases",
     "own_domain",
     "prepare_domain",
+    "record_own_verification",
     "remove_own_alias",
     "remove_own_domain",
+    "set_own_alias_password",
+    "set_own_domain",
     "store_reachable",
+    "update_own_alias",
 ]
 
 # The store as a whole failing (locked, full, gone): the caller answers "try later", not "bad input".
@@ -148,3 +155,48 @@ def remove_own_alias(account_email: str, domain: str, alias: str) -> str:
     store.get_alias(record.name, kind, local)
     shown = f"/{local}/@{record.name}" if kind == "regex" else f"{local}@{record.name}"
     return aliases.remove_alias(shown)
+
+
+def set_own_domain(account_email: str, name: str, settings: dict[str, Any]) -> DomainRecord:
+    """Change the account's domain settings as `fwdmail domain set` does (names as its options)."""
+    record = own_domain(account_email, name)
+    return domains.set_domain(record.name, **settings)
+
+
+def record_own_verification(account_email: str, name: str, checks: list[domains.RecordCheck],
+                            now: dt.datetime) -> domains.Verification:
+    """Store the outcome of `domains.check_records` for the account's domain (still its own)."""
+    record = own_domain(account_email, name)
+    return domains.record_verification(record.name, checks, now)
+
+
+def update_own_alias(account_email: str, domain: str, alias: str, destinations: list[str] | None,
+                     state: str | None) -> AliasRecord:
+    """Replace the alias's destinations and/or set its state (enabled, or a disable mode); every value is
+    checked before anything is written."""
+    record, kind, local = _spec(account_email, domain, alias)
+    if state is not None and state not in aliases.ALIAS_STATES:
+        raise ValueError(f"state must be one of {', '.join(aliases.ALIAS_STATES)}")
+    current = store.get_alias(record.name, kind, local)
+    if destinations is not None:
+        _, dests = aliases.check_alias(current.address, destinations)
+        current = set_alias_destinations(record.name, kind, local, dests)
+    if state is not None:
+        current = store.set_alias_state(record.name, kind, local, state)
+    return current
+
+
+def set_own_alias_password(account_email: str, domain: str, alias: str, password_hash: str) -> AliasRecord:
+    """Store a new SMTP password hash (made by the caller away from the store's thread)."""
+    record, kind, local = _spec(account_email, domain, alias)
+    if kind == "regex":
+        raise ValueError("regex aliases cannot log in: give an exact or catch-all alias")
+    return store.set_alias_password(record.name, kind, local, password_hash)
+
+
+def delete_own_account(account_email: str, confirm: str) -> dict[str, int]:
+    """Delete the account with everything it owns, as `fwdmail account delete` does, once `confirm` is
+    its address."""
+    if confirm.strip().lower() != account_email.lower():
+        raise ValueError("'confirm' must be the account's email address")
+    return accounts.delete_account(account_email)

@@ -22,7 +22,13 @@ from dataclasses import dataclass, field
 from fwdmail import store
 from fwdmail.app.aliases import check_alias, iter_aliases
 from fwdmail.app.domains import add_domain
-from fwdmail.mail.addresses import AddressError, AliasSpec, normalize_address, normalize_domain
+from fwdmail.mail.addresses import (
+    AddressError,
+    AliasSpec,
+    is_webhook,
+    normalize_address,
+    normalize_domain,
+)
 
 __all__ = [
     "MAX_LINE", "ImportPlan", "ImportProblem", "ImportRefused", "ImportSummary", "apply_import",
@@ -144,7 +150,7 @@ def _parse(text: str) -> tuple[AliasSpec | None, tuple[str, ...], str | None]:
     if not dests:
         raise ValueError(f"{_short(key)} has no destination")
     for d in dests:
-        if "@" not in d:
+        if "@" not in d and not is_webhook(d):
             raise ValueError(f"destination {_short(d)} is not an address (local delivery is not forwarding)")
     spec, checked = check_alias(key, dests)
     return spec, tuple(checked), None

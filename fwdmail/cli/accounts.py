@@ -1,10 +1,11 @@
-"""`fwdmail account ...`: add, list, delete, token. Handles the addresses the admin typed (checked in app)."""
+"""`fwdmail account ...`: add, list, delete, token, invite, password. Handles the addresses the admin typed
+(checked in app); a one-time link is printed once, only its hash is stored."""
 
 from __future__ import annotations
 
 import click
 
-from fwdmail.app import accounts, tokens
+from fwdmail.app import accounts, now, sessions, tokens
 from fwdmail.cli.common import State, confirm_or_abort, json_option, pass_state
 from fwdmail.cli.render import emit_json, line, table
 
@@ -72,3 +73,42 @@ def account_token(state: State, email: str, as_json: bool) -> None:
     else:
         line(f"API token for {new.account.email} (shown once, store it now):")
         line(f"  {new.token}")
+
+
+def _link_base(state: State) -> str:
+    """Where the pages are reached: `[http] public_url`, else http:// and the first listen address."""
+    cfg = state.config.http
+    if cfg.public_url:
+        return cfg.public_url.rstrip("/")
+    first = cfg.listen[0] if cfg.listen else "127.0.0.1:8080"
+    return f"http://{first}"
+
+
+def _print_link(state: State, new: sessions.NewLink, what: str, as_json: bool) -> None:
+    url = f"{_link_base(state)}/set-password/{new.token}"
+    if as_json:
+        emit_json({"email": new.account.email, "url": url, "expires_at": new.expires_at})
+    else:
+        line(f"{what} for {new.account.email} (one use, until {new.expires_at:%Y-%m-%d %H:%M} UTC):")
+        line(f"  {url}")
+
+
+@account.command("invite")
+@click.argument("email")
+@json_option
+@pass_state
+def account_invite(state: State, email: str, as_json: bool) -> None:
+    """Print a one-time link (24 h) for EMAIL's account to set its web password (only its hash is kept)."""
+    state.open()
+    _print_link(state, sessions.new_login_link(email, now()), "Password link", as_json)
+
+
+@account.command("password")
+@click.argument("email")
+@json_option
+@pass_state
+def account_password(state: State, email: str, as_json: bool) -> None:
+    """Reset EMAIL's web password: the old one stops working, every session ends, and a new one-time link
+    (24 h) is printed for the account to choose a new password."""
+    state.open()
+    _print_link(state, sessions.reset_password(email, now()), "Password reset link", as_json)

@@ -1,4 +1,4 @@
-"""`fwdmail domain ...`: add, list, remove, dns, verify, set.
+"""`fwdmail domain ...`: add, list, show, remove, dns, verify, set, allow, deny, webhook-key.
 
 Handles what the admin typed (checked in app) and DNS answers found by `verify`, shown escaped.
 """
@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from fwdmail import app
-from fwdmail.app import domains
+from fwdmail.app import domains, senderlists
 from fwdmail.cli.common import State, confirm_or_abort, json_option, pass_state, warn_hostname
 from fwdmail.cli.render import emit_json, line, table
 
@@ -149,3 +149,73 @@ def domain_set(state: State, name: str, retention_days: int | None, auth_policy:
         line(f"domain {rec.name}: retention_days={rec.retention_days} auth_policy={rec.auth_policy} "
              f"friendly_from={rec.friendly_from} require_tls_inbound={rec.require_tls_inbound} "
              f"aliases_from={rec.aliases_from}")
+
+
+def _rules_json(rules: list[senderlists.SenderRuleRecord]) -> dict[str, list[str]]:
+    return {kind: [r.pattern for r in rules if r.kind == kind] for kind in ("allow", "deny")}
+
+
+@domain.command("show")
+@click.argument("name")
+@json_option
+@pass_state
+def domain_show(state: State, name: str, as_json: bool) -> None:
+    """Show a domain's settings and its sender allow and deny lists."""
+    state.open()
+    rec = domains.get_domain(name)
+    rules = senderlists.sender_rules(rec.name)
+    if as_json:
+        emit_json({**_domain_json(rec), "senders": _rules_json(rules)})
+        return
+    table(f"domain {rec.name}", ["setting", "value"], [
+        ("account", rec.account_email),
+        ("verified", f"{rec.verified_at:%Y-%m-%d}" if rec.verified_at else "no"),
+        ("retention days", rec.retention_days), ("auth policy", rec.auth_policy),
+        ("friendly from", rec.friendly_from), ("require TLS inbound", rec.require_tls_inbound),
+        ("aliases from", rec.aliases_from), ("DKIM selector", rec.dkim_selector)])
+    table(f"sender lists of {rec.name}", ["list", "pattern"], [(r.kind, r.pattern) for r in rules])
+
+
+def _list_command(kind: str) -> click.Command:
+    @click.argument("name")
+    @click.argument("patterns", nargs=-1, required=True)
+    @click.option("--remove", is_flag=True, help=f"Take the patterns off the {kind} list.")
+    @json_option
+    @pass_state
+    def command(state: State, name: str, patterns: tuple[str, ...], remove: bool, as_json: bool) -> None:
+        state.open()
+        change = senderlists.change_list(name, kind, patterns, remove)
+        if as_json:
+            emit_json({"domain": change.domain, "list": kind,
+                       "removed" if remove else "added": change.changed,
+                       "not_listed" if remove else "already_listed": change.unchanged})
+            return
+        verb = "removed from" if remove else "added to"
+        line(f"{len(change.changed)} pattern(s) {verb} the {kind} list of {change.domain}"
+             + (f"; {len(change.unchanged)} " + ("were not listed" if remove else "were listed already")
+                if change.unchanged else ""))
+
+    skips = ", skipping DNSBL and the sender-auth refusal" if kind == "allow" else ""
+    command.__doc__ = (f"{'Accept' if kind == 'allow' else 'Refuse'} mail to NAME from PATTERNS (address, "
+                       f"@domain, IP or CIDR){skips}.")
+    return domain.command(kind)(command)
+
+
+domain_allow = _list_command("allow")
+domain_deny = _list_command("deny")
+
+
+@domain.command("webhook-key")
+@click.argument("name")
+@click.option("--rotate", is_flag=True, help="Make a new key; the old one stops working at once.")
+@json_option
+@pass_state
+def domain_webhook_key(state: State, name: str, rotate: bool, as_json: bool) -> None:
+    """Print the key NAME's webhook POSTs are signed with (X-Webhook-Signature)."""
+    state.open()
+    rec = domains.get_domain(name)
+    key = senderlists.webhook_key(rec.name, rotate)
+    if as_json:
+        emit_json({"domain": rec.name, "webhook_key": key})
+    else:
+        line(key)

@@ -1,6 +1,7 @@
 """Parsing and normalising mail addresses, domains and alias specs.
 
-Handles untrusted input (SMTP envelope addresses, CLI arguments). Anything that is not a plain
+Handles untrusted input (SMTP envelope addresses, CLI arguments, webhook URLs given as
+destinations). Anything that is not a plain
 `local@domain` with a dot-atom local part is refused: no quoted locals, no source routes, no second `@`,
 no control, invisible-format or bidi characters in the parts kept as written (local parts, regex
 patterns: they would hide or reorder what an admin later reads). Domains go through IDNA (UTS 46), which
@@ -9,6 +10,7 @@ refuses those characters or maps the invisible ones away.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -152,8 +154,69 @@ def parse_alias_spec(value: str) -> AliasSpec:
     return AliasSpec("exact", addr.local.lower(), addr.domain)
 
 
+WEBHOOK_SCHEME = "https://"
+_URL_MAX = 2000
+_URL_REST = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*")  # RFC 3986 path and query characters
+
+
+def is_webhook(destination: str) -> bool:
+    """Whether a destination is a webhook URL (not a mail address)."""
+    return destination[:8].lower() == WEBHOOK_SCHEME
+
+
+def parse_webhook_url(value: str) -> str:
+    """Validate an `https://host[:port]/path?query` webhook destination; the host is normalised (IDNA,
+    lowercase) or an IP literal, the rest kept as written. No credentials, fragment or plain http."""
+    _require_utf8("webhook URL", value)
+    text = value.strip()
+    if text[:7].lower() == "http://":
+        raise AddressError(f"invalid webhook URL {value!r}: only https:// is accepted")
+    if not is_webhook(text):
+        raise AddressError(f"invalid webhook URL {value!r}: it must start with https://")
+    if len(text) > _URL_MAX:
+        raise AddressError(f"invalid webhook URL: longer than {_URL_MAX} characters")
+    rest = text[len(WEBHOOK_SCHEME):]
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    authority, tail = rest[:cut], rest[cut:]
+    if "#" in tail or not _URL_REST.fullmatch(tail):
+        raise AddressError(f"invalid webhook URL {value!r}: bad characters in its path or query")
+    if "@" in authority:
+        raise AddressError(f"invalid webhook URL {value!r}: credentials in the URL are not accepted")
+    host, port = authority, ""
+    if authority.startswith("["):
+        end = authority.find("]")
+        host, port = authority[1:end] if end > 0 else "", authority[end + 1:] if end > 0 else ""
+        try:
+            host = "[" + str(ipaddress.IPv6Address(host)) + "]"
+        except ValueError:
+            raise AddressError(f"invalid webhook URL {value!r}: bad IPv6 address") from None
+    elif ":" in authority:
+        host, _, port = authority.rpartition(":")
+        port = ":" + port
+    if port:
+        digits = port[1:]
+        if not port.startswith(":") or not digits.isdigit() or not 1 <= int(digits) <= 65535:
+            raise AddressError(f"invalid webhook URL {value!r}: bad port")
+        port = f":{int(digits)}"
+    if not host.startswith("["):
+        try:
+            host = str(ipaddress.IPv4Address(host))
+        except ValueError:
+            host = normalize_domain(host)
+    return f"{WEBHOOK_SCHEME}{host}{port}{tail or '/'}"
+
+
+def parse_destination(value: str) -> str:
+    """One destination: a mail address (domain normalised) or an https:// webhook URL."""
+    text = value.strip()
+    if is_webhook(text) or text[:7].lower() == "http://":
+        return parse_webhook_url(text)
+    return normalize_address(text)
+
+
 def parse_destinations(values: list[str] | tuple[str, ...]) -> list[str]:
-    """Validate 1-10 destination addresses, de-duplicated (case-insensitively), order kept.
+    """Validate 1-10 destinations (addresses or webhook URLs), de-duplicated (addresses
+    case-insensitively), order kept.
 
     A destination's local part may contain `$1`..`$9` (regex alias substitutions); it is validated
     with the placeholders standing in for plain characters. Domains are kept in A-label form.
@@ -161,9 +224,10 @@ def parse_destinations(values: list[str] | tuple[str, ...]) -> list[str]:
     out: list[str] = []
     seen: set[str] = set()
     for value in values:
-        norm = normalize_address(value)
-        if norm.lower() not in seen:
-            seen.add(norm.lower())
+        norm = parse_destination(value)
+        key = norm if is_webhook(norm) else norm.lower()
+        if key not in seen:
+            seen.add(key)
             out.append(norm)
     if not 1 <= len(out) <= 10:
         raise AddressError(f"an alias needs 1 to 10 destinations, got {len(out)}")

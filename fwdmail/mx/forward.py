@@ -2,10 +2,12 @@
 
 Untrusted input: the message bytes an SMTP client on port 25 sent (header size, Received count, our
 loop marker), and the destinations' replies (masked: a reply quoted to the client or the error log names
-the alias, never the destination, and no other address or IP it echoes). The message lives in memory
-only, until the reply; a sender's retry after a 4xx does not reach the destinations that already took
-it (`DeliveredMemory`, keyed fingerprints), nor those another session is forwarding it to right now;
-with `[cluster] redis_url` neither on another node (`SharedDelivered`).
+the alias, never the destination, and no other address or IP it echoes; a TLS policy failure is quoted
+to the client without its destination's domain and host, which only the error log shows). The message
+lives in memory only, until the reply; a sender's retry after a 4xx does not reach the destinations that
+already took it (`DeliveredMemory`, keyed fingerprints), nor those another session is forwarding it to
+right now; with `[cluster] redis_url` neither on another node (`SharedDelivered`).
+Webhook destinations (https:// URLs) are POSTed the same copy as JSON (`mx.webhook`) and remembered alike.
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ from typing import Any
 from fwdmail import store
 from fwdmail.mail import headers as header_section
 from fwdmail.mail import srs
+from fwdmail.mail.addresses import is_webhook
+from fwdmail.mail.jsonmail import Envelope
 from fwdmail.mail.received import count_received, received_header
 from fwdmail.mx.dedup import DeliveredMemory, SharedDelivered, fingerprint, message_digest
 from fwdmail.mx.notices import PartialNotices, Refused
+from fwdmail.mx.webhook import WebhookClient
 from fwdmail.policy.contract import InboundPolicy, SessionInfo, Transaction
 from fwdmail.policy.routing import Route
 from fwdmail.runtime.context import Context
@@ -35,6 +40,7 @@ from fwdmail.runtime.sharedstate import SharedUnavailable
 from fwdmail.smtp import replies
 from fwdmail.smtp.client import Content
 from fwdmail.smtp.replies import SmtpError
+from fwdmail.smtp.tlspolicy import TlsPolicyError
 
 __all__ = ["CLIENT_NOTE", "SRS_BOUNCE_ALIAS", "Forwarder", "Outcome"]
 
@@ -93,7 +99,8 @@ def _whole_reply(failures: list[_Failure], code: int, enhanced_class: str,
     masked as the address the client used, and its error-log row for each alias that failed."""
     g, d, e = failures[0].group, failures[0].destination, failures[0].error
     enhanced = e.enhanced_code if e.enhanced_code.startswith(enhanced_class) else f"{enhanced_class}0.0"
-    reply = SmtpError(code, enhanced, f"<{g.rcpt}>: {_mask(e.text, d, g.rcpt)}")
+    shown = e.public if isinstance(e, TlsPolicyError) else _mask(e.text, d, g.rcpt)
+    reply = SmtpError(code, enhanced, f"<{g.rcpt}>: {shown}")
     text = f"<{g.logged}>: {_mask(e.text, d, g.logged)}"
     aliases = sorted({(f.group.route.domain, f.group.route.alias) for f in failures})
     return reply, [ErrorRow(now, "inbound", dom, alias, reply.code, reply.enhanced_code, text)
@@ -124,6 +131,7 @@ class Forwarder:
                                       ctx.shared)
         self.policies = policies
         self.errors = errors
+        self.webhooks = WebhookClient(cfg, ctx.blocking)
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -185,8 +193,9 @@ class Forwarder:
                 continue
             group = groups.setdefault(acc.route.alias, _Group(acc.route, acc.rcpt))
             for dest in acc.route.destinations:
-                if dest.lower() not in taken:
-                    taken.add(dest.lower())
+                key = dest if is_webhook(dest) else dest.lower()  # a URL's path and query keep their case
+                if key not in taken:
+                    taken.add(key)
                     group.destinations.append(dest)
         return list(groups.values())
 
@@ -256,7 +265,12 @@ class Forwarder:
                     copy = head
                     for policy in self.policies:
                         copy = await policy.forward(session, tx, g.route, g.rcpt, copy)
-                    jobs.append(self._send(g, sender, pending, (received, copy, body)))
+                    hooks = [d for d in pending if is_webhook(d)]
+                    smtp = [d for d in pending if not is_webhook(d)]
+                    if smtp:
+                        jobs.append(self._send(g, sender, smtp, (received, copy, body)))
+                    if hooks:
+                        jobs.append(self._post(g, tx.sender, hooks, received + copy + body))
             outcomes += [item for batch in await asyncio.gather(*jobs) for item in batch]
             for o in outcomes:
                 self.delivered.land(fps[o.destination], o.error is None)
@@ -318,6 +332,16 @@ class Forwarder:
             log.error("delivery failed unexpectedly: %s", type(exc).__name__)
             results = {}
         return [Outcome(group, d, results.get(d, replies.TRY_LATER)) for d in destinations]
+
+    async def _post(self, group: _Group, sender: str, urls: list[str], message: bytes) -> list[Outcome]:
+        """POST the copy to the alias's webhook destinations (see `mx.webhook`)."""
+        envelope = Envelope(sender, group.rcpt, group.route.alias)
+        try:
+            results = await self.webhooks.send(group.route.domain, envelope, urls, message)
+        except Exception as exc:
+            log.error("webhook delivery failed unexpectedly: %s", type(exc).__name__)
+            results = {}
+        return [Outcome(group, u, results.get(u, replies.TRY_LATER)) for u in urls]
 
     async def _conclude(self, tx: Transaction, groups: list[_Group], outcomes: list[Outcome],
                         fps: dict[str, bytes], remembered: set[bytes] | None = None) -> str:

@@ -13,6 +13,7 @@ import logging
 import signal
 import socket
 from collections.abc import Sequence
+from typing import Any
 
 from fwdmail.mx.decisions import Mx
 from fwdmail.mx.dedup import message_hasher
@@ -90,6 +91,12 @@ class MxService:
         while not self.ctx.stopping.is_set():
             self.ctx.metrics.report_sessions("mx")
             await asyncio.sleep(SESSIONS_REPORT_EVERY)
+
+    def listening(self) -> list[Any]:
+        """The sockets this process accepts MX connections on (for `/healthz`)."""
+        if self._dispatcher is not None:
+            return self._dispatcher.listening()
+        return [sock for server in self._servers for sock in server.sockets]
 
     def _adopt(self, sock: socket.socket) -> None:
         """Serve a connection accepted elsewhere (by the dispatcher, or sent by the serving process)."""

@@ -89,6 +89,9 @@ class Dispatcher:
             loop.add_reader(pipe.fileno(), self._from_worker, pipe)
         log.info("MX spread over %d processes", self.count)
 
+    def listening(self) -> list[socket.socket]:
+        return list(self._listeners)
+
     def _accept(self, listener: socket.socket) -> None:
         for _ in range(_ACCEPTS_PER_WAKEUP):
             try:

@@ -23,13 +23,15 @@ from fwdmail.auth.resolver import async_resolver
 from fwdmail.config import AbuseConfig
 from fwdmail.policy import dnsbl
 from fwdmail.policy.clients import client_key
-from fwdmail.policy.contract import InboundPolicy, SessionInfo, Transaction
+from fwdmail.policy.contract import Accepted, InboundPolicy, SessionInfo, Transaction
+from fwdmail.policy.senderlists import SenderListCache, allowed_domains
 from fwdmail.runtime.context import Context
 from fwdmail.runtime.expiring import BoundedMap, OncePerWindow
 from fwdmail.runtime.sharedstate import SharedState, SharedUnavailable
 from fwdmail.runtime.shares import share
 from fwdmail.smtp.replies import (
     DNSBL_LISTED,
+    DNSBL_LISTED_RCPT,
     RATE_LIMITED,
     STORE_UNAVAILABLE,
     TOO_MANY_CONNECTIONS,
@@ -204,12 +206,17 @@ class AbusePolicy(InboundPolicy):
     """The MX's per-client controls: connections and DNSBL at connect, message rate at MAIL FROM.
 
     Refusals are answered right away; the first of each kind per client in `RecordThrottle.window`
-    is recorded as an abuse event with the client's IP (kept 7 days), nothing else is.
+    is recorded as an abuse event with the client's IP (kept 7 days), nothing else is. While some domain
+    has a sender allow list (`senders`), a listed client is refused at RCPT instead, for each domain
+    whose allow list does not name it or its sender.
     """
 
     def __init__(self, ctx: Context, clock: Callable[[], float] = time.monotonic,
-                 resolver: dns.asyncresolver.Resolver | None = None) -> None:
+                 resolver: dns.asyncresolver.Resolver | None = None,
+                 senders: SenderListCache | None = None) -> None:
         self.ctx = ctx
+        self.senders = senders
+        self._listed: dict[tuple[str, int], str] = {}  # sessions whose DNSBL refusal waits for RCPT
         self.cfg = ctx.config.abuse
         self.clock = clock
         self.limits = Limits(self.cfg, ctx.config.mx.workers)
@@ -236,13 +243,32 @@ class AbusePolicy(InboundPolicy):
             zone = await dnsbl.listed(self.resolver, ip, self.cfg.dnsbl_zones, self.ctx.config.dns.timeout)
             if zone is not None:
                 await self._record("dnsbl", ip, f"listed in {zone}")
+                if await self._may_be_allowed():
+                    self._listed[(ip, session.peer_port)] = zone
+                    return None
                 return DNSBL_LISTED.with_text(DNSBL_LISTED.text.format(zone=zone))
         return None
+
+    async def _may_be_allowed(self) -> bool:
+        if self.senders is None:
+            return False
+        try:
+            return await self.senders.any_allow()
+        except Exception as exc:
+            log.warning("cannot read the sender allow lists: %s", type(exc).__name__)
+            return False
+
+    async def rcpt(self, session: SessionInfo, tx: Transaction, recipient: Accepted) -> SmtpError | None:
+        zone = self._listed.get((session.peer_ip, session.peer_port))
+        if zone is None or recipient.route.domain.lower() in allowed_domains(tx):
+            return None
+        return DNSBL_LISTED_RCPT.with_text(DNSBL_LISTED_RCPT.text.format(zone=zone))
 
     def disconnect(self, session: SessionInfo) -> None:
         key = (session.peer_ip, session.peer_port)
         if self.shared is not None:
             self.shared.release(key)
+        self._listed.pop(key, None)
         if key in self._counted:
             self._counted.discard(key)
             self.limits.connections.release(session.peer_ip)

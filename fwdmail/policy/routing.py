@@ -25,7 +25,7 @@ import regex
 
 from fwdmail import store
 from fwdmail.config import MxConfig
-from fwdmail.mail.addresses import Address, AddressError, parse_address
+from fwdmail.mail.addresses import Address, AddressError, is_webhook, parse_address, parse_webhook_url
 from fwdmail.policy.clients import client_key
 from fwdmail.runtime.expiring import BoundedMap
 from fwdmail.smtp import replies
@@ -102,7 +102,7 @@ def _with_rule(entry: _DomainAliases, alias: store.AliasRecord) -> _DomainAliase
 def _unique(addresses: Iterable[str]) -> tuple[str, ...]:
     seen: dict[str, str] = {}
     for a in addresses:
-        seen.setdefault(a.lower(), a)
+        seen.setdefault(a if is_webhook(a) else a.lower(), a)
     return tuple(seen.values())[:MAX_DESTINATIONS]
 
 
@@ -110,13 +110,15 @@ def _valid(addresses: Iterable[str]) -> list[str]:
     out = []
     for a in addresses:
         try:
-            out.append(str(parse_address(a)))
+            out.append(parse_webhook_url(a) if is_webhook(a) else str(parse_address(a)))
         except AddressError:
             continue
     return out
 
 
 def _with_tag(destination: str, tag: str) -> str:
+    if is_webhook(destination):
+        return destination
     local, _, domain = destination.rpartition("@")
     return f"{local}+{tag}@{domain}"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import dns.asyncresolver
@@ -22,6 +23,7 @@ from fwdmail.policy.auth_verdict import needs_rewrite, verdict
 from fwdmail.policy.contract import Accepted, DataVerdict, InboundPolicy, SessionInfo, Transaction
 from fwdmail.policy.limits import RecordThrottle
 from fwdmail.policy.routing import Route
+from fwdmail.policy.senderlists import allowed_domains
 from fwdmail.runtime.context import Context
 from fwdmail.smtp.replies import TLS_REQUIRED, SmtpError
 
@@ -39,12 +41,18 @@ class _TxAuth:
     copies: dict[tuple[int, str, str], tuple[bytes, bytes]] = field(default_factory=dict)
 
 
+def _strictest(domains: Iterable[store.DomainRecord | None]) -> str:
+    return max((d.auth_policy if d else "report-only" for d in domains), key=lambda p: _STRICTNESS.get(p, 2),
+               default="off")
+
+
 class SenderAuthPolicy(InboundPolicy):
     """Sender authentication on the MX.
 
     RCPT: a domain with `require_tls_inbound` refuses clients without TLS (530). DATA: SPF, DKIM, DMARC
     and ARC are checked unless every recipient domain's auth policy is "off"; the strictest policy of
-    the recipient domains decides (enforce: refuse per `verdict`; report-only: log only). Each forwarded
+    the recipient domains decides (enforce: refuse per `verdict`; report-only: log only); domains whose
+    sender allow list names the sender or client do not take part in that decision. Each forwarded
     copy gets Authentication-Results, friendly-From when the domain asks for it and it is needed, and
     an ARC set sealed with the domain's DKIM key. Refusals that are abuse are recorded (with the client
     IP, once per client, kind and sender domain in `record_window` seconds).
@@ -66,10 +74,12 @@ class SenderAuthPolicy(InboundPolicy):
 
     async def data(self, session: SessionInfo, tx: Transaction, message: bytes) -> DataVerdict:
         domains = {a.route.domain.lower(): a.route.settings for a in tx.recipients}
-        policy = max((d.auth_policy if d else "report-only" for d in domains.values()),
-                     key=lambda p: _STRICTNESS.get(p, 2), default="off")
+        policy = _strictest(domains.values())
         if policy == "off":
             return DataVerdict()
+        allowed = allowed_domains(tx)  # checked and recorded for them, never refused
+        domains = {n: d for n, d in domains.items() if n not in allowed}
+        policy = _strictest(domains.values()) if allowed else policy
         report = await check_sender(message, tx.sender, session.peer_ip, session.helo, self.resolver,
                                     cpu=self.ctx.blocking.cpu_for(len(message)),
                                     spf_cpu=self.ctx.blocking.cpu, timeout=self.timeout)
@@ -79,8 +89,8 @@ class SenderAuthPolicy(InboundPolicy):
             log.debug("sender authentication: %s", outcome(report))
             return DataVerdict()
         if policy != "enforce":
-            log.info("sender authentication: %s would be refused (%s), policy is report-only",
-                     outcome(report), found.kind)
+            log.info("sender authentication: %s would be refused (%s), not enforced (%s)",
+                     outcome(report), found.kind, "allowed sender" if allowed else "report-only")
             return DataVerdict()
         log.info("sender authentication: %s refused (%s)", outcome(report), found.kind)
         if found.abuse:

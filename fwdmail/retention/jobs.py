@@ -97,6 +97,14 @@ async def purge_http_logs(db: DbSeam, now: dt.datetime, cfg: RetentionConfig,
     return await _batches(db, store.purge_http_logs_before, (cutoff,), cfg.batch_size, progress, stop)
 
 
+async def purge_web_sessions(db: DbSeam, now: dt.datetime, cfg: RetentionConfig,
+                             progress: Progress | None = None, stop: asyncio.Event | None = None) -> int:
+    """Delete expired web sessions and expired one-time password links."""
+    sessions = await _batches(db, store.purge_sessions_before, (now,), cfg.batch_size, progress, stop)
+    links = await _batches(db, store.purge_login_links_before, (now,), cfg.batch_size, progress, stop)
+    return sessions + links
+
+
 async def redact_bodies(db: DbSeam, now: dt.datetime, cfg: RetentionConfig,
                         progress: Progress | None = None, stop: asyncio.Event | None = None) -> int:
     """Drop the bodies of final outbound mail past its domain's retention_days."""
@@ -122,6 +130,10 @@ async def _count_http_logs(db: DbSeam, now: dt.datetime, cfg: RetentionConfig) -
     return await db(store.count_http_logs_before, _days(now, HTTP_LOG_DAYS))
 
 
+async def _count_web_sessions(db: DbSeam, now: dt.datetime, cfg: RetentionConfig) -> int:
+    return await db(store.count_expired_web_sessions, now)
+
+
 async def _count_bodies(db: DbSeam, now: dt.datetime, cfg: RetentionConfig) -> int:
     return await db(store.count_bodies_due, now)
 
@@ -141,6 +153,8 @@ JOBS: tuple[Job, ...] = (
         lambda c: f"final, Date {c.outbound_record_days}+ days ago", _count_emails, delete_emails),
     Job("http_logs", "web/API request logs",
         lambda c: f"created {HTTP_LOG_DAYS}+ days ago", _count_http_logs, purge_http_logs),
+    Job("web_sessions", "web sessions and password links",
+        lambda c: "expired", _count_web_sessions, purge_web_sessions),
 )
 
 

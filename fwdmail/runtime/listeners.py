@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 import resource
+import socket
 import ssl
 from asyncio import sslproto
 from collections.abc import Callable
@@ -162,6 +163,14 @@ async def listen(addresses: tuple[str, ...], factory: Callable[[], asyncio.Proto
                 s.close()
             raise listen_error(addr, exc) from None
     return servers
+
+
+def accepting(sock: Any) -> bool:
+    """A listening socket still open and listening (asyncio's TransportSocket or a plain socket)."""
+    try:
+        return bool(sock.fileno() != -1 and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+    except OSError:
+        return False
 
 
 def listen_error(addr: str, exc: OSError) -> StartupError:

@@ -15,18 +15,19 @@ import asyncio
 import gc
 import logging
 import signal
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from fwdmail.mx.service import MxService
 from fwdmail.mx.workers import worker_command
 from fwdmail.policy.limits import AbusePolicy
 from fwdmail.policy.sender_auth import SenderAuthPolicy
+from fwdmail.policy.senderlists import SenderListPolicy
 from fwdmail.queue.service import QueueService
 from fwdmail.retention.scheduler import RetentionScheduler
 from fwdmail.runtime.context import Context, StartupError
 from fwdmail.runtime.datadir import Runtime
-from fwdmail.runtime.listeners import raise_fd_limit, session_caps
+from fwdmail.runtime.listeners import accepting, raise_fd_limit, session_caps
 from fwdmail.runtime.notify import Notifier
 from fwdmail.runtime.sharedstate import PersistentRedis, SharedState, SharedUnavailable, open_shared
 from fwdmail.submission.service import SubmissionService
@@ -42,14 +43,47 @@ class Service(Protocol):
     async def stop(self) -> None: ...
 
 
-WebFactory = Callable[[Context], Service]
+ListenerCheck = Callable[[], list[str]]
+WebFactory = Callable[[Context, ListenerCheck], Service]
+
+
+class ListenerState:
+    """The listeners the daemon was asked to open, per service, for `/healthz`: each service that has
+    them says which sockets it listens on (`listening()`), and a socket closed or no longer listening
+    is reported down."""
+
+    def __init__(self) -> None:
+        self._expected: dict[str, tuple[int, Callable[[], Sequence[Any]]]] = {}
+
+    def expect(self, name: str, count: int, sockets: Callable[[], Sequence[Any]]) -> None:
+        if count:
+            self._expected[name] = (count, sockets)
+
+    def problems(self) -> list[str]:
+        """One line per service with listeners down (none: all up)."""
+        out = []
+        for name, (count, sockets) in self._expected.items():
+            up = sum(1 for sock in sockets() if accepting(sock))
+            if up < count:
+                out.append(f"{name}: {count - up} of {count} listener(s) down")
+        return out
+
+
+def expected_listeners(ctx: Context, name: str) -> int:
+    """How many listening sockets the configuration asks service `name` to open."""
+    cfg = ctx.config
+    sub = cfg.submission
+    return {"mx": len(cfg.mx.listen), "submission": len(sub.listen) + len(sub.listen_tls),
+            "http": len(cfg.http.listen)}.get(name, 0)
 
 
 def build_services(ctx: Context, config_file: str | None = None, mx_worker_fd: int | None = None,
-                   web: WebFactory | None = None) -> list[Service]:
+                   web: WebFactory | None = None, listeners: ListenerState | None = None) -> list[Service]:
     """The daemon's services in start order (an MX worker process runs only the MX); `web` makes the
-    HTTP listener, started after the SMTP listeners."""
-    policies = [AbusePolicy(ctx), SenderAuthPolicy(ctx)]
+    HTTP listener, started after the SMTP listeners, and is told of every listener's state."""
+    state = listeners or ListenerState()
+    senders = SenderListPolicy(ctx)  # first: the others read which domains allow the sender
+    policies = [senders, AbusePolicy(ctx, senders=senders.cache), SenderAuthPolicy(ctx)]
     if mx_worker_fd is not None:
         return [MxService(ctx, policies, inbox_fd=mx_worker_fd)]
     queue = QueueService(ctx)  # its start() takes back claims of a crashed run, then starts the workers
@@ -57,7 +91,7 @@ def build_services(ctx: Context, config_file: str | None = None, mx_worker_fd: i
         queue,
         SubmissionService(ctx, on_queued=queue.wake),
         MxService(ctx, policies, worker_command=worker_command(config_file)),
-        *([web(ctx)] if web is not None else []),
+        *([web(ctx, state.problems)] if web is not None else []),
         RetentionScheduler(ctx.blocking, ctx.config.retention),  # last: starts after listeners, stops first
     ]
 
@@ -99,7 +133,8 @@ async def run(runtime: Runtime, config_file: str | None = None, mx_worker_fd: in
     caps = session_caps(ctx.config)
     log.info("open-files limit %s: at most %d MX and %d submission sessions", caps.fd_limit or "unlimited",
              caps.mx, caps.submission)
-    services = build_services(ctx, config_file, mx_worker_fd, web)
+    listeners = ListenerState()
+    services = build_services(ctx, config_file, mx_worker_fd, web, listeners)
     systemd = Notifier() if mx_worker_fd is None else Notifier("")  # a worker's parent speaks for it
 
     def on_signal(signame: str) -> None:
@@ -134,6 +169,9 @@ async def run(runtime: Runtime, config_file: str | None = None, mx_worker_fd: in
             systemd.status(f"starting {service.name}")
             await service.start()
             started.append(service)
+            listening = getattr(service, "listening", None)
+            if listening is not None and mx_worker_fd is None:
+                listeners.expect(service.name, expected_listeners(ctx, service.name), listening)
         names = ", ".join(s.name for s in started) or "no services"
         log.info("fwdmail ready: %s", names)
         freeze_startup_objects()

@@ -24,12 +24,14 @@ from dataclasses import dataclass, field
 import aiosmtplib
 import dns.asyncresolver
 import dns.exception
+import dns.flags
 import dns.name
 import dns.resolver
 
 from fwdmail.auth.resolver import async_resolver
 from fwdmail.config import Config, parse_host_port
 from fwdmail.smtp.replies import SmtpError
+from fwdmail.smtp.tlspolicy import HostCheck, TlsPolicy
 
 log = logging.getLogger("fwdmail.delivery")
 
@@ -130,6 +132,14 @@ class _HostFailure(Exception):
         self.error = error
 
 
+class _PolicyFailure(Exception):
+    """The TLS session with a server does not pass its `HostCheck`."""
+
+    def __init__(self, error: SmtpError) -> None:
+        super().__init__(error.reply)
+        self.error = error
+
+
 @dataclass
 class _Pool:
     idle: list[tuple[aiosmtplib.SMTP, float]] = field(default_factory=list)
@@ -160,8 +170,10 @@ class Delivery:
         self.config = config
         self.cfg = config.delivery
         self.resolver = resolver or async_resolver(config.dns)
+        self.resolver.flags = dns.flags.RD | dns.flags.AD  # RFC 6840 5.7: ask for the AD bit (DANE)
         self.hostname = config.server_hostname
-        self._pools: dict[Target, _Pool] = defaultdict(_Pool)
+        self.tls = TlsPolicy(self.cfg, self.resolver)
+        self._pools: dict[tuple[Target, str], _Pool] = defaultdict(_Pool)
         self._tls = ssl.create_default_context()
         self._tls.check_hostname = False
         self._tls.verify_mode = ssl.CERT_NONE
@@ -186,6 +198,7 @@ class Delivery:
             for conn, _ in pool.idle:
                 await self._quit(conn)
             pool.idle.clear()
+        await self.tls.close()
 
     # routing
 
@@ -230,27 +243,36 @@ class Delivery:
         targets = await self.targets(domain)
         if isinstance(targets, SmtpError):
             return dict.fromkeys(rcpts, targets)
+        routed = bool(self.cfg.routes.get(domain) or self.cfg.routes.get("*"))
+        checks = await self.tls.plan(domain, [(t.host, t.port) for t in targets], routed)
+        if isinstance(checks, SmtpError):
+            return dict.fromkeys(rcpts, checks)
         last: SmtpError = NO_ROUTE
         for target in targets:
+            if (target.host, target.port) not in checks:
+                continue
+            check = checks[(target.host, target.port)]
             addrs = await self._addresses(target.host)
             if not addrs:
                 continue
             for addr in addrs:
                 try:
-                    return await self._send_via(Target(addr, target.port), mail_from, rcpts, message)
+                    return await self._send_via(Target(addr, target.port), mail_from, rcpts, message, check)
                 except _HostFailure as exc:
                     last = exc.error
         if last.permanent and len(targets) > 1:
             last = NO_ROUTE
         return dict.fromkeys(rcpts, last)
 
-    async def _send_via(self, target: Target, mail_from: str, rcpts: list[str], message: Content) -> Result:
-        pool = self._pools[target]
+    async def _send_via(self, target: Target, mail_from: str, rcpts: list[str], message: Content,
+                        check: HostCheck | None = None) -> Result:
+        key = (target, check.key if check else "")
+        pool = self._pools[key]
         if pool.slots is None:
             pool.slots = asyncio.Semaphore(self.cfg.max_connections_per_host)
         async with pool.slots:
             for _attempt in range(2):
-                conn, reused = await self._checkout(target)
+                conn, reused = await self._checkout(key, check)
                 try:
                     result = await self._transaction(conn, mail_from, rcpts, message)
                 except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
@@ -264,25 +286,28 @@ class Delivery:
                 except BaseException:
                     await self._quit(conn)
                     raise
-                self._checkin(target, conn)
+                self._checkin(key, conn)
                 return result
         raise _HostFailure(LOST)
 
-    async def _checkout(self, target: Target) -> tuple[aiosmtplib.SMTP, bool]:
-        pool = self._pools[target]
+    async def _checkout(self, key: tuple[Target, str],
+                        check: HostCheck | None) -> tuple[aiosmtplib.SMTP, bool]:
+        pool = self._pools[key]
         now = time.monotonic()
         while pool.idle:
             conn, since = pool.idle.pop()
             if conn.is_connected and now - since < self.cfg.idle_timeout:
                 return conn, True
             await self._quit(conn)
-        return await self._connect(target), False
+        if check is not None:
+            return await self._connect_checked(key[0], check), False
+        return await self._connect(key[0]), False
 
-    def _checkin(self, target: Target, conn: aiosmtplib.SMTP) -> None:
+    def _checkin(self, key: tuple[Target, str], conn: aiosmtplib.SMTP) -> None:
         if self._closed or not conn.is_connected:
             asyncio.get_running_loop().create_task(self._quit(conn))
             return
-        self._pools[target].idle.append((conn, time.monotonic()))
+        self._pools[key].idle.append((conn, time.monotonic()))
         if self._reaper is None or self._reaper.done():
             self._reaper = asyncio.get_running_loop().create_task(self._reap())
 
@@ -310,6 +335,48 @@ class Delivery:
             return await self._open(target, False)
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise _HostFailure(_connect_error(exc)) from exc
+
+    async def _connect_checked(self, target: Target, check: HostCheck) -> aiosmtplib.SMTP:
+        """A session over STARTTLS whose certificate passes `check`; a `testing` check that fails is
+        logged and the session made without it."""
+        try:
+            return await self._open_checked(target, check)
+        except _PolicyFailure as exc:
+            log.warning("%s", exc.error.text)
+            if check.enforce:
+                raise _HostFailure(exc.error) from exc
+            log.warning("%s policy of %s is in testing mode: delivering anyway", check.policy, check.domain)
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise _HostFailure(_connect_error(exc)) from exc
+        return await self._connect(target)
+
+    async def _open_checked(self, target: Target, check: HostCheck) -> aiosmtplib.SMTP:
+        conn = aiosmtplib.SMTP(
+            hostname=target.host, port=target.port, local_hostname=self.hostname,
+            timeout=self.cfg.connect_timeout, start_tls=False, validate_certs=False,
+        )
+        try:
+            await conn.connect()
+            await self._greet(conn)
+            if not conn.supports_extension("starttls"):
+                raise _PolicyFailure(check.failure("STARTTLS not offered"))
+            try:
+                await conn.starttls(server_hostname=check.host, tls_context=self.tls.context(check))
+            except ssl.SSLCertVerificationError as exc:
+                raise _PolicyFailure(check.failure(f"certificate not valid ({exc.verify_message})")) from exc
+            except (ssl.SSLError, aiosmtplib.SMTPResponseException,
+                    aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
+                raise _PolicyFailure(check.failure("STARTTLS failed")) from exc
+            if check.tlsa:
+                why = self.tls.dane_mismatch(check, conn.get_transport_info("ssl_object"))
+                if why:
+                    raise _PolicyFailure(check.failure(why))
+            await self._greet(conn)
+        except BaseException:
+            await self._quit(conn)
+            raise
+        conn.timeout = self.cfg.command_timeout
+        return conn
 
     async def _open(self, target: Target, starttls: bool) -> aiosmtplib.SMTP:
         conn = aiosmtplib.SMTP(

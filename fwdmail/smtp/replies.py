@@ -160,3 +160,11 @@ TOO_MANY_JUNK = SmtpError(421, "4.7.0", "Too many commands that do nothing, clos
 SESSION_TOO_LONG = SmtpError(421, "4.4.2", "Session too long, closing the connection")
 LOGIN_TIMEOUT = SmtpError(421, "4.7.0", "No login in time, closing the connection")
 TLS_ACTIVE = SmtpError(503, "5.5.1", "TLS already active")
+
+# issue 17: sender lists and webhook destinations
+SENDER_DENIED = SmtpError(550, "5.7.1", "Sender refused: the recipient's domain does not accept mail from it")
+DNSBL_LISTED_RCPT = SmtpError(550, "5.7.1", "Client host blocked using {zone}")
+WEBHOOK_REFUSED = SmtpError(550, "5.7.1", "Webhook destination refused: its host is not a public address")
+WEBHOOK_TEMPFAIL = SmtpError(451, "4.4.1", "Webhook destination did not take the message, try again later")
+WEBHOOK_REJECTED = SmtpError(550, "5.6.0", "Webhook destination refused the message")
+WEBHOOK_TOO_BIG = SmtpError(552, "5.3.4", "Message too big for the webhook destination")

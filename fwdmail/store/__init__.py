@@ -12,6 +12,12 @@ from fwdmail.store.abuse import (
     list_abuse_events,
     record_abuse,
 )
+from fwdmail.store.accountpages import (
+    account_email_owner,
+    list_account_emails,
+    list_account_http_logs,
+    list_account_smtp_errors,
+)
 from fwdmail.store.bulk import (
     IMPORT_BATCH,
     ImportRow,
@@ -70,6 +76,7 @@ from fwdmail.store.directory import (
     mark_domain_verified,
     remove_alias,
     remove_domain,
+    set_alias_destinations,
     set_alias_password,
     set_alias_state,
     update_domain,
@@ -129,4 +136,39 @@ from fwdmail.store.retention import (
     take_lease,
     wal_checkpoint,
 )
-from fwdmail.store.tokens import account_for_token, add_api_token, count_api_tokens
+from fwdmail.store.senderlists import (
+    SENDER_RULE_KINDS,
+    SenderRuleRecord,
+    add_sender_rules,
+    any_allow_rules,
+    domain_sender_rules,
+    list_sender_rules,
+    remove_sender_rules,
+    set_webhook_key,
+    webhook_key,
+)
+from fwdmail.store.sessions import (
+    LoginState,
+    SessionRecord,
+    add_login_link,
+    add_session,
+    count_expired_web_sessions,
+    count_sessions,
+    delete_session,
+    delete_sessions,
+    get_login_state,
+    login_link_account,
+    purge_login_links_before,
+    purge_sessions_before,
+    set_login,
+    set_session_stage,
+    take_login_link,
+    web_session,
+)
+from fwdmail.store.tokens import (
+    account_for_token,
+    add_api_token,
+    count_api_tokens,
+    list_api_tokens,
+    revoke_api_token,
+)

@@ -23,11 +23,16 @@ from playhouse import migrate as schema
 
 from fwdmail.store.models import (
     ALL_MODELS,
+    AccountLogin,
     ApiToken,
     DirectoryChange,
     HttpLog,
     Lease,
+    LoginLink,
     Meta,
+    SenderRule,
+    WebhookKey,
+    WebSession,
     database,
     lookup_key,
 )
@@ -172,6 +177,16 @@ def _http_tables(db: pw.Database) -> None:
     db.create_tables([ApiToken, HttpLog])
 
 
+def _web_logins(db: pw.Database) -> None:
+    """issue 16 pages: account web logins, sessions and one-time password links."""
+    db.create_tables([AccountLogin, WebSession, LoginLink], safe=True)
+
+
+def _sender_lists_and_webhook_keys(db: pw.Database) -> None:
+    """issue 17: per-domain sender allow/deny lists and webhook signing keys."""
+    db.create_tables([SenderRule, WebhookKey], safe=True)
+
+
 def _aliases_from(db: pw.Database) -> None:
     """issue 17: where a domain's aliases come from (store, dns, both); the column added if missing.
     One plain ADD COLUMN: playhouse's add_column rebuilds a SQLite table to make a column NOT NULL, and
@@ -181,6 +196,7 @@ def _aliases_from(db: pw.Database) -> None:
 
 
 MIGRATIONS: list[Callable[[pw.Database], None]] = [_directory_lookups, _cluster, _http_tables,
+                                                   _web_logins, _sender_lists_and_webhook_keys,
                                                    _aliases_from]
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 

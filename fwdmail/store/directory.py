@@ -475,3 +475,13 @@ def lookup_aliases(domain: str, keys: Sequence[str], with_rules: bool = True) ->
             rules = tuple(_alias_record(a, row, email) for a in Alias.select().where(
                 Alias.domain == row.id, Alias.kind.in_(("regex", "catch-all"))).order_by(Alias.id))
     return AliasLookup(_domain_record(row), exact, rules)
+
+
+def set_alias_destinations(domain: str, kind: str, local: str, destinations: list[str]) -> AliasRecord:
+    """Replace an alias's destinations (already checked by the caller)."""
+    with writing():
+        row = _alias(domain, kind, local)
+        row.destinations = json.dumps(destinations)
+        row.save()
+        _bump_directory([domain])
+    return _alias_record(row)

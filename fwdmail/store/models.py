@@ -191,7 +191,64 @@ class HttpLog(BaseModel):
     client_net = pw.CharField(default="")
 
 
+# -- web logins (issue 16, "My Account" pages) --
+class AccountLogin(BaseModel):
+    """An account's web login: the scrypt hash of its password and, when enabled, its TOTP secret
+    (`totp_pending`: a secret shown for confirmation, not yet required). `totp_step`: the last time step
+    accepted, so a code is never accepted twice."""
+
+    account = pw.ForeignKeyField(Account, unique=True, backref="logins", on_delete="CASCADE")
+    password_hash = pw.CharField(null=True)
+    totp_secret = pw.CharField(null=True)
+    totp_pending = pw.CharField(null=True)
+    totp_step = pw.BigIntegerField(default=0)
+    updated_at = pw.DateTimeField(default=utcnow)
+
+
+class WebSession(BaseModel):
+    """A web session, kept as the SHA-256 of the cookie's id (never the id). `stage` is "totp" between
+    the password and the second factor, then "full"."""
+
+    account = pw.ForeignKeyField(Account, backref="web_sessions", on_delete="CASCADE")
+    id_hash = pw.CharField(unique=True)
+    stage = pw.CharField(default="full")
+    created_at = pw.DateTimeField(default=utcnow)
+    expires_at = pw.DateTimeField(index=True)
+
+
+class LoginLink(BaseModel):
+    """A one-time link to set an account's password (invite or reset), kept as the SHA-256 of its token."""
+
+    account = pw.ForeignKeyField(Account, backref="login_links", on_delete="CASCADE")
+    token_hash = pw.CharField(unique=True)
+    created_at = pw.DateTimeField(default=utcnow)
+    expires_at = pw.DateTimeField(index=True)
+
+
+# issue 17: sender allow/deny lists and webhook signing keys, per domain
+
+class SenderRule(BaseModel):
+    """One entry of a domain's sender allow or deny list: an address, `@domain`, IP or CIDR."""
+
+    domain = pw.ForeignKeyField(Domain, backref="sender_rules", on_delete="CASCADE")
+    kind = pw.CharField()  # allow | deny
+    pattern = pw.CharField()
+    created_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("domain", "kind", "pattern"), True),)
+
+
+class WebhookKey(BaseModel):
+    """The key a domain's webhook POSTs are signed with (HMAC-SHA256), as `domain webhook-key` prints it."""
+
+    domain = pw.ForeignKeyField(Domain, backref="webhook_keys", on_delete="CASCADE", unique=True)
+    key = pw.CharField()
+    created_at = pw.DateTimeField(default=utcnow)
+
+
 ALL_MODELS: list[type[BaseModel]] = [
     Meta, Account, Domain, Alias, DirectoryChange, Lease, OutboundEmail, OutboundRecipient, SmtpErrorLog,
     AbuseEvent, ApiToken, HttpLog,
+    AccountLogin, WebSession, LoginLink, SenderRule, WebhookKey,
 ]

@@ -11,7 +11,7 @@ from fwdmail.store.db import reads, writing
 from fwdmail.store.directory import AccountRecord, _account, _account_record
 from fwdmail.store.models import Account, ApiToken
 
-__all__ = ["account_for_token", "add_api_token", "count_api_tokens"]
+__all__ = ["account_for_token", "add_api_token", "count_api_tokens", "list_api_tokens", "revoke_api_token"]
 
 
 def add_api_token(account_email: str, token_hash: str, now: dt.datetime) -> AccountRecord:
@@ -32,3 +32,18 @@ def account_for_token(token_hash: str) -> AccountRecord | None:
 @reads
 def count_api_tokens(account_email: str) -> int:
     return ApiToken.select().join(Account).where(Account.email == account_email).count()
+
+
+@reads
+def list_api_tokens(account_email: str) -> list[tuple[int, dt.datetime]]:
+    """The account's tokens as (id, created_at), oldest first (their hashes stay here)."""
+    rows = (ApiToken.select(ApiToken.id, ApiToken.created_at).join(Account)
+            .where(Account.email == account_email).order_by(ApiToken.id))
+    return [(r.id, r.created_at) for r in rows]
+
+
+def revoke_api_token(account_email: str, token_id: int) -> bool:
+    """Delete the account's token `token_id`; False when the account has no such token."""
+    with writing():
+        acct = _account(account_email)
+        return ApiToken.delete().where(ApiToken.id == token_id, ApiToken.account == acct).execute() > 0

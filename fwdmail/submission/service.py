@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from fwdmail import store
 from fwdmail.policy.clients import client_key
@@ -68,6 +69,10 @@ class SubmissionService:
         self._servers += await listen(cfg.listen_tls, self._factory(True), gate=self.gate)
         log.info("submission listening on %d STARTTLS and %d implicit TLS address(es)",
                  len(cfg.listen), len(cfg.listen_tls))
+
+    def listening(self) -> list[Any]:
+        """The sockets submission is accepted on (for `/healthz`)."""
+        return [sock for server in self._servers for sock in server.sockets]
 
     async def stop(self) -> None:
         """Refuse new connections, let messages being received or committed get their reply (at most

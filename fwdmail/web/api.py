@@ -2,113 +2,41 @@
 the executor, and render what it returns with the field names of the CLI's `--json`.
 
 Untrusted input: URL path parameters, query parameters (paging) and JSON request bodies; shapes and
-types are checked here, values in `app`. Nothing a client sent is logged."""
+types are checked by `apicore`, values in `app`. Nothing a client sent is logged. The handlers added
+later live by noun in `api_account`, `api_domains` and `api_emails`, registered here."""
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import json
-from typing import Any
+from collections.abc import Callable
 
 from aiohttp import web
 
 from fwdmail.app import domains, now, tenancy
-from fwdmail.app.accounts import AccountRecord
-from fwdmail.runtime.context import Context
+from fwdmail.web import api_account, api_domains, api_emails
+from fwdmail.web.apicore import (
+    CONTEXT_KEY,
+    ApiError,
+    account_json,
+    alias_json,
+    domain_json,
+    fields,
+    reply,
+)
+from fwdmail.web.apicore import call as _call
+from fwdmail.web.apicore import context as _ctx
+from fwdmail.web.apicore import int_query as _int_query
+from fwdmail.web.apicore import read_body as _body
+from fwdmail.web.apicore import text_field as _text_field
 from fwdmail.web.auth import authenticate
 from fwdmail.web.openapi import document
 
+__all__ = ["CONTEXT_KEY", "LISTENERS_KEY", "ApiError", "ListenerCheck", "reply", "routes"]
+
 HEALTH_TIMEOUT = 2.0
 DEFAULT_PAGE_SIZE = 50
-CONTEXT_KEY = web.AppKey("context", Context)
-
-
-class ApiError(web.HTTPException):
-    """A JSON error reply: `{"error": code, "message": text}` with `status`."""
-
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-        self.status_code = status
-        super().__init__(headers=headers, text=json.dumps({"error": code, "message": message}),
-                         content_type="application/json")
-
-
-def _iso(value: Any) -> str:
-    if isinstance(value, dt.datetime):
-        return value.isoformat() + ("Z" if value.tzinfo is None else "")
-    raise TypeError(f"{type(value).__name__} is not JSON")
-
-
-def reply(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(text=json.dumps(data, default=_iso), status=status, headers=headers,
-                        content_type="application/json")
-
-
-def account_json(a: AccountRecord) -> dict[str, Any]:
-    return {"email": a.email, "domains": list(a.domains), "created_at": a.created_at}
-
-
-def domain_json(d: tenancy.DomainRecord) -> dict[str, Any]:
-    return {
-        "name": d.name, "account": d.account_email, "dkim_selector": d.dkim_selector,
-        "retention_days": d.retention_days, "verified_at": d.verified_at, "auth_policy": d.auth_policy,
-        "friendly_from": d.friendly_from, "require_tls_inbound": d.require_tls_inbound,
-        "aliases_from": d.aliases_from,
-        "created_at": d.created_at,
-    }
-
-
-def alias_json(a: tenancy.AliasRecord) -> dict[str, Any]:
-    return {"address": a.address, "kind": a.kind, "destinations": list(a.destinations), "state": a.state,
-            "has_password": a.has_password, "account": a.account_email, "created_at": a.created_at}
-
-
-async def _call(ctx: Context, fn: Any, *args: Any) -> Any:
-    """Run an `app` function on the store's thread, turning its expected failures into JSON errors."""
-    try:
-        return await ctx.blocking.db(fn, *args)
-    except tenancy.AlreadyExists as exc:
-        raise ApiError(409, "already_exists", str(exc)) from None
-    except tenancy.NotFound as exc:
-        raise ApiError(404, "not_found", str(exc)) from None
-    except (tenancy.AddressError, ValueError) as exc:
-        raise ApiError(400, "invalid", str(exc) or "invalid value") from None
-    except tenancy.UNAVAILABLE:
-        raise ApiError(503, "unavailable", "the store is unavailable; try again later") from None
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, "too_large", "the request body is too large") from None
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise ApiError(400, "invalid_json", "the request body must be a JSON object") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "invalid_json", "the request body must be a JSON object")
-    return data
-
-
-def _text_field(data: dict[str, Any], name: str) -> str:
-    value = data.get(name)
-    if not isinstance(value, str) or not value.strip():
-        raise ApiError(400, "invalid", f"{name!r} must be a non-empty string")
-    return value
-
-
-def _int_query(request: web.Request, name: str, default: int) -> int:
-    text = request.query.get(name)
-    if text is None:
-        return default
-    if not text.isascii() or not text.isdigit() or len(text) > 9:
-        raise ApiError(400, "invalid", f"{name!r} must be a positive whole number")
-    return int(text)
-
-
-def _ctx(request: web.Request) -> Context:
-    return request.app[CONTEXT_KEY]
+ListenerCheck = Callable[[], list[str]]  # one line per service with listeners down
+LISTENERS_KEY = web.AppKey("listeners", ListenerCheck)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -117,6 +45,9 @@ async def healthz(request: web.Request) -> web.Response:
         await asyncio.wait_for(ctx.blocking.db(tenancy.store_reachable), HEALTH_TIMEOUT)
     except Exception:
         return reply({"status": "unavailable", "reason": "store unreachable"}, status=503)
+    down = request.app[LISTENERS_KEY]()
+    if down:
+        return reply({"status": "unavailable", "reason": "listeners down: " + "; ".join(down)}, status=503)
     return reply({"status": "ok"})
 
 
@@ -139,7 +70,7 @@ async def list_domains(request: web.Request) -> web.Response:
 async def add_domain(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     account = await authenticate(ctx, request)
-    name = _text_field(await _body(request), "name")
+    name = _text_field(fields(await _body(request), {"name": "string"}), "name")
     try:
         prepared = await ctx.blocking.cpu(tenancy.prepare_domain, account.email, name, now())
     except (tenancy.AddressError, ValueError) as exc:
@@ -179,7 +110,8 @@ async def list_aliases(request: web.Request) -> web.Response:
 async def add_alias(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     account = await authenticate(ctx, request)
-    data = await _body(request)
+    data = fields(await _body(request), {"address": "string", "destinations": "strings"},
+                  required=("address", "destinations"))
     address = _text_field(data, "address")
     destinations = data.get("destinations")
     if not isinstance(destinations, list) or not all(isinstance(d, str) for d in destinations):
@@ -218,4 +150,7 @@ def routes() -> list[web.RouteDef]:
         web.post("/v1/domains/{domain}/aliases", add_alias),
         web.get("/v1/domains/{domain}/aliases/{alias}", get_alias, allow_head=False),
         web.delete("/v1/domains/{domain}/aliases/{alias}", remove_alias),
+        *api_account.routes(),
+        *api_domains.routes(),
+        *api_emails.routes(),
     ]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -45,6 +45,9 @@ class Limits(Protocol):
 
 SiteFactory = Callable[[web.AppRunner, str, int, Any], web.BaseSite]
 """Makes a TCP site whose connections pass the given limits first (`web.server.LimitedSite`)."""
+Middleware = Callable[[web.Request, Callable[[web.Request], Awaitable[web.StreamResponse]]],
+                      Awaitable[web.StreamResponse]]
+"""An aiohttp middleware (the HTTP listener's `paced`, which keeps its slow-client timers right)."""
 
 
 async def scrape(ctx: Context) -> web.Response:
@@ -79,8 +82,10 @@ def _with_token(ctx: Context, token: str) -> Callable[[web.Request], Awaitable[w
 class _Listener:
     """`[metrics] listen`: its own small aiohttp runner, started and stopped with the HTTP listener's."""
 
-    def __init__(self, ctx: Context, limits: Limits, site: SiteFactory) -> None:
+    def __init__(self, ctx: Context, limits: Limits, site: SiteFactory,
+                 middlewares: Sequence[Middleware] = ()) -> None:
         self.ctx = ctx
+        self.middlewares = tuple(middlewares)
         self.limits = type(limits)(MAX_CONNECTIONS_PER_IP, MAX_CONNECTIONS)
         self.site = site
         self.runner: web.AppRunner | None = None
@@ -89,7 +94,7 @@ class _Listener:
         addresses = self.ctx.config.metrics.listen
         if not addresses:
             return
-        inner = web.Application()
+        inner = web.Application(middlewares=self.middlewares)
 
         async def metrics(_request: web.Request) -> web.Response:
             return await scrape(self.ctx)
@@ -115,12 +120,13 @@ class _Listener:
             self.runner = None
 
 
-def register(application: web.Application, ctx: Context, limits: Limits, site: SiteFactory) -> None:
+def register(application: web.Application, ctx: Context, limits: Limits, site: SiteFactory,
+             middlewares: Sequence[Middleware] = ()) -> None:
     """Add the metrics to the HTTP service: `/metrics` behind the token (if set), the `[metrics] listen`
     listener (started and stopped with `application`), and the HTTP listener's open connections."""
     ctx.metrics.track_sessions("http", lambda: limits.open)
     if ctx.config.metrics.token:
         application.router.add_get("/metrics", _with_token(ctx, ctx.config.metrics.token))
-    listener = _Listener(ctx, limits, site)
+    listener = _Listener(ctx, limits, site, middlewares)
     application.on_startup.append(listener.start)
     application.on_cleanup.append(listener.stop)

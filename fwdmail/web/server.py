@@ -19,8 +19,10 @@ from aiohttp import web
 from fwdmail.app import httplog, now
 from fwdmail.config import HttpConfig, parse_host_port
 from fwdmail.runtime.context import Context, StartupError
-from fwdmail.web import api, metrics
+from fwdmail.runtime.listeners import accepting
+from fwdmail.web import api, metrics, pages
 from fwdmail.web.auth import ACCOUNT_KEY
+from fwdmail.web.clients import client_address
 
 log = logging.getLogger("fwdmail.http")
 
@@ -31,8 +33,8 @@ SHUTDOWN_TIMEOUT = 5.0
 MAX_PENDING_ROWS = 10_000
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type",
-               503: "unavailable"}
+               405: "method_not_allowed", 408: "timeout", 413: "too_large", 415: "unsupported_media_type",
+               429: "busy", 503: "unavailable"}
 
 
 class ConnectionLimits:
@@ -61,13 +63,25 @@ class ConnectionLimits:
 
 
 class _Limited(asyncio.Protocol):
-    """A connection admitted by `ConnectionLimits` and handed to aiohttp's protocol, or closed at once."""
+    """A connection admitted by `ConnectionLimits` and handed to aiohttp's protocol, or closed at once.
 
-    def __init__(self, factory: Callable[[], Any], limits: ConnectionLimits) -> None:
+    It is also closed when a request's headers take longer than `header_timeout` to arrive (counted from
+    the connection's start, or from the end of its previous request) or its body longer than
+    `body_timeout` after them: a client trickling bytes (slowloris) holds its slot that long at most.
+    The request middleware says when headers ended (`started`), and when the request ended (`finished`).
+    """
+
+    def __init__(self, factory: Callable[[], Any], limits: ConnectionLimits, header_timeout: float,
+                 body_timeout: float) -> None:
         self._factory = factory
         self._limits = limits
         self._inner: Any = None
         self._client = ""
+        self._transport: asyncio.BaseTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiting_for = ""
+        self._header_timeout = header_timeout
+        self._body_timeout = body_timeout
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -75,8 +89,44 @@ class _Limited(asyncio.Protocol):
         if not self._limits.admit(self._client):
             transport.abort()
             return
+        self._transport = transport
         self._inner = self._factory()
         self._inner.connection_made(transport)
+        self._arm(self._header_timeout, "headers")
+
+    def _arm(self, seconds: float, what: str) -> None:
+        self._disarm()
+        if self._transport is not None:
+            self._timer = asyncio.get_running_loop().call_later(seconds, self._expire, what)
+            self._waiting_for = what
+
+    def _disarm(self) -> None:
+        self._waiting_for = ""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self, what: str) -> None:
+        self._timer = None
+        self._waiting_for = ""
+        if self._transport is not None:
+            log.debug("HTTP connection closed: request %s too slow", what)
+            self._transport.abort()
+
+    def started(self, request: web.BaseRequest) -> None:
+        """A request's headers arrived: its body, if it has one, gets `body_timeout` to follow."""
+        self._disarm()
+        if request.body_exists and not request.content.at_eof():
+            self._arm(self._body_timeout, "body")
+            request.content.on_eof(self._body_done)
+
+    def _body_done(self) -> None:
+        if self._waiting_for == "body":
+            self._disarm()
+
+    def finished(self) -> None:
+        """A request was answered: the next one's headers get `header_timeout` from now."""
+        self._arm(self._header_timeout, "headers")
 
     def data_received(self, data: bytes) -> None:
         if self._inner is not None:
@@ -94,6 +144,8 @@ class _Limited(asyncio.Protocol):
             self._inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        self._transport = None
         if self._inner is not None:
             self._limits.release(self._client)
             self._inner.connection_lost(exc)
@@ -103,17 +155,23 @@ class _Limited(asyncio.Protocol):
 class LimitedSite(web.TCPSite):
     """A TCP site whose connections pass `ConnectionLimits` first."""
 
-    def __init__(self, runner: web.AppRunner, host: str, port: int, limits: ConnectionLimits) -> None:
+    def __init__(self, runner: web.AppRunner, host: str, port: int, limits: ConnectionLimits,
+                 cfg: HttpConfig | None = None) -> None:
         super().__init__(runner, host, port)
         self._limits = limits
+        cfg = cfg or HttpConfig()
+        self._timeouts = (cfg.header_timeout, cfg.body_timeout)
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
         server = self._runner.server
         assert server is not None
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Limited(server, self._limits), self._host,
-                                                self._port, reuse_address=True)
+        self._server = await loop.create_server(lambda: _Limited(server, self._limits, *self._timeouts),
+                                                self._host, self._port, reuse_address=True)
+
+    def listening(self) -> tuple[Any, ...]:
+        return tuple(self._server.sockets) if self._server is not None else ()
 
 
 class RequestLog:
@@ -151,26 +209,9 @@ class RequestLog:
             log.warning("request log: %d rows dropped while the store was unavailable", self.dropped)
 
 
-def client_address(request: web.Request, proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
-                   ) -> str:
-    """The peer, or with a trusted proxy as peer the last untrusted X-Forwarded-For hop."""
-    peer = request.remote or ""
-    if not proxies:
-        return peer
-    hops = [peer, *reversed([h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",")])]
-    for hop in hops:
-        try:
-            ip = ipaddress.ip_address(hop)
-        except ValueError:
-            return ""
-        if not any(ip in net for net in proxies):
-            return hop
-    return hops[-1]
-
-
 MESSAGES = {401: "a valid API token is required (HTTP Basic user name or Bearer)",
             404: "no such resource", 405: "method not allowed here", 413: "the request body is too large"}
-KEPT_HEADERS = ("www-authenticate", "allow", "link", "x-page", "x-limit")
+KEPT_HEADERS = ("www-authenticate", "allow", "link", "x-page", "x-limit", "retry-after")
 
 
 def _error_reply(status: int, message: str) -> web.Response:
@@ -189,7 +230,25 @@ def _from_exception(exc: web.HTTPException) -> web.Response:
     return response
 
 
-def make_app(ctx: Context, requests: RequestLog) -> web.Application:
+@web.middleware
+async def paced(request: web.Request,
+                handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Tell a limited connection when a request's headers arrived and when it was answered, which
+    restarts its slow-client timers (`_Limited`)."""
+    connection = request.transport.get_protocol() if request.transport is not None else None
+    limited = connection if isinstance(connection, _Limited) else None
+    if limited is not None:
+        limited.started(request)
+    try:
+        return await handler(request)
+    finally:
+        if limited is not None:
+            limited.finished()
+
+
+def make_app(ctx: Context, requests: RequestLog, listeners: api.ListenerCheck | None = None,
+             ) -> web.Application:
+    """The application; `listeners` says which of the daemon's listeners are down (for `/healthz`)."""
     cfg: HttpConfig = ctx.config.http
     proxies = tuple(ipaddress.ip_network(p, strict=False) for p in cfg.trusted_proxies)
 
@@ -204,6 +263,8 @@ def make_app(ctx: Context, requests: RequestLog) -> web.Application:
             response = _from_exception(exc)
         except asyncio.CancelledError:
             raise
+        except ConnectionError:  # the client left, or was closed for sending its body too slowly
+            response = _error_reply(408, "the request body did not arrive in time")
         except Exception:
             log.exception("error answering %s %s", request.method, _route(request))
             response = _error_reply(500, "internal error")
@@ -216,10 +277,13 @@ def make_app(ctx: Context, requests: RequestLog) -> web.Application:
         ))
         return response
 
-    application = web.Application(client_max_size=cfg.max_body_size, middlewares=[logged],
+    application = web.Application(client_max_size=cfg.max_body_size,
+                                  middlewares=[paced, logged, pages.middleware],
                                   handler_args={"access_log": None})
     application[api.CONTEXT_KEY] = ctx
+    application[api.LISTENERS_KEY] = listeners or (lambda: [])
     application.add_routes(api.routes())
+    pages.setup(application, ctx)
     return application
 
 
@@ -234,16 +298,31 @@ class WebService:
 
     name = "http"
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, listeners: api.ListenerCheck | None = None) -> None:
         self.ctx = ctx
         self.requests = RequestLog(ctx)
         self.runner: web.AppRunner | None = None
+        self.sites: list[LimitedSite] = []
+        self._others = listeners
+
+    def listening(self) -> list[Any]:
+        """The sockets the HTTP sites accept on (for `/healthz`)."""
+        return [sock for site in self.sites for sock in site.listening()]
+
+    def _listener_problems(self) -> list[str]:
+        """The daemon's listeners down, this service's own sites included (before serve counts them)."""
+        found = self._others() if self._others is not None else []
+        if any(line.startswith(f"{self.name}:") for line in found):
+            return found
+        want, up = len(self.ctx.config.http.listen), sum(1 for s in self.listening() if accepting(s))
+        return found + ([f"{self.name}: {want - up} of {want} listener(s) down"] if up < want else [])
 
     async def start(self) -> None:
         cfg = self.ctx.config.http
         limits = ConnectionLimits(cfg.max_connections_per_ip, cfg.max_connections)
-        application = make_app(self.ctx, self.requests)
-        metrics.register(application, self.ctx, limits, LimitedSite)
+        application = make_app(self.ctx, self.requests, self._listener_problems)
+        metrics.register(application, self.ctx, limits,
+                         lambda *args: LimitedSite(*args, cfg), middlewares=(paced,))
         runner = web.AppRunner(application, handle_signals=False, access_log=None,
                                keepalive_timeout=KEEPALIVE_TIMEOUT, shutdown_timeout=SHUTDOWN_TIMEOUT)
         await runner.setup()
@@ -251,7 +330,9 @@ class WebService:
         for address in cfg.listen:
             host, port = parse_host_port(address)
             try:
-                await LimitedSite(runner, host, port, limits).start()
+                site = LimitedSite(runner, host, port, limits, cfg)
+                await site.start()
+                self.sites.append(site)
             except OSError as exc:
                 await runner.cleanup()
                 self.runner = None
@@ -263,4 +344,5 @@ class WebService:
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
+        self.sites = []
         await self.requests.close()

@@ -27,6 +27,7 @@ from dnslib import (
     QTYPE,
     RCODE,
     RR,
+    TLSA,
     TXT,
     A,
     DNSHeader,
@@ -39,7 +40,7 @@ __all__ = ["FailureMode", "LoopbackDNS"]
 FailureMode = Literal["SERVFAIL", "NXDOMAIN", "REFUSED", "timeout"]
 
 _FAILURE_MODES: frozenset[str] = frozenset({"SERVFAIL", "NXDOMAIN", "REFUSED", "timeout"})
-_SUPPORTED_TYPES: frozenset[str] = frozenset({"MX", "TXT", "A", "AAAA", "CNAME", "PTR", "NS"})
+_SUPPORTED_TYPES: frozenset[str] = frozenset({"MX", "TXT", "A", "AAAA", "CNAME", "PTR", "NS", "TLSA"})
 _MAX_CNAME_CHAIN = 8
 _EDNS_PAYLOAD = 1232
 _TCP_IDLE_TIMEOUT = 10.0
@@ -86,6 +87,9 @@ def _make_rdata(rtype: str, value: object) -> object:
         return PTR(str(value))
     if rtype == "NS":
         return NS(str(value))
+    if rtype == "TLSA":
+        usage, selector, mtype, data = str(value).split()
+        return TLSA(int(usage), int(selector), int(mtype), bytes.fromhex(data))
     raise ValueError(f"unsupported record type {rtype!r}; use one of {sorted(_SUPPORTED_TYPES)}")
 
 
@@ -224,6 +228,7 @@ class LoopbackDNS:
         self._lock = threading.Lock()
         self._records: dict[str, list[_Record]] = {}
         self._failures: dict[str, str] = {}
+        self._authenticated: set[str] = set()
         self._resolver = _Resolver(self)
         self._servers: list[DNSServer] = []
         self._conns: set[socket.socket] = set()
@@ -318,7 +323,7 @@ class LoopbackDNS:
 
         ``value`` by type: MX ``"10 mx.example.com."``; TXT a ``str`` (split into
         255-byte chunks automatically) or a list of character-strings; A/AAAA an
-        address; CNAME/PTR/NS a target name.
+        address; CNAME/PTR/NS a target name; TLSA ``"3 1 1 <hex>"``.
         """
         rtype = rtype.upper()
         record = _Record(rtype, _make_rdata(rtype, value), int(ttl))
@@ -343,6 +348,7 @@ class LoopbackDNS:
         with self._lock:
             self._records.clear()
             self._failures.clear()
+            self._authenticated.clear()
             self.queries.clear()
 
     def set_failure(self, name: str, mode: FailureMode) -> None:
@@ -354,6 +360,15 @@ class LoopbackDNS:
             raise ValueError(f"mode must be one of {sorted(_FAILURE_MODES)}, got {mode!r}")
         with self._lock:
             self._failures[_norm(name)] = mode
+
+    def set_authenticated(self, name: str, authenticated: bool = True) -> None:
+        """Answers for exactly ``name`` carry the AD bit (as a validating resolver sets it for DNSSEC-secure
+        data), or no longer do."""
+        with self._lock:
+            if authenticated:
+                self._authenticated.add(_norm(name))
+            else:
+                self._authenticated.discard(_norm(name))
 
     def clear_failure(self, name: str) -> None:
         """Undo ``set_failure`` for ``name``."""
@@ -379,6 +394,7 @@ class LoopbackDNS:
         key = _norm(qname)
         with self._lock:
             self.queries.append((key, qtype))
+            reply.header.ad = int(key in self._authenticated)  # dnslib's reply() copies the query's AD
             failure = self._failures.get(key)
             if failure == "timeout":
                 return None

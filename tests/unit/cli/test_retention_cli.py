@@ -38,7 +38,7 @@ def purge_json(d: Daemon, *args: str) -> dict[str, int]:
 
 def test_dry_run_counts_and_changes_nothing(d: Daemon) -> None:
     expected = {"smtp_error_logs": 12, "abuse_events": 0, "emails_redacted": 1, "emails_deleted": 1,
-                "http_logs": 0}
+                "http_logs": 0, "web_sessions": 0}
     assert purge_json(d, "--dry-run", "--now", T0.isoformat()) == expected
     assert purge_json(d, "--dry-run", "--now", T0.isoformat()) == expected
     table = d.cli("purge", "--dry-run", "--now", "2024-06-01T14:00:00+02:00").output
@@ -47,11 +47,14 @@ def test_dry_run_counts_and_changes_nothing(d: Daemon) -> None:
 
 def test_purge_as_of_another_time(d: Daemon) -> None:
     assert purge_json(d, "--now", (T0 - DAY).isoformat()) == {
-        "smtp_error_logs": 0, "abuse_events": 0, "emails_redacted": 0, "emails_deleted": 0, "http_logs": 0}
+        "smtp_error_logs": 0, "abuse_events": 0, "emails_redacted": 0, "emails_deleted": 0, "http_logs": 0,
+        "web_sessions": 0}
     assert purge_json(d, "--now", T0.isoformat()) == {
-        "smtp_error_logs": 12, "abuse_events": 0, "emails_redacted": 1, "emails_deleted": 1, "http_logs": 0}
+        "smtp_error_logs": 12, "abuse_events": 0, "emails_redacted": 1, "emails_deleted": 1, "http_logs": 0,
+        "web_sessions": 0}
     assert purge_json(d, "--now", (T0 + 31 * DAY).isoformat()) == {
-        "smtp_error_logs": 0, "abuse_events": 1, "emails_redacted": 1, "emails_deleted": 1, "http_logs": 0}
+        "smtp_error_logs": 0, "abuse_events": 1, "emails_redacted": 1, "emails_deleted": 1, "http_logs": 0,
+        "web_sessions": 0}
 
 
 def test_table_output_after_a_purge_of_several_batches(d: Daemon) -> None:
@@ -82,6 +85,6 @@ def test_a_failing_job_is_a_one_line_error_with_exit_1_and_the_others_still_run(
     store.close_store()
     result = d.cli("purge", "--json", "--now", (T0 + 31 * DAY).isoformat(), expect=1)
     assert json.loads(result.stdout) == {"abuse_events": 1, "emails_redacted": 2, "emails_deleted": 2,
-                                         "http_logs": 0}
+                                         "http_logs": 0, "web_sessions": 0}
     assert result.stderr.startswith("error: smtp_error_logs: ") and result.stderr.count("\n") == 1
     assert "Traceback" not in result.output

@@ -51,7 +51,7 @@ def test_error_logs_and_abuse_events_go_at_exactly_7_days(db: Path) -> None:
     assert not rows.abuse_event_exists(spam_due) and rows.abuse_event_exists(spam_young)
 
     assert purge(T0 + TICK).counts == {"smtp_error_logs": 1, "abuse_events": 1, "emails_redacted": 0,
-                                       "emails_deleted": 0, "http_logs": 0}
+                                       "emails_deleted": 0, "http_logs": 0, "web_sessions": 0}
     assert not rows.error_log_exists(young) and not rows.abuse_event_exists(spam_young)
 
 
@@ -149,7 +149,7 @@ def test_dry_run_counts_without_changing_anything(db: Path) -> None:
     msg = rows.add_outbound("a.test", created_at=T0 - 31 * DAY, date_header=None)
     report = jobs.purge_now(T0, RetentionConfig(), dry_run=True)
     assert report.counts == {"smtp_error_logs": 1, "abuse_events": 0, "emails_redacted": 1,
-                             "emails_deleted": 1, "http_logs": 0}
+                             "emails_deleted": 1, "http_logs": 0, "web_sessions": 0}
     assert rows.error_log_exists(log_id) and rows.outbound(msg).body is not None
 
 

@@ -99,3 +99,10 @@ def test_the_aiohttp_site_members_the_limited_site_relies_on_are_there() -> None
     started = inspect.getsource(web.TCPSite.start)
     assert "create_server" in started and "self._runner.server" in started
     assert inspect.iscoroutinefunction(web.BaseSite.start)
+
+
+def test_the_documented_email_statuses_are_the_stores() -> None:
+    from fwdmail.app.emails import STATUSES
+
+    schemas = document()["components"]["schemas"]
+    assert sorted(schemas["Email"]["properties"]["status"]["enum"]) == sorted(STATUSES)
