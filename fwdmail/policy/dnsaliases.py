@@ -29,7 +29,7 @@ import regex
 from fwdmail import store
 from fwdmail.auth.dnsmemo import MAX_TTL
 from fwdmail.auth.lookup import Offload, TempFail, lookup
-from fwdmail.mail.addresses import Address
+from fwdmail.mail.addresses import Address, parse_webhook_url
 from fwdmail.mail.forwardemail_txt import TxtAliases, parse_records
 from fwdmail.policy.directory import _PATTERN_BYTES, _Lru, _record_bytes
 from fwdmail.policy.routing import Directory, Meter, Route, _DomainAliases, resolve, slow_probe
@@ -47,10 +47,10 @@ PROBE_SECONDS = 0.5  # CPU seconds one load may spend checking new patterns for 
 _PROBED_PATTERNS = 10_000  # patterns whose backtracking check is remembered
 _WARN_EVERY = 60.0  # seconds between two log lines about one domain's DNS failing
 
-# The seam for webhook destinations: None refuses URL entries (counted; an alias with only URLs is
-# refused with a 5xx rather than sent to the catch-all). Once webhook destinations exist, this becomes
-# the function that validates one (`mail.addresses.parse_webhook_url`).
-accept_webhook_url: Callable[[str], str] | None = None
+# How a URL destination is read: as `alias add` reads one (https:// only; a bad one is skipped and
+# counted). None would refuse every URL entry (counted; an alias left with only URLs answers 550 rather
+# than fall to the catch-all).
+accept_webhook_url: Callable[[str], str] | None = parse_webhook_url
 
 
 @dataclass(frozen=True)

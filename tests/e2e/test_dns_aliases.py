@@ -1,9 +1,12 @@
 """Aliases from DNS end to end: a domain set `--aliases-from dns`, verified by `fwdmail domain verify`
 against the loopback DNS server, whose `forward-email=` TXT records the real daemon's MX follows to a
-real downstream SMTP server; a DNS failure is a 4xx at RCPT, an unverified domain is not served."""
+real downstream SMTP server and a loopback HTTPS webhook (trustme); a DNS failure is a 4xx at RCPT, an
+unverified domain is not served."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 from collections.abc import Iterator
@@ -14,11 +17,15 @@ from tests.support.daemon import Daemon
 from tests.support.dns_server import LoopbackDNS
 from tests.support.mx import cli, message, send, start_daemon
 from tests.support.smtp_sink import SmtpSink
+from tests.support.tls import ca_cert_file
+from tests.support.webhook_server import WebhookServer
 
 TAG = f"{os.getpid()}"
 SERVED = f"dnsaliases-{TAG}.test"
 BROKEN = f"dnsbroken-{TAG}.test"
 UNVERIFIED = f"dnsunverified-{TAG}.test"
+HOOK_HOST = f"dnshook-{TAG}.test"
+HOOK_PATH = "/dns/in"
 RECORDS = [
     "forward-email=hello:one@dest.test,hello:two@dest.test,/^(.+)-sales$/:$1@dest.test",
     "forward-email=!quiet:q@dest.test,!!soft:s@dest.test,!!!hard:h@dest.test,junk:not-an-address",
@@ -26,9 +33,10 @@ RECORDS = [
 ]
 
 
-def publish(d: Daemon, dns_server: LoopbackDNS, domain: str, verify: bool) -> None:
+def publish(d: Daemon, dns_server: LoopbackDNS, domain: str, verify: bool,
+            extra: tuple[str, ...] = ()) -> None:
     """The domain's forward-email= records, and (to `verify`) every record `domain dns` lists."""
-    for value in RECORDS:
+    for value in (*RECORDS, *extra):
         dns_server.add(domain, "TXT", value, ttl=60)
     if not verify:
         return
@@ -38,20 +46,30 @@ def publish(d: Daemon, dns_server: LoopbackDNS, domain: str, verify: bool) -> No
 
 
 @pytest.fixture(scope="module")
-def mx(tmp_path_factory: pytest.TempPathFactory, dns_server: LoopbackDNS,
-       downstream: SmtpSink) -> Iterator[Daemon]:
+def hooks() -> Iterator[WebhookServer]:
+    with WebhookServer([HOOK_HOST]) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def mx(tmp_path_factory: pytest.TempPathFactory, dns_server: LoopbackDNS, downstream: SmtpSink,
+       hooks: WebhookServer) -> Iterator[Daemon]:
+    dns_server.add(HOOK_HOST, "A", "127.0.0.1")
+    tmp = tmp_path_factory.mktemp("dns-aliases")
     setup = [["account", "add", "owner@owner.test"]]
     for name in (SERVED, BROKEN, UNVERIFIED):
         setup += [["domain", "add", name, "--account", "owner@owner.test"],
                   ["domain", "set", name, "--aliases-from", "dns"]]
-    d = start_daemon(tmp_path_factory.mktemp("dns-aliases"), {
+    d = start_daemon(tmp, {
         "dns": {"nameservers": [dns_server.address]},
+        "webhooks": {"allow_private": True, "ca_file": str(ca_cert_file(tmp / "ca")), "timeout": 2},
         "srs": {"secret": "dns-aliases-test-secret"},
         "delivery": {"routes": {"dest.test": downstream.address}},
         "abuse": {"max_messages_per_ip_per_minute": 10_000, "max_errors_per_session": 1_000},
     }, setup)
-    for name in (SERVED, BROKEN):
-        publish(d, dns_server, name, verify=True)
+    hook = f"forward-email=hook:{hooks.url(HOOK_HOST, HOOK_PATH)}"
+    publish(d, dns_server, SERVED, verify=True, extra=(hook,))
+    publish(d, dns_server, BROKEN, verify=True)
     publish(d, dns_server, UNVERIFIED, verify=False)
     yield d
     d.stop()
@@ -108,3 +126,15 @@ def test_the_log_names_no_address(mx: Daemon) -> None:
     logs = mx.logs()
     assert f"aliases of {SERVED} from DNS" in logs  # the skipped junk entry is counted, by domain only
     assert "@dest.test" not in logs and f"hello@{SERVED}" not in logs and "alice@src.test" not in logs
+
+
+def test_a_webhook_from_dns_gets_the_signed_post(mx: Daemon, hooks: WebhookServer, sink: SmtpSink) -> None:
+    out = send(mx, "alice@src.test", [f"hook@{SERVED}"], message())
+    assert out.rcpts == [(250, b"2.1.5 Recipient OK")] and out.data is not None and out.data[0] == 250
+    [req] = hooks.received(HOOK_PATH)
+    key = cli(mx, "domain", "webhook-key", SERVED).stdout.strip()
+    sig = dict(part.split("=", 1) for part in req.headers["x-webhook-signature"].split(","))
+    want = hmac.new(key.encode(), f"{sig['t']}.".encode() + req.body, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(sig["v1"], want)
+    assert json.loads(req.body)["envelope"]["rcpt_to"] == f"hook@{SERVED}"
+    assert sink.messages == []

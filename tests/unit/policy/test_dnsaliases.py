@@ -76,13 +76,14 @@ def test_every_syntax_is_served(db: Path, dns_server: LoopbackDNS) -> None:
     dns_server.add(d, "TXT", "forward-email=hello:one@dest.test,hello:two@dest.test,"
                              "/^(.+)-sales$/:$1@dest.test")
     dns_server.add(d, "TXT", "forward-email=!quiet:q@dest.test, !!soft:s@dest.test, !!!hard:h@dest.test")
-    dns_server.add(d, "TXT", "forward-email=hook:https://hooks.example/in,junk:not-an-address,catch@dest.test")
+    dns_server.add(d, "TXT", "forward-email=hook:https://Hooks.Example/in,hook:h@dest.test,plain:http://x.example/,"
+                             "junk:not-an-address,catch@dest.test")
     found = routes(dns_server, [f"hello@{d}", f"HELLO+tag@{d}", f"bob-sales@{d}", f"quiet@{d}", f"soft@{d}",
-                                f"hard@{d}", f"hook@{d}", f"junk@{d}", f"anyone@{d}"])
+                                f"hard@{d}", f"hook@{d}", f"plain@{d}", f"junk@{d}", f"anyone@{d}"])
     assert [dests(f) for f in found] == [
         ("one@dest.test", "two@dest.test"), ("one+tag@dest.test", "two+tag@dest.test"), ("bob@dest.test",),
-        (), replies.ALIAS_TEMPFAIL, replies.ALIAS_REJECTED, replies.ALIAS_REJECTED, ("catch@dest.test",),
-        ("catch@dest.test",)]
+        (), replies.ALIAS_TEMPFAIL, replies.ALIAS_REJECTED, ("https://hooks.example/in", "h@dest.test"),
+        ("catch@dest.test",), ("catch@dest.test",), ("catch@dest.test",)]
     quiet = found[3]
     assert isinstance(quiet, Route) and quiet.discard and quiet.alias == f"quiet@{d}"
     assert isinstance(found[0], Route) and found[0].alias == f"hello@{d}" and found[0].account_email == OWNER
