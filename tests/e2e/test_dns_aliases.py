@@ -83,6 +83,8 @@ def sink(clean_downstream: SmtpSink) -> SmtpSink:
 def test_the_setting_is_stored_and_shown(mx: Daemon) -> None:
     shown = json.loads(cli(mx, "domain", "list", "--json").stdout)
     assert {d["name"]: d["aliases_from"] for d in shown} == dict.fromkeys((SERVED, BROKEN, UNVERIFIED), "dns")
+    assert json.loads(cli(mx, "domain", "show", SERVED, "--json").stdout)["aliases_from"] == "dns"
+    assert "aliases from" in cli(mx, "domain", "show", SERVED).stdout
     bad = cli(mx, "domain", "set", SERVED, "--aliases-from", "ldap", expect=2)
     assert "--aliases-from" in bad.stderr
 
