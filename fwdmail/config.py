@@ -115,6 +115,8 @@ class MxConfig:
     directory_cache_max_entries: int = 100_000
     directory_cache_max_bytes: int = 32 * 1024 * 1024
     directory_negative_ttl: float = 5.0
+    dns_aliases_cache_max_entries: int = 10_000
+    dns_aliases_cache_max_bytes: int = 8 * 1024 * 1024
 
     def validate(self, key: str) -> None:
         if not 1 <= self.workers <= 64:
@@ -139,6 +141,12 @@ class MxConfig:
         if self.directory_negative_ttl < 0:
             raise ConfigError(f"{key}.directory_negative_ttl: must be 0 or more seconds, "
                               f"got {self.directory_negative_ttl}")
+        if not 10 <= self.dns_aliases_cache_max_entries <= 10_000_000:
+            raise ConfigError(f"{key}.dns_aliases_cache_max_entries: must be from 10 to 10000000, "
+                              f"got {self.dns_aliases_cache_max_entries}")
+        if not 1 << 20 <= self.dns_aliases_cache_max_bytes <= 1 << 32:
+            raise ConfigError(f"{key}.dns_aliases_cache_max_bytes: must be from 1048576 (1 MiB) to "
+                              f"4294967296 (4 GiB), got {self.dns_aliases_cache_max_bytes}")
 
 
 @dataclass(frozen=True)

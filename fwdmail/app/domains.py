@@ -23,12 +23,16 @@ from fwdmail.runtime import keys
 from fwdmail.store import DomainRecord
 
 __all__ = [
-    "AUTH_POLICIES", "DnsRecord", "DomainRecord", "RecordCheck", "Verification", "add_domain",
-    "check_records", "check_records_async", "dns_records", "get_domain", "list_domains",
+    "ALIASES_FROM", "AUTH_POLICIES", "DnsRecord", "DomainRecord", "RecordCheck", "Verification",
+    "add_domain", "check_records", "check_records_async", "dns_records", "get_domain", "list_domains",
     "record_verification", "remove_domain", "set_domain", "verifies", "verify_domain",
 ]
 
 AUTH_POLICIES = ("off", "report-only", "enforce")
+# Where the MX finds a domain's aliases: the store, the domain's `forward-email=` TXT records (verified
+# domains only), or both (the store's answer wins; DNS is asked only for a name the store has no alias
+# for, its catch-all included).
+ALIASES_FROM = store.ALIAS_SOURCES
 
 
 def add_domain(name: str, account_email: str, now: dt.datetime) -> DomainRecord:
@@ -63,7 +67,7 @@ def list_domains() -> list[DomainRecord]:
 
 def set_domain(name: str, retention_days: int | None = None, auth_policy: str | None = None,
                friendly_from: bool | None = None, require_tls_inbound: bool | None = None,
-               ) -> DomainRecord:
+               aliases_from: str | None = None) -> DomainRecord:
     changes: dict[str, object] = {}
     if retention_days is not None:
         changes["retention_days"] = retention_days  # the store checks the range, for every caller
@@ -75,6 +79,10 @@ def set_domain(name: str, retention_days: int | None = None, auth_policy: str | 
         changes["friendly_from"] = friendly_from
     if require_tls_inbound is not None:
         changes["require_tls_inbound"] = require_tls_inbound
+    if aliases_from is not None:
+        if aliases_from not in ALIASES_FROM:
+            raise ValueError(f"--aliases-from must be one of {', '.join(ALIASES_FROM)}")
+        changes["aliases_from"] = aliases_from
     if not changes:
         raise ValueError("nothing to set: give at least one option")
     return store.update_domain(normalize_domain(name), **changes)

@@ -26,7 +26,7 @@ def _domain_json(d: domains.DomainRecord) -> dict[str, Any]:
         "name": d.name, "account": d.account_email, "dkim_selector": d.dkim_selector,
         "retention_days": d.retention_days, "verified_at": d.verified_at, "auth_policy": d.auth_policy,
         "friendly_from": d.friendly_from, "require_tls_inbound": d.require_tls_inbound,
-        "created_at": d.created_at,
+        "created_at": d.created_at, "aliases_from": d.aliases_from,
     }
 
 
@@ -63,9 +63,9 @@ def domain_list(state: State, as_json: bool) -> None:
     if as_json:
         emit_json([_domain_json(d) for d in rows])
     else:
-        table("domains", ["domain", "account", "verified", "retention days", "auth policy"],
+        table("domains", ["domain", "account", "verified", "retention days", "auth policy", "aliases from"],
               [(d.name, d.account_email, f"{d.verified_at:%Y-%m-%d}" if d.verified_at else "no",
-                d.retention_days, d.auth_policy) for d in rows])
+                d.retention_days, d.auth_policy, d.aliases_from) for d in rows])
 
 
 @domain.command("remove")
@@ -131,18 +131,24 @@ def domain_verify(state: State, name: str, as_json: bool) -> None:
               help="Rewrite From for senders whose DMARC would fail after forwarding.")
 @click.option("--require-tls-inbound/--no-require-tls-inbound", default=None,
               help="Refuse inbound mail sent without TLS.")
+@click.option("--aliases-from", type=click.Choice(domains.ALIASES_FROM),
+              help="Where its aliases come from: the store, its forward-email= TXT records (verified "
+                   "domains only), or both (the store wins).")
 @json_option
 @pass_state
 def domain_set(state: State, name: str, retention_days: int | None, auth_policy: str | None,
-               friendly_from: bool | None, require_tls_inbound: bool | None, as_json: bool) -> None:
+               friendly_from: bool | None, require_tls_inbound: bool | None, aliases_from: str | None,
+               as_json: bool) -> None:
     """Change a domain's settings."""
     state.open()
-    rec = domains.set_domain(name, retention_days, auth_policy, friendly_from, require_tls_inbound)
+    rec = domains.set_domain(name, retention_days, auth_policy, friendly_from, require_tls_inbound,
+                             aliases_from)
     if as_json:
         emit_json(_domain_json(rec))
     else:
         line(f"domain {rec.name}: retention_days={rec.retention_days} auth_policy={rec.auth_policy} "
-             f"friendly_from={rec.friendly_from} require_tls_inbound={rec.require_tls_inbound}")
+             f"friendly_from={rec.friendly_from} require_tls_inbound={rec.require_tls_inbound} "
+             f"aliases_from={rec.aliases_from}")
 
 
 def _rules_json(rules: list[senderlists.SenderRuleRecord]) -> dict[str, list[str]]:
@@ -166,7 +172,7 @@ def domain_show(state: State, name: str, as_json: bool) -> None:
         ("verified", f"{rec.verified_at:%Y-%m-%d}" if rec.verified_at else "no"),
         ("retention days", rec.retention_days), ("auth policy", rec.auth_policy),
         ("friendly from", rec.friendly_from), ("require TLS inbound", rec.require_tls_inbound),
-        ("DKIM selector", rec.dkim_selector)])
+        ("aliases from", rec.aliases_from), ("DKIM selector", rec.dkim_selector)])
     table(f"sender lists of {rec.name}", ["list", "pattern"], [(r.kind, r.pattern) for r in rules])
 
 

@@ -17,12 +17,14 @@ import time
 from collections.abc import Sequence
 
 from fwdmail import store
+from fwdmail.auth.resolver import async_resolver
 from fwdmail.mail import srs
 from fwdmail.mail.addresses import Address, AddressError, parse_address
 from fwdmail.mx.dedup import DeliveredMemory
 from fwdmail.mx.forward import CLIENT_NOTE, SRS_BOUNCE_ALIAS, Forwarder
 from fwdmail.policy.contract import Accepted, InboundPolicy, SessionInfo, Transaction
 from fwdmail.policy.directory import DirectoryCache
+from fwdmail.policy.dnsaliases import DnsAliases
 from fwdmail.policy.guessing import ClientKeys, RowGate, SrsGuard
 from fwdmail.policy.routing import RegexBudget, Route
 from fwdmail.runtime.context import Context
@@ -61,7 +63,9 @@ class Mx:
         self.srs_hash_length = cfg.srs.hash_length
         self.srs_lengths = srs.Lengths(cfg.srs.hash_length, cfg.srs.hash_length)
         self.secret = ctx.runtime.srs_secret
-        self.directory = DirectoryCache.of(ctx.blocking, self.cfg)
+        self.directory = DirectoryCache.of(ctx.blocking, self.cfg, DnsAliases(
+            async_resolver(cfg.dns), ctx.blocking.cpu, cfg.mx.dns_aliases_cache_max_entries,
+            cfg.mx.dns_aliases_cache_max_bytes, cfg.mx.directory_negative_ttl))
         self.regex_budget = RegexBudget.of(self.cfg)
         # With several MX processes each takes its share: per client rounded up (a client's connections
         # are spread over them), in total rounded down, so the total stays what the expected time to

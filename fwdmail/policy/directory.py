@@ -17,6 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from fwdmail import store
 from fwdmail.config import MxConfig
@@ -30,9 +31,17 @@ from fwdmail.policy.routing import (
     resolve,
 )
 from fwdmail.runtime.executor import Blocking
+from fwdmail.smtp import replies
 from fwdmail.smtp.replies import SmtpError
 
-__all__ = ["DirectoryCache"]
+
+class AliasSource(Protocol):
+    """Aliases kept outside the store (`policy.dnsaliases.DnsAliases`: a domain's TXT records)."""
+
+    async def route(self, settings: store.DomainRecord, address: Address,
+                    meter: Meter | None = None) -> Route | SmtpError: ...
+
+__all__ = ["AliasSource", "DirectoryCache"]
 
 log = logging.getLogger("fwdmail.routing")
 
@@ -153,8 +162,9 @@ class DirectoryCache:
     def __init__(self, blocking: Blocking, check_interval: float = 0.2,
                  clock: Callable[[], float] = time.monotonic, max_wait: float = 2.0,
                  max_entries: int = 100_000, max_bytes: int = 32 * 1024 * 1024,
-                 negative_ttl: float = 5.0) -> None:
+                 negative_ttl: float = 5.0, dns: AliasSource | None = None) -> None:
         self.blocking = blocking
+        self.dns = dns  # domains set `--aliases-from dns|both` are answered from DNS through it
         self.check_interval = check_interval
         self.clock = clock
         self.max_wait = max_wait
@@ -169,9 +179,10 @@ class DirectoryCache:
         self._polling: asyncio.Task[None] | None = None
 
     @classmethod
-    def of(cls, blocking: Blocking, cfg: MxConfig) -> DirectoryCache:
+    def of(cls, blocking: Blocking, cfg: MxConfig, dns: AliasSource | None = None) -> DirectoryCache:
         return cls(blocking, max_entries=cfg.directory_cache_max_entries,
-                   max_bytes=cfg.directory_cache_max_bytes, negative_ttl=cfg.directory_negative_ttl)
+                   max_bytes=cfg.directory_cache_max_bytes, negative_ttl=cfg.directory_negative_ttl,
+                   dns=dns)
 
     @property
     def entries(self) -> int:
@@ -189,9 +200,22 @@ class DirectoryCache:
 
     async def route(self, address: Address, meter: Meter | None = None) -> Route | SmtpError:
         """`resolve` for `address` against what the store says now (changes older than
-        `check_interval` seen). Raises the store's error when it cannot be read."""
+        `check_interval` seen). Raises the store's error when it cannot be read.
+
+        A domain set `--aliases-from dns` is answered from its TXT records alone; one set `both` from
+        the store first, and from DNS only when the store has no alias for the name (its catch-all
+        included): the store wins."""
         domain = address.domain.lower()
-        return resolve(await self._directory_for(domain, _exact_keys(address.local)), address, meter)
+        directory = await self._directory_for(domain, _exact_keys(address.local))
+        settings = directory.settings.get(domain)
+        source = settings.aliases_from if settings is not None else "store"
+        if source == "store" or settings is None or self.dns is None:
+            return resolve(directory, address, meter)
+        if source == "both":
+            found = resolve(directory, address, meter)
+            if found is not replies.NO_SUCH_USER:
+                return found
+        return await self.dns.route(settings, address, meter)
 
     async def hosts(self, domain: str) -> bool:
         """Whether `domain` is hosted."""

@@ -142,6 +142,10 @@ COMMAND_TIMEOUT = SmtpError(421, "4.4.2", "Timeout, closing the connection")
 DNSBL_LISTED = SmtpError(554, "5.7.1", "Service unavailable; client host blocked using {zone}")
 NEED_MAIL = "503 5.5.1 Error: need MAIL command"
 
+# aliases from DNS (issue 17)
+DNS_ALIASES_TEMPFAIL = SmtpError(451, "4.4.3", "Cannot read the domain's aliases from DNS, try later")
+DNS_ALIASES_UNVERIFIED = SmtpError(550, "5.7.1", "Recipient domain not verified for aliases from DNS")
+
 # hostile input
 ALIAS_LOOKUP_TIMEOUT = SmtpError(451, "4.3.0", "Recipient lookup took too long, try again later")
 REGEX_BUDGET_SPENT = SmtpError(451, "4.7.1", "Too much recipient lookup work, try again later")

@@ -49,6 +49,7 @@ from fwdmail.store.db import (
 )
 from fwdmail.store.directory import (
     ALIAS_KINDS,
+    ALIAS_SOURCES,
     ALIAS_STATES,
     AccountRecord,
     AliasLookup,

@@ -187,8 +187,17 @@ def _sender_lists_and_webhook_keys(db: pw.Database) -> None:
     db.create_tables([SenderRule, WebhookKey], safe=True)
 
 
+def _aliases_from(db: pw.Database) -> None:
+    """issue 17: where a domain's aliases come from (store, dns, both); the column added if missing.
+    One plain ADD COLUMN: playhouse's add_column rebuilds a SQLite table to make a column NOT NULL, and
+    dropping the old `domain` table would cascade to every alias."""
+    if "aliases_from" not in {c.name for c in db.get_columns("domain")}:
+        db.execute_sql("ALTER TABLE domain ADD COLUMN aliases_from VARCHAR(255) NOT NULL DEFAULT 'store'")
+
+
 MIGRATIONS: list[Callable[[pw.Database], None]] = [_directory_lookups, _cluster, _http_tables,
-                                                   _web_logins, _sender_lists_and_webhook_keys]
+                                                   _web_logins, _sender_lists_and_webhook_keys,
+                                                   _aliases_from]
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
 

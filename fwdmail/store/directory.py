@@ -38,8 +38,8 @@ from fwdmail.store.models import (
 )
 
 __all__ = [
-    "ALIAS_KINDS", "ALIAS_STATES", "AccountRecord", "AliasLookup", "AliasRecord", "AlreadyExists",
-    "DomainRecord", "NotFound",
+    "ALIAS_KINDS", "ALIAS_SOURCES", "ALIAS_STATES", "AccountRecord", "AliasLookup", "AliasRecord",
+    "AlreadyExists", "DomainRecord", "NotFound",
     "add_account", "add_alias", "add_domain", "alias_password_hash", "delete_account", "directory_changes",
     "directory_snapshot", "directory_version",
     "get_account", "get_alias", "get_domain", "list_accounts", "list_aliases", "list_domains",
@@ -51,6 +51,7 @@ __all__ = [
 
 ALIAS_KINDS = ("exact", "catch-all", "regex")
 ALIAS_STATES = ("enabled", "quiet", "tempfail", "reject")
+ALIAS_SOURCES = ("store", "dns", "both")  # where the MX finds a domain's aliases (`aliases_from`)
 
 
 class NotFound(LookupError):
@@ -83,6 +84,7 @@ class DomainRecord:
     friendly_from: bool
     require_tls_inbound: bool
     created_at: dt.datetime
+    aliases_from: str = "store"  # store | dns | both (ALIAS_SOURCES)
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ def _domain_record(d: Domain) -> DomainRecord:
     return DomainRecord(
         d.id, d.name, d.account.email, d.verification_token, d.dkim_selector, d.dkim_private_key,
         d.retention_days, d.verified_at, d.auth_policy, d.friendly_from, d.require_tls_inbound,
-        d.created_at,
+        d.created_at, d.aliases_from,
     )
 
 
@@ -295,14 +297,17 @@ def list_domains(account_email: str | None = None) -> list[DomainRecord]:
 
 
 def update_domain(name: str, **changes: object) -> DomainRecord:
-    """Set domain settings: retention_days, auth_policy, friendly_from, require_tls_inbound."""
-    allowed = {"retention_days", "auth_policy", "friendly_from", "require_tls_inbound"}
+    """Set domain settings: retention_days, auth_policy, friendly_from, require_tls_inbound,
+    aliases_from."""
+    allowed = {"retention_days", "auth_policy", "friendly_from", "require_tls_inbound", "aliases_from"}
     unknown = set(changes) - allowed
     if unknown:
         raise ValueError(f"cannot set {', '.join(sorted(unknown))} on a domain")
     days = changes.get("retention_days", 0)
     if not isinstance(days, int) or not 0 <= days <= 30:
         raise ValueError(f"retention_days must be between 0 and 30, got {days}")
+    if changes.get("aliases_from", "store") not in ALIAS_SOURCES:
+        raise ValueError(f"aliases_from must be one of {', '.join(ALIAS_SOURCES)}")
     with writing():
         row = _domain(name)
         for k, v in changes.items():

@@ -44,6 +44,7 @@ class Domain(BaseModel):
     friendly_from = pw.BooleanField(default=False)
     require_tls_inbound = pw.BooleanField(default=False)
     created_at = pw.DateTimeField(default=utcnow)
+    aliases_from = pw.CharField(default="store")  # issue 17: store | dns | both
 
 
 def lookup_key(local: str) -> str:

@@ -52,6 +52,7 @@ def domain_json(d: tenancy.DomainRecord) -> dict[str, Any]:
         "name": d.name, "account": d.account_email, "dkim_selector": d.dkim_selector,
         "retention_days": d.retention_days, "verified_at": d.verified_at, "auth_policy": d.auth_policy,
         "friendly_from": d.friendly_from, "require_tls_inbound": d.require_tls_inbound,
+        "aliases_from": d.aliases_from,
         "created_at": d.created_at,
     }
 

@@ -27,6 +27,7 @@ _SCHEMAS: dict[str, Any] = {
         "retention_days": {"type": "integer", "minimum": 0, "maximum": 30}, "verified_at": _NULL_TIME,
         "auth_policy": {"type": "string", "enum": ["off", "report-only", "enforce"]},
         "friendly_from": {"type": "boolean"}, "require_tls_inbound": {"type": "boolean"},
+        "aliases_from": {"type": "string", "enum": ["store", "dns", "both"]},
         "created_at": _TIME,
     }),
     "DnsRecord": _object({"type": {"type": "string"}, "name": {"type": "string"},

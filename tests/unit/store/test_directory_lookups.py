@@ -100,13 +100,15 @@ def test_an_older_data_dir_is_migrated(opened: Opened) -> None:
         "DROP TABLE directory_change", "DROP TABLE api_token", "DROP TABLE http_log",
         "DROP TABLE account_login", "DROP TABLE web_session", "DROP TABLE login_link",
         "DROP TABLE sender_rule", "DROP TABLE webhook_key",
+        "ALTER TABLE domain DROP COLUMN aliases_from",
         "UPDATE meta SET value = '1' WHERE key = 'schema_version'",
     ):
         opened.outside(statement)
     opened.reopen()
     try:
-        assert store.db.schema_version(database.obj) == store.SCHEMA_VERSION == 6
+        assert store.db.schema_version(database.obj) == store.SCHEMA_VERSION == 7
         assert {"sender_rule", "webhook_key"} <= set(database.get_tables())
+        assert store.get_domain("a.test").aliases_from == "store"
         found = store.lookup_aliases("a.test", ["mixed"])
         assert found is not None and found.exact["mixed"] is not None
         before = store.directory_version()
