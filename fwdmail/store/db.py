@@ -153,8 +153,11 @@ class _PostgresqlDatabase(pw.PostgresqlDatabase):
 # databases) and a migration appended here (existing ones).
 def _directory_lookups(db: pw.Database) -> None:
     """2: aliases found by an indexed `lookup` key, and the per-domain change log the MX polls."""
+    # One plain ADD COLUMN: playhouse's add_column rebuilds a SQLite table to make a column NOT NULL, and
+    # dropping the old `alias` table would run ON DELETE SET NULL on every queued message's alias.
     migrator = schema.SchemaMigrator.from_database(db)
-    schema.migrate(migrator.add_column("alias", "lookup", pw.CharField(default="")))
+    if "lookup" not in {c.name for c in db.get_columns("alias")}:
+        db.execute_sql("ALTER TABLE alias ADD COLUMN lookup VARCHAR(255) NOT NULL DEFAULT ''")
     update = f"UPDATE alias SET lookup = {db.param} WHERE id = {db.param}"
     select = f"SELECT id, local FROM alias WHERE id > {db.param} ORDER BY id LIMIT 10000"
     last = 0

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from fwdmail import store
-from fwdmail.store.models import Alias, DirectoryChange, Domain, database
+from fwdmail.store.models import Alias, DirectoryChange, Domain, OutboundEmail, database
 from tests.unit.store.conftest import Opened
 
 OWNER = "owner@owner.test"
@@ -93,6 +93,10 @@ def test_an_older_data_dir_is_migrated(opened: Opened) -> None:
     store.add_account(OWNER)
     store.add_domain("a.test", OWNER, "sel", "key", "tok")
     store.add_alias("a.test", "exact", "Mixed", ["m@dest.test"])
+    alias_id = Alias.get(Alias.local == "Mixed").id
+    sent = store.NewEmail(store.new_queue_id(), "a.test", "mixed@a.test", ("r@dest.test",),
+                          b"Subject: s\r\n", b"body\r\n", alias_id=alias_id)
+    store.enqueue([sent], store.utcnow())
     store.close_store()
     for statement in (  # as schema 1 was: no lookup key, no change log, no claim node, leases, tokens, log
         "ALTER TABLE outbound_email DROP COLUMN claim_node", "DROP TABLE lease",
@@ -111,6 +115,9 @@ def test_an_older_data_dir_is_migrated(opened: Opened) -> None:
         assert store.get_domain("a.test").aliases_from == "store"
         found = store.lookup_aliases("a.test", ["mixed"])
         assert found is not None and found.exact["mixed"] is not None
+        # no table was rebuilt under its references (SQLite drops a rebuilt table's rows first, which
+        # runs the foreign keys' ON DELETE actions): the queued message still belongs to its alias
+        assert [r.alias_id for r in OutboundEmail.select()] == [alias_id]
         before = store.directory_version()
         store.add_alias("a.test", "exact", "new", ["n@dest.test"])
         assert store.directory_changes(before) == (before + 1, ["a.test"])
