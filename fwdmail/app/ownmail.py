@@ -75,9 +75,12 @@ def _decode(cursor: str | None) -> Key | None:
     return key
 
 
-def _window(since: dt.datetime | None, until: dt.datetime | None) -> None:
+def _own_domain(account_email: str, domain: str | None, since: dt.datetime | None,
+                until: dt.datetime | None) -> str | None:
+    """The filters every list shares, checked: the account's domain's name (if one is named), a window."""
     if since is not None and until is not None and since >= until:
         raise ValueError("'since' must be before 'until'")
+    return tenancy.own_domain(account_email, domain).name if domain is not None else None
 
 
 def _limit(limit: int) -> int:
@@ -121,8 +124,7 @@ def own_emails(account_email: str, *, limit: int, status: str | None = None, dom
     alias that sent it and by acceptance time in [since, until)."""
     if status is not None and status not in emails.STATUSES:
         raise ValueError(f"status must be one of {', '.join(emails.STATUSES)}")
-    _window(since, until)
-    name = tenancy.own_domain(account_email, domain).name if domain is not None else None
+    name = _own_domain(account_email, domain, since, until)
     alias_id = _own_alias(account_email, alias).id if alias is not None else None
     return _paged(partial(page_emails, account_email, status=status, domain=name, alias_id=alias_id,
                           since=since, until=until), limit, cursor, newer)
@@ -159,8 +161,7 @@ def own_smtp_errors(account_email: str, *, limit: int, domain: str | None = None
     """A page of the SMTP errors logged for the account's domains, newest first."""
     if direction is not None and direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}")
-    _window(since, until)
-    name = tenancy.own_domain(account_email, domain).name if domain is not None else None
+    name = _own_domain(account_email, domain, since, until)
     shown = _own_alias(account_email, alias).address if alias is not None else None
     return _paged(partial(page_smtp_errors, account_email, domain=name, alias=shown, direction=direction,
                           since=since, until=until), limit, cursor, newer)
