@@ -17,7 +17,6 @@ from fwdmail.app import accounts, aliases, domains
 from fwdmail.mail.addresses import AddressError, normalize_domain, parse_alias_spec
 from fwdmail.runtime import keys
 from fwdmail.store import AliasRecord, AlreadyExists, DomainRecord, NotFound
-from fwdmail.store.accountviews import set_alias_destinations
 
 __all__ = [
     "MAX_PAGE_SIZE",
@@ -180,7 +179,7 @@ def update_own_alias(account_email: str, domain: str, alias: str, destinations: 
     current = store.get_alias(record.name, kind, local)
     if destinations is not None:
         _, dests = aliases.check_alias(current.address, destinations)
-        current = set_alias_destinations(record.name, kind, local, dests)
+        current = store.set_alias_destinations(record.name, kind, local, dests)
     if state is not None:
         current = store.set_alias_state(record.name, kind, local, state)
     return current

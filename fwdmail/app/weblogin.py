@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import secrets
 from collections import OrderedDict, deque
+
+from fwdmail.app.httplog import client_network
 
 __all__ = ["LoginLimits", "client_net"]
 
@@ -24,14 +25,7 @@ MAX_KEYS = 10_000
 
 def client_net(address: str) -> str:
     """The network a client is counted by: its IPv4 /24 or IPv6 /64 ("" for no address)."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return ""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    prefix = 24 if ip.version == 4 else 64
-    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+    return client_network(address, v6_prefix=64)
 
 
 class _Window:

@@ -10,11 +10,12 @@ import io
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, TextIO
+from typing import TextIO
 
 import click
 
 from fwdmail.app import aliases, now, virtual
+from fwdmail.app.shapes import alias_json
 from fwdmail.cli.common import State, json_option, pass_state
 from fwdmail.cli.render import (
     STREAM_CHUNK,
@@ -32,11 +33,6 @@ def alias() -> None:
     """Aliases: addresses that forward to destinations."""
 
 
-def _alias_json(a: aliases.AliasRecord) -> dict[str, Any]:
-    return {"address": a.address, "kind": a.kind, "destinations": list(a.destinations), "state": a.state,
-            "has_password": a.has_password, "account": a.account_email, "created_at": a.created_at}
-
-
 @alias.command("add")
 @click.argument("address")
 @click.argument("destinations", nargs=-1, required=True)
@@ -47,7 +43,7 @@ def alias_add(state: State, address: str, destinations: tuple[str, ...], as_json
     state.open()
     rec = aliases.add_alias(address, list(destinations))
     if as_json:
-        emit_json(_alias_json(rec))
+        emit_json(alias_json(rec))
     else:
         line(f"alias {rec.address} -> {', '.join(rec.destinations)}")
 
@@ -63,7 +59,7 @@ def alias_list(state: State, domain_name: str | None, search: str | None, as_jso
     state.open()
     rows = aliases.iter_aliases(domain_name, search)
     if as_json:
-        stream_json(_alias_json(a) for a in rows)
+        stream_json(alias_json(a) for a in rows)
     else:
         columns = [("alias", None), ("kind", 9), ("destinations", None), ("state", 8), ("password", 8)]
         stream_table("aliases", columns, ((a.address, a.kind, ", ".join(a.destinations), a.state,

@@ -6,12 +6,12 @@ Handles what the admin typed (checked in app) and DNS answers found by `verify`,
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import click
 
 from fwdmail import app
 from fwdmail.app import domains, senderlists
+from fwdmail.app.shapes import domain_json
 from fwdmail.cli.common import State, confirm_or_abort, json_option, pass_state, warn_hostname
 from fwdmail.cli.render import emit_json, line, table
 
@@ -19,15 +19,6 @@ from fwdmail.cli.render import emit_json, line, table
 @click.group()
 def domain() -> None:
     """Hosted domains."""
-
-
-def _domain_json(d: domains.DomainRecord) -> dict[str, Any]:
-    return {
-        "name": d.name, "account": d.account_email, "dkim_selector": d.dkim_selector,
-        "retention_days": d.retention_days, "verified_at": d.verified_at, "auth_policy": d.auth_policy,
-        "friendly_from": d.friendly_from, "require_tls_inbound": d.require_tls_inbound,
-        "created_at": d.created_at, "aliases_from": d.aliases_from,
-    }
 
 
 def _print_records(records: list[domains.DnsRecord]) -> None:
@@ -47,7 +38,7 @@ def domain_add(state: State, name: str, account_email: str, as_json: bool) -> No
     records = domains.dns_records(rt.config, rec)
     warn_hostname(rt.config)
     if as_json:
-        emit_json({**_domain_json(rec), "dns": [r.as_json() for r in records]})
+        emit_json({**domain_json(rec), "dns": [r.as_json() for r in records]})
         return
     line(f"domain {rec.name} added for {rec.account_email}; publish these records:")
     _print_records(records)
@@ -61,7 +52,7 @@ def domain_list(state: State, as_json: bool) -> None:
     state.open()
     rows = domains.list_domains()
     if as_json:
-        emit_json([_domain_json(d) for d in rows])
+        emit_json([domain_json(d) for d in rows])
     else:
         table("domains", ["domain", "account", "verified", "retention days", "auth policy", "aliases from"],
               [(d.name, d.account_email, f"{d.verified_at:%Y-%m-%d}" if d.verified_at else "no",
@@ -144,7 +135,7 @@ def domain_set(state: State, name: str, retention_days: int | None, auth_policy:
     rec = domains.set_domain(name, retention_days, auth_policy, friendly_from, require_tls_inbound,
                              aliases_from)
     if as_json:
-        emit_json(_domain_json(rec))
+        emit_json(domain_json(rec))
     else:
         line(f"domain {rec.name}: retention_days={rec.retention_days} auth_policy={rec.auth_policy} "
              f"friendly_from={rec.friendly_from} require_tls_inbound={rec.require_tls_inbound} "
@@ -165,7 +156,7 @@ def domain_show(state: State, name: str, as_json: bool) -> None:
     rec = domains.get_domain(name)
     rules = senderlists.sender_rules(rec.name)
     if as_json:
-        emit_json({**_domain_json(rec), "senders": _rules_json(rules)})
+        emit_json({**domain_json(rec), "senders": _rules_json(rules)})
         return
     table(f"domain {rec.name}", ["setting", "value"], [
         ("account", rec.account_email),

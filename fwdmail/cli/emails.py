@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
 from fwdmail import app
 from fwdmail.app import emails as outbound
+from fwdmail.app.shapes import email_json
 from fwdmail.cli import render
 from fwdmail.cli.common import State, confirm_or_abort, json_option, pass_state
 from fwdmail.cli.render import console, emit_json, line
@@ -29,22 +30,6 @@ def emails() -> None:
 
 def _when(value: dt.datetime | None) -> str:
     return f"{value:%Y-%m-%d %H:%M:%S}" if value else ""
-
-
-def _email_json(e: outbound.EmailRecord) -> dict[str, Any]:
-    return {
-        "id": e.queue_id, "status": e.status, "domain": e.domain, "mail_from": e.mail_from,
-        "subject": e.subject, "date": e.date_header, "size": e.size, "created_at": e.created_at,
-        "send_at": e.send_at, "next_attempt_at": e.next_attempt_at if outbound.is_pending(e) else None,
-        "claimed": e.claimed_at is not None, "attempts": e.attempts, "crash_count": e.crash_count,
-        "final_at": e.final_at, "redacted": e.redacted, "redacted_at": e.redacted_at,
-        "delay_notified": e.delay_notified, "dsn_sent": e.dsn_sent,
-        "recipients": [
-            {"address": r.address, "status": r.status, "attempts": r.attempts, "code": r.code,
-             "enhanced_code": r.enhanced_code, "text": r.text, "updated_at": r.updated_at}
-            for r in e.recipients
-        ],
-    }
 
 
 def _print_list(rows: list[outbound.EmailRecord]) -> None:
@@ -104,7 +89,7 @@ def emails_list(state: State, status: str | None, domain_name: str | None, as_js
     state.open()
     rows = outbound.list_emails(status, domain_name)
     if as_json:
-        emit_json([_email_json(e) for e in rows])
+        emit_json([email_json(e) for e in rows])
     else:
         _print_list(rows)
 
@@ -131,7 +116,7 @@ def emails_show(state: State, email_id: str, raw: bool, as_json: bool) -> None:
 
     pv = preview(rec)
     if as_json:
-        emit_json({**_email_json(rec), **pv.as_json()})
+        emit_json({**email_json(rec), **pv.as_json()})
     else:
         _print_email(rec, pv)
 

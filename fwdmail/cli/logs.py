@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from fwdmail.app import logs as records
+from fwdmail.app.shapes import smtp_error_json
 from fwdmail.cli.common import State, json_option, pass_state
 from fwdmail.cli.render import emit_json, table
 
@@ -21,8 +22,7 @@ def logs(state: State, domain_name: str | None, as_json: bool) -> None:
     state.open()
     rows = records.list_smtp_errors(domain_name)
     if as_json:
-        emit_json([{"time": r.created_at, "direction": r.direction, "domain": r.domain, "alias": r.alias,
-                    "code": r.code, "enhanced_code": r.enhanced_code, "text": r.text} for r in rows])
+        emit_json([smtp_error_json(r) for r in rows])
     else:
         table("SMTP errors", ["time (UTC)", "direction", "domain", "alias", "code", "text"],
               [(f"{r.created_at:%Y-%m-%d %H:%M:%S}", r.direction, r.domain, r.alias,

@@ -12,12 +12,6 @@ from fwdmail.store.abuse import (
     list_abuse_events,
     record_abuse,
 )
-from fwdmail.store.accountpages import (
-    account_email_owner,
-    list_account_emails,
-    list_account_http_logs,
-    list_account_smtp_errors,
-)
 from fwdmail.store.bulk import (
     IMPORT_BATCH,
     ImportRow,

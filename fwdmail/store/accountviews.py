@@ -1,6 +1,6 @@
-"""Verbs for one account's own view (the web API): its outbound mail and SMTP error log a page at a time,
-newest first, read by key so a page costs the same however deep it is; and an alias's destinations set
-in place.
+"""One account's own records, read by its web API and its "My Account" pages alike: its outbound mail,
+the SMTP errors of its domains and its own web/API request rows, a page at a time, newest first. Pages go
+by key (the row a page starts from), so a page costs the same however deep it is, in either direction.
 
 Every query joins through the account, so a row of another account's domain is never read. Values come
 validated from `app`; they reach SQL only as parameters.
@@ -9,25 +9,30 @@ validated from `app`; they reach SQL only as parameters.
 from __future__ import annotations
 
 import datetime as dt
-import json
+from collections.abc import Callable
+from typing import TypeVar
 
 import peewee as pw
 
-from fwdmail.store.db import reads, writing
-from fwdmail.store.directory import AliasRecord, _alias, _alias_record, _bump_directory
-from fwdmail.store.errorlog import SmtpErrorRecord
-from fwdmail.store.models import Account, Domain, OutboundEmail, OutboundRecipient, SmtpErrorLog
-from fwdmail.store.outbound import EmailRecord, _email_record
+from fwdmail.store.db import reads
+from fwdmail.store.errorlog import SmtpErrorRecord, error_record
+from fwdmail.store.httplog import HttpLogRecord, request_record
+from fwdmail.store.models import Account, Domain, HttpLog, OutboundEmail, OutboundRecipient, SmtpErrorLog
+from fwdmail.store.outbound import EmailRecord, _email_record, listed, listing
 
-__all__ = ["Key", "account_email_record", "page_emails", "page_smtp_errors", "set_alias_destinations"]
+__all__ = ["Key", "account_email_record", "page_emails", "page_http_logs", "page_smtp_errors"]
 
-# The last row of a page: (created_at, id); the next page starts after it.
+# A row a page is read from: (created_at, id). `after` reads the older rows past it, `before` the newer.
 Key = tuple[dt.datetime, int]
+R = TypeVar("R")
 
 
-def _bounds(created: pw.Field, ident: pw.Field, since: dt.datetime | None, until: dt.datetime | None,
-            after: Key | None) -> list[pw.Expression]:
-    """Conditions for rows in [since, until) and past the key `after` (newest first)."""
+def _paged(q: pw.ModelSelect, model: type[pw.Model], limit: int, since: dt.datetime | None,
+           until: dt.datetime | None, after: Key | None, before: Key | None,
+           record: Callable[[list], list[R]]) -> list[R]:
+    """Up to `limit` rows of `q` created in [since, until), newest first: the newest of those older than
+    `after`, or the oldest of those newer than `before` (then still returned newest first)."""
+    created, ident = model.created_at, model.id
     conds = []
     if since is not None:
         conds.append(created >= since)
@@ -35,32 +40,29 @@ def _bounds(created: pw.Field, ident: pw.Field, since: dt.datetime | None, until
         conds.append(created < until)
     if after is not None:
         conds.append((created < after[0]) | ((created == after[0]) & (ident < after[1])))
-    return conds
+    if before is not None:
+        conds.append((created > before[0]) | ((created == before[0]) & (ident > before[1])))
+    if conds:
+        q = q.where(*conds)
+    if before is not None:
+        return record(list(q.order_by(created.asc(), ident.asc()).limit(limit)))[::-1]
+    return record(list(q.order_by(created.desc(), ident.desc()).limit(limit)))
 
 
 @reads
 def page_emails(account_email: str, *, limit: int, status: str | None = None, domain: str | None = None,
                 alias_id: int | None = None, since: dt.datetime | None = None,
-                until: dt.datetime | None = None, after: Key | None = None) -> list[EmailRecord]:
-    """Up to `limit` of the account's messages (headers and body left out), newest first, after `after`."""
-    fields = [f for f in OutboundEmail._meta.sorted_fields if f.name not in ("headers", "body")]
-    q = (OutboundEmail.select(*fields, Domain.name).join(Domain).join(Account)
-         .where(Account.email == account_email,
-                *_bounds(OutboundEmail.created_at, OutboundEmail.id, since, until, after))
-         .order_by(OutboundEmail.created_at.desc(), OutboundEmail.id.desc()).limit(limit))
+                until: dt.datetime | None = None, after: Key | None = None,
+                before: Key | None = None) -> list[EmailRecord]:
+    """Up to `limit` of the account's messages (headers and body left out), newest first."""
+    q = listing().join(Account).where(Account.email == account_email)
     if status is not None:
         q = q.where(OutboundEmail.status == status)
     if domain is not None:
         q = q.where(Domain.name == domain)
     if alias_id is not None:
         q = q.where(OutboundEmail.alias == alias_id)
-    emails = list(q)
-    recipients: dict[int, list[OutboundRecipient]] = {e.id: [] for e in emails}
-    if emails:
-        for r in (OutboundRecipient.select().where(OutboundRecipient.email.in_(list(recipients)))
-                  .order_by(OutboundRecipient.id)):
-            recipients[r.email_id].append(r)
-    return [_email_record(e, e.domain.name, recipients[e.id]) for e in emails]
+    return _paged(q, OutboundEmail, limit, since, until, after, before, listed)
 
 
 @reads
@@ -78,28 +80,23 @@ def account_email_record(account_email: str, queue_id: str) -> EmailRecord | Non
 def page_smtp_errors(account_email: str, *, limit: int, domain: str | None = None,
                      alias: str | None = None, direction: str | None = None,
                      since: dt.datetime | None = None, until: dt.datetime | None = None,
-                     after: Key | None = None) -> list[SmtpErrorRecord]:
-    """Up to `limit` logged errors of the account's domains, newest first, after `after`."""
-    q = (SmtpErrorLog.select(SmtpErrorLog).join(Domain).join(Account)
-         .where(Account.email == account_email,
-                *_bounds(SmtpErrorLog.created_at, SmtpErrorLog.id, since, until, after))
-         .order_by(SmtpErrorLog.created_at.desc(), SmtpErrorLog.id.desc()).limit(limit))
+                     after: Key | None = None, before: Key | None = None) -> list[SmtpErrorRecord]:
+    """Up to `limit` logged errors of the account's domains, newest first."""
+    q = SmtpErrorLog.select(SmtpErrorLog).join(Domain).join(Account).where(Account.email == account_email)
     if domain is not None:
         q = q.where(Domain.name == domain)
     if alias is not None:
         q = q.where(pw.fn.LOWER(SmtpErrorLog.alias) == alias.lower())
     if direction is not None:
         q = q.where(SmtpErrorLog.direction == direction)
-    return [SmtpErrorRecord(r.id, r.created_at, r.direction, r.domain_name, r.alias, r.code,
-                            r.enhanced_code, r.text) for r in q]
+    return _paged(q, SmtpErrorLog, limit, since, until, after, before,
+                  lambda rows: [error_record(r) for r in rows])
 
 
-def set_alias_destinations(domain: str, kind: str, local: str, destinations: list[str]) -> AliasRecord:
-    if not 1 <= len(destinations) <= 10:
-        raise ValueError(f"an alias needs 1 to 10 destinations, got {len(destinations)}")
-    with writing():
-        row = _alias(domain, kind, local)
-        row.destinations = json.dumps(destinations)
-        row.save()
-        _bump_directory([domain])
-    return _alias_record(row)
+@reads
+def page_http_logs(account_email: str, *, limit: int, since: dt.datetime | None = None,
+                   after: Key | None = None, before: Key | None = None) -> list[HttpLogRecord]:
+    """Up to `limit` of the account's own web/API request rows, newest first."""
+    q = HttpLog.select().join(Account).where(Account.email == account_email)
+    return _paged(q, HttpLog, limit, since, None, after, before,
+                  lambda rows: [request_record(r) for r in rows])

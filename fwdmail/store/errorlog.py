@@ -30,6 +30,11 @@ class SmtpErrorRecord:
     text: str
 
 
+def error_record(r: SmtpErrorLog) -> SmtpErrorRecord:
+    return SmtpErrorRecord(r.id, r.created_at, r.direction, r.domain_name, r.alias, r.code, r.enhanced_code,
+                           r.text)
+
+
 def _row(now: dt.datetime, direction: str, domain: str, alias: str, code: int, enhanced_code: str,
          text: str, domain_ids: dict[str, int]) -> dict[str, object]:
     name = domain.lower()
@@ -58,8 +63,4 @@ def list_smtp_errors(domain: str | None = None) -> list[SmtpErrorRecord]:
     q = SmtpErrorLog.select().order_by(SmtpErrorLog.created_at.desc(), SmtpErrorLog.id.desc())
     if domain is not None:
         q = q.where(SmtpErrorLog.domain_name == domain.lower())
-    return [
-        SmtpErrorRecord(r.id, r.created_at, r.direction, r.domain_name, r.alias, r.code, r.enhanced_code,
-                        r.text)
-        for r in q
-    ]
+    return [error_record(r) for r in q]

@@ -26,6 +26,7 @@ class HttpLogRecord:
     status: int
     duration_ms: int
     client_net: str
+    id: int = 0  # 0 until stored
 
 
 def log_http_requests(records: list[HttpLogRecord]) -> int:
@@ -50,8 +51,12 @@ def list_http_logs(account_email: str | None = None, limit: int = 1000) -> list[
     q = HttpLog.select().order_by(HttpLog.id.desc()).limit(limit)
     if account_email is not None:
         q = q.join(Account).where(Account.email == account_email)
-    return [HttpLogRecord(r.created_at, r.account_id, r.method, r.route, r.status, r.duration_ms,
-                          r.client_net) for r in q]
+    return [request_record(r) for r in q]
+
+
+def request_record(r: HttpLog) -> HttpLogRecord:
+    return HttpLogRecord(r.created_at, r.account_id, r.method, r.route, r.status, r.duration_ms, r.client_net,
+                         r.id)
 
 
 def _before(cutoff: dt.datetime):  # type: ignore[no-untyped-def]

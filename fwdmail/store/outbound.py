@@ -521,16 +521,24 @@ def get_email(queue_id: str) -> EmailRecord:
 def list_emails(status: str | None = None, domain: str | None = None,
                 limit: int | None = None) -> list[EmailRecord]:
     """Messages newest first, optionally of one status and/or one domain (headers and body left out)."""
-    fields = [f for f in OutboundEmail._meta.sorted_fields if f.name not in ("headers", "body")]
-    q = (OutboundEmail.select(*fields, Domain.name).join(Domain)
-         .order_by(OutboundEmail.created_at.desc(), OutboundEmail.id.desc()))
+    q = listing().order_by(OutboundEmail.created_at.desc(), OutboundEmail.id.desc())
     if status is not None:
         q = q.where(OutboundEmail.status == status)
     if domain is not None:
         q = q.where(Domain.name == domain)
     if limit is not None:
         q = q.limit(limit)
-    emails = list(q)
+    return listed(list(q))
+
+
+def listing() -> pw.ModelSelect:
+    """Messages joined to their domain, headers and body left out (for `listed`)."""
+    fields = [f for f in OutboundEmail._meta.sorted_fields if f.name not in ("headers", "body")]
+    return OutboundEmail.select(*fields, Domain.name).join(Domain)
+
+
+def listed(emails: list[OutboundEmail]) -> list[EmailRecord]:
+    """Rows of a `listing` as records, with their recipients read in one query."""
     recipients: dict[int, list[OutboundRecipient]] = {e.id: [] for e in emails}
     if emails:
         for r in (OutboundRecipient.select().where(OutboundRecipient.email.in_(list(recipients)))

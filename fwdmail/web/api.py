@@ -13,13 +13,12 @@ from collections.abc import Callable
 from aiohttp import web
 
 from fwdmail.app import domains, now, tenancy
+from fwdmail.app.shapes import alias_json, domain_json
 from fwdmail.web import api_account, api_domains, api_emails
 from fwdmail.web.apicore import (
     CONTEXT_KEY,
     ApiError,
     account_json,
-    alias_json,
-    domain_json,
     fields,
     reply,
 )

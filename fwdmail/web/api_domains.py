@@ -12,10 +12,11 @@ from typing import Any
 from aiohttp import web
 
 from fwdmail.app import domains, now, tenancy
+from fwdmail.app.shapes import alias_json, domain_json
 from fwdmail.runtime import keys
 from fwdmail.runtime.context import Context
 from fwdmail.runtime.executor import Busy
-from fwdmail.web.apicore import ApiError, alias_json, call, context, domain_json, fields, read_body, reply
+from fwdmail.web.apicore import ApiError, call, context, fields, read_body, reply
 from fwdmail.web.auth import authenticate
 
 # DNS checks wait on remote answers (on the loop, no thread held): a few at once in all, one per account.

@@ -7,15 +7,11 @@ text. Another account's message is a 404, worded as for one that does not exist.
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
-from fwdmail.app import emails as outbound
 from fwdmail.app import now, ownmail
-from fwdmail.app.emails import EmailRecord
-from fwdmail.app.logs import SmtpErrorRecord
 from fwdmail.app.preview import preview
+from fwdmail.app.shapes import email_json, smtp_error_json
 from fwdmail.web.apicore import (
     call,
     check_query,
@@ -30,29 +26,6 @@ from fwdmail.web.auth import authenticate
 DEFAULT_LIMIT = 50
 EMAIL_FILTERS = ("status", "domain", "alias", "since", "until", "limit", "cursor")
 LOG_FILTERS = ("domain", "alias", "direction", "since", "until", "limit", "cursor")
-
-
-def email_json(e: EmailRecord) -> dict[str, Any]:
-    """As `fwdmail emails list --json` prints a message."""
-    return {
-        "id": e.queue_id, "status": e.status, "domain": e.domain, "mail_from": e.mail_from,
-        "subject": e.subject, "date": e.date_header, "size": e.size, "created_at": e.created_at,
-        "send_at": e.send_at, "next_attempt_at": e.next_attempt_at if outbound.is_pending(e) else None,
-        "claimed": e.claimed_at is not None, "attempts": e.attempts, "crash_count": e.crash_count,
-        "final_at": e.final_at, "redacted": e.redacted, "redacted_at": e.redacted_at,
-        "delay_notified": e.delay_notified, "dsn_sent": e.dsn_sent,
-        "recipients": [
-            {"address": r.address, "status": r.status, "attempts": r.attempts, "code": r.code,
-             "enhanced_code": r.enhanced_code, "text": r.text, "updated_at": r.updated_at}
-            for r in e.recipients
-        ],
-    }
-
-
-def log_json(r: SmtpErrorRecord) -> dict[str, Any]:
-    """As `fwdmail logs --json` prints an error."""
-    return {"time": r.created_at, "direction": r.direction, "domain": r.domain, "alias": r.alias,
-            "code": r.code, "enhanced_code": r.enhanced_code, "text": r.text}
 
 
 def _page_headers(request: web.Request, cursor: str | None, limit: int) -> dict[str, str]:
@@ -109,7 +82,7 @@ async def list_logs(request: web.Request) -> web.Response:
                       direction=text_query(request, "direction"),
                       since=time_query(request, "since"), until=time_query(request, "until"),
                       cursor=request.query.get("cursor"))
-    return reply([log_json(r) for r in page.items], headers=_page_headers(request, page.cursor, limit))
+    return reply([smtp_error_json(r) for r in page.items], headers=_page_headers(request, page.cursor, limit))
 
 
 def routes() -> list[web.RouteDef]:

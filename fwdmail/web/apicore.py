@@ -47,21 +47,6 @@ def account_json(a: AccountRecord) -> dict[str, Any]:
     return {"email": a.email, "domains": list(a.domains), "created_at": a.created_at}
 
 
-def domain_json(d: tenancy.DomainRecord) -> dict[str, Any]:
-    return {
-        "name": d.name, "account": d.account_email, "dkim_selector": d.dkim_selector,
-        "retention_days": d.retention_days, "verified_at": d.verified_at, "auth_policy": d.auth_policy,
-        "friendly_from": d.friendly_from, "require_tls_inbound": d.require_tls_inbound,
-        "aliases_from": d.aliases_from,
-        "created_at": d.created_at,
-    }
-
-
-def alias_json(a: tenancy.AliasRecord) -> dict[str, Any]:
-    return {"address": a.address, "kind": a.kind, "destinations": list(a.destinations), "state": a.state,
-            "has_password": a.has_password, "account": a.account_email, "created_at": a.created_at}
-
-
 def context(request: web.Request) -> Context:
     return request.app[CONTEXT_KEY]
 

@@ -1,14 +1,16 @@
 """What every page handler shares: the pages' state on the app, rendering with the session's account and
 CSRF token, the POSTed form, redirects and running `app` functions with their expected failures turned
-into a message for the form.
+into a message for the form, and reading a page of rows by the query's cursors.
 
-Untrusted input: form fields (bounded in count and length here; values are checked in `app`)."""
+Untrusted input: form fields (bounded in count and length here; values are checked in `app`) and the
+`older`/`newer` page cursors (decoded in `app`; a bad one is a 400)."""
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -86,3 +88,13 @@ async def call(request: web.Request, fn: Callable[..., Any], *args: Any) -> Any:
 def redirect(location: str) -> web.Response:
     """A 303 to `location` (a path of ours), as a response the caller may add a cookie to."""
     return web.Response(status=303, headers={"Location": location})
+
+
+async def paged(request: web.Request, fn: Callable[..., Any], *args: Any, **filters: Any) -> Any:
+    """The page `fn` (an `app.ownmail` reader) gives for the query's `older` or `newer` cursor, or the
+    newest page without either; a bad cursor is a 400."""
+    try:
+        return await call(request, partial(fn, *args, cursor=request.query.get("older"),
+                                           newer=request.query.get("newer"), **filters))
+    except FormError:
+        raise web.HTTPBadRequest() from None

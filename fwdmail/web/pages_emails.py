@@ -6,14 +6,15 @@ images, and remote images only for the view that asked), `sandbox` without scrip
 and framable only by our own pages. "Load remote images" is a query parameter of one view, never stored.
 
 Untrusted input: the email id in the URL (another account's is a 404, as one that does not exist), the
-status, page and images query parameters, and the stored message itself (sanitized in `app.htmlsafe`)."""
+status, page cursor and images query parameters, and the stored message itself (sanitized in
+`app.htmlsafe`)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from fwdmail.app import emails, mailbox, mailframe
-from fwdmail.web.pagebase import call, page, state
+from fwdmail.app import emails, mailframe, ownmail
+from fwdmail.web.pagebase import call, page, paged, state
 from fwdmail.web.sessions import logged_in
 
 STATUS_TABS = ("all", *emails.STATUSES)
@@ -26,13 +27,6 @@ def frame_csp(remote_origins: tuple[str, ...]) -> str:
     images = " ".join(("data:", *remote_origins))
     return (f"default-src 'none'; img-src {images}; style-src 'unsafe-inline'; base-uri 'none'; "
             f"form-action 'none'; frame-ancestors 'self'; sandbox {FRAME_SANDBOX}")
-
-
-def _page_number(request: web.Request) -> int:
-    try:
-        return mailbox.page_number(request.query.get("page"))
-    except ValueError:
-        raise web.HTTPBadRequest() from None
 
 
 def _wants_remote(request: web.Request) -> bool:
@@ -50,16 +44,15 @@ async def email_list(request: web.Request) -> web.StreamResponse:
     status = request.query.get("status", "all")
     if status not in STATUS_TABS:
         raise web.HTTPBadRequest()
-    number = _page_number(request)
-    found = await call(request, mailbox.own_emails, session.account.email,
-                       None if status == "all" else status, number)
-    return page(request, "emails.html", title="Emails", active="/emails", rows=found.rows, number=number,
-                more=found.more, selected=status, tabs=STATUS_TABS)
+    found = await paged(request, ownmail.own_emails, session.account.email, limit=ownmail.PAGE_SIZE,
+                        status=None if status == "all" else status)
+    return page(request, "emails.html", title="Emails", active="/emails", found=found, selected=status,
+                tabs=STATUS_TABS)
 
 
 async def email_detail(request: web.Request) -> web.StreamResponse:
     session = logged_in(request)
-    record = await call(request, mailbox.own_email, session.account.email, request.match_info["id"])
+    record = await call(request, ownmail.own_email, session.account.email, request.match_info["id"])
     shown = await state(request).ctx.blocking.cpu(mailframe.view, record)
     remote = _wants_remote(request)
     attachments = [(a.filename, a.content_type, human_size(a.size)) for a in shown.attachments]
@@ -71,7 +64,7 @@ async def email_detail(request: web.Request) -> web.StreamResponse:
 
 async def email_preview(request: web.Request) -> web.StreamResponse:
     session = logged_in(request)
-    record = await call(request, mailbox.own_email, session.account.email, request.match_info["id"])
+    record = await call(request, ownmail.own_email, session.account.email, request.match_info["id"])
     shown = await state(request).ctx.blocking.cpu(mailframe.frame, record, _wants_remote(request))
     return web.Response(text=shown.document, content_type="text/html", charset="utf-8", headers={
         "Content-Security-Policy": frame_csp(shown.remote_origins),

@@ -15,7 +15,7 @@ import pytest
 
 from fwdmail import store
 from fwdmail.app import aliases
-from fwdmail.cli import aliases as cli_aliases
+from fwdmail.app.shapes import alias_json
 from fwdmail.cli import render
 from tests.support.daemon import Daemon
 
@@ -245,7 +245,7 @@ def test_list_filters_by_domain_and_search_text(d: Daemon) -> None:
 
 def test_streamed_json_is_what_the_whole_list_gave(d: Daemon) -> None:
     d.cli("alias", "import", write(d, EVERY_KIND), "--account", ACCOUNT)
-    whole = [cli_aliases._alias_json(a) for a in aliases.list_aliases()]
+    whole = [alias_json(a) for a in aliases.list_aliases()]
     assert d.cli("alias", "list", "--json").stdout == render.json_text(whole) + "\n"
     d.cli("alias", "remove", "hello@example.com")
     assert d.cli("alias", "list", "--domain", "example.org", "--json", expect=1)
@@ -287,7 +287,7 @@ def test_a_large_listing_streams_in_flat_memory(d: Daemon) -> None:
     tracemalloc.start()
     try:
         with redirect_stdout(sink):
-            count = render.stream_json(cli_aliases._alias_json(a) for a in aliases.iter_aliases())
+            count = render.stream_json(alias_json(a) for a in aliases.iter_aliases())
         _, streamed = tracemalloc.get_traced_memory()
         tracemalloc.reset_peak()
         whole = store.list_aliases()

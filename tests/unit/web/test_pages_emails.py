@@ -1,4 +1,5 @@
-"""My Account > Emails and Logs in-process on a real store: the list by status and page, the detail
+"""My Account > Emails and Logs in-process on a real store: the list by status, page by page older and
+back newer, the detail
 (recipients, headers, attachments), the preview frame's own CSP and sandbox, remote images only when
 asked, a redacted message, tenancy (another account's email is a 404), and the logs of one's own domains
 and requests."""
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import html
 import re
 from collections.abc import Awaitable, Callable, Iterator
 from email.message import EmailMessage
@@ -18,7 +20,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from fwdmail import store
-from fwdmail.app import mailbox, now, sessions
+from fwdmail.app import now, ownmail, sessions
 from fwdmail.app.htmlsafe import PLACEHOLDER
 from fwdmail.config import Config
 from fwdmail.runtime import datadir
@@ -121,10 +123,9 @@ def test_the_list_shows_only_the_accounts_mail_by_status(site: Any, tmp_path: Pa
         status, text, _ = await s.get("/emails?status=partial")
         assert ids["redacted"] in text and ids["hostile"] not in text
         assert (await s.get("/emails?status=lost"))[0] == 400
-        assert (await s.get("/emails?page=0"))[0] == 400
-        assert (await s.get("/emails?page=x"))[0] == 400
-        status, text, _ = await s.get("/emails?page=2")
-        assert status == 200 and ids["hostile"] not in text
+        for bad in ("older=x", "newer=", "older=" + "A" * 65, "older=MjAzMC0wMS0wMVQxMjowMHww"):
+            assert (await s.get(f"/emails?{bad}"))[0] == 400, bad
+        assert 'rel="next"' not in text and 'rel="prev"' not in text
         status, text, _ = await s.get("/emails", who=OTHER)
         assert ids["foreign"] in text and ids["hostile"] not in text
         status, _, headers = await s.get("/emails", who=None)
@@ -133,18 +134,30 @@ def test_the_list_shows_only_the_accounts_mail_by_status(site: Any, tmp_path: Pa
     site(body)
 
 
-def test_the_list_pages_by_fifty(site: Any, tmp_path: Path) -> None:
+def link(text: str, rel: str) -> str | None:
+    found = re.search(rf'<a rel="{rel}" href="([^"]+)"', text)
+    return html.unescape(found[1]) if found else None
+
+
+def test_the_list_pages_by_fifty_older_and_back_newer(site: Any, tmp_path: Path) -> None:
     store.open_store(tmp_path / "data" / "fwdmail.db")
-    made = [put("example.test", message(f"n{i}"), f"n{i}") for i in range(mailbox.PAGE_SIZE + 2)]
+    made = [put("example.test", message(f"n{i}"), f"n{i}") for i in range(ownmail.PAGE_SIZE + 2)]
     store.close_store()
 
     async def body(s: Site) -> None:
-        _, first, _ = await s.get("/emails")
-        _, second, _ = await s.get("/emails?page=2")
-        assert sum(q in first for q in made) == mailbox.PAGE_SIZE
-        assert sum(q in second for q in made) == 2
-        assert 'href="/emails?page=2"' in first and 'href="/emails?page=1"' in second
-        assert "page=3" not in second
+        _, first, _ = await s.get("/emails?status=queued")
+        assert sum(q in first for q in made) == ownmail.PAGE_SIZE and link(first, "prev") is None
+        older = link(first, "next")
+        assert older is not None and older.startswith("/emails?status=queued&older=")
+        _, second, _ = await s.get(older)
+        assert [q for q in made if q in second] == [q for q in made if q not in first]
+        assert link(second, "next") is None
+        newer = link(second, "prev")
+        assert newer is not None and newer.startswith("/emails?status=queued&newer=")
+        _, back, _ = await s.get(newer)
+        assert [q for q in made if q in back] == [q for q in made if q in first]
+        assert link(back, "prev") is None and link(back, "next") == older
+        assert (await s.get(f"{older}&{newer.partition('&')[2]}"))[0] == 400
 
     site(body)
 
@@ -255,6 +268,7 @@ def test_logs_show_the_accounts_own_smtp_errors_and_requests(site: Any, tmp_path
         assert "/v1/domains" not in text
         _, text, _ = await s.get("/logs", who=OTHER)
         assert "not mine" in text and "mine &lt;b&gt;" not in text
-        assert (await s.get("/logs?page=-1"))[0] == 400
+        assert (await s.get("/logs?older=-1"))[0] == 400
+        assert (await s.get("/logs/api?newer=-1"))[0] == 400
 
     site(body)
