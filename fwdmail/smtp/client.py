@@ -3,7 +3,7 @@
 Untrusted input: DNS answers (MX, A/AAAA) and everything a destination server replies. Replies become
 `SmtpError`s per recipient; no destination behaviour raises out of `Delivery.send`.
 
-About 400 lines: one connection's life (resolve, connect, greet, STARTTLS, EHLO again, MAIL/RCPT/DATA,
+About 500 lines: one connection's life (resolve, connect, greet, STARTTLS, EHLO again, MAIL/RCPT/DATA,
 reuse, close) reads best as one piece. A transaction with a server that offers PIPELINING is
 `smtp/pipeline.py`'s.
 """
