@@ -319,3 +319,17 @@ def test_postfix_smtp_sink_takes_pipelined_transactions(dns_server: LoopbackDNS,
     assert all(f"X-Rcpt-Args: <{r}>" in first for r in RCPTS), first
     assert "X-Rcpt-Args: <z@dest.test>" in second
     assert first.replace("\r\n", "\n").endswith(MSG.decode().replace("\r\n", "\n") + "\n")
+
+
+def test_a_reused_connection_the_server_dropped_is_replaced(dns_server: LoopbackDNS, sink: SmtpSink) -> None:
+    sink.behaviour.pipelining = True
+    d = make(dns_server, sink.address)
+
+    async def go() -> list[Results]:
+        first = await d.send("s@src.test", ["a@dest.test"], MSG)
+        await asyncio.get_running_loop().run_in_executor(None, sink.stop)
+        await asyncio.get_running_loop().run_in_executor(None, sink.start)
+        return [first, *await deliver(d, [["b@dest.test"]])]
+
+    assert asyncio.run(go()) == [{"a@dest.test": None}, {"b@dest.test": None}]
+    assert [m.rcpt_tos for m in sink.wait_for(2)] == [["a@dest.test"], ["b@dest.test"]]
