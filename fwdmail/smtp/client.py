@@ -3,8 +3,9 @@
 Untrusted input: DNS answers (MX, A/AAAA) and everything a destination server replies. Replies become
 `SmtpError`s per recipient; no destination behaviour raises out of `Delivery.send`.
 
-About 400 lines: one connection's life (resolve, connect, greet, STARTTLS, EHLO again, MAIL/RCPT/DATA,
-reuse, close) reads best as one piece.
+About 500 lines: one connection's life (resolve, connect, greet, STARTTLS, EHLO again, MAIL/RCPT/DATA,
+reuse, close) reads best as one piece. A transaction with a server that offers PIPELINING is
+`smtp/pipeline.py`'s.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import dns.resolver
 
 from fwdmail.auth.resolver import async_resolver
 from fwdmail.config import Config, parse_host_port
+from fwdmail.smtp import pipeline
 from fwdmail.smtp.replies import SmtpError
 from fwdmail.smtp.tlspolicy import HostCheck, TlsPolicy
 
@@ -422,6 +424,13 @@ class Delivery:
             options.append(f"SIZE={_size(message)}")
         encoding = "utf-8" if utf8 else "ascii"
         try:
+            if conn.supports_extension("pipelining"):
+                refused, result = await pipeline.transaction(
+                    conn, mail_from, rcpts, options, encoding, data_stream(message),
+                    self.cfg.command_timeout, self.cfg.data_timeout)
+                if refused is not None and refused.temporary:
+                    raise _HostFailure(refused)
+                return result
             try:
                 await conn.mail(mail_from, options=options, encoding=encoding)
             except aiosmtplib.SMTPResponseException as exc:

@@ -71,6 +71,8 @@ class Behaviour:
     """Reply to the DATA command itself instead of 354, once a recipient was accepted."""
     starttls: str | None = None
     """Reply to STARTTLS instead of 220 (e.g. ``"454 4.7.0 TLS not available"``), or ``BREAK_TLS``."""
+    pipelining: bool = False
+    """Offer PIPELINING (RFC 2920) in the EHLO reply; aiosmtpd reads pipelined commands one by one."""
     data_gate: threading.Event | None = None
     """Hold the reply after each payload until this event is set (at most 30 s); others are served meanwhile.
     ``SmtpSink.wait_for_payloads`` tells how many payloads arrived, held or not."""
@@ -143,6 +145,14 @@ class _Handler:
 
     def __init__(self, sink: SmtpSink) -> None:
         self.sink = sink
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname  # aiosmtpd leaves this to a handler that has the hook
+        if self.sink.behaviour.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
