@@ -15,10 +15,11 @@ visible in one file.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import peewee as pw
@@ -195,13 +196,24 @@ def _alias(domain: str, kind: str, local: str) -> Alias:
     return row
 
 
+@contextlib.contextmanager
+def _unique(message: str) -> Iterator[None]:
+    """An insert that another writer may have beaten (on PostgreSQL the check before it cannot see a row
+    committed meanwhile; the unique index then refuses): AlreadyExists, as the check would have said."""
+    try:
+        yield
+    except pw.IntegrityError:
+        raise AlreadyExists(message) from None
+
+
 # accounts
 
 def add_account(email: str) -> AccountRecord:
     with writing():
         if Account.get_or_none(Account.email == email):
             raise AlreadyExists(f"account {email} exists already")
-        row = Account.create(email=email)
+        with _unique(f"account {email} exists already"):
+            row = Account.create(email=email)
         _bump_directory(())
     return _account_record(row)
 
@@ -277,10 +289,11 @@ def add_domain(name: str, account_email: str, dkim_selector: str, dkim_private_k
         acct = _account(account_email)
         if Domain.get_or_none(Domain.name == name):
             raise AlreadyExists(f"domain {name} exists already")
-        row = Domain.create(
-            name=name, account=acct, dkim_selector=dkim_selector, dkim_private_key=dkim_private_key,
-            verification_token=verification_token,
-        )
+        with _unique(f"domain {name} exists already"):
+            row = Domain.create(
+                name=name, account=acct, dkim_selector=dkim_selector, dkim_private_key=dkim_private_key,
+                verification_token=verification_token,
+            )
         _bump_directory([name])
     return _domain_record(row)
 
@@ -361,7 +374,9 @@ def add_alias(domain: str, kind: str, local: str, destinations: list[str]) -> Al
         exists = Alias.get_or_none(Alias.domain == dom, Alias.kind == kind, Alias.local == local)
         if exists:
             raise AlreadyExists(f"alias {_alias_record(exists, dom).address} exists already")
-        row = Alias.create(domain=dom, kind=kind, local=local, destinations=json.dumps(destinations))
+        shown = f"/{local}/@{dom.name}" if kind == "regex" else f"{local}@{dom.name}"
+        with _unique(f"alias {shown} exists already"):
+            row = Alias.create(domain=dom, kind=kind, local=local, destinations=json.dumps(destinations))
         _bump_directory([domain])
     return _alias_record(row, dom)
 
