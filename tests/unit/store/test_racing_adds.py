@@ -63,8 +63,8 @@ def test_racing_domain_adds(pg: Opened) -> None:
     columns = [r[0] for r in pg.query("SELECT column_name FROM information_schema.columns "
                                       "WHERE table_name = 'domain' AND column_name NOT IN ('id', 'name')")]
     listed = ", ".join(columns)
-    lost = _race(pg, f"INSERT INTO domain (name, {listed}) SELECT %s, {listed} FROM domain WHERE name = 'a.test'",
-                 ("b.test",), lambda: store.add_domain("b.test", OWNER, "sel", "key", "tok"))
+    copy = f"INSERT INTO domain (name, {listed}) SELECT %s, {listed} FROM domain WHERE name = 'a.test'"
+    lost = _race(pg, copy, ("b.test",), lambda: store.add_domain("b.test", OWNER, "sel", "key", "tok"))
     assert isinstance(lost, store.AlreadyExists) and "b.test" in str(lost)
 
 
