@@ -93,26 +93,46 @@ class RetentionScheduler:
             if not ours:
                 log.debug("retention run skipped: another node has this interval's run")
                 return None
-            log.debug("retention run: this node holds the cluster's lease")
             try:
-                await self.blocking.db(store.set_last_retention_run, now)
+                held = await self.blocking.db(store.hold_job_lock, JOB_ID)
             except Exception as exc:
-                log.warning("cannot record the retention run (%s); running the jobs anyway", exc)
-            report = await run_all(self.blocking.db, now, self.config, stop=self._stop,
-                                   force_checkpoint=self._checkpoint_owed)
-            self._checkpoint_owed = report.checkpointed is False or bool(report.unvacuumed)
-            self.runs += 1
-            self.last_report = report
-            for key, error in report.failed.items():
-                log.error("retention job %s failed (%s); it runs again next period", key, error)
-            if report.checkpointed is False:
-                log.warning("WAL checkpoint kept from completing by a reader; retried next run")
-            if report.unvacuumed:
-                log.warning("tables %s busy, not rewritten; every table is rewritten next run",
-                            ", ".join(report.unvacuumed))
-            if report.removed:
-                log.info("retention run: %s", ", ".join(f"{k}={v}" for k, v in report.counts.items()))
+                log.warning("cannot take the retention lock (%s); trying again next period",
+                            store.failure(exc))
+                return None
+            if not held:
+                log.info("retention run skipped: another node's run is still going")
+                return None
+            log.debug("retention run: this node holds the cluster's lease and lock")
+            try:
+                report = await self._run_jobs(now)
+            finally:
+                try:
+                    await self.blocking.db(store.release_job_lock, JOB_ID)
+                except Exception as exc:  # the connection is gone, and the lock with it
+                    log.debug("retention lock not released (%s)", type(exc).__name__)
             return report
+
+    async def _run_jobs(self, now: dt.datetime) -> Report:
+        """Record the run, run every job, log what it found."""
+        try:
+            await self.blocking.db(store.set_last_retention_run, now)
+        except Exception as exc:
+            log.warning("cannot record the retention run (%s); running the jobs anyway", exc)
+        report = await run_all(self.blocking.db, now, self.config, stop=self._stop,
+                               force_checkpoint=self._checkpoint_owed)
+        self._checkpoint_owed = report.checkpointed is False or bool(report.unvacuumed)
+        self.runs += 1
+        self.last_report = report
+        for key, error in report.failed.items():
+            log.error("retention job %s failed (%s); it runs again next period", key, error)
+        if report.checkpointed is False:
+            log.warning("WAL checkpoint kept from completing by a reader; retried next run")
+        if report.unvacuumed:
+            log.warning("tables %s busy, not rewritten; every table is rewritten next run",
+                        ", ".join(report.unvacuumed))
+        if report.removed:
+            log.info("retention run: %s", ", ".join(f"{k}={v}" for k, v in report.counts.items()))
+        return report
 
     async def stop(self) -> None:
         """Stop scheduling; let a run in progress finish its current batch."""

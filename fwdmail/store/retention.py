@@ -249,3 +249,22 @@ def take_lease(name: str, now: dt.datetime, seconds: float) -> bool:
         return True
     with writing():
         return database.execute_sql(_TAKE_LEASE, (name, seconds)).fetchone() is not None
+
+
+def hold_job_lock(name: str) -> bool:
+    """Whether this node now holds the cluster-wide lock of job `name` (a PostgreSQL session advisory lock
+    on the writer's connection, held until `release_job_lock` or the connection ends): a run that outlasts
+    its lease still never overlaps another node's. On SQLite always True (one daemon per store)."""
+    if is_sqlite():
+        return True
+    row = database.execute_sql("SELECT pg_try_advisory_lock(hashtext(%s))", (_JOB_LOCK_PREFIX + name,))
+    return bool(row.fetchone()[0])
+
+
+def release_job_lock(name: str) -> None:
+    """Let go of `hold_job_lock(name)` (no-op on SQLite)."""
+    if not is_sqlite():
+        database.execute_sql("SELECT pg_advisory_unlock(hashtext(%s))", (_JOB_LOCK_PREFIX + name,))
+
+
+_JOB_LOCK_PREFIX = "fwdmail job "

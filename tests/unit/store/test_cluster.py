@@ -196,6 +196,32 @@ def test_two_schedulers_on_one_database_run_the_jobs_once_per_interval(opened: O
     assert ran[0].counts["smtp_error_logs"] == 5  # type: ignore[attr-defined]
 
 
+def test_a_run_outlasting_its_lease_does_not_overlap_another_nodes(opened: Opened, tmp_path: Path) -> None:
+    postgres_only(opened)
+    runtime = datadir.Runtime(from_dict({"data_dir": str(tmp_path / "data"), "retention": {"interval": 3600},
+                                         "database": {"url": opened.url}}),
+                              b"secret", tmp_path / "cert.pem", tmp_path / "key.pem")
+    import psycopg
+
+    async def run() -> object:
+        ctx = Context(runtime)
+        scheduler = RetentionScheduler(ctx.blocking, ctx.config.retention)
+        try:
+            return await scheduler.run_once()
+        finally:
+            await scheduler.stop()
+            ctx.blocking.shutdown()
+
+    with psycopg.connect(opened.url, autocommit=True) as other:  # a node whose run is still going
+        other.execute("SELECT pg_advisory_lock(hashtext('fwdmail job retention'))")
+        assert asyncio.run(run()) is None, "the lease was free (expired), but another node's run still goes"
+        other.execute("SELECT pg_advisory_unlock(hashtext('fwdmail job retention'))")
+    opened.outside("UPDATE lease SET expires_at = (now() AT TIME ZONE 'UTC') - interval '1 second'")
+    assert asyncio.run(run()) is not None
+    assert store.hold_job_lock("retention"), "the finished run let go of the lock"
+    store.release_job_lock("retention")
+
+
 @pytest.mark.parametrize("value", ["a b", "x" * 65, "mx1/blue", "ünï"])
 def test_a_bad_node_id_is_one_line(value: str) -> None:
     with pytest.raises(ConfigError) as exc:
