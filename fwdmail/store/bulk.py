@@ -15,12 +15,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from fwdmail.store.db import reads, rest_after, sql, writing
-from fwdmail.store.directory import AliasRecord, _bump_directory
+from fwdmail.store.directory import AliasRecord, DomainRecord, NotFound, _bump_directory, _domain_record
 from fwdmail.store.models import Account, Alias, Domain, database, lookup_key, utcnow
 
 __all__ = [
-    "IMPORT_BATCH", "ImportRow", "ImportWrites", "domain_ids", "existing_destinations", "import_batch",
-    "iter_aliases", "undo_import",
+    "IMPORT_BATCH", "ImportRow", "ImportWrites", "alias_page", "domain_ids", "domain_page",
+    "existing_destinations", "import_batch", "iter_aliases", "undo_import",
 ]
 
 # At most this many aliases per write transaction (a few ms each: the daemon's writes wait no longer).
@@ -191,6 +191,30 @@ def _domain_aliases(dom_id: int, name: str, account: str, needle: str | None,
         if len(rows) < page:
             return
         after = (rows[-1][1], rows[-1][2])
+
+
+@reads
+def alias_page(domain: str, after: tuple[str, str], limit: int) -> list[AliasRecord]:
+    """At most `limit` aliases of the hosted `domain` that come after (kind, local) `after` in the listing
+    order (("", "") for the first): one range of the (domain, kind, local) index, so a page is the same
+    whatever was inserted before it. `NotFound` if the domain is not hosted."""
+    row = (Domain.select(Domain.id, Domain.name, Account.email).join(Account)
+           .where(Domain.name == domain).tuples().first())
+    if row is None:
+        raise NotFound(f"no domain {domain}")
+    dom_id, name, account = row
+    rows = database.execute_sql(sql(_PAGE_SQL), (dom_id, after[0], after[0], after[1], limit)).fetchall()
+    return [AliasRecord(ident, name, kind, local, tuple(json.loads(dests)), state, bool(has_password),
+                        account, _datetime(created))
+            for ident, kind, local, dests, state, has_password, created in rows]
+
+
+@reads
+def domain_page(account_email: str, after: str, limit: int) -> list[DomainRecord]:
+    """At most `limit` of the account's domains named after `after` ("" for the first), by name."""
+    q = (Domain.select(Domain, Account).join(Account)
+         .where(Account.email == account_email, Domain.name > after).order_by(Domain.name).limit(limit))
+    return [_domain_record(d) for d in q]
 
 
 def _datetime(value: object) -> dt.datetime:

@@ -13,9 +13,10 @@ from typing import Any
 
 from aiohttp import web
 
-from fwdmail.app import domains, now, tenancy
+from fwdmail.app import domains, now, pages, tenancy
 from fwdmail.app.accounts import AccountRecord
 from fwdmail.runtime.context import Context
+from fwdmail.web import paging
 from fwdmail.web.auth import authenticate
 from fwdmail.web.openapi import document
 
@@ -129,8 +130,19 @@ async def get_account(request: web.Request) -> web.Response:
 
 
 async def list_domains(request: web.Request) -> web.Response:
+    """All the account's domains (a JSON array), or with `?after=` one keyset page (`web.paging`)."""
     ctx = _ctx(request)
     account = await authenticate(ctx, request)
+    if paging.keyset(request):
+        limit = _int_query(request, "limit", DEFAULT_PAGE_SIZE)
+        try:
+            (after,) = paging.position(request, 1)
+        except ValueError as exc:
+            raise ApiError(400, "invalid", str(exc)) from None
+        page = await _call(ctx, pages.domains_after, account.email, after, limit)
+        body, headers = paging.page_reply(request, "domains", [domain_json(d) for d in page.domains],
+                                          (page.next,) if page.next is not None else None, limit)
+        return reply(body, headers=headers)
     rows = await _call(ctx, tenancy.list_own_domains, account.email)
     return reply([domain_json(d) for d in rows])
 
@@ -164,8 +176,21 @@ async def remove_domain(request: web.Request) -> web.Response:
 
 
 async def list_aliases(request: web.Request) -> web.Response:
+    """A page of the domain's aliases: by `?page=` (a JSON array, `Link` to the next page), or with
+    `?after=` by key (`web.paging`: stable while aliases are added)."""
     ctx = _ctx(request)
     account = await authenticate(ctx, request)
+    if paging.keyset(request):
+        limit = _int_query(request, "limit", DEFAULT_PAGE_SIZE)
+        try:
+            kind, local = paging.position(request, 2)
+        except ValueError as exc:
+            raise ApiError(400, "invalid", str(exc)) from None
+        keyed = await _call(ctx, pages.aliases_after, account.email, request.match_info["domain"],
+                            (kind, local), limit)
+        body, headers = paging.page_reply(request, "aliases", [alias_json(a) for a in keyed.aliases],
+                                          keyed.next, limit)
+        return reply(body, headers=headers)
     page = _int_query(request, "page", 1)
     limit = _int_query(request, "limit", DEFAULT_PAGE_SIZE)
     found = await _call(ctx, tenancy.own_aliases, account.email, request.match_info["domain"], page, limit)
