@@ -48,9 +48,17 @@ class ImportWrites:
     unchanged: int = 0
 
 
-def _changed() -> None:
-    """Tell running daemons the directory changed (inside the caller's transaction), as `add_alias` does."""
-    _bump_directory()
+def _changed(domain_ids: Iterable[int] | None = None) -> None:
+    """Tell running daemons the directory changed (inside the caller's transaction), as `add_alias` does:
+    in the domains of `domain_ids` (each daemon drops only those from its cache), or in any."""
+    if domain_ids is None:
+        _bump_directory()
+        return
+    wanted = sorted(set(domain_ids))
+    names: list[str] = []
+    for chunk in _chunks(wanted, _LOOKUP_CHUNK):
+        names += [n for (n,) in Domain.select(Domain.name).where(Domain.id.in_(list(chunk))).tuples()]
+    _bump_directory(names)
 
 
 def _chunks(items: Sequence[object], size: int) -> Iterator[Sequence[object]]:
@@ -102,6 +110,7 @@ def import_batch(rows: Sequence[ImportRow], writes: ImportWrites) -> None:
     with writing():
         existing = _existing([(r.domain_id, r.kind, r.local) for r in rows])
         new = []
+        touched: set[int] = set()
         for r in rows:
             dests = json.dumps(list(r.destinations))
             found = existing.get((r.domain_id, r.kind, r.local))
@@ -109,13 +118,15 @@ def import_batch(rows: Sequence[ImportRow], writes: ImportWrites) -> None:
                 new.append((r.domain_id, r.kind, r.local, dests, "enabled", created))
             elif found[1] == dests:
                 unchanged += 1
+                continue
             else:
                 Alias.update(destinations=dests).where(Alias.id == found[0]).execute()
                 replaced.append((found[0], found[1]))
+            touched.add(r.domain_id)
         for chunk in _chunks(new, 2000):
             inserted.extend(_insert(chunk))
-        if inserted or replaced:
-            _changed()
+        if touched:
+            _changed(touched)
     writes.inserted.extend(inserted)
     writes.replaced.extend(replaced)
     writes.unchanged += unchanged
