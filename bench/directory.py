@@ -21,13 +21,11 @@ import json
 import os
 import random
 import shutil
-import smtplib
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from . import fwd
+from .dirsessions import Askers, Pingers, Session, answer_on_fresh, ask, wait_for_answer
 from .dns_helper import DnsHelper
 from .procs import (
     LOOPBACK,
@@ -52,13 +51,9 @@ DESTINATION = "dest@dest.bench.test"
 CATCH_ALL_DOMAIN = "catchall.dir.bench.test"
 REGEX_DOMAIN = "regex.dir.bench.test"
 EMPTY_DOMAIN = "empty.dir.bench.test"
-RCPTS_PER_MAIL = 50
-"""RCPTs per transaction before RSET (the MX's `max_recipients` default is 100)."""
 CHANGE_TIMEOUT = 30.0
 JUNK_COMMANDS = 10_000_000
 """`[abuse] max_junk_commands`, lifted (default 100) for the sessions that measure stalls with NOOPs."""
-PING_GAP = 0.002
-"""Pause between two NOOP round trips of one pinging session."""
 
 
 @dataclass(frozen=True)
@@ -144,6 +139,8 @@ class ChildRun:
     seconds: float
     peak_rss_mib: float
     stdout_bytes: int
+    cpu_s: float = 0.0
+    """User + system CPU seconds: on a shared machine, what the run cost apart from waiting for a core."""
 
 
 class Instance:
@@ -157,7 +154,9 @@ class Instance:
         config = fwd.render_config(root / "data", self.ports, free_port(), free_port(), dns)
         if not config.rstrip().splitlines()[-len(fwd.ABUSE_LIMITS) - 1] == "[abuse]":
             raise BenchError("bench/fwd.py's config no longer ends with [abuse]")
-        self.config.write_text(config + f'"max_junk_commands" = {JUNK_COMMANDS}\n')
+        # the HTTP API on a free port too: its default (8080) may be another daemon's on this machine
+        self.config.write_text(config + f'"max_junk_commands" = {JUNK_COMMANDS}\n'
+                               f'\n[http]\nlisten = ["{LOOPBACK}:{free_port()}"]\n')
         self.log = root / "serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -198,7 +197,7 @@ class Instance:
         if proc.returncode != 0:
             raise BenchError(f"{args[4:]} exited {proc.returncode}: {err[-2000:]}")
         size = out.stat().st_size if out is not None else 0
-        return ChildRun(seconds, usage.ru_maxrss / 1024, size)
+        return ChildRun(seconds, usage.ru_maxrss / 1024, size, usage.ru_utime + usage.ru_stime)
 
     def create_domains(self, names: list[str]) -> float:
         started = time.perf_counter()
@@ -247,115 +246,6 @@ class Instance:
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
-
-
-class Session:
-    """One SMTP session on the MX, in a transaction, asking RCPTs (RSET and MAIL again every 50)."""
-
-    def __init__(self, port: int) -> None:
-        self.smtp = smtplib.SMTP(LOOPBACK, port, local_hostname="client.bench.test", timeout=30)
-        self.smtp.ehlo()
-        self._in_mail = 0
-
-    def __enter__(self) -> Session:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        try:
-            self.smtp.quit()
-        except (smtplib.SMTPException, OSError):
-            self.smtp.close()
-
-    def rcpt(self, address: str) -> tuple[int, float]:
-        if self._in_mail >= RCPTS_PER_MAIL:
-            self.smtp.rset()
-            self._in_mail = 0
-        if self._in_mail == 0:
-            code, reply = self.smtp.mail(fwd.SENDER)
-            if code != 250:
-                raise BenchError(f"MAIL FROM answered {code} {reply!r}")
-        started = time.perf_counter()
-        code, _ = self.smtp.rcpt(address)
-        took = time.perf_counter() - started
-        self._in_mail += 1
-        return code, took
-
-    def noop(self) -> float:
-        started = time.perf_counter()
-        self.smtp.noop()
-        return time.perf_counter() - started
-
-
-def ask(port: int, addresses: list[str], session: Session | None = None) -> tuple[list[float], int]:
-    """RCPT each address; round trips in ms and how many were not answered 250."""
-    own = session is None
-    s = session or Session(port)
-    times, refused = [], 0
-    try:
-        for address in addresses:
-            code, took = s.rcpt(address)
-            times.append(took * 1000)
-            refused += code != 250
-    finally:
-        if own:
-            s.close()
-    return times, refused
-
-
-def answer_on_fresh(port: int, address: str) -> int:
-    with Session(port) as s:
-        return s.rcpt(address)[0]
-
-
-def wait_for_answer(port: int, address: str, code: int, processes: int, timeout: float) -> float:
-    """Seconds until `processes` fresh sessions in a row (the serving process hands them out in turn,
-    so one per MX process) answer `code` for `address`."""
-    started = time.perf_counter()
-    in_a_row = 0
-    while in_a_row < processes:
-        if time.perf_counter() - started > timeout:
-            raise BenchError(f"RCPT {address} not answered {code} within {timeout:.0f}s")
-        in_a_row = in_a_row + 1 if answer_on_fresh(port, address) == code else 0
-        if in_a_row == 0:
-            time.sleep(0.01)
-    return time.perf_counter() - started
-
-
-class Pingers:
-    """NOOP round trips, one session per MX process, each in its own thread, until stopped."""
-
-    def __init__(self, port: int, processes: int) -> None:
-        self.sessions = [Session(port) for _ in range(processes)]
-        self.samples: list[tuple[float, float]] = []  # (when, round trip s)
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._loop, args=(s,), daemon=True) for s in self.sessions]
-
-    def __enter__(self) -> Pingers:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(10)
-        for s in self.sessions:
-            s.close()
-
-    def _loop(self, session: Session) -> None:
-        while not self._stop.is_set():
-            took = session.noop()
-            with self._lock:
-                self.samples.append((time.perf_counter(), took))
-            self._stop.wait(PING_GAP)
-
-    def between(self, start: float, end: float) -> list[float]:
-        with self._lock:
-            return [took * 1000 for when, took in self.samples if start <= when <= end]
 
 
 # ---------------------------------------------------------------- the run
@@ -420,8 +310,10 @@ def run(sizes: Sizes, workdir: Path, say: Callable[[str], None]) -> Result:
         fig["import_rate"] = (sizes.aliases + 2) / imported.seconds
         notes["import_s"] = imported.seconds
         notes["import_peak_rss_mib"] = imported.peak_rss_mib
+        notes["import_cpu_s"] = imported.cpu_s
         say(f"imported {sizes.aliases + 2:,} aliases in {imported.seconds:.1f}s "
-            f"({fig['import_rate']:,.0f}/s, peak RSS {imported.peak_rss_mib:.0f} MiB)")
+            f"({fig['import_rate']:,.0f}/s, {imported.cpu_s:.1f} CPU s, "
+            f"peak RSS {imported.peak_rss_mib:.0f} MiB)")
 
         try:
             listen_s, first_s, first_rcpt = inst.start()
@@ -446,6 +338,7 @@ def run(sizes: Sizes, workdir: Path, say: Callable[[str], None]) -> Result:
         fig["list_s"] = listed.seconds
         notes["list_bytes"] = listed.stdout_bytes
         notes["list_peak_rss_mib"] = listed.peak_rss_mib
+        notes["list_cpu_s"] = listed.cpu_s
         with open(workdir / "list.json") as f:
             notes["list_items"] = len(json.load(f))
         say(f"alias list --json: {listed.seconds:.2f}s, {listed.stdout_bytes / 1e6:.1f} MB, "
@@ -494,15 +387,25 @@ def _serve_rows(inst: Instance, sizes: Sizes, processes: int, rng: random.Random
     with open(bulk, "w") as f:
         for i in range(sizes.bulk):
             f.write(f"bulk{i:05d}@{domain_name(i % sizes.domains)}  {DESTINATION}\n")
-    with Pingers(port, processes) as pingers:
+    asked = rng.sample(range(sizes.aliases), min(500, sizes.aliases))
+    existing = [alias_address(i, sizes.domains) for i in asked]
+    with Pingers(port, processes) as pingers, Askers(port, processes, existing):
         time.sleep(2.0)
-        quiet_end = changes_start = time.perf_counter()
+        quiet_end = control_start = time.perf_counter()
+        for i in range(sizes.adds):  # the same CLI runs, changing nothing: what CPU contention alone costs
+            inst.cli("alias", "list", "--domain", domain_name(i % sizes.domains), "--search", "no-such-text")
+        inst.cli("alias", "import", "--dry-run", str(bulk), timeout=300)
+        time.sleep(1.0)
+        control_end = changes_start = time.perf_counter()
         for i in range(sizes.adds):
             inst.cli("alias", "add", f"stall{i:03d}@{domain_name(i % sizes.domains)}", DESTINATION)
         inst.cli("alias", "import", str(bulk), timeout=300)
         time.sleep(1.0)  # the daemon polls the change log every 0.2 s: let it see the last change
         changes_end = time.perf_counter()
     quiet = pingers.between(quiet_end - 2.0, quiet_end)
+    control = pingers.between(control_start, control_end)
+    notes["stall_control_max_ms"] = max(control)
+    notes["stall_control_p99_ms"] = percentile(control, 99)
     busy = pingers.between(changes_start, changes_end)
     fig["stall_max_ms"] = max(busy)
     notes["stall_p99_ms"] = percentile(busy, 99)
@@ -512,7 +415,9 @@ def _serve_rows(inst: Instance, sizes: Sizes, processes: int, rng: random.Random
     notes["changes_s"] = changes_end - changes_start
     say(f"NOOP during {sizes.adds} adds + an import of {sizes.bulk:,}: max {fig['stall_max_ms']:.1f} ms, "
         f"p99 {notes['stall_p99_ms']:.1f} ms ({len(busy):,} round trips; quiet before: max "
-        f"{notes['quiet_noop_max_ms']:.1f}, p99 {notes['quiet_noop_p99_ms']:.1f})")
+        f"{notes['quiet_noop_max_ms']:.1f}, p99 {notes['quiet_noop_p99_ms']:.1f}; the same CLI runs "
+        f"changing nothing: max {notes['stall_control_max_ms']:.1f}, "
+        f"p99 {notes['stall_control_p99_ms']:.1f})")
     last = f"bulk{sizes.bulk - 1:05d}@{domain_name((sizes.bulk - 1) % sizes.domains)}"
     notes["bulk_visible"] = answer_on_fresh(port, last) == 250
 

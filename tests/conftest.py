@@ -1,4 +1,6 @@
-"""Shared fixtures: a loopback DNS server, a real downstream SMTP sink, and `fwdmail serve` itself."""
+"""Shared fixtures: a loopback DNS server, a real downstream SMTP sink, `fwdmail serve` itself, and a store on
+either engine (`engine`: "sqlite" or "postgresql"; `opened`: a fresh store on it, the PostgreSQL one a
+database on the session's private server)."""
 
 from __future__ import annotations
 
@@ -9,8 +11,11 @@ from typing import Any
 
 import pytest
 
+from fwdmail import store
 from tests.support.daemon import Daemon, end_leftovers, merge
 from tests.support.dns_server import LoopbackDNS
+from tests.support.engines import Opened
+from tests.support.postgres import PostgresServer, postgres_bin, running_postgres
 from tests.support.smtp_sink import SmtpSink
 
 
@@ -25,6 +30,45 @@ def dns_server() -> Iterator[LoopbackDNS]:
     """One authoritative DNS server on loopback for the session; tests use their own names."""
     with LoopbackDNS() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One private PostgreSQL server for the whole session (skipped where none is installed)."""
+    bindir = postgres_bin()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries (initdb) on this machine: apt-get install postgresql")
+    with running_postgres(bindir) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres: PostgresServer) -> str:
+    """The one database the session's PostgreSQL tests share, emptied before each."""
+    return postgres.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def opened(engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Opened]:
+    path = tmp_path / "data" / "fwdmail.db"
+    if engine == "sqlite":
+        at = Opened(engine, path)
+        at.reopen()
+        yield at
+        store.close_store()
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    url: str = request.getfixturevalue("postgres_url")
+    server.empty_database(url)
+    at = Opened(engine, path, url)
+    at.reopen()
+    yield at
+    store.close_store()
 
 
 @pytest.fixture

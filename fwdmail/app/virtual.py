@@ -3,7 +3,9 @@
 Handles untrusted input: the file being imported (anything a migration script or another system wrote).
 Each line is checked as `alias add` checks its arguments, every line before anything is written; a line's
 problem is reported with its number and the file's text quoted (the CLI shows it escaped). Lines and the
-number of reported problems are bounded.
+number of reported problems are bounded. Memory stays flat whatever the file's size: the checked lines go
+to an unnamed temporary file (the spool) as they are checked, and are written from it a batch at a time;
+only a 64-bit hash per alias (to find duplicates) and the domains named are kept in memory.
 
 The format: `address destination[, destination...]` (commas and/or blanks between destinations), `#`
 comments and blank lines, a line starting with a blank continuing the one before (as postmap reads it).
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -60,21 +63,78 @@ class ImportRefused(ValueError):
 @dataclass(frozen=True)
 class _Entry:
     line: int
-    spec: AliasSpec
+    domain: str
+    kind: str
+    local: str
     destinations: tuple[str, ...]
+
+    @property
+    def address(self) -> str:
+        return f"/{self.local}/@{self.domain}" if self.kind == "regex" else f"{self.local}@{self.domain}"
+
+
+# Checked lines read back from the spool this many at a time (a dry run's count, the duplicate search).
+_CHUNK = 5000
+
+
+class _Spool:
+    """Checked entries in an unnamed temporary file, one per line (tab-separated: no checked value holds
+    a blank), read back in order as often as needed."""
+
+    def __init__(self) -> None:
+        self.file = tempfile.TemporaryFile("w+", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
+        self.count = 0
+
+    def add(self, e: _Entry) -> None:
+        self.file.write("\t".join((str(e.line), e.domain, e.kind, e.local, *e.destinations)) + "\n")
+        self.count += 1
+
+    def __iter__(self) -> Iterator[_Entry]:
+        self.file.flush()
+        self.file.seek(0)
+        for text in self.file:
+            line, domain, kind, local, *dests = text.rstrip("\n").split("\t")
+            yield _Entry(int(line), domain, kind, local, tuple(dests))
+
+    def chunks(self, size: int) -> Iterator[list[_Entry]]:
+        chunk: list[_Entry] = []
+        for e in self:
+            chunk.append(e)
+            if len(chunk) >= size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    def close(self) -> None:
+        self.file.close()
 
 
 @dataclass
 class ImportPlan:
-    """A checked file: what `apply_import` will write, and its counts as the store stands now."""
+    """A checked file: what `apply_import` will write (`entries` aliases, kept in a temporary file until
+    `close`), and its counts as the store stands now."""
 
-    entries: list[_Entry]
+    spool: _Spool
     domain_ids: dict[str, int]
     missing_domains: list[str]
     account: str | None
     added: int = 0
     updated: int = 0
     unchanged: int = 0
+
+    @property
+    def entries(self) -> int:
+        return self.spool.count
+
+    def close(self) -> None:
+        self.spool.close()
+
+    def __enter__(self) -> ImportPlan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @dataclass(frozen=True)
@@ -100,9 +160,14 @@ class _Problems:
     total: int = 0
 
     def add(self, line: int, reason: str) -> None:
+        """Count a problem; the `MAX_PROBLEMS` with the lowest line numbers are kept."""
         self.total += 1
-        if len(self.kept) < MAX_PROBLEMS:
-            self.kept.append(ImportProblem(line, reason))
+        self.kept.append(ImportProblem(line, reason))
+        if len(self.kept) >= 2 * MAX_PROBLEMS:
+            self.kept = self.sorted()
+
+    def sorted(self) -> list[ImportProblem]:
+        return sorted(self.kept, key=lambda p: p.line)[:MAX_PROBLEMS]
 
 
 def _logical_lines(lines: Iterable[str], problems: _Problems) -> Iterator[tuple[int, str]]:
@@ -157,16 +222,39 @@ def _parse(text: str) -> tuple[AliasSpec | None, tuple[str, ...], str | None]:
 
 
 def plan_import(lines: Iterable[str], account: str | None = None, *, count: bool = True) -> ImportPlan:
-    """Check every line of a virtual(5) file and the domains it names, writing nothing; raise
+    """Check every line of a virtual(5) file and the domains it names, writing nothing to the store; raise
     `ImportRefused` listing the problems. With `account`, missing domains are to be created for it.
-    `count` reads what would be added, updated or unchanged (a dry run's answer)."""
+    `count` reads what would be added, updated or unchanged (a dry run's answer). The caller closes the
+    plan (its spool)."""
     problems = _Problems()
     acct = None
     if account is not None:
         acct = normalize_address(account).lower()
         store.get_account(acct)
-    entries: list[_Entry] = []
-    seen: dict[tuple[str, str, str], int] = {}
+    spool = _Spool()
+    try:
+        domain_lines = _check_lines(lines, spool, problems)
+        ids = store.domain_ids(domain_lines)
+        missing = sorted(set(domain_lines) - set(ids))
+        if missing and acct is None:
+            for name in missing:
+                problems.add(domain_lines[name], f"no domain {name} (give --account EMAIL to create it)")
+        if problems.total:
+            raise ImportRefused(problems.sorted(), problems.total)
+        plan = ImportPlan(spool, ids, missing, acct)
+        if count:
+            _count(plan)
+    except BaseException:
+        spool.close()
+        raise
+    return plan
+
+
+def _check_lines(lines: Iterable[str], spool: _Spool, problems: _Problems) -> dict[str, int]:
+    """Check each line into `spool` (or `problems`); the domains named, with the first line naming each.
+    A duplicate is told by its key's hash, then confirmed by the keys themselves (`_duplicates`)."""
+    seen: set[int] = set()
+    suspects: set[int] = set()
     domain_lines: dict[str, int] = {}
     for number, text in _logical_lines(lines, problems):
         if not text:
@@ -180,41 +268,45 @@ def plan_import(lines: Iterable[str], account: str | None = None, *, count: bool
             assert domain is not None
             domain_lines.setdefault(domain, number)
             continue
-        key = (spec.domain, spec.kind, spec.local)
+        key = hash((spec.domain, spec.kind, spec.local))
         if key in seen:
-            problems.add(number, f"{_short(spec.address)} is already on line {seen[key]}")
-            continue
-        seen[key] = number
+            suspects.add(key)
+        seen.add(key)
         domain_lines.setdefault(spec.domain, number)
-        entries.append(_Entry(number, spec, dests))
-    ids = store.domain_ids(domain_lines)
-    missing = sorted(set(domain_lines) - set(ids))
-    if missing and acct is None:
-        for name in missing:
-            problems.add(domain_lines[name], f"no domain {name} (give --account EMAIL to create it)")
-    if problems.total:
-        problems.kept.sort(key=lambda p: p.line)
-        raise ImportRefused(problems.kept, problems.total)
-    plan = ImportPlan(entries, ids, missing, acct)
-    if count:
-        _count(plan)
-    return plan
+        spool.add(_Entry(number, spec.domain, spec.kind, spec.local, dests))
+    del seen
+    if suspects:
+        _duplicates(spool, suspects, problems)
+    return domain_lines
+
+
+def _duplicates(spool: _Spool, suspects: set[int], problems: _Problems) -> None:
+    """Each alias given on more than one line (among those whose key hashes are `suspects`)."""
+    first: dict[tuple[str, str, str], int] = {}
+    for e in spool:
+        key = (e.domain, e.kind, e.local)
+        if hash(key) not in suspects:
+            continue
+        if key in first:
+            problems.add(e.line, f"{_short(e.address)} is already on line {first[key]}")
+        else:
+            first[key] = e.line
 
 
 def _count(plan: ImportPlan) -> None:
     """Added, updated and unchanged as the store stands now (aliases of missing domains are all new)."""
-    keys = [(plan.domain_ids[e.spec.domain], e.spec.kind, e.spec.local) for e in plan.entries
-            if e.spec.domain in plan.domain_ids]
-    existing = store.existing_destinations(keys)
-    for e in plan.entries:
-        dom = plan.domain_ids.get(e.spec.domain)
-        before = existing.get((dom, e.spec.kind, e.spec.local)) if dom is not None else None
-        if before is None:
-            plan.added += 1
-        elif before == e.destinations:
-            plan.unchanged += 1
-        else:
-            plan.updated += 1
+    for chunk in plan.spool.chunks(_CHUNK):
+        keys = [(plan.domain_ids[e.domain], e.kind, e.local) for e in chunk if e.domain in plan.domain_ids]
+        existing = store.existing_destinations(keys)
+        for e in chunk:
+            dom = plan.domain_ids.get(e.domain)
+            before = existing.get((dom, e.kind, e.local)) if dom is not None else None
+            if before is None:
+                plan.added += 1
+            elif before == e.destinations:
+                plan.unchanged += 1
+            else:
+                plan.updated += 1
 
 
 def dry_run_summary(plan: ImportPlan) -> ImportSummary:
@@ -224,7 +316,8 @@ def dry_run_summary(plan: ImportPlan) -> ImportSummary:
 def apply_import(plan: ImportPlan, now: dt.datetime,
                  advance: Callable[[int], None] | None = None) -> ImportSummary:
     """Write a checked plan: missing domains first, then the aliases `store.IMPORT_BATCH` per
-    transaction. If a write fails, what this import wrote is undone before the error is raised again."""
+    transaction, read from the spool as they are written. If a write fails, what this import wrote is
+    undone before the error is raised again."""
     started = time.monotonic()
     created: list[str] = []
     writes = store.ImportWrites()
@@ -233,16 +326,17 @@ def apply_import(plan: ImportPlan, now: dt.datetime,
             assert plan.account is not None
             plan.domain_ids[name] = add_domain(name, plan.account, now).id
             created.append(name)
-        rows = [store.ImportRow(plan.domain_ids[e.spec.domain], e.spec.kind, e.spec.local, e.destinations)
-                for e in plan.entries]
-        for start in range(0, len(rows), store.IMPORT_BATCH):
+        rest, done = 0.0, 0.0  # between batches the lock is free: reading the next one counts as rest
+        for chunk in plan.spool.chunks(store.IMPORT_BATCH):
+            batch = [store.ImportRow(plan.domain_ids[e.domain], e.kind, e.local, e.destinations)
+                     for e in chunk]
+            time.sleep(max(0.0, rest - (time.monotonic() - done)))
             began = time.monotonic()
-            batch = rows[start:start + store.IMPORT_BATCH]
             store.import_batch(batch, writes)
+            done = time.monotonic()
+            rest = store.rest_after(began)
             if advance is not None:
                 advance(len(batch))
-            if start + store.IMPORT_BATCH < len(rows):
-                time.sleep(store.rest_after(began))
     except BaseException as exc:
         _undo(writes, created, exc)
         raise

@@ -88,16 +88,17 @@ def alias_import(state: State, file: str, account: str | None, dry_run: bool) ->
         if refused.total > len(refused.problems):
             line(f"... and {refused.total - len(refused.problems)} more", err=True)
         raise click.ClickException(str(refused)) from None
-    if dry_run:
-        line(virtual.dry_run_summary(plan).line)
-        return
-    try:
-        with terminal_progress("importing aliases", len(plan.entries)) as advance:
-            summary = virtual.apply_import(plan, now(), advance)
-    except BaseException as exc:
-        for note in getattr(exc, "__notes__", ()):
-            line(note, err=True)
-        raise
+    with plan:
+        if dry_run:
+            line(virtual.dry_run_summary(plan).line)
+            return
+        try:
+            with terminal_progress("importing aliases", plan.entries) as advance:
+                summary = virtual.apply_import(plan, now(), advance)
+        except BaseException as exc:
+            for note in getattr(exc, "__notes__", ()):
+                line(note, err=True)
+            raise
     line(summary.line)
 
 

@@ -10,7 +10,9 @@ for the copy in flight) whichever process serves it. Workers' metrics notes (`ru
 codes and numbers) come back the same way and count in the serving process's registry. Only keyed
 fingerprints and metrics notes cross processes, never addresses. Workers stop when told (SIGTERM:
 drain; a second one forces) or when the serving process is gone (their end of the pair reaches end of
-file).
+file). A worker is handed connections only once it said it is ready (its MX started): until then the
+serving process serves its turns, so a connection made while the workers still start up is not left
+waiting for their imports.
 
 Untrusted input: none; the pairs carry sockets, 32-byte fingerprints and metrics notes between our own
 processes.
@@ -36,12 +38,14 @@ __all__ = ["Dispatcher", "Inbox", "worker_command"]
 log = logging.getLogger("fwdmail.workers")
 
 _ACCEPTS_PER_WAKEUP = 64
+_BACKLOG = 1024
 _STOP_GRACE = 5.0
 
 Adopt = Callable[[socket.socket], None]
 Note = Callable[[bytes], None]  # b"r"/"f" (remember, forget), b"i"/"d"/"e" (in flight, delivered, not) + fp
 Counted = Callable[[int, bytes], bool]  # worker number, metrics note (b"": that worker is gone)
 _CONNECTION = b"c"
+_READY = b"ready"
 _NOTE_SIZE = 64
 
 
@@ -60,19 +64,20 @@ class Dispatcher:
         self._turn = 0
         self._listeners: list[socket.socket] = []
         self._pipes: list[socket.socket] = []
+        self._ready: list[bool] = []
         self._procs: list[asyncio.subprocess.Process] = []
 
     async def start(self, addresses: tuple[str, ...]) -> None:
+        """Bind the MX addresses (a taken one is the start-up error), start the workers, then listen:
+        the few milliseconds of starting them pass before the port opens, not after."""
         loop = asyncio.get_running_loop()
         for addr in addresses:
             host, port = parse_host_port(addr)
             try:
-                family = socket.AF_INET6 if ":" in host else socket.AF_INET
-                sock = socket.create_server((host, port), family=family, backlog=1024)
+                sock = _bound(host, port)
             except OSError as exc:
                 self._close_listeners()
                 raise listen_error(addr, exc) from None
-            sock.setblocking(False)
             self._listeners.append(sock)
         for _ in range(self.count - 1):
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -82,11 +87,13 @@ class Dispatcher:
             theirs.close()
             ours.setblocking(False)
             self._pipes.append(ours)
+            self._ready.append(False)
             self._procs.append(proc)
-        for sock in self._listeners:
-            loop.add_reader(sock.fileno(), self._accept, sock)
         for pipe in self._pipes:
             loop.add_reader(pipe.fileno(), self._from_worker, pipe)
+        for sock in self._listeners:
+            sock.listen(_BACKLOG)
+            loop.add_reader(sock.fileno(), self._accept, sock)
         log.info("MX spread over %d processes", self.count)
 
     def listening(self) -> list[socket.socket]:
@@ -102,7 +109,8 @@ class Dispatcher:
                 log.warning("MX accept failed: %s", exc.strerror or type(exc).__name__)
                 return
             self._turn = (self._turn + 1) % self.count
-            if self._turn == 0 or not self._hand_over(self._turn - 1, conn):
+            worker = self._turn - 1
+            if worker < 0 or not self._ready[worker] or not self._hand_over(worker, conn):
                 conn.setblocking(False)
                 self.adopt(conn)
 
@@ -122,6 +130,11 @@ class Dispatcher:
             if note.startswith(METRICS_NOTE):
                 if self.counted is not None:
                     self.counted(self._pipes.index(pipe), note)
+                continue
+            if note == _READY:
+                worker = self._pipes.index(pipe)
+                self._ready[worker] = True
+                log.info("MX worker %d ready", worker + 1)
                 continue
             self.noted(note)
             self._tell(note, skip=pipe)
@@ -195,7 +208,9 @@ class Inbox:
         self.on_close = on_close
 
     def start(self) -> None:
+        """Take connections from now on (the serving process hands this worker none before)."""
         asyncio.get_running_loop().add_reader(self.sock.fileno(), self._receive)
+        self.tell(_READY)
 
     def _receive(self) -> None:
         for _ in range(_ACCEPTS_PER_WAKEUP):
@@ -224,6 +239,23 @@ class Inbox:
         if self.sock.fileno() >= 0:
             asyncio.get_running_loop().remove_reader(self.sock.fileno())
             self.sock.close()
+
+
+def _bound(host: str, port: int) -> socket.socket:
+    """A non-blocking TCP socket bound to (host, port), not yet listening (as `socket.create_server`
+    makes it: address reuse, IPv6 only on an IPv6 address)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
 
 
 def worker_command(config_file: str | None) -> list[str]:

@@ -15,12 +15,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from fwdmail.store.db import reads, rest_after, sql, writing
-from fwdmail.store.directory import AliasRecord, _bump_directory
+from fwdmail.store.directory import AliasRecord, DomainRecord, NotFound, _bump_directory, _domain_record
 from fwdmail.store.models import Account, Alias, Domain, database, lookup_key, utcnow
 
 __all__ = [
-    "IMPORT_BATCH", "ImportRow", "ImportWrites", "domain_ids", "existing_destinations", "import_batch",
-    "iter_aliases", "undo_import",
+    "IMPORT_BATCH", "ImportRow", "ImportWrites", "alias_page", "domain_ids", "domain_page",
+    "existing_destinations", "import_batch", "iter_aliases", "undo_import",
 ]
 
 # At most this many aliases per write transaction (a few ms each: the daemon's writes wait no longer).
@@ -48,9 +48,17 @@ class ImportWrites:
     unchanged: int = 0
 
 
-def _changed() -> None:
-    """Tell running daemons the directory changed (inside the caller's transaction), as `add_alias` does."""
-    _bump_directory()
+def _changed(domain_ids: Iterable[int] | None = None) -> None:
+    """Tell running daemons the directory changed (inside the caller's transaction), as `add_alias` does:
+    in the domains of `domain_ids` (each daemon drops only those from its cache), or in any."""
+    if domain_ids is None:
+        _bump_directory()
+        return
+    wanted = sorted(set(domain_ids))
+    names: list[str] = []
+    for chunk in _chunks(wanted, _LOOKUP_CHUNK):
+        names += [n for (n,) in Domain.select(Domain.name).where(Domain.id.in_(list(chunk))).tuples()]
+    _bump_directory(names)
 
 
 def _chunks(items: Sequence[object], size: int) -> Iterator[Sequence[object]]:
@@ -102,6 +110,7 @@ def import_batch(rows: Sequence[ImportRow], writes: ImportWrites) -> None:
     with writing():
         existing = _existing([(r.domain_id, r.kind, r.local) for r in rows])
         new = []
+        touched: set[int] = set()
         for r in rows:
             dests = json.dumps(list(r.destinations))
             found = existing.get((r.domain_id, r.kind, r.local))
@@ -109,13 +118,15 @@ def import_batch(rows: Sequence[ImportRow], writes: ImportWrites) -> None:
                 new.append((r.domain_id, r.kind, r.local, dests, "enabled", created))
             elif found[1] == dests:
                 unchanged += 1
+                continue
             else:
                 Alias.update(destinations=dests).where(Alias.id == found[0]).execute()
                 replaced.append((found[0], found[1]))
+            touched.add(r.domain_id)
         for chunk in _chunks(new, 2000):
             inserted.extend(_insert(chunk))
-        if inserted or replaced:
-            _changed()
+        if touched:
+            _changed(touched)
     writes.inserted.extend(inserted)
     writes.replaced.extend(replaced)
     writes.unchanged += unchanged
@@ -191,6 +202,30 @@ def _domain_aliases(dom_id: int, name: str, account: str, needle: str | None,
         if len(rows) < page:
             return
         after = (rows[-1][1], rows[-1][2])
+
+
+@reads
+def alias_page(domain: str, after: tuple[str, str], limit: int) -> list[AliasRecord]:
+    """At most `limit` aliases of the hosted `domain` that come after (kind, local) `after` in the listing
+    order (("", "") for the first): one range of the (domain, kind, local) index, so a page is the same
+    whatever was inserted before it. `NotFound` if the domain is not hosted."""
+    row = (Domain.select(Domain.id, Domain.name, Account.email).join(Account)
+           .where(Domain.name == domain).tuples().first())
+    if row is None:
+        raise NotFound(f"no domain {domain}")
+    dom_id, name, account = row
+    rows = database.execute_sql(sql(_PAGE_SQL), (dom_id, after[0], after[0], after[1], limit)).fetchall()
+    return [AliasRecord(ident, name, kind, local, tuple(json.loads(dests)), state, bool(has_password),
+                        account, _datetime(created))
+            for ident, kind, local, dests, state, has_password, created in rows]
+
+
+@reads
+def domain_page(account_email: str, after: str, limit: int) -> list[DomainRecord]:
+    """At most `limit` of the account's domains named after `after` ("" for the first), by name."""
+    q = (Domain.select(Domain, Account).join(Account)
+         .where(Account.email == account_email, Domain.name > after).order_by(Domain.name).limit(limit))
+    return [_domain_record(d) for d in q]
 
 
 def _datetime(value: object) -> dt.datetime:

@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from fwdmail.app import domains, now, tenancy
+from fwdmail.app import domains, keyset, now, tenancy
 from fwdmail.app.shapes import alias_json, domain_json
-from fwdmail.web import api_account, api_domains, api_emails
+from fwdmail.web import api_account, api_domains, api_emails, paging
 from fwdmail.web.apicore import (
     CONTEXT_KEY,
     ApiError,
@@ -60,8 +60,19 @@ async def get_account(request: web.Request) -> web.Response:
 
 
 async def list_domains(request: web.Request) -> web.Response:
+    """All the account's domains (a JSON array), or with `?after=` one keyset page (`web.paging`)."""
     ctx = _ctx(request)
     account = await authenticate(ctx, request)
+    if paging.keyset(request):
+        limit = _int_query(request, "limit", DEFAULT_PAGE_SIZE)
+        try:
+            (after,) = paging.position(request, 1)
+        except ValueError as exc:
+            raise ApiError(400, "invalid", str(exc)) from None
+        page = await _call(ctx, keyset.domains_after, account.email, after, limit)
+        body, headers = paging.page_reply(request, "domains", [domain_json(d) for d in page.domains],
+                                          (page.next,) if page.next is not None else None, limit)
+        return reply(body, headers=headers)
     rows = await _call(ctx, tenancy.list_own_domains, account.email)
     return reply([domain_json(d) for d in rows])
 
@@ -95,8 +106,21 @@ async def remove_domain(request: web.Request) -> web.Response:
 
 
 async def list_aliases(request: web.Request) -> web.Response:
+    """A page of the domain's aliases: by `?page=` (a JSON array, `Link` to the next page), or with
+    `?after=` by key (`web.paging`: stable while aliases are added)."""
     ctx = _ctx(request)
     account = await authenticate(ctx, request)
+    if paging.keyset(request):
+        limit = _int_query(request, "limit", DEFAULT_PAGE_SIZE)
+        try:
+            kind, local = paging.position(request, 2)
+        except ValueError as exc:
+            raise ApiError(400, "invalid", str(exc)) from None
+        keyed = await _call(ctx, keyset.aliases_after, account.email, request.match_info["domain"],
+                            (kind, local), limit)
+        body, headers = paging.page_reply(request, "aliases", [alias_json(a) for a in keyed.aliases],
+                                          keyed.next, limit)
+        return reply(body, headers=headers)
     page = _int_query(request, "page", 1)
     limit = _int_query(request, "limit", DEFAULT_PAGE_SIZE)
     found = await _call(ctx, tenancy.own_aliases, account.email, request.match_info["domain"], page, limit)

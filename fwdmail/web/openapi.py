@@ -91,6 +91,12 @@ _SCHEMAS: dict[str, Any] = {
         "enhanced_code": {"type": "string"}, "text": {"type": "string"},
     }),
 }
+for _name, _items in (("DomainPage", "domains"), ("AliasPage", "aliases")):
+    _SCHEMAS[_name] = _object({
+        _items: {"type": "array", "items": {"$ref": f"#/components/schemas/{_name.removesuffix('Page')}"}},
+        "next": {"type": ["string", "null"], "description": "the cursor of the next page (give it as "
+                 "`after`), null on the last page"},
+    })
 _SCHEMAS["DomainAdded"] = copy.deepcopy(_SCHEMAS["Domain"])
 _SCHEMAS["DomainAdded"]["properties"]["dns"] = {"type": "array",
                                                 "items": {"$ref": "#/components/schemas/DnsRecord"}}
@@ -129,9 +135,20 @@ _DOMAIN = {"name": "domain", "in": "path", "required": True, "schema": {"type": 
 _ALIAS = {"name": "alias", "in": "path", "required": True, "schema": {"type": "string"},
           "description": "the alias without its domain: a local part or *"}
 _AUTHED = (401, 503)
+_LIMIT = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+          "description": "items per page (default 50)"}
+_AFTER = {"name": "after", "in": "query", "schema": {"type": "string"},
+          "description": "keyset paging: the `next` cursor of the page before, or empty for the first page; "
+                         "the reply is then an object with the page and `next`, stable while items are added"}
+
+
+def _listed(name: str, description: str) -> dict[str, Any]:
+    """A list reply: the JSON array (without `after`) or one keyset page (with it)."""
+    return _json({"oneOf": [{"type": "array", "items": _ref(name)}, _ref(f"{name}Page")]}, description)
+
+
 _EMAIL_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"},
              "description": "the queue id"}
-_LIMIT = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}}
 _CURSOR = {"name": "cursor", "in": "query", "schema": {"type": "string"},
            "description": "from the previous page's Link header (rel=next)"}
 _SINCE = {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"},
@@ -176,8 +193,8 @@ _PATHS: dict[str, Any] = {
                           **_errors(400, 413, *_AUTHED)}, body="DeleteAccount"),
     },
     "/v1/domains": {
-        "get": _op("The account's domains", {
-            "200": _json({"type": "array", "items": _ref("Domain")}, "domains"), **_errors(*_AUTHED)}),
+        "get": _op("The account's domains: all of them, or with `after` a page at a time by name", {
+            "200": _listed("Domain", "domains"), **_errors(400, *_AUTHED)}, params=[_LIMIT, _AFTER]),
         "post": _op("Add a domain (with a new DKIM key); returns the DNS records to publish", {
             "201": _json(_ref("DomainAdded"), "added"), **_errors(400, 409, 413, *_AUTHED)},
             body="NewDomain"),
@@ -199,13 +216,11 @@ _PATHS: dict[str, Any] = {
         {"200": _json(_ref("Verification"), "each record's result"), **_errors(400, 404, 429, *_AUTHED)},
         params=[_DOMAIN])},
     "/v1/domains/{domain}/aliases": {
-        "get": _op("The domain's aliases, a page at a time (a Link header names the next page)", {
-            "200": _json({"type": "array", "items": _ref("Alias")}, "one page"),
-            **_errors(400, 404, *_AUTHED)},
-            params=[_DOMAIN,
-                    {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1}},
-                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
-                                                                "maximum": 100}}]),
+        "get": _op("The domain's aliases, a page at a time (a Link header names the next page): by "
+                   "`page` number, or by `after` cursor (keyset)", {
+            "200": _listed("Alias", "one page"), **_errors(400, 404, *_AUTHED)},
+            params=[_DOMAIN, {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                    _LIMIT, _AFTER]),
         "post": _op("Add an alias", {"201": _json(_ref("Alias"), "added"),
                                      **_errors(400, 404, 409, 413, *_AUTHED)},
                     params=[_DOMAIN], body="NewAlias"),

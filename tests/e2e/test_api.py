@@ -174,6 +174,47 @@ def test_another_accounts_domains_and_aliases_are_404_on_every_endpoint(
     assert checked(d, doc, "GET", "/v1/domains/alices.test/aliases/secret", token=tokens[A])[0] == 200
 
 
+def test_the_list_endpoints_page_by_key_with_a_next_cursor(d: Daemon, doc: dict[str, Any]) -> None:
+    """`?after=` pages by key (a `next` cursor and a Link while more follow): an alias added before the
+    page being read is not read twice and one added after it is read; without `after`, as before."""
+    d.cli("account", "add", "carol@owner.test")
+    t = token_for(d, "carol@owner.test")
+    for name in ("k2.test", "k1.test", "k3.test"):
+        assert checked(d, doc, "POST", "/v1/domains", token=t, body={"name": name})[0] == 201
+    names, path = [], "/v1/domains?after=&limit=2"
+    for _ in range(5):
+        status, headers, page = checked(d, doc, "GET", path, token=t)
+        assert status == 200 and len(page["domains"]) <= 2
+        names += [x["name"] for x in page["domains"]]
+        if page["next"] is None:
+            assert "Link" not in headers
+            break
+        path = headers["Link"].split(">", 1)[0].lstrip("<")
+        assert path == f"/v1/domains?after={page['next']}&limit=2"
+    assert names == ["k1.test", "k2.test", "k3.test"]
+    assert [x["name"] for x in checked(d, doc, "GET", "/v1/domains", token=t)[2]] == names
+
+    def add(local: str) -> None:
+        assert checked(d, doc, "POST", "/v1/domains/k1.test/aliases", token=t,
+                       body={"address": local, "destinations": [f"{local}@else.test"]})[0] == 201
+
+    for local in ("a1", "a2", "a3", "a4", "a5"):
+        add(local)
+    read, path = [], "/v1/domains/k1.test/aliases?after=&limit=2"
+    for turn in range(6):
+        status, headers, page = checked(d, doc, "GET", path, token=t)
+        read += [a["address"].split("@")[0] for a in page["aliases"]]
+        if turn == 0:
+            add("a0")  # sorts before the page read: an offset would now read a2 again
+            add("a9")
+        if page["next"] is None:
+            break
+        path = headers["Link"].split(">", 1)[0].lstrip("<")
+    assert read == ["a1", "a2", "a3", "a4", "a5", "a9"]
+    old_style = checked(d, doc, "GET", "/v1/domains/k1.test/aliases?page=2&limit=2", token=t)[2]
+    assert [a["address"] for a in old_style] == ["a2@k1.test", "a3@k1.test"]
+
+
 def test_bad_input_is_a_4xx_json_error(d: Daemon, doc: dict[str, Any], tokens: dict[str, str]) -> None:
     t = tokens[A]
     checked(d, doc, "POST", "/v1/domains", token=t, body={"name": "bad-input.test"})
@@ -194,6 +235,10 @@ def test_bad_input_is_a_4xx_json_error(d: Daemon, doc: dict[str, Any], tokens: d
         ("GET", "/v1/domains/bad-input.test/aliases?limit=abc", {}, 400),
         ("GET", "/v1/domains/bad-input.test/aliases?page=-1", {}, 400),
         ("GET", "/v1/domains/bad-input.test/aliases?limit=101", {}, 400),
+        ("GET", "/v1/domains/bad-input.test/aliases?after=not-a-cursor!", {}, 400),
+        ("GET", "/v1/domains/bad-input.test/aliases?after=&limit=101", {}, 400),
+        ("GET", "/v1/domains?after=WyJhIiwiYiJd", {}, 400),
+        ("GET", "/v1/domains?after=&limit=0", {}, 400),
     ]
     for method, path, kw, expected in cases:
         status, _, reply = checked(d, doc, method, path, token=t, **kw)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,6 +18,8 @@ from click.testing import CliRunner, Result
 from fwdmail.cli import cli
 
 REPO = Path(__file__).resolve().parents[2]
+WORKER_READY = re.compile(r"MX worker \d+ ready")
+"""The serving process's log line when an MX worker can take connections."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -145,6 +148,7 @@ class Daemon:
             cwd=self.dir,
         )
         Daemon.running.add(self.proc)
+        ready_before = len(WORKER_READY.findall(self.logs()))
         deadline = time.monotonic() + timeout
         for port in self.ports if wait_ports is None else wait_ports:
             while True:
@@ -158,7 +162,19 @@ class Daemon:
                         msg = f"port {port} not listening after {timeout}s:\n{self.logs()}"
                         raise AssertionError(msg) from None
                     time.sleep(0.05)
+        if self.mx_port in (self.ports if wait_ports is None else wait_ports):
+            self._wait_for_workers(ready_before, deadline)
         return self
+
+    def _wait_for_workers(self, ready_before: int, deadline: float) -> None:
+        """With `[mx] workers` > 1, wait until each worker said it is ready: before, the serving process
+        serves every MX connection, and tests that want both processes would get one."""
+        workers = int(self.settings.get("mx", {}).get("workers", 1)) - 1
+        assert self.proc is not None
+        while len(WORKER_READY.findall(self.logs())) - ready_before < workers:
+            assert self.proc.poll() is None, f"fwdmail serve exited {self.proc.returncode}:\n{self.logs()}"
+            assert time.monotonic() < deadline, f"MX workers not ready in time:\n{self.logs()}"
+            time.sleep(0.05)
 
     def wait_for_log(self, text: str, timeout: float = 30) -> None:
         """Block until `text` is in the daemon's log (the daemon must stay up meanwhile)."""

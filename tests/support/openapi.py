@@ -26,6 +26,9 @@ def problems(value: Any, schema: dict[str, Any], doc: dict[str, Any], where: str
         for part in schema["$ref"].removeprefix("#/").split("/"):
             node = node[part]
         return problems(value, node, doc, where)
+    if "oneOf" in schema:
+        fits = sum(not problems(value, option, doc, where) for option in schema["oneOf"])
+        return [] if fits == 1 else [f"{where}: fits {fits} of the oneOf schemas, not exactly one"]
     out: list[str] = []
     types = schema.get("type")
     if types is not None:

@@ -64,6 +64,24 @@ def test_many_domains_changed_drops_everything(db: Opened) -> None:
     assert store.directory_changes(before)[1] is None
 
 
+def test_an_import_batch_names_the_domains_it_wrote(db: Opened) -> None:
+    """Each batch of `alias import` drops from the daemons' caches the domains it changed, not all."""
+    ids = store.domain_ids(["a.test", "b.test"])
+    store.add_alias("b.test", "exact", "same", ["same@dest.test"])
+    rows = [store.ImportRow(ids["a.test"], "exact", "new", ("new@dest.test",)),
+            store.ImportRow(ids["b.test"], "exact", "same", ("same@dest.test",))]  # unchanged
+    before = store.directory_version()
+    store.import_batch(rows, store.ImportWrites())
+    assert changed_since(before) == ["a.test"]
+    before = store.directory_version()
+    again = [rows[0], store.ImportRow(ids["b.test"], "exact", "same", ("other@dest.test",))]
+    store.import_batch(again, store.ImportWrites())
+    assert changed_since(before) == ["b.test"]
+    before = store.directory_version()
+    store.import_batch(again, store.ImportWrites())
+    assert store.directory_version() == before, "nothing written, nothing to drop"
+
+
 def test_lookup_reads_one_recipient(db: Opened) -> None:
     store.add_alias("a.test", "exact", "Bob", ["bob@dest.test"])
     store.add_alias("a.test", "exact", "BOB", ["later@dest.test"])
