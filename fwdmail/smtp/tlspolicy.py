@@ -83,7 +83,8 @@ class TlsPolicy:
         self.open = ssl.create_default_context()
         self.open.check_hostname = False
         self.open.verify_mode = ssl.CERT_NONE
-        self.sts = StsFetcher(resolver, self.pkix, cfg.mta_sts_timeout, cfg.mta_sts_port)
+        self.sts = StsFetcher(resolver, self.pkix, cfg.mta_sts_timeout, cfg.mta_sts_port,
+                              cfg.mta_sts_allow_private)
 
     async def close(self) -> None:
         await self.sts.close()

@@ -55,7 +55,8 @@ def make(dns_server: LoopbackDNS, sink: SmtpSink, tmp_path: Path, policies: Poli
         "dns": {"nameservers": [dns_server.address], "timeout": 2},
         "delivery": {"connect_timeout": 3, "command_timeout": 3, "data_timeout": 3, "port": sink.port,
                      "tls_ca_file": str(ca_cert_file(tmp_path)), "mta_sts_timeout": 3,
-                     "mta_sts_port": policies.port if policies else 443, **delivery},
+                     "mta_sts_port": policies.port if policies else 443,
+                     "mta_sts_allow_private": policies is not None, **delivery},
     })
     return Delivery(cfg)
 
@@ -147,6 +148,20 @@ def test_unfetchable_policy_without_a_cached_one_delivers(dns_server: LoopbackDN
     with tls_sink("other.test") as sink:
         assert send(make(dns_server, sink, tmp_path, policies), domain) == [None]
     assert policies.fetches.count(domain) == 1
+
+
+def test_a_policy_host_on_a_non_public_address_is_not_fetched(
+        dns_server: LoopbackDNS, policies: PolicyServer, domain: str, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """mta-sts.<domain> resolving to loopback (the fixture's 127.0.0.1) with `mta_sts_allow_private` off:
+    no request is made, the policy counts as unfetchable (delivered as without MTA-STS) and it is logged."""
+    publish(dns_server, policies, domain, "enforce", [f"*.elsewhere.{domain}"])
+    caplog.set_level(logging.INFO, "fwdmail.delivery")
+    with tls_sink("other.test") as sink:
+        assert send(make(dns_server, sink, tmp_path, policies, mta_sts_allow_private=False), domain) == [None]
+    assert policies.fetches.count(domain) == 0
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"mta-sts.{domain}" in logged and "loopback" in logged and "127.0.0.1" not in logged, logged
 
 
 def test_a_redirect_is_not_followed(dns_server: LoopbackDNS, policies: PolicyServer, domain: str,
