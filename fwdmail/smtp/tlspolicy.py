@@ -73,6 +73,11 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+def _tlsa_failed(domain: str, hosts: list[str]) -> TlsPolicyError:
+    return TlsPolicyError("DANE", f"DANE policy of {domain}: TLSA lookup for {', '.join(hosts)} failed; "
+                                  "will retry")
+
+
 class TlsPolicy:
     """Plans the TLS checks of a delivery to one domain and checks a DANE session; owns the MTA-STS cache."""
 
@@ -121,11 +126,8 @@ class TlsPolicy:
                 unsure.append(host[0])
             else:
                 sts_hosts.append(host)
-        if unsure and not plan and not sts_hosts:
-            return TlsPolicyError("DANE", f"DANE policy of {domain}: TLSA lookup for {', '.join(unsure)} "
-                                          "failed; will retry")
         if not sts_hosts:
-            return plan
+            return _tlsa_failed(domain, unsure) if unsure and not plan else plan
         policy = await self.sts.policy(domain)
         for host in sts_hosts:
             if policy is None or policy.mode == "none":
@@ -137,6 +139,8 @@ class TlsPolicy:
                 plan[host] = HostCheck("MTA-STS", domain, host[0], enforce=False)
             elif policy.allows(host[0]):
                 plan[host] = HostCheck("MTA-STS", domain, host[0])
+        if not plan and unsure:
+            return _tlsa_failed(domain, unsure)
         if not plan:
             names = ", ".join(h[0] for h in hosts)
             log.warning("MTA-STS policy of %s (enforce): no listed MX among %s; deferred", domain, names)
