@@ -314,6 +314,7 @@ class DeliveryConfig:
     tls_ca_file: str = ""
     mta_sts_timeout: float = 10.0
     mta_sts_port: int = 443
+    mta_sts_allow_private: bool = False  # fetch policies from non-public addresses (tests, closed networks)
 
     def validate(self, key: str) -> None:
         for name, value in [("tls_policy", self.tls_policy),

@@ -1,8 +1,9 @@
 """DANE for SMTP (RFC 7672): TLSA records of a mail server and matching its certificate chain.
 
 Untrusted input: TLSA answers (used only when the resolver marks them authenticated, AD bit: the daemon's
-resolver must be a local validating one, since the AD bit of a remote resolver can be forged on the path)
-and the certificate chain a destination server presents.
+resolver must be a local validating one, since the AD bit of a remote resolver can be forged on the path),
+the AD bit of the server's address answers (after a failed TLSA lookup) and the certificate chain a
+destination server presents.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import dns.asyncresolver
 import dns.exception
 import dns.flags
 import dns.rdatatype
+import dns.resolver
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -41,17 +43,45 @@ class Tlsa:
         return (digest(raw).digest() if digest else raw) == self.data
 
 
-async def lookup(resolver: dns.asyncresolver.Resolver, host: str, port: int) -> tuple[Tlsa, ...]:
-    """The usable, authenticated TLSA records of `host`:`port`; empty when there are none, when the answer
-    is not authenticated, or when the lookup fails (then the host is treated as without DANE)."""
+@dataclass(frozen=True)
+class Lookup:
+    """What the TLSA lookup of one server says: `state` is "usable" (`records` to match), "unusable"
+    (authenticated records, none usable: TLS required, any certificate, RFC 7672 2.2), "failed" (the
+    lookup failed in a signed zone: the server may not be used now) or "none" (no DANE)."""
+
+    state: str
+    records: tuple[Tlsa, ...] = ()
+
+
+NO_DANE = Lookup("none")
+
+
+async def _authenticated_address(resolver: dns.asyncresolver.Resolver, host: str) -> bool:
+    """Whether an address answer for `host` is authenticated (AD): its zone is signed (RFC 7672 2.2.2)."""
+    for rtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+        try:
+            answer = await resolver.resolve(host, rtype)
+        except dns.exception.DNSException:
+            continue
+        if answer.response is not None and answer.response.flags & dns.flags.AD:
+            return True
+    return False
+
+
+async def lookup(resolver: dns.asyncresolver.Resolver, host: str, port: int) -> Lookup:
+    """The DANE state of `host`:`port`. Unauthenticated answers, NXDOMAIN and NODATA are "none"; a lookup
+    that fails (SERVFAIL, timeout) is "failed" when the host's addresses are authenticated, else "none"."""
     try:
         answer = await resolver.resolve(f"_{port}._tcp.{host}", dns.rdatatype.TLSA)
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return NO_DANE
     except dns.exception.DNSException:
-        return ()
+        return Lookup("failed") if await _authenticated_address(resolver, host) else NO_DANE
     if answer.response is None or not answer.response.flags & dns.flags.AD:
-        return ()
-    return tuple(Tlsa(r.usage, r.selector, r.mtype, bytes(r.cert)) for r in answer
-                 if r.usage in _USABLE_USAGES and r.selector in (0, 1) and r.mtype in _HASHES)
+        return NO_DANE
+    usable = tuple(Tlsa(r.usage, r.selector, r.mtype, bytes(r.cert)) for r in answer
+                   if r.usage in _USABLE_USAGES and r.selector in (0, 1) and r.mtype in _HASHES)
+    return Lookup("usable", usable) if usable else Lookup("unusable")
 
 
 def _name_matches(cert: x509.Certificate, names: Sequence[str]) -> bool:

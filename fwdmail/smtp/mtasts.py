@@ -2,12 +2,16 @@
 
 Untrusted input: the TXT record and the policy file a recipient domain publishes (bounded: at most
 `MAX_POLICY_BYTES`, `[delivery] mta_sts_timeout` seconds, no redirects, certificate verified for
-mta-sts.<domain>). Nothing here decides delivery; `tlspolicy` does.
+mta-sts.<domain>) and the DNS answers for mta-sts.<domain>: resolved once through the daemon's resolver,
+refused when any address is non-public (loopback, private, link-local ...: `mail.ipranges`) unless
+`[delivery] mta_sts_allow_private`, and connected to as checked, never resolved again (DNS rebinding).
+Nothing here decides delivery; `tlspolicy` does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
 import socket
@@ -21,11 +25,14 @@ import aiohttp.abc
 import dns.asyncresolver
 import dns.exception
 
+from fwdmail.mail.ipranges import non_public
+
 log = logging.getLogger("fwdmail.delivery")
 
 MAX_POLICY_BYTES = 64 * 1024  # RFC 8461 3.3 suggests senders accept at most 64 KiB
 MAX_AGE_LIMIT = 31_557_600  # RFC 8461 3.2: one year
 CACHE_ENTRIES = 10_000
+MAX_ADDRESSES = 16  # per record type of mta-sts.<domain>
 _ID = re.compile(r"[A-Za-z0-9]{1,32}")
 _MX_PATTERN = re.compile(r"(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?", re.IGNORECASE)
 
@@ -84,26 +91,22 @@ def parse_policy(text: str) -> StsPolicy | None:
     return StsPolicy(mode, tuple(mx), min(int(age), MAX_AGE_LIMIT))
 
 
-class _DnsResolver(aiohttp.abc.AbstractResolver):
-    """aiohttp's name lookups through the daemon's resolver (so tests reach loopback by the loopback DNS)."""
+class _Pinned(aiohttp.abc.AbstractResolver):
+    """Answers aiohttp's lookups with the addresses `StsFetcher` checked for that host: never resolves."""
 
-    def __init__(self, resolver: dns.asyncresolver.Resolver) -> None:
-        self.resolver = resolver
+    def __init__(self) -> None:
+        self.addresses: dict[str, list[str]] = {}
 
     async def resolve(self, host: str, port: int = 0,
                       family: socket.AddressFamily = socket.AF_INET) -> list[aiohttp.abc.ResolveResult]:
         out: list[aiohttp.abc.ResolveResult] = []
-        for rtype, fam in (("A", socket.AF_INET), ("AAAA", socket.AF_INET6)):
-            if family not in (socket.AF_UNSPEC, fam):
-                continue
-            try:
-                answer = await self.resolver.resolve(host, rtype)
-            except dns.exception.DNSException:
-                continue
-            out.extend({"hostname": host, "host": r.to_text(), "port": port, "family": fam, "proto": 0,
-                        "flags": socket.AI_NUMERICHOST} for r in answer)
+        for address in self.addresses.get(host, ()):
+            fam = socket.AF_INET6 if ":" in address else socket.AF_INET
+            if family in (socket.AF_UNSPEC, fam):
+                out.append({"hostname": host, "host": address, "port": port, "family": fam, "proto": 0,
+                            "flags": socket.AI_NUMERICHOST})
         if not out:
-            raise OSError(f"cannot resolve {host}")
+            raise OSError(f"{host} has no checked address")
         return out
 
     async def close(self) -> None:
@@ -122,11 +125,13 @@ class StsFetcher:
     cached one kept while a new fetch fails (RFC 8461 5.1)."""
 
     def __init__(self, resolver: dns.asyncresolver.Resolver, tls: ssl.SSLContext, timeout: float,
-                 port: int) -> None:
+                 port: int, allow_private: bool) -> None:
         self.resolver = resolver
         self.tls = tls
         self.timeout = timeout
         self.port = port
+        self.allow_private = allow_private
+        self._pinned = _Pinned()
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._fetching: dict[str, asyncio.Future[StsPolicy | None]] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -183,13 +188,39 @@ class StsFetcher:
         finally:
             del self._fetching[domain]
 
+    async def _addresses(self, host: str) -> list[str]:
+        """The addresses of `host` through the daemon's resolver (a bounded number, within the time limit)."""
+        found: list[str] = []
+        for rtype in ("A", "AAAA"):
+            try:
+                async with asyncio.timeout(self.timeout):
+                    answer = await self.resolver.resolve(host, rtype, search=False)
+            except (dns.exception.DNSException, TimeoutError):
+                continue
+            found += [r.address for r in list(answer)[:MAX_ADDRESSES]]
+        return found
+
     async def _fetch(self, domain: str) -> StsPolicy | None:
+        host = f"mta-sts.{domain}"
+        addresses = await self._addresses(host)
+        if not addresses:
+            log.info("MTA-STS policy of %s: %s does not resolve", domain, host)
+            return None
+        if not self.allow_private:
+            for address in addresses:
+                why = non_public(ipaddress.ip_address(address))
+                if why is not None:
+                    log.warning("MTA-STS policy of %s: %s resolves to a %s address; not fetched "
+                                "([delivery] mta_sts_allow_private)", domain, host, why)
+                    return None
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(resolver=_DnsResolver(self.resolver), ssl=self.tls, limit=20),
+                connector=aiohttp.TCPConnector(resolver=self._pinned, use_dns_cache=False, ssl=self.tls,
+                                               limit=20),
                 timeout=aiohttp.ClientTimeout(total=self.timeout))
         port = "" if self.port == 443 else f":{self.port}"
-        url = f"https://mta-sts.{domain}{port}/.well-known/mta-sts.txt"
+        url = f"https://{host}{port}/.well-known/mta-sts.txt"
+        self._pinned.addresses[host] = addresses
         try:
             async with self._session.get(url, allow_redirects=False) as resp:
                 if resp.status != 200 or resp.content_type != "text/plain":
@@ -204,6 +235,8 @@ class StsFetcher:
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
             log.info("MTA-STS policy of %s: fetch failed (%s)", domain, type(exc).__name__)
             return None
+        finally:
+            self._pinned.addresses.pop(host, None)
         if len(body) > MAX_POLICY_BYTES:
             return None
         return parse_policy(body.decode("utf-8", "replace"))

@@ -2,9 +2,11 @@
 
 "opportunistic": STARTTLS when offered, nothing checked. "verify": every server must offer STARTTLS with a
 certificate valid (PKIX) for its name. "mta-sts+dane" (the default): a server with authenticated TLSA
-records must match them (DANE, RFC 7672); the others follow the domain's MTA-STS policy (RFC 8461), if
-it has one: `enforce` keeps only the servers its `mx:` patterns name and requires a valid certificate,
-`testing` delivers anyway and logs what enforce would refuse. DANE wins over MTA-STS (RFC 8461 2).
+records must match them (DANE, RFC 7672; authenticated records none of which is usable require STARTTLS
+with any certificate; a TLSA lookup failing in a signed zone keeps the server out); the others follow
+the domain's MTA-STS policy (RFC 8461), if it has one: `enforce` keeps only the servers its `mx:`
+patterns name and requires a valid certificate, `testing` delivers anyway and logs what enforce would
+refuse. DANE wins over MTA-STS (RFC 8461 2).
 
 Untrusted input: the recipient domain's DNS and MTA-STS policy (through `dane` and `mtasts`) and the
 certificates servers present. Failures are temporary (4.7.5) and name the policy and the host.
@@ -43,18 +45,20 @@ class TlsPolicyError(SmtpError):
 @dataclass(frozen=True)
 class HostCheck:
     """What the TLS session with one server must show: `policy` names it in errors; `host` is the name
-    its certificate is checked for; `tlsa` set means DANE, else PKIX; `enforce` False only logs."""
+    its certificate is checked for; `tlsa` set means DANE, else PKIX unless `any_cert` (DANE with only
+    unusable TLSA records: STARTTLS required, the certificate not checked); `enforce` False only logs."""
 
     policy: str
     domain: str
     host: str
     tlsa: tuple[dane.Tlsa, ...] = ()
     enforce: bool = True
+    any_cert: bool = False
 
     @property
     def key(self) -> str:
         """Connections are reused only between deliveries that check the same."""
-        return f"{self.policy}|{self.host}|{self.enforce}|{hash(self.tlsa)}"
+        return f"{self.policy}|{self.host}|{self.enforce}|{self.any_cert}|{hash(self.tlsa)}"
 
     def failure(self, why: str) -> TlsPolicyError:
         return TlsPolicyError(self.policy, f"{self.policy} policy of {self.domain}: TLS with {self.host} "
@@ -69,6 +73,11 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+def _tlsa_failed(domain: str, hosts: list[str]) -> TlsPolicyError:
+    return TlsPolicyError("DANE", f"DANE policy of {domain}: TLSA lookup for {', '.join(hosts)} failed; "
+                                  "will retry")
+
+
 class TlsPolicy:
     """Plans the TLS checks of a delivery to one domain and checks a DANE session; owns the MTA-STS cache."""
 
@@ -79,7 +88,8 @@ class TlsPolicy:
         self.open = ssl.create_default_context()
         self.open.check_hostname = False
         self.open.verify_mode = ssl.CERT_NONE
-        self.sts = StsFetcher(resolver, self.pkix, cfg.mta_sts_timeout, cfg.mta_sts_port)
+        self.sts = StsFetcher(resolver, self.pkix, cfg.mta_sts_timeout, cfg.mta_sts_port,
+                              cfg.mta_sts_allow_private)
 
     async def close(self) -> None:
         await self.sts.close()
@@ -91,7 +101,7 @@ class TlsPolicy:
         return chosen or ("opportunistic" if routed else self.cfg.tls_policy)
 
     def context(self, check: HostCheck) -> ssl.SSLContext:
-        return self.open if check.tlsa else self.pkix
+        return self.open if check.tlsa or check.any_cert else self.pkix
 
     async def plan(self, domain: str, hosts: Sequence[Host],
                    routed: bool) -> dict[Host, HostCheck | None] | SmtpError:
@@ -103,14 +113,21 @@ class TlsPolicy:
             return {h: HostCheck("verify", domain, h[0]) for h in hosts}
         plan: dict[Host, HostCheck | None] = {}
         sts_hosts: list[Host] = []
+        unsure: list[str] = []
         for host in hosts:
-            tlsa = () if _is_ip(host[0]) else await dane.lookup(self.resolver, host[0], host[1])
-            if tlsa:
-                plan[host] = HostCheck("DANE", domain, host[0], tlsa)
+            found = dane.NO_DANE if _is_ip(host[0]) else await dane.lookup(self.resolver, host[0], host[1])
+            if found.state == "usable":
+                plan[host] = HostCheck("DANE", domain, host[0], found.records)
+            elif found.state == "unusable":
+                plan[host] = HostCheck("DANE", domain, host[0], any_cert=True)
+            elif found.state == "failed":
+                log.warning("DANE policy of %s: TLSA lookup for %s failed in a signed zone; not using it",
+                            domain, host[0])
+                unsure.append(host[0])
             else:
                 sts_hosts.append(host)
         if not sts_hosts:
-            return plan
+            return _tlsa_failed(domain, unsure) if unsure and not plan else plan
         policy = await self.sts.policy(domain)
         for host in sts_hosts:
             if policy is None or policy.mode == "none":
@@ -122,6 +139,8 @@ class TlsPolicy:
                 plan[host] = HostCheck("MTA-STS", domain, host[0], enforce=False)
             elif policy.allows(host[0]):
                 plan[host] = HostCheck("MTA-STS", domain, host[0])
+        if not plan and unsure:
+            return _tlsa_failed(domain, unsure)
         if not plan:
             names = ", ".join(h[0] for h in hosts)
             log.warning("MTA-STS policy of %s (enforce): no listed MX among %s; deferred", domain, names)

@@ -1,6 +1,6 @@
 """Domain and alias settings under `/v1/domains/{domain}`: the DNS records to publish, their check
-(through the daemon's `[dns]` resolver), settings such as `retention_days`, alias updates (destinations,
-enabled or a disable mode) and new SMTP passwords, shown once.
+(through the daemon's `[dns]` resolver), settings such as `retention_days` or `aliases_from`, alias
+updates (destinations, enabled or a disable mode) and new SMTP passwords, shown once.
 
 Untrusted input: path parameters and JSON bodies, checked in `apicore` (shape, types, unknown fields)
 and `app.tenancy` (values, ownership: another account's domain or alias is a 404)."""
@@ -22,7 +22,7 @@ from fwdmail.web.auth import authenticate
 # DNS checks wait on remote answers (on the loop, no thread held): a few at once in all, one per account.
 MAX_VERIFICATIONS = 8
 DOMAIN_SETTINGS = {"retention_days": "integer", "auth_policy": "string", "friendly_from": "boolean",
-                   "require_tls_inbound": "boolean"}
+                   "require_tls_inbound": "boolean", "aliases_from": "string"}
 ALIAS_CHANGES = {"destinations": "strings", "enabled": "boolean", "mode": "string"}
 DISABLE_MODES = ("quiet", "tempfail", "reject")
 
@@ -68,6 +68,8 @@ async def set_domain(request: web.Request) -> web.Response:
     ctx = context(request)
     account = await authenticate(ctx, request)
     settings = fields(await read_body(request), DOMAIN_SETTINGS, at_least_one=True)
+    if "aliases_from" in settings and settings["aliases_from"] not in domains.ALIASES_FROM:
+        raise ApiError(400, "invalid", f"'aliases_from' must be one of {', '.join(domains.ALIASES_FROM)}")
     record = await call(ctx, tenancy.set_own_domain, account.email, request.match_info["domain"], settings)
     return reply(domain_json(record))
 

@@ -55,7 +55,9 @@ _SCHEMAS: dict[str, Any] = {
                                       "auth_policy": {"type": "string",
                                                       "enum": ["off", "report-only", "enforce"]},
                                       "friendly_from": {"type": "boolean"},
-                                      "require_tls_inbound": {"type": "boolean"}}},
+                                      "require_tls_inbound": {"type": "boolean"},
+                                      "aliases_from": {"type": "string",
+                                                       "enum": ["store", "dns", "both"]}}},
     "Verification": _object({
         "domain": {"type": "string"}, "verified_at": _NULL_TIME,
         "records": {"type": "array", "items": _object({
@@ -205,7 +207,7 @@ _PATHS: dict[str, Any] = {
         "delete": _op("Remove a domain with its aliases, mail and logs", {
             "200": _json(_ref("DomainRemoved"), "removed, with counts"), **_errors(400, 404, *_AUTHED)},
             params=[_DOMAIN]),
-        "patch": _op("Change settings (as `fwdmail domain set`), e.g. retention_days", {
+        "patch": _op("Change settings (as `fwdmail domain set`), e.g. retention_days or aliases_from", {
             "200": _json(_ref("Domain"), "the domain as it is now"), **_errors(400, 404, 413, *_AUTHED)},
             params=[_DOMAIN], body="DomainSettings"),
     },

@@ -125,6 +125,26 @@ def test_a_domains_dns_records_verification_and_settings(
     assert checked(d, doc, "GET", "/v1/domains/cat.test", token=t)[2]["retention_days"] == 0
 
 
+def test_aliases_from_is_set_over_the_api_as_domain_set_does(
+        d: Daemon, doc: dict[str, Any], tok: dict[str, str]) -> None:
+    t = tok[C]
+    checked(d, doc, "POST", "/v1/domains", token=t, body={"name": "cat-from.test"})
+    for source in ("dns", "both", "store", "dns"):
+        status, _, dom = checked(d, doc, "PATCH", "/v1/domains/cat-from.test", token=t,
+                                 body={"aliases_from": source})
+        assert (status, dom["aliases_from"]) == (200, source), dom
+    shown = json.loads(d.cli("domain", "list", "--json").output)
+    assert [x["aliases_from"] for x in shown if x["name"] == "cat-from.test"] == ["dns"]
+    for body in ({"aliases_from": "txt"}, {"aliases_from": "DNS"}, {"aliases_from": ""},
+                 {"aliases_from": 1}, {"aliases_from": None}, {"aliases_from": ["dns"]}):
+        status, _, err = checked(d, doc, "PATCH", "/v1/domains/cat-from.test", token=t, body=body)
+        assert status == 400 and set(err) == {"error", "message"}, (body, err)
+    assert checked(d, doc, "GET", "/v1/domains/cat-from.test", token=t)[2]["aliases_from"] == "dns"
+    status, _, _ = checked(d, doc, "PATCH", "/v1/domains/cat-from.test", token=tok[A],
+                           body={"aliases_from": "store"})
+    assert status == 404
+
+
 def test_an_alias_is_updated_disabled_with_a_mode_enabled_and_given_a_password(
         d: Daemon, doc: dict[str, Any], tok: dict[str, str]) -> None:
     t = tok[C]

@@ -63,7 +63,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, dns_server: LoopbackDNS, mx
     })
     d.settings = merge(d.settings, {"delivery": {
         "port": mx_sink.port, "tls_ca_file": str(ca_cert_file(tmp)), "mta_sts_port": policies.port,
-        "mta_sts_timeout": 5,
+        "mta_sts_timeout": 5, "mta_sts_allow_private": True,  # the policy server is on loopback
         "routes": {"example.test": f"127.0.0.1:{d.mx_port}", "dest.test": inbox.address},
     }})
     d.config_path.write_text(to_toml(d.settings))

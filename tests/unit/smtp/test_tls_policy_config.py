@@ -19,6 +19,7 @@ def error(delivery: dict[str, Any]) -> str:
 def test_defaults() -> None:
     cfg = from_dict({}).delivery
     assert (cfg.tls_policy, cfg.policy, cfg.tls_ca_file, cfg.mta_sts_port) == ("mta-sts+dane", {}, "", 443)
+    assert cfg.mta_sts_allow_private is False
 
 
 def test_values() -> None:
@@ -34,6 +35,7 @@ def test_values() -> None:
     ({"policy": {"not a domain": "verify"}}, "delivery.policy: not a valid host name"),
     ({"mta_sts_timeout": 0}, "delivery.mta_sts_timeout: must be greater than 0"),
     ({"mta_sts_port": 0}, "delivery.mta_sts_port: must be a TCP port"),
+    ({"mta_sts_allow_private": "yes"}, "delivery.mta_sts_allow_private: must be true or false"),
     ({"tls_ca_file": "/nonexistent/ca.pem"}, "delivery.tls_ca_file: no such file"),
 ])
 def test_bad_values(delivery: dict[str, Any], expected: str) -> None:

@@ -55,7 +55,8 @@ def make(dns_server: LoopbackDNS, sink: SmtpSink, tmp_path: Path, policies: Poli
         "dns": {"nameservers": [dns_server.address], "timeout": 2},
         "delivery": {"connect_timeout": 3, "command_timeout": 3, "data_timeout": 3, "port": sink.port,
                      "tls_ca_file": str(ca_cert_file(tmp_path)), "mta_sts_timeout": 3,
-                     "mta_sts_port": policies.port if policies else 443, **delivery},
+                     "mta_sts_port": policies.port if policies else 443,
+                     "mta_sts_allow_private": policies is not None, **delivery},
     })
     return Delivery(cfg)
 
@@ -149,6 +150,20 @@ def test_unfetchable_policy_without_a_cached_one_delivers(dns_server: LoopbackDN
     assert policies.fetches.count(domain) == 1
 
 
+def test_a_policy_host_on_a_non_public_address_is_not_fetched(
+        dns_server: LoopbackDNS, policies: PolicyServer, domain: str, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """mta-sts.<domain> resolving to loopback (the fixture's 127.0.0.1) with `mta_sts_allow_private` off:
+    no request is made, the policy counts as unfetchable (delivered as without MTA-STS) and it is logged."""
+    publish(dns_server, policies, domain, "enforce", [f"*.elsewhere.{domain}"])
+    caplog.set_level(logging.INFO, "fwdmail.delivery")
+    with tls_sink("other.test") as sink:
+        assert send(make(dns_server, sink, tmp_path, policies, mta_sts_allow_private=False), domain) == [None]
+    assert policies.fetches.count(domain) == 0
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"mta-sts.{domain}" in logged and "loopback" in logged and "127.0.0.1" not in logged, logged
+
+
 def test_a_redirect_is_not_followed(dns_server: LoopbackDNS, policies: PolicyServer, domain: str,
                                     tmp_path: Path) -> None:
     publish(dns_server, policies, domain, "enforce", [f"*.elsewhere.{domain}"])
@@ -231,6 +246,56 @@ def test_dane_ta_names_the_issuer_and_the_name_must_match(dns_server: LoopbackDN
             dns_server.set_authenticated(tlsa)
             (err,) = send(make(dns_server, sink, tmp_path), domain)
         assert (err is None) if ok else deferred_by(err, "DANE", f"mx.{domain}"), (name, err)
+
+
+def test_authenticated_but_unusable_tlsa_requires_starttls_and_checks_no_certificate(
+        dns_server: LoopbackDNS, policies: PolicyServer, domain: str, tmp_path: Path) -> None:
+    """RFC 7672 2.2/3.1.3: PKIX-TA/EE usages and unknown usage, selector or matching type are unusable; with
+    only those, TLS is required (any certificate) and DANE still wins over MTA-STS."""
+    publish(dns_server, policies, domain, "enforce", [f"*.elsewhere.{domain}"])
+    for sink in (tls_sink("other.test"), SmtpSink()):
+        with sink:
+            tlsa = f"_{sink.port}._tcp.mx.{domain}"
+            dns_server.remove(tlsa)
+            for record in ("0 0 1 ", "1 1 1 ", "4 1 1 ", "3 7 1 ", "2 1 9 "):
+                dns_server.add(tlsa, "TLSA", record + "ab" * 32, ttl=0)
+            dns_server.set_authenticated(tlsa)
+            (err,) = send(make(dns_server, sink, tmp_path, policies), domain)
+            if sink.tls_context is not None:
+                assert err is None and sink.wait_for(1)[0].tls is True, err
+            else:
+                assert sink.messages == []
+                assert deferred_by(err, "DANE", f"mx.{domain}") and "STARTTLS" in err.text, err
+
+
+def test_a_failed_tlsa_lookup_defers_a_host_whose_zone_is_signed(dns_server: LoopbackDNS, domain: str,
+                                                                   tmp_path: Path) -> None:
+    """RFC 7672 2.2.2: SERVFAIL on TLSA with authenticated addresses -> that host is not used; unsigned
+    addresses, or an authenticated NXDOMAIN/NODATA, mean no DANE."""
+    with SmtpSink() as sink:
+        tlsa = f"_{sink.port}._tcp.mx.{domain}"
+        dns_server.set_failure(tlsa, "SERVFAIL")
+        dns_server.set_authenticated(f"mx.{domain}")
+        (err,) = send(make(dns_server, sink, tmp_path), domain)
+        assert sink.connections == 0
+        assert deferred_by(err, "DANE", f"mx.{domain}") and "TLSA" in err.text, err
+
+        dns_server.add(domain, "MX", f"20 mx2.{domain}.", ttl=0)  # a second MX without DANE takes it
+        dns_server.add(f"mx2.{domain}", "A", "127.0.0.1", ttl=0)
+        assert send(make(dns_server, sink, tmp_path), domain) == [None]
+        dns_server.remove(domain, "MX")
+        dns_server.add(domain, "MX", f"10 mx.{domain}.", ttl=0)
+
+        dns_server.set_authenticated(f"mx.{domain}", False)  # unsigned: the failure means no DANE
+        assert send(make(dns_server, sink, tmp_path), domain) == [None]
+
+        dns_server.clear_failure(tlsa)
+        dns_server.set_authenticated(f"mx.{domain}")
+        dns_server.set_authenticated(tlsa)  # authenticated NXDOMAIN, then NODATA: no DANE
+        assert send(make(dns_server, sink, tmp_path), domain) == [None]
+        dns_server.add(tlsa, "TXT", "not a TLSA record", ttl=0)
+        assert send(make(dns_server, sink, tmp_path), domain) == [None]
+        assert len(sink.wait_for(4)) == 4
 
 
 # ------------------------------------------------------------------ verify, opportunistic, overrides
