@@ -125,7 +125,8 @@ class PostfixStack(Postfix):
         self.password = secrets.token_urlsafe(18)
         self.helpers: dict[str, subprocess.Popen[bytes]] = {}
         self.opendkim_dir: Path | None = None
-        self.sasl_dir = self.root / "sasl"
+        self.sasl_dir = self.etc / "sasl"
+        """Debian's Postfix reads smtpd.conf from $config_directory/sasl, not cyrus_sasl_config_path."""
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 60.0) -> PostfixStack:
@@ -230,7 +231,8 @@ class PostfixStack(Postfix):
 
     def _write_sasldb(self) -> None:
         """`saslpasswd2` into a private sasldb2 that Postfix's smtpd (user postfix) reads via auxprop."""
-        self.sasl_dir.mkdir(exist_ok=True)
+        self.sasl_dir.mkdir(parents=True, exist_ok=True)
+        self.etc.chmod(0o755)
         self.sasl_dir.chmod(0o755)
         db = self.sasl_dir / "sasldb2"
         local, _, realm = self.alias.partition("@")
