@@ -25,6 +25,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from . import fwd
 from .postfix import MAX_SMTPD, SERVICES, Postfix
 from .procs import LOOPBACK, BenchError, free_port, stop_process, wait_listening
 
@@ -197,6 +198,7 @@ class PostfixStack(Postfix):
         confdir, dbdir, rundir = self.root / "rspamd-local", self.root / "rspamd-db", self.root / "rspamd-run"
         render_templates(confdir, {
             "dns": self.dns, "normal_port": str(self.rspamd_normal), "proxy_port": str(self.rspamd_proxy),
+            "normal_workers": str(fwd.mx_workers()),
             "log": str(self.root / "rspamd.log"), "arc_domain": self.domain,
             "arc_key": str(self.keys.arc.path), "arc_selector": ARC_SELECTOR,
         })
