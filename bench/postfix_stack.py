@@ -19,6 +19,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,6 +214,19 @@ class PostfixStack(Postfix):
             "-p", str(rundir / "rspamd.pid"), f"--var=LOCAL_CONFDIR={confdir}", f"--var=DBDIR={dbdir}",
             f"--var=RUNDIR={rundir}", f"--var=LOGDIR={self.root}",
         ], (self.rspamd_normal, self.rspamd_proxy), timeout)
+        self._wait_hyperscan(timeout)
+
+    def _wait_hyperscan(self, timeout: float) -> None:
+        """Until the scanners run on the compiled hyperscan database, as a long-running rspamd does (a fresh
+        DBDIR compiles it after start, taking CPU and scanning slower meanwhile); at most `timeout` s."""
+        log, deadline = self.root / "rspamd.log", time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = log.read_text(errors="replace")
+            if "(normal)" in text and "hyperscan database of" in text.partition("hyperscan_ready")[2]:
+                return
+            if self.helpers["rspamd"].poll() is not None:
+                raise BenchError(f"rspamd exited: {text[-1500:]}")
+            time.sleep(0.2)
 
     def _start_opendkim(self, timeout: float) -> None:
         shutil.chown(self.keys.dkim.path, user="opendkim", group="opendkim")
