@@ -80,13 +80,16 @@ async def _transaction(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
     return reply, time.perf_counter() - started
 
 
-async def _latency_session(port: int, tickets: asyncio.Queue[int | None], body: bytes, sender: str,
+async def _latency_session(port: int, tickets: asyncio.Queue[int | None], size: int, sender: str,
                            recipient: str, result: LatencyResult) -> None:
     reader, writer = await asyncio.open_connection(LOOPBACK, port)
     try:
         await _reply(reader)
         await _command(reader, writer, b"EHLO client.bench.test", b"250")
         while (ticket := await tickets.get()) is not None:
+            # Each message its own (Message-ID, Subject): fwdmail answers a repeat of one it has just
+            # forwarded with 250 and does not forward it again, so identical bodies would never all arrive.
+            body = make_message(sender, recipient, size, ticket)
             reply, latency = await _transaction(reader, writer, sender, recipient, body)
             if reply.startswith(b"250"):
                 result.latencies.append(latency)
@@ -116,11 +119,10 @@ async def _pace(tickets: asyncio.Queue[int | None], rate: float, count: int, dur
 async def measure_latency(port: int, *, rate: float, count: int, duration: float, size: int,
                           sessions: int, sender: str, recipient: str) -> LatencyResult:
     """Offer messages at `rate` per second over `sessions` reused connections; time each end-of-data."""
-    body = make_message(sender, recipient, size)
     result = LatencyResult(offered_rate=rate)
     tickets: asyncio.Queue[int | None] = asyncio.Queue()
     started = time.perf_counter()
-    workers = [_latency_session(port, tickets, body, sender, recipient, result) for _ in range(sessions)]
+    workers = [_latency_session(port, tickets, size, sender, recipient, result) for _ in range(sessions)]
     outcome = await asyncio.wait_for(
         asyncio.gather(_pace(tickets, rate, count, duration, sessions), *workers, return_exceptions=True),
         timeout=duration + 60,

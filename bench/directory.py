@@ -149,7 +149,7 @@ class Instance:
     def __init__(self, root: Path, dns: str) -> None:
         self.root = root
         root.mkdir(parents=True)
-        self.ports = fwd.Ports(free_port(), free_port(), free_port())
+        self.ports = fwd.Ports(free_port(), free_port(), free_port(), free_port())
         self.config = root / "fwdmail.toml"
         config = fwd.render_config(root / "data", self.ports, free_port(), free_port(), dns)
         if not config.rstrip().splitlines()[-len(fwd.ABUSE_LIMITS) - 1] == "[abuse]":

@@ -45,6 +45,9 @@ class Ports:
     mx: int
     submission: int
     submission_tls: int
+    http: int
+    """The API/pages listener: a free port too, so benches and tests running beside it do not collide on
+    the default 8080."""
 
 
 def _toml(value: object) -> str:
@@ -74,6 +77,7 @@ def render_config(data_dir: Path, ports: Ports, sink_port: int, capture_port: in
         "submission": {"listen": [f"{LOOPBACK}:{ports.submission}"],
                        "listen_tls": [f"{LOOPBACK}:{ports.submission_tls}"],
                        "max_connections_per_ip": SUBMISSION_CLIENTS_PER_IP},
+        "http": {"listen": [f"{LOOPBACK}:{ports.http}"]},
         "srs": {"domain": "srs.bench.test"},
         "dns": {"nameservers": [dns]},
         "delivery.routes": {CHECK_DOMAIN: f"{LOOPBACK}:{capture_port}", "*": f"{LOOPBACK}:{sink_port}"},
@@ -95,7 +99,7 @@ class Fwdmail:
                  extra: dict[str, dict[str, object]] | None = None) -> None:
         self.root = workdir / "fwdmail"
         self.root.mkdir(parents=True, exist_ok=True)
-        self.ports = Ports(free_port(), free_port(), free_port())
+        self.ports = Ports(free_port(), free_port(), free_port(), free_port())
         self.config_path = self.root / "fwdmail.toml"
         config = render_config(self.root / "data", self.ports, sink_port, capture_port, dns, extra)
         self.config_path.write_text(config)

@@ -22,9 +22,10 @@ from .dns_helper import DnsHelper
 from .floor import Floor
 from .plan import KIB, MIB, Plan, Workload
 from .postfix import Postfix
-from .procs import LOOPBACK, BenchError, CpuMeter, RssSampler, tree_memory_kib
-from .report import FLOOR, OPENSSL, Record
-from .sanity import check_fwdmail
+from .postfix_stack import PostfixStack, StackKeys
+from .procs import LOOPBACK, BenchError, CpuMeter, Roots, RssSampler, tree_memory_kib
+from .report import FLOOR, OPENSSL, STACK, Record
+from .sanity import check_fwdmail, check_postfix_stack
 from .signing import SIGNATURES_PER_SEAL, signing_rates
 from .sink import SmtpSink, SourceRun, smtp_source
 
@@ -36,11 +37,17 @@ SETTLE = 1.0
 
 @dataclass(frozen=True)
 class Target:
-    """Where a system listens for MX traffic, which process to watch, whether mail reaches the sink."""
+    """Where a system listens for MX traffic, which processes to watch, whether mail reaches the sink."""
 
     port: int
     pid: int
     reaches_sink: bool
+    helpers: tuple[int, ...] = ()
+    """Daemons outside `pid`'s tree that serve it (the postfix-stack's milters and postsrsd)."""
+
+    @property
+    def roots(self) -> Roots:
+        return (self.pid, *self.helpers) if self.helpers else self.pid
 
 
 def _percentile(values: list[float], q: int) -> float:
@@ -64,8 +71,12 @@ class Bench:
         self._fwdmail: fwd.Fwdmail | None = None
         self._capture: CapturingServer | None = None
         self._dns: DnsHelper | None = None
+        self._postfix_stack: PostfixStack | None = None
+        self._stack_keys: StackKeys | None = None
         self.sanity: dict[str, bool] = {}
         """What the sanity check proved about the fwdmail under test (empty if fwdmail was not run)."""
+        self.stack_sanity: dict[str, bool] = {}
+        """The same for the postfix-stack (empty if it was not run)."""
         self.peaks: dict[tuple[str, int, int], float] = {}
         """(system, size, round) -> msgs/s of the reuse workload, for the latency row's offered rate."""
 
@@ -92,13 +103,43 @@ class Bench:
             self._postfix = instance.start()
         return self._postfix
 
+    def dns(self) -> DnsHelper:
+        """The loopback DNS: the sender's SPF and DMARC, and the postfix-stack's ARC and DKIM keys."""
+        if self._dns is None:
+            self._stack_keys = StackKeys.make(self.workdir / "stack-keys", fwd.HOSTED_DOMAIN)
+            self._dns = DnsHelper(fwd.DNS_RECORDS + self._stack_keys.records()).start()
+            self._stack.callback(self._dns.stop)
+        return self._dns
+
+    def capture(self) -> CapturingServer:
+        """The sanity checks' capturing server (mail for fwd.CHECK_DOMAIN goes there)."""
+        if self._capture is None:
+            self._capture = CapturingServer(LOOPBACK).start()
+            self._stack.callback(self._capture.stop)
+        return self._capture
+
+    def postfix_stack(self) -> PostfixStack:
+        if self._postfix_stack is None:
+            dns, capture = self.dns(), self.capture()
+            assert self._stack_keys is not None
+            instance = PostfixStack(
+                self.workdir, self.sink().port, fwd.ALIAS, fwd.DESTINATION, dns=dns.address,
+                keys=self._stack_keys, routes={fwd.CHECK_DOMAIN: capture.port},
+                extra_aliases={fwd.CHECK_ALIAS: f"inbox@{fwd.CHECK_DOMAIN}"})
+            self._stack.callback(instance.stop)
+            self._postfix_stack = instance.start()
+            try:
+                self.stack_sanity = check_postfix_stack(instance, capture, dns.address)
+            except (BenchError, AssertionError, OSError) as exc:
+                self.progress(f"[red]sanity check of the postfix-stack failed: {exc}[/red]")
+                self.stack_sanity = {"sanity check ran": False}
+            for name, passed in self.stack_sanity.items():
+                self.progress(f"  sanity: {name}: {'ok' if passed else '[red]FAILED[/red]'}")
+        return self._postfix_stack
+
     def fwdmail(self) -> fwd.Fwdmail:
         if self._fwdmail is None:
-            dns = self._dns = DnsHelper(fwd.DNS_RECORDS).start()
-            self._stack.callback(dns.stop)
-            capture = CapturingServer(LOOPBACK).start()
-            self._stack.callback(capture.stop)
-            self._capture = capture
+            dns, capture = self.dns(), self.capture()
             instance = fwd.Fwdmail(self.workdir, self.sink().port, capture.port, dns.address).set_up()
             self._stack.callback(instance.stop)
             self._fwdmail = instance.start()
@@ -109,9 +150,8 @@ class Bench:
         return self._fwdmail
 
     def _check(self, instance: fwd.Fwdmail) -> dict[str, bool]:
-        assert self._capture is not None
         try:
-            checks = check_fwdmail(instance, self._capture)
+            checks = check_fwdmail(instance, self.capture())
         except (BenchError, AssertionError, OSError) as exc:
             self.progress(f"[red]sanity check of fwdmail failed: {exc}[/red]")
             return {"sanity check ran": False}
@@ -153,6 +193,10 @@ class Bench:
             if master is None:
                 raise BenchError("Postfix has no master.pid")
             return Target(postfix.mx_port, master, reaches_sink=True)
+        if system == STACK:
+            stack = self.postfix_stack()
+            master, *helpers = stack.pids()
+            return Target(stack.mx_port, master, reaches_sink=True, helpers=tuple(helpers))
         fwdmail = self.fwdmail()
         return Target(fwdmail.ports.mx, fwdmail.pid, reaches_sink=True)
 
@@ -179,8 +223,8 @@ class Bench:
     def _throughput(self, target: Target, workload: Workload, record: Record) -> None:
         sink = self.sink()
         base = sink.delivered()
-        cpu = CpuMeter(target.pid, self._dns.proc.pid if self._dns and self._dns.proc else None)
-        with RssSampler(target.pid) as rss:
+        cpu = CpuMeter(target.roots, self._dns_pid())
+        with RssSampler(target.roots) as rss:
             run = smtp_source(target.port, count=workload.count, size=workload.size,
                               sessions=workload.sessions, reuse=workload.reuse, sender=fwd.SENDER,
                               recipient=fwd.ALIAS, cap=self.plan.run_cap_s, output=self.source_output)
@@ -204,6 +248,9 @@ class Bench:
         record.note = "; ".join(notes)
         if not run.capped:
             self._check_no_duplicates(sink, base, workload.count if target.reaches_sink else 0, record)
+
+    def _dns_pid(self) -> int | None:
+        return self._dns.proc.pid if self._dns and self._dns.proc else None
 
     def _end_to_end(self, target: Target, run: SourceRun, base: int, count: int) -> tuple[int, float]:
         """Messages that made it and when the last one did: at the sink, or at the floor's 250."""
@@ -233,20 +280,28 @@ class Bench:
             rate = peak / 2
             count = min(int(rate * self.plan.latency_seconds), self.plan.latency_max_messages)
             base = self.sink().delivered()
-            with RssSampler(target.pid) as rss:
+            cpu = CpuMeter(target.roots)
+            with RssSampler(target.roots) as rss:
+                client_cpu = time.thread_time()
                 result = asyncio.run(measure_latency(
                     target.port, rate=rate, count=max(count, 1), duration=self.plan.latency_seconds,
                     size=size, sessions=self.plan.latency_sessions, sender=fwd.SENDER, recipient=fwd.ALIAS))
+                client_cpu = time.thread_time() - client_cpu
             if target.reaches_sink:
                 self.sink().wait_for(base + result.sent, self.plan.timeout_for(result.sent))
+            server_cpu = cpu.used()[0]
             if result.failed or result.errors or not result.latencies:
                 raise BenchError(f"{result.failed} refused; {'; '.join(result.errors[:3])}")
             record.value = result.achieved_rate
             record.p50_ms = _percentile(result.latencies, 50) * 1000
             record.p99_ms = _percentile(result.latencies, 99) * 1000
             record.peak_rss_mib = rss.peak_mib
-            record.note = f"offered {rate:,.0f}/s"
-            record.detail = {"sent": result.sent, "max_ms": max(result.latencies) * 1000}
+            record.cpu_ms_per_msg = server_cpu * 1000 / result.sent
+            client_share = client_cpu / result.elapsed if result.elapsed else 0.0
+            record.note = f"offered {rate:,.0f}/s; client CPU {client_share:.0%} of a core"
+            record.detail = {"sent": result.sent, "max_ms": max(result.latencies) * 1000,
+                             "client_cpu_ms_per_msg": client_cpu * 1000 / result.sent,
+                             "client_cpu_share_of_a_core": client_share}
         except BenchError as exc:
             record.error = str(exc)
         time.sleep(SETTLE)
@@ -268,34 +323,40 @@ class Bench:
         accept = Record(system, f"submit {stem}: accept", round_, "msg/s", None)
         drain = Record(system, f"submit {stem}: drain", round_, "msg/s", None)
         try:
-            port, pid, login = self._submission_endpoint(system)
+            port, roots, login = self._submission_endpoint(system)
             sink = self.sink()
             base = sink.delivered()
             timeout = plan.timeout_for(plan.submit_count)
-            cpu = CpuMeter(pid)
-            with RssSampler(pid) as rss:
+            cpu = CpuMeter(roots)
+            with RssSampler(roots) as rss:
                 result = asyncio.run(submit(
                     port, count=plan.submit_count, clients=plan.submit_clients, size=plan.submit_size,
                     sender=fwd.ALIAS, recipient=fwd.OUTBOUND_RECIPIENT, login=login, timeout=timeout))
                 if result.errors or result.accepted != plan.submit_count:
                     raise BenchError(f"{result.accepted} accepted; {'; '.join(result.errors[:3])}")
+                accept.cpu_ms_per_msg = cpu.used()[0] * 1000 / plan.submit_count
                 done = sink.wait_for(base + plan.submit_count, timeout)
             accept.value = result.accept_rate
             drain.value = plan.submit_count / (done - result.started)
             accept.peak_rss_mib = drain.peak_rss_mib = rss.peak_mib
             drain.cpu_ms_per_msg = cpu.used()[0] * 1000 / plan.submit_count
-            drain.note = "DKIM-signed" if system == "fwdmail" else "not signed"
-            accept.note = "AUTH PLAIN once per session" if login else "no AUTH (mynetworks)"
+            drain.note = {"fwdmail": "DKIM-signed", STACK: "DKIM-signed (OpenDKIM)"}.get(system, "not signed")
+            accept.note = {"fwdmail": "AUTH PLAIN once per session",
+                           STACK: "AUTH PLAIN once per session (Cyrus SASL, sasldb2)"}.get(
+                               system, "no AUTH (mynetworks)")
             self._check_no_duplicates(sink, base, plan.submit_count, drain)
         except BenchError as exc:
             accept.error = drain.error = str(exc)
         time.sleep(SETTLE)
         return [accept, drain]
 
-    def _submission_endpoint(self, system: str) -> tuple[int, int, tuple[str, str] | None]:
+    def _submission_endpoint(self, system: str) -> tuple[int, Roots, tuple[str, str] | None]:
         if system == "postfix":
             postfix = self.postfix()
             return postfix.submission_port, self.target("postfix").pid, None
+        if system == STACK:
+            stack = self.postfix_stack()
+            return stack.submission_port, self.target(STACK).roots, (fwd.ALIAS, stack.password)
         fwdmail = self.fwdmail()
         return fwdmail.ports.submission, fwdmail.pid, (fwd.ALIAS, fwdmail.password)
 
@@ -362,6 +423,8 @@ class Bench:
             records.append(Record("fwdmail ARC seal", workload, round_, "sig/s", rates["arc_seal"],
                                   floor_ref=OPENSSL, note=f"4 KB message; {seals:,.0f} seals/s, each"
                                   f" {SIGNATURES_PER_SEAL} signatures (AMS + AS)"))
+            for record in records:  # sig/s per CPU-second: its CPU ms per signature is the inverse
+                record.cpu_ms_per_msg = 1000 / record.value if record.value else None
         except BenchError as exc:
             records.append(Record(OPENSSL, workload, round_, "sig/s", None, floor_ref=OPENSSL,
                                   error=str(exc)))

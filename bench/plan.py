@@ -7,7 +7,7 @@ from dataclasses import dataclass
 KIB = 1024
 MIB = 1024 * KIB
 
-THROUGHPUT_SYSTEMS = ("harness", "floor", "postfix", "fwdmail", "fwdmail-noauth")
+THROUGHPUT_SYSTEMS = ("harness", "floor", "postfix", "postfix-stack", "fwdmail", "fwdmail-noauth")
 SECTIONS = ("latency", "submission", "memory", "signing")
 ROWS = THROUGHPUT_SYSTEMS + SECTIONS
 

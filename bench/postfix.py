@@ -20,7 +20,7 @@ POSTFIX = "/usr/sbin/postfix"
 MAX_SMTPD = 1100
 MESSAGE_SIZE_LIMIT = 60 * 1024 * 1024
 
-_SERVICES = """\
+SERVICES = """\
 pickup    unix  n  -  n  60     1  pickup
 cleanup   unix  n  -  n  -      0  cleanup
 qmgr      unix  n  -  n  300    1  qmgr
@@ -58,8 +58,9 @@ def self_signed_pair(directory: Path) -> tuple[Path, Path]:
 class Postfix:
     """Postfix with config, queue and data directories under `workdir`, forwarding to `sink_port`."""
 
-    def __init__(self, workdir: Path, sink_port: int, alias: str, destination: str) -> None:
-        self.root = workdir / "postfix"
+    def __init__(self, workdir: Path, sink_port: int, alias: str, destination: str,
+                 name: str = "postfix") -> None:
+        self.root = workdir / name
         self.etc = self.root / "etc"
         self.queue = self.root / "queue"
         self.data = self.root / "data"
@@ -140,12 +141,19 @@ class Postfix:
             d.chmod(0o755)  # Postfix's unprivileged processes read their config here
         shutil.chown(self.data, user="postfix")
         cert, key = self_signed_pair(self.etc)
-        (self.etc / "virtual").write_text(f"{self.alias} {self.destination}\n")
-        (self.etc / "transport").write_text(f"* smtp:[{LOOPBACK}]:{self.sink_port}\n")
-        (self.etc / "main.cf").write_text(self._main_cf(cert, key))
+        (self.etc / "virtual").write_text(self._virtual())
+        (self.etc / "transport").write_text(self._transport())
+        settings = self._settings(cert, key)
+        (self.etc / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
         (self.etc / "master.cf").write_text(self._master_cf())
 
-    def _main_cf(self, cert: Path, key: Path) -> str:
+    def _virtual(self) -> str:
+        return f"{self.alias} {self.destination}\n"
+
+    def _transport(self) -> str:
+        return f"* smtp:[{LOOPBACK}]:{self.sink_port}\n"
+
+    def _settings(self, cert: Path, key: Path) -> dict[str, object]:
         domain = self.alias.rpartition("@")[2]
         settings = {
             "compatibility_level": "3.6",
@@ -176,8 +184,8 @@ class Postfix:
             "maillog_file_prefixes": self.root,
             "maillog_file": self.log_path,
         }
-        return "".join(f"{k} = {v}\n" for k, v in settings.items())
+        return settings
 
     def _master_cf(self) -> str:
         ports = (self.mx_port, self.submission_port)
-        return "".join(f"{LOOPBACK}:{port} inet n - n - {MAX_SMTPD} smtpd\n" for port in ports) + _SERVICES
+        return "".join(f"{LOOPBACK}:{port} inet n - n - {MAX_SMTPD} smtpd\n" for port in ports) + SERVICES

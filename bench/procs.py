@@ -12,6 +12,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
+Roots = int | tuple[int, ...]
+"""One process, or several unrelated ones measured as one server (Postfix's master and its milters)."""
 
 
 class BenchError(RuntimeError):
@@ -117,7 +119,7 @@ def _cpu_seconds(pid: int) -> float:
     return sum(int(f) for f in fields[11:15]) / _TICKS
 
 
-def tree_cpu_seconds(root: int) -> float:
+def tree_cpu_seconds(root: Roots) -> float:
     """CPU time of a process tree so far (a child that exited counts in its parent once reaped)."""
     return sum(_cpu_seconds(pid) for pid in process_tree(root))
 
@@ -125,7 +127,7 @@ def tree_cpu_seconds(root: int) -> float:
 class CpuMeter:
     """CPU seconds a server's process tree (and optionally one helper process) used since creation."""
 
-    def __init__(self, server: int, helper: int | None = None) -> None:
+    def __init__(self, server: Roots, helper: int | None = None) -> None:
         self.server, self.helper = server, helper
         self._start = self._now()
 
@@ -138,13 +140,14 @@ class CpuMeter:
         return server - self._start[0], helper - self._start[1]
 
 
-def process_tree(root: int) -> list[int]:
-    """`root` and all its descendants alive now."""
+def process_tree(root: Roots) -> list[int]:
+    """`root` (or each of several roots) and all descendants alive now."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             children.setdefault(_parent_of(int(entry)), []).append(int(entry))
-    tree, todo = [], [root]
+    tree: list[int] = []
+    todo = [root] if isinstance(root, int) else list(root)
     while todo:
         pid = todo.pop()
         tree.append(pid)
@@ -152,7 +155,7 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
-def tree_memory_kib(root: int) -> int:
+def tree_memory_kib(root: Roots) -> int:
     """Memory of a process and its descendants: its RSS if alone, else the sum of their PSS.
 
     PSS splits shared pages among the processes using them, so the sum over a multi-process server
@@ -160,7 +163,7 @@ def tree_memory_kib(root: int) -> int:
     """
     tree = process_tree(root)
     if len(tree) == 1:
-        return rss_kib(root)
+        return rss_kib(tree[0])
     return sum(pss_kib(pid) for pid in tree)
 
 
@@ -171,7 +174,7 @@ class RssSampler:
     at the end), so a spike between two samples is not missed, in a worker process either.
     """
 
-    def __init__(self, root: int, interval: float = 0.25) -> None:
+    def __init__(self, root: Roots, interval: float = 0.25) -> None:
         self.root = root
         self.interval = interval
         self.peak_kib = 0
@@ -193,7 +196,7 @@ class RssSampler:
     def _peak_bound(self) -> int:
         tree = process_tree(self.root)
         if len(tree) == 1:
-            return peak_rss_kib(self.root)
+            return peak_rss_kib(tree[0])
         now = {pid: pss_kib(pid) for pid in tree}
         total = sum(now.values())
         return max(peak_rss_kib(pid) + total - now[pid] for pid in tree)

@@ -25,12 +25,26 @@ from rich.console import Console
 
 from .measure import Bench
 from .plan import MIB, ROWS, THROUGHPUT_SYSTEMS, Plan, full_plan, quick_plan
+from .postfix_stack import missing_tools
 from .procs import REPO
-from .report import FLOOR, FWDMAIL, POSTFIX, Record, TargetSpec, evaluate, print_table, summarise, write_json
+from .report import (
+    FLOOR,
+    FWDMAIL,
+    POSTFIX,
+    STACK,
+    Record,
+    TargetSpec,
+    evaluate,
+    print_table,
+    summarise,
+    write_json,
+)
 from .sink import SMTP_SINK, SMTP_SOURCE
 
 MEMORY_SYSTEMS = (FLOOR, POSTFIX, FWDMAIL)
-LATENCY_SYSTEMS = (FLOOR, POSTFIX, FWDMAIL)
+LATENCY_SYSTEMS = (FLOOR, POSTFIX, STACK, FWDMAIL)
+SUBMISSION_SYSTEMS = (POSTFIX, STACK, FWDMAIL)
+"""The postfix-stack takes part in the latency and submission rows only when `postfix-stack` is selected."""
 REQUIRED_TOOLS = (SMTP_SINK, SMTP_SOURCE, "/usr/sbin/postfix", "openssl")
 
 
@@ -126,6 +140,31 @@ def target_specs(plan: Plan) -> list[TargetSpec]:
                    f"one {plan.big_message // MIB} MiB message", "value", 100.0 + 3 * plan.big_message / MIB,
                    False, "MiB"),
     ]
+    return specs + stack_target_specs(plan, stem)
+
+
+def stack_target_specs(plan: Plan, submit_stem: str) -> list[TargetSpec]:
+    """Issue 18's targets: fwdmail against the postfix-stack (ratios within a round, medians)."""
+    specs = [TargetSpec(f"MX forwarding vs postfix-stack, {w.label}", FWDMAIL, w.label, "vs_stack", 2.0, True,
+                        issue=18) for w in plan.workloads]
+    small_reuse = next((w.label for w in plan.workloads if w.size <= 4 * 1024 and w.reuse), None)
+    if small_reuse is not None:
+        specs += [
+            TargetSpec(f"MX forwarding, sender auth off, vs plain Postfix, {small_reuse}", "fwdmail-noauth",
+                       small_reuse, "vs_postfix", 3.0, True, issue=18),
+            TargetSpec(f"MX forwarding, sender auth off, vs bare aiosmtpd, {small_reuse}", "fwdmail-noauth",
+                       small_reuse, "vs_floor", 1.0, True, issue=18),
+        ]
+    for size in plan.latency_sizes():
+        label = f"{size // 1024} KB at ½ peak rate"
+        specs.append(TargetSpec(f"p99 end-of-data to reply, {label} (client CPU in the row's note)", FWDMAIL,
+                                label, "p99_ms", 25.0, False, "ms", issue=18))
+    specs += [
+        TargetSpec("submission accept (durable 250) vs Postfix + OpenDKIM", FWDMAIL,
+                   f"submit {submit_stem}: accept", "vs_stack", 1.2, True, issue=18),
+        TargetSpec("outbound drain (DKIM-signed) vs Postfix + OpenDKIM", FWDMAIL,
+                   f"submit {submit_stem}: drain", "vs_stack", 1.5, True, issue=18),
+    ]
     return specs
 
 
@@ -179,10 +218,12 @@ class Runner:
         if "latency" in rows:
             for size in self.plan.latency_sizes():
                 for system in LATENCY_SYSTEMS:
-                    self.add([bench.latency(system, size, round_)])
+                    if system != STACK or STACK in rows:
+                        self.add([bench.latency(system, size, round_)])
         if "submission" in rows:
-            for system in (POSTFIX, FWDMAIL):
-                self.add(bench.submission(system, round_))
+            for system in SUBMISSION_SYSTEMS:
+                if system != STACK or STACK in rows:
+                    self.add(bench.submission(system, round_))
         if "memory" in rows:
             for system in MEMORY_SYSTEMS:
                 if system != POSTFIX or round_ == 1:  # a thousand smtpd processes: once is enough
@@ -206,10 +247,13 @@ def _effective_loop(choice: str) -> str:
     return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
 
 
-def check_tools() -> None:
+def check_tools(rows: tuple[str, ...]) -> None:
     missing = [t for t in REQUIRED_TOOLS if shutil.which(t) is None]
     if missing:
         sys.exit(f"bench: missing {', '.join(missing)} (Debian packages postfix and openssl)")
+    if STACK in rows and missing_tools():
+        sys.exit(f"bench: the postfix-stack rows need {', '.join(missing_tools())} (Debian packages rspamd,"
+                 " postsrsd, opendkim, sasl2-bin, libsasl2-modules); or leave postfix-stack out of --only")
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -223,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("--mx-workers: at least 1")
     os.environ["FWDMAIL_BENCH_MX_WORKERS"] = str(args.mx_workers)
     os.environ["FWDMAIL_BENCH_EVENT_LOOP"] = args.event_loop
-    check_tools()
     plan = make_plan(args)
+    check_tools(plan.rows)
     console = Console(width=200)
     workdir = Path(tempfile.mkdtemp(prefix="fwdmail-bench-"))
     bench = Bench(plan, workdir, console.print)
@@ -247,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     meta["duration_s"] = round(time.monotonic() - runner.started, 1)
     meta["states"] = runner.states
     meta["fwdmail_sanity"] = bench.sanity
+    meta["postfix_stack_sanity"] = bench.stack_sanity
     lines = summarise(runner.records)
     targets = evaluate(target_specs(plan), lines)
     print_table(lines, targets, console)
