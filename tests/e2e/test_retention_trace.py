@@ -62,7 +62,7 @@ def test_purge_leaves_no_trace_of_redacted_bodies_and_deleted_logs(d: Daemon) ->
 
     out = json.loads(d.cli("purge", "--now", T0.isoformat(), "--json").output)
     assert out == {"smtp_error_logs": 1, "abuse_events": 1, "emails_redacted": 242,
-                   "emails_deleted": 0, "http_logs": 0}
+                   "emails_deleted": 0, "http_logs": 0, "web_sessions": 0}
     assert on_disk(d, body_tok, small_tok, err_tok, spam_tok, "198.51.100.7") == {}
     assert list(on_disk(d, hdr_tok)) == [hdr_tok], "the record outlives its body until Date + 30 days"
 
