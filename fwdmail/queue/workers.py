@@ -81,6 +81,7 @@ class QueueWorkers:
         self.node = ctx.runtime.node_id
         self.workers = [_Worker(i, worker_tag(self.node, i)) for i in range(1, self.cfg.workers + 1)]
         self._stopping = False
+        self._terminated = False
         self._wake_owed = False
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -189,9 +190,15 @@ class QueueWorkers:
     async def _relay_stop(self) -> None:
         """Pass the stop signal on to the workers as it comes (the second one forces their stop)."""
         await self.ctx.stopping.wait()
-        self._signal_all(signal.SIGTERM)
+        self._terminate()
         await self.ctx.force_stop.wait()
         self._signal_all(signal.SIGTERM)
+
+    def _terminate(self) -> None:
+        """The first SIGTERM to every worker, once (a second one would force their stop)."""
+        if not self._terminated:
+            self._terminated = True
+            self._signal_all(signal.SIGTERM)
 
     def _signal_all(self, sig: int) -> None:
         for worker in self.workers:
@@ -220,7 +227,7 @@ class QueueWorkers:
         """Stop the workers (their deliveries in flight drain within `shutdown_timeout`), kill any still
         running after it and a grace, and take back what those held."""
         self._stopping = True
-        self._signal_all(signal.SIGTERM)
+        self._terminate()
         running = [w for w in self.workers if w.proc is not None]
         waits = [asyncio.ensure_future(w.proc.wait()) for w in running if w.proc is not None]
         if waits:

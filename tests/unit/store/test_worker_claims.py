@@ -20,7 +20,8 @@ def _claim_one_each() -> None:
 
 
 def _still_claimed(opened: Opened) -> set[str]:
-    return {row[0] for row in opened.query("SELECT claim_node FROM outbound_email WHERE claimed_at IS NOT NULL")}
+    rows_now = opened.query("SELECT claim_node FROM outbound_email WHERE claimed_at IS NOT NULL")
+    return {row[0] for row in rows_now}
 
 
 def test_a_worker_takes_back_only_its_own_claims(opened: Opened) -> None:
