@@ -61,6 +61,12 @@ def mx_workers() -> int:
     return int(os.environ.get("FWDMAIL_BENCH_MX_WORKERS") or os.cpu_count() or 1)
 
 
+def queue_workers() -> int:
+    """`[queue] workers` for the bench: `--queue-workers` (passed on in FWDMAIL_BENCH_QUEUE_WORKERS), else 0
+    (the default: the serving process delivers)."""
+    return int(os.environ.get("FWDMAIL_BENCH_QUEUE_WORKERS") or 0)
+
+
 def event_loop() -> str:
     """`event_loop` for the bench: `--event-loop` (passed on in FWDMAIL_BENCH_EVENT_LOOP), else "auto"."""
     return os.environ.get("FWDMAIL_BENCH_EVENT_LOOP") or "auto"
@@ -77,6 +83,8 @@ def render_config(data_dir: Path, ports: Ports, sink_port: int, capture_port: in
         "dns": {"nameservers": [dns]},
         "delivery.routes": {CHECK_DOMAIN: f"{LOOPBACK}:{capture_port}", "*": f"{LOOPBACK}:{sink_port}"},
         "abuse": ABUSE_LIMITS,
+        "queue": {"workers": queue_workers()},
+        "http": {"listen": [f"{LOOPBACK}:{free_port()}"]},  # not the default 8080 another daemon may hold
     }
     lines = [f"data_dir = {_toml(str(data_dir))}", 'hostname = "mx.bench.test"',
              f"event_loop = {_toml(event_loop())}"]
