@@ -344,11 +344,6 @@ class QueueConfig:
     workers: int = 0
 
     def validate(self, key: str) -> None:
-        if not 0 <= self.workers <= 64:
-            raise ConfigError(f"{key}.workers: must be from 0 to 64, got {self.workers}")
-        if self.workers > self.concurrency:
-            raise ConfigError(f"{key}.workers: must not be more than {key}.concurrency ({self.concurrency}), "
-                              f"which the workers share, got {self.workers}")
         for name in ("min_backoff", "max_backoff", "max_lifetime", "delay_notice_after", "poll_interval",
                      "claim_timeout"):
             _positive(f"{key}.{name}", getattr(self, name))
@@ -356,6 +351,11 @@ class QueueConfig:
             raise ConfigError(f"{key}.max_backoff: must not be less than min_backoff ({self.min_backoff})")
         _positive(f"{key}.concurrency", self.concurrency)
         _positive(f"{key}.max_crashes", self.max_crashes)
+        if not 0 <= self.workers <= 64:
+            raise ConfigError(f"{key}.workers: must be from 0 to 64, got {self.workers}")
+        if self.workers > self.concurrency:
+            raise ConfigError(f"{key}.workers: must not be more than {key}.concurrency ({self.concurrency}), "
+                              f"which the workers share, got {self.workers}")
 
 
 @dataclass(frozen=True)
