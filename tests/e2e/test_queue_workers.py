@@ -12,13 +12,15 @@ import signal
 import sqlite3
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, free_port
 from tests.support.outbound import add_domain, connect, message, send, show, wait_status, wait_until
 from tests.support.smtp_sink import Behaviour, SmtpSink
 
@@ -161,3 +163,25 @@ def test_sigterm_lets_the_deliveries_in_flight_finish(make_daemon: Callable[...,
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers.values()), "the workers stopped too"
     assert "did not stop in time" not in d.logs()
     assert_private(d)
+
+
+def test_the_workers_counts_reach_the_serving_process(make_daemon: Callable[..., Daemon],
+                                                      sink: SmtpSink) -> None:
+    port = free_port()
+    d, password = start(make_daemon, sink, metrics={"listen": [f"127.0.0.1:{port}"], "token": "t" * 24})
+    queue_workers(d)
+    ids = submit_many(d, password, [f"counted {i}" for i in range(5)])
+    for qid in ids:
+        wait_status(d, qid, "delivered")
+
+    def scrape() -> dict[str, float] | None:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        seen = {f"{s.name}{sorted(s.labels.items())}": s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+        return seen if seen.get("fwdmail_queue_delivered_after_seconds_count[]") == 5 else None
+
+    seen = wait_until(scrape, 10, "the workers' counts in the serving process's scrape")
+    assert seen["fwdmail_messages_forwarded_total[('service', 'queue')]"] == 5
+    assert seen["fwdmail_queue_attempt_seconds_count[('outcome', 'forwarded')]"] == 5
+    assert d.stop() == 0
