@@ -102,7 +102,7 @@ def assert_private(d: Daemon) -> None:
 
 def test_a_burst_of_submissions_is_delivered_once_by_the_workers(make_daemon: Callable[..., Daemon],
                                                                  sink: SmtpSink) -> None:
-    d, password = start(make_daemon, sink)
+    d, password = start(make_daemon, sink, log_level="debug")  # each attempt logged by its worker
     assert len(queue_workers(d)) == 2
     subjects = [f"burst {i}" for i in range(60)]
     ids = submit_many(d, password, subjects, clients=4)
@@ -114,6 +114,7 @@ def test_a_burst_of_submissions_is_delivered_once_by_the_workers(make_daemon: Ca
     assert all(m.rcpt_tos == [DEST] for m in sink.messages)
     assert d.stop() == 0
     assert_private(d)
+    assert d.logs().count(" delivered: 1 delivered, 0 deferred, 0 bounced") == len(subjects)
 
 
 def test_a_worker_killed_mid_drain_loses_and_repeats_nothing(make_daemon: Callable[..., Daemon],
@@ -185,3 +186,21 @@ def test_the_workers_counts_reach_the_serving_process(make_daemon: Callable[...,
     assert seen["fwdmail_messages_forwarded_total[('service', 'queue')]"] == 5
     assert seen["fwdmail_queue_attempt_seconds_count[('outcome', 'forwarded')]"] == 5
     assert d.stop() == 0
+
+
+def test_the_workers_stop_when_the_serving_process_dies(make_daemon: Callable[..., Daemon],
+                                                        sink: SmtpSink) -> None:
+    d, _ = start(make_daemon, sink)
+    workers = queue_workers(d)
+    d.kill()
+    wait_until(lambda: not any(_alive(pid) for pid in workers.values()), 20,
+               "the queue workers to stop after the serving process")
+    assert "the serving process is gone; queue worker" in d.logs()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
