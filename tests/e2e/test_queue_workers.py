@@ -94,8 +94,10 @@ def claims(d: Daemon) -> dict[str, str | None]:
 
 
 def assert_private(d: Daemon) -> None:
+    """No process's log names an address; none failed or waited out SQLite's write lock."""
     logs = d.logs()
     assert "queue worker" in logs or "worker process" in logs
+    assert "Traceback" not in logs and "database is locked" not in logs
     for address in (ALICE, DEST, "example.test>", "dest.test"):
         assert address not in logs, f"{address} in the log"
 
