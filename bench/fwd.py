@@ -64,6 +64,12 @@ def mx_workers() -> int:
     return int(os.environ.get("FWDMAIL_BENCH_MX_WORKERS") or os.cpu_count() or 1)
 
 
+def queue_workers() -> int:
+    """`[queue] workers` for the bench: `--queue-workers` (passed on in FWDMAIL_BENCH_QUEUE_WORKERS), else 0
+    (the default: the serving process delivers)."""
+    return int(os.environ.get("FWDMAIL_BENCH_QUEUE_WORKERS") or 0)
+
+
 def event_loop() -> str:
     """`event_loop` for the bench: `--event-loop` (passed on in FWDMAIL_BENCH_EVENT_LOOP), else "auto"."""
     return os.environ.get("FWDMAIL_BENCH_EVENT_LOOP") or "auto"
@@ -82,6 +88,7 @@ def render_config(data_dir: Path, ports: Ports, sink_port: int, capture_port: in
         "dns": {"nameservers": [dns]},
         "delivery.routes": {CHECK_DOMAIN: f"{LOOPBACK}:{capture_port}", "*": f"{LOOPBACK}:{sink_port}"},
         "abuse": ABUSE_LIMITS,
+        "queue": {"workers": queue_workers()},
         **(extra or {}),
     }
     lines = [f"data_dir = {_toml(str(data_dir))}", 'hostname = "mx.bench.test"',

@@ -60,6 +60,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, configs)")
     parser.add_argument("--mx-workers", type=int, default=os.cpu_count() or 1,
                         help="fwdmail's [mx] workers (default: one per core)")
+    parser.add_argument("--queue-workers", type=int, default=0,
+                        help="fwdmail's [queue] workers (default 0: the serving process delivers)")
     parser.add_argument("--event-loop", choices=("auto", "asyncio", "uvloop"), default="auto",
                         help="fwdmail's event_loop (default auto: uvloop when it is installed)")
     args = parser.parse_args(argv)
@@ -266,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.mx_workers < 1:
         sys.exit("--mx-workers: at least 1")
     os.environ["FWDMAIL_BENCH_MX_WORKERS"] = str(args.mx_workers)
+    if not 0 <= args.queue_workers <= 64:
+        sys.exit("--queue-workers: from 0 to 64")
+    os.environ["FWDMAIL_BENCH_QUEUE_WORKERS"] = str(args.queue_workers)
     os.environ["FWDMAIL_BENCH_EVENT_LOOP"] = args.event_loop
     plan = make_plan(args)
     check_tools(plan.rows)
@@ -275,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(plan, bench, console)
     meta = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": machine(),
             "quick": args.quick, "rows": list(plan.rows), "rounds": plan.rounds,
-            "mx_workers": args.mx_workers, "event_loop": _effective_loop(args.event_loop),
+            "mx_workers": args.mx_workers, "queue_workers": args.queue_workers,
+            "event_loop": _effective_loop(args.event_loop),
             "workloads": [w.label for w in plan.workloads]}
     runner.say(f"workdir {workdir}; rows: {', '.join(plan.rows)}; {plan.rounds} round(s)")
     try:

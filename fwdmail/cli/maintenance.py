@@ -71,8 +71,9 @@ def _event_loop(choice: str) -> tuple[str, Callable[..., int]]:
 
 @click.command()
 @click.option("--mx-worker-fd", type=int, default=None, hidden=True)
+@click.option("--queue-worker", type=(int, int), default=None, hidden=True)
 @pass_state
-def serve(state: State, mx_worker_fd: int | None) -> None:
+def serve(state: State, mx_worker_fd: int | None, queue_worker: tuple[int, int] | None) -> None:
     """Run the MX, submission, outbound queue, HTTP API and retention jobs in one process."""
     from fwdmail.app import maintenance
     from fwdmail.runtime import logsetup
@@ -83,16 +84,18 @@ def serve(state: State, mx_worker_fd: int | None) -> None:
     rt = state.open(create=True)
     maintenance.close_store()
     loop_name, runner = _event_loop(rt.config.event_loop)
-    # An MX worker runs under the serving process, which holds the lock.
-    lock = datadir.lock_for_serve(rt.config) if mx_worker_fd is None else None
+    # A worker (MX or queue) runs under the serving process, which holds the lock.
+    worker = mx_worker_fd is not None or queue_worker is not None
+    lock = None if worker else datadir.lock_for_serve(rt.config)
     logsetup.setup(rt.config.log_level)
     log = logging.getLogger("fwdmail.serve")
     log.info("event loop: %s", loop_name)
-    problem = hostname_problem(rt.config) if mx_worker_fd is None else None  # the server says it once
+    problem = None if worker else hostname_problem(rt.config)  # the server says it once
     if problem is not None:
         log.warning("%s", problem)
     try:
-        code = runner(daemon.run(rt, state.config_path, mx_worker_fd, web=WebService))
+        code = runner(daemon.run(rt, state.config_path, mx_worker_fd, web=WebService,
+                                 queue_worker=queue_worker))
     except StartupError as exc:
         raise click.ClickException(visible(exc)) from None
     finally:

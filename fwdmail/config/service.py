@@ -106,6 +106,7 @@ class QueueConfig:
     poll_interval: float = 1.0
     claim_timeout: float = 600.0
     max_crashes: int = 3
+    workers: int = 0
 
     def validate(self, key: str) -> None:
         for name in ("min_backoff", "max_backoff", "max_lifetime", "delay_notice_after", "poll_interval",
@@ -115,6 +116,11 @@ class QueueConfig:
             raise ConfigError(f"{key}.max_backoff: must not be less than min_backoff ({self.min_backoff})")
         _positive(f"{key}.concurrency", self.concurrency)
         _positive(f"{key}.max_crashes", self.max_crashes)
+        if not 0 <= self.workers <= 64:
+            raise ConfigError(f"{key}.workers: must be from 0 to 64, got {self.workers}")
+        if self.workers > self.concurrency:
+            raise ConfigError(f"{key}.workers: must not be more than {key}.concurrency ({self.concurrency}), "
+                              f"which the workers share, got {self.workers}")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ goes out as any other mail: to the alias's MX, ours for a hosted alias, which fo
 destinations. Claims are tagged with this node (`[cluster] node_id`): a start takes back only this
 node's claims of a worker that died, and a claim older than `claim_timeout` by the database's clock is
 any node's to take back;
-a message that keeps crashing the worker is held, never dropped.
+a message that keeps crashing the worker is held, never dropped. With `[queue] workers` this service runs
+in each worker process (`queue.workers`), with the worker's own claim tag and share of `concurrency`.
 """
 
 from __future__ import annotations
@@ -113,11 +114,14 @@ class QueueService:
 
     name = "queue"
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, tag: str | None = None, concurrency: int | None = None) -> None:
+        """`tag` (default: the node id) marks this process's claims; `concurrency` (default
+        `[queue] concurrency`) bounds its deliveries at once."""
         self.ctx = ctx
         self.cfg = ctx.config.queue
+        self.concurrency = concurrency or self.cfg.concurrency
         self.token = secrets.token_hex(8)
-        self.node = ctx.runtime.node_id
+        self.node = tag or ctx.runtime.node_id
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._tasks: dict[int, asyncio.Task[None]] = {}
@@ -211,13 +215,13 @@ class QueueService:
         transaction and one signing handoff serve several messages."""
         if free <= 0:
             return False
-        return (not self._tasks or free >= max(1, self.cfg.concurrency // 4)
+        return (not self._tasks or free >= max(1, self.concurrency // 4)
                 or mono - self._last_claim >= CLAIM_WAIT)
 
     async def _tick(self) -> None:
         for finished in list(self._unrecorded.values()):
             await self._record(finished)
-        free = self.cfg.concurrency - len(self._tasks)
+        free = self.concurrency - len(self._tasks)
         self._claim_owed = False
         if self._claim_now(free, time.monotonic()):
             self._last_claim = time.monotonic()

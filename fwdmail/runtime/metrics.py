@@ -6,9 +6,10 @@ name of one of our reply constants, else "destination" or "other". No label valu
 address, a domain, an IP or a reply's text. Notes from MX worker processes (our own) are checked against
 the same fixed sets before they count.
 
-Each `Metrics` has its own registry (never prometheus-client's global one). In an MX worker process
-`relay` is set: every event becomes a short note sent to the serving process over the worker's pair
-(`mx.workers`), whose `Metrics.apply` counts it, so one scrape of the serving process sees all of them.
+Each `Metrics` has its own registry (never prometheus-client's global one). In an MX or queue worker
+process `relay` is set: every event becomes a short note sent to the serving process over the worker's
+pair (`mx.workers`, `queue.workers`), whose `Metrics.apply` counts it, so one scrape of the serving
+process sees all of them.
 """
 
 from __future__ import annotations
@@ -173,7 +174,13 @@ class Metrics:
         the message's age when delivered."""
         self._observe("queue", outcome, seconds)
         if age is not None:
-            self.queue_age.observe(max(0.0, age))
+            self._age(age)
+
+    def _age(self, seconds: float) -> None:
+        if self.relay is not None:
+            self.relay(NOTE + f"a|{seconds:.3f}".encode())
+        else:
+            self.queue_age.observe(max(0.0, seconds))
 
     def track_sessions(self, listener: str, count: Callable[[], int]) -> None:
         """Read `count()` at each scrape as this process's open sessions of `listener`."""
@@ -234,6 +241,9 @@ class Metrics:
                 if service in SERVICES and outcome in OUTCOMES and 0 <= float(seconds) < 1e6:
                     self._observe(service, outcome, float(seconds))
                     return True
+            elif kind == "a" and len(fields) == 1 and 0 <= float(fields[0]) < 1e9:
+                self._age(float(fields[0]))
+                return True
             elif kind == "s" and len(fields) == 2 and fields[0] in LISTENERS and 0 <= int(fields[1]) < 10**7:
                 self.remote_sessions[(source, fields[0])] = int(fields[1])
                 return True

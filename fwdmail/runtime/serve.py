@@ -24,6 +24,7 @@ from fwdmail.policy.limits import AbusePolicy
 from fwdmail.policy.sender_auth import SenderAuthPolicy
 from fwdmail.policy.senderlists import SenderListPolicy
 from fwdmail.queue.service import QueueService
+from fwdmail.queue.workers import QueueWorkers, WorkerQueue
 from fwdmail.retention.scheduler import RetentionScheduler
 from fwdmail.runtime.context import Context, StartupError
 from fwdmail.runtime.datadir import Runtime
@@ -78,15 +79,21 @@ def expected_listeners(ctx: Context, name: str) -> int:
 
 
 def build_services(ctx: Context, config_file: str | None = None, mx_worker_fd: int | None = None,
-                   web: WebFactory | None = None, listeners: ListenerState | None = None) -> list[Service]:
-    """The daemon's services in start order (an MX worker process runs only the MX); `web` makes the
-    HTTP listener, started after the SMTP listeners, and is told of every listener's state."""
+                   web: WebFactory | None = None, listeners: ListenerState | None = None,
+                   queue_worker: tuple[int, int] | None = None) -> list[Service]:
+    """The daemon's services in start order (an MX worker process runs only the MX, a queue worker
+    process, given as (number, fd of its pair), only the queue); `web` makes the HTTP listener, started
+    after the SMTP listeners, and is told of every listener's state."""
     state = listeners or ListenerState()
+    if queue_worker is not None:
+        return [WorkerQueue(ctx, *queue_worker)]
     senders = SenderListPolicy(ctx)  # first: the others read which domains allow the sender
     policies = [senders, AbusePolicy(ctx, senders=senders.cache), SenderAuthPolicy(ctx)]
     if mx_worker_fd is not None:
         return [MxService(ctx, policies, inbox_fd=mx_worker_fd)]
-    queue = QueueService(ctx)  # its start() takes back claims of a crashed run, then starts the workers
+    # Its start() takes back claims of a crashed run, then delivers here or starts the queue workers.
+    queue: QueueService | QueueWorkers = (QueueWorkers(ctx, worker_command(config_file))
+                                          if ctx.config.queue.workers else QueueService(ctx))
     return [
         queue,
         SubmissionService(ctx, on_queued=queue.wake),
@@ -126,19 +133,22 @@ async def _shared_state(ctx: Context, announce: bool) -> SharedState | None:
 
 
 async def run(runtime: Runtime, config_file: str | None = None, mx_worker_fd: int | None = None,
-              web: WebFactory | None = None) -> int:
-    """Run until a stop signal; return the process exit code. `config_file` is passed on to MX worker
-    processes; `mx_worker_fd` makes this process one of them; `web` makes the HTTP listener."""
+              web: WebFactory | None = None, queue_worker: tuple[int, int] | None = None) -> int:
+    """Run until a stop signal; return the process exit code. `config_file` is passed on to worker
+    processes; `mx_worker_fd` makes this process an MX worker, `queue_worker` (its number and the fd of
+    its pair) a queue worker; `web` makes the HTTP listener."""
     ctx = Context(runtime)
     loop = asyncio.get_running_loop()
-    ctx.shared = await _shared_state(ctx, announce=mx_worker_fd is None)
+    worker = mx_worker_fd is not None or queue_worker is not None
+    if queue_worker is None:  # the queue shares nothing through Redis
+        ctx.shared = await _shared_state(ctx, announce=not worker)
     raise_fd_limit()
     caps = session_caps(ctx.config)
     log.info("open-files limit %s: at most %d MX and %d submission sessions", caps.fd_limit or "unlimited",
              caps.mx, caps.submission)
     listeners = ListenerState()
-    services = build_services(ctx, config_file, mx_worker_fd, web, listeners)
-    systemd = Notifier() if mx_worker_fd is None else Notifier("")  # a worker's parent speaks for it
+    services = build_services(ctx, config_file, mx_worker_fd, web, listeners, queue_worker)
+    systemd = Notifier("") if worker else Notifier()  # a worker's parent speaks for it
 
     def on_signal(signame: str) -> None:
         if ctx.stopping.is_set():
@@ -174,7 +184,7 @@ async def run(runtime: Runtime, config_file: str | None = None, mx_worker_fd: in
             await service.start()
             started.append(service)
             listening = getattr(service, "listening", None)
-            if listening is not None and mx_worker_fd is None:
+            if listening is not None and not worker:
                 listeners.expect(service.name, expected_listeners(ctx, service.name), listening)
         names = ", ".join(s.name for s in started) or "no services"
         log.info("fwdmail ready: %s", names)

@@ -95,6 +95,7 @@ from fwdmail.store.outbound import (
     EMAIL_STATUSES,
     FINAL_STATUSES,
     PENDING_STATUSES,
+    WORKER_TAG,
     Attempt,
     AttemptOutcome,
     ClaimedEmail,

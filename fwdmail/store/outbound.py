@@ -28,12 +28,15 @@ from fwdmail.store.errorlog import log_smtp_errors
 from fwdmail.store.models import Alias, Domain, OutboundEmail, OutboundRecipient, database
 
 __all__ = [
-    "EMAIL_STATUSES", "FINAL_STATUSES", "PENDING_STATUSES", "Attempt", "AttemptOutcome", "ClaimedEmail",
-    "EmailRecord", "LoginRecord", "NewEmail", "RecipientRecord", "claim_due", "delete_email", "enqueue",
+    "EMAIL_STATUSES", "FINAL_STATUSES", "PENDING_STATUSES", "WORKER_TAG", "Attempt", "AttemptOutcome",
+    "ClaimedEmail", "EmailRecord", "LoginRecord", "NewEmail", "RecipientRecord", "claim_due", "delete_email",
+    "enqueue",
     "get_email", "list_emails", "login_record", "new_queue_id", "record_attempt", "record_attempts",
     "record_crash", "release_claims", "release_stale_claims", "retry_email",
 ]
 
+WORKER_TAG = "/"
+"""Between the node id and the worker's number in a queue worker's claim tag (never in a node id)."""
 PENDING_STATUSES = ("queued", "deferred")
 FINAL_STATUSES = ("delivered", "bounced", "partial")
 EMAIL_STATUSES = (*PENDING_STATUSES, *FINAL_STATUSES, "held")
@@ -470,7 +473,8 @@ def release_stale_claims(now: dt.datetime, max_crashes: int, claimed_before: dt.
     """Take back claims of workers that died: all claims, or those of the node `node` (a node's start:
     never another live node's), or those made before `claimed_before`, or more than `older_than` seconds
     ago by the database's clock on PostgreSQL (the verb's `now` on SQLite). A claim with no node (made
-    before claims were tagged) counts as every node's.
+    before claims were tagged) counts as every node's. A node's claims include those of its queue worker
+    processes, tagged `node/<index>` (`WORKER_TAG`); a worker's tag matches only its own.
 
     Each counts as a crash of that message; a message that reaches `max_crashes` is held for the admin,
     never dropped. Returns (released, held).
@@ -479,7 +483,8 @@ def release_stale_claims(now: dt.datetime, max_crashes: int, claimed_before: dt.
     with writing():
         q = OutboundEmail.select().where(OutboundEmail.claimed_at.is_null(False))
         if node is not None:
-            q = q.where((OutboundEmail.claim_node == node) | OutboundEmail.claim_node.is_null())
+            q = q.where((OutboundEmail.claim_node == node) | OutboundEmail.claim_node.is_null()
+                        | (pw.fn.SUBSTR(OutboundEmail.claim_node, 1, len(node) + 1) == f"{node}{WORKER_TAG}"))
         if claimed_before is not None:
             q = q.where(OutboundEmail.claimed_at < claimed_before)
         if older_than is not None:
