@@ -98,6 +98,16 @@ def writing() -> AbstractContextManager[Any]:
     return database.atomic("IMMEDIATE") if is_sqlite() else database.atomic()
 
 
+@contextlib.contextmanager
+def unique_insert(error: type[Exception], message: str) -> Iterator[None]:
+    """An insert that another writer may have beaten (on PostgreSQL the check before it cannot see a row
+    committed meanwhile, and the unique index refuses): `error(message)`, as the check would have said."""
+    try:
+        yield
+    except pw.IntegrityError:
+        raise error(message) from None
+
+
 def snapshot() -> AbstractContextManager[Any]:
     """A read transaction that sees one state throughout (SQLite's transactions always do; PostgreSQL's
     default READ COMMITTED would see each statement's own)."""

@@ -15,16 +15,15 @@ visible in one file.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import peewee as pw
 
-from fwdmail.store.db import checkpoint, reads, rest_after, snapshot, writing
+from fwdmail.store.db import checkpoint, reads, rest_after, snapshot, unique_insert, writing
 from fwdmail.store.models import (
     AbuseEvent,
     Account,
@@ -196,23 +195,13 @@ def _alias(domain: str, kind: str, local: str) -> Alias:
     return row
 
 
-@contextlib.contextmanager
-def _unique(message: str) -> Iterator[None]:
-    """An insert that another writer may have beaten (on PostgreSQL the check before it cannot see a row
-    committed meanwhile; the unique index then refuses): AlreadyExists, as the check would have said."""
-    try:
-        yield
-    except pw.IntegrityError:
-        raise AlreadyExists(message) from None
-
-
 # accounts
 
 def add_account(email: str) -> AccountRecord:
     with writing():
         if Account.get_or_none(Account.email == email):
             raise AlreadyExists(f"account {email} exists already")
-        with _unique(f"account {email} exists already"):
+        with unique_insert(AlreadyExists, f"account {email} exists already"):
             row = Account.create(email=email)
         _bump_directory(())
     return _account_record(row)
@@ -289,7 +278,7 @@ def add_domain(name: str, account_email: str, dkim_selector: str, dkim_private_k
         acct = _account(account_email)
         if Domain.get_or_none(Domain.name == name):
             raise AlreadyExists(f"domain {name} exists already")
-        with _unique(f"domain {name} exists already"):
+        with unique_insert(AlreadyExists, f"domain {name} exists already"):
             row = Domain.create(
                 name=name, account=acct, dkim_selector=dkim_selector, dkim_private_key=dkim_private_key,
                 verification_token=verification_token,
@@ -375,7 +364,7 @@ def add_alias(domain: str, kind: str, local: str, destinations: list[str]) -> Al
         if exists:
             raise AlreadyExists(f"alias {_alias_record(exists, dom).address} exists already")
         shown = f"/{local}/@{dom.name}" if kind == "regex" else f"{local}@{dom.name}"
-        with _unique(f"alias {shown} exists already"):
+        with unique_insert(AlreadyExists, f"alias {shown} exists already"):
             row = Alias.create(domain=dom, kind=kind, local=local, destinations=json.dumps(destinations))
         _bump_directory([domain])
     return _alias_record(row, dom)
