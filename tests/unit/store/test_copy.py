@@ -3,6 +3,7 @@ row for row; a non-empty target refused; then `fwdmail serve` on the copy forwar
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,12 @@ def populate(data_dir: Path) -> None:
                        client_net="192.0.2.0/24")
         Lease.create(name="retention", expires_at=rows.T0)
         store.set_last_retention_run(rows.T0)
+        later = rows.T0 + dt.timedelta(days=1)
+        store.set_login("owner@copy.test", rows.T0, password_hash="scrypt$copied")
+        store.add_session("owner@copy.test", "cd" * 32, "full", rows.T0, later)
+        store.add_login_link("owner@copy.test", "ef" * 32, rows.T0, later)
+        store.add_sender_rules("copy.test", "deny", ["@blocked.test"], rows.T0)
+        store.set_webhook_key("copy.test", "0f" * 32, rows.T0, replace=False)
         for model in ALL_MODELS:
             assert model.select().count() > 0, f"{model._meta.table_name} is empty in the source"
     finally:
