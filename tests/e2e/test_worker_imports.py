@@ -1,10 +1,11 @@
 """Each process of `fwdmail serve` imports only what it uses (memory: a module, once imported, stays).
 
 With `[mx] workers = 2`, the default SQLite store and no Redis: the MX worker never loads the HTTP side
-(aiohttp's server, Jinja2, nh3, pyotp, the web pages), aiohttp's client until an MTA-STS policy fetch or
-a webhook POST needs it, prometheus-client (it relays its metrics to the serving process), redis-py or
-psycopg; the serving process loads neither psycopg nor redis-py. Each
-process writes its own `sys.modules` as it exits, through a `sitecustomize` put on its PYTHONPATH.
+(aiohttp's server, Jinja2, nh3, pyotp, the web pages), the submission service, the retention scheduler
+(APScheduler), aiohttp's client (until an MTA-STS policy fetch or a webhook POST needs it),
+prometheus-client (it relays its metrics to the serving process), redis-py or psycopg; the serving
+process loads neither psycopg nor redis-py. Each process writes its own `sys.modules` as it exits,
+through a `sitecustomize` put on its PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from pathlib import Path
 from tests.support.daemon import REPO, WORKER_READY, Daemon
 
 _NO_DRIVER_OR_REDIS = ("psycopg", "redis")
-_WORKER_NEVER = ("jinja2", "nh3", "pyotp", "aiohttp", "prometheus_client", "fwdmail.web",
-                 *_NO_DRIVER_OR_REDIS)
+_WORKER_NEVER = ("jinja2", "nh3", "pyotp", "aiohttp", "prometheus_client", "fwdmail.web", "apscheduler",
+                 "fwdmail.submission", *_NO_DRIVER_OR_REDIS)
 
 _HOOK = """\
 import atexit, os, sys
