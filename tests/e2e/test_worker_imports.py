@@ -3,8 +3,8 @@
 With `[mx] workers = 2`, the default SQLite store and no Redis: the MX worker never loads the HTTP side
 (aiohttp's server, Jinja2, nh3, pyotp, the web pages), the submission service, the retention scheduler
 (APScheduler), aiohttp's client (until an MTA-STS policy fetch or a webhook POST needs it),
-prometheus-client (it relays its metrics to the serving process), redis-py or psycopg; the serving
-process loads neither psycopg nor redis-py. Each process writes its own `sys.modules` as it exits,
+prometheus-client (it relays its metrics to the serving process); neither process loads psycopg,
+redis-py or rich (the admin commands' tables). Each process writes its own `sys.modules` as it exits,
 through a `sitecustomize` put on its PYTHONPATH.
 """
 
@@ -19,9 +19,9 @@ from pathlib import Path
 
 from tests.support.daemon import REPO, WORKER_READY, Daemon
 
-_NO_DRIVER_OR_REDIS = ("psycopg", "redis")
+_SERVE_NEVER = ("psycopg", "redis", "rich")
 _WORKER_NEVER = ("jinja2", "nh3", "pyotp", "aiohttp", "prometheus_client", "fwdmail.web", "apscheduler",
-                 "fwdmail.submission", *_NO_DRIVER_OR_REDIS)
+                 "fwdmail.submission", *_SERVE_NEVER)
 
 _HOOK = """\
 import atexit, os, sys
@@ -66,4 +66,4 @@ def test_an_mx_worker_and_the_serving_process_import_only_what_they_use(tmp_path
     assert set(by_process) == {"serve", "worker"}
     assert "fwdmail.mx.service" in by_process["worker"] and "fwdmail.web.server" in by_process["serve"]
     assert among(by_process["worker"], _WORKER_NEVER) == []
-    assert among(by_process["serve"], _NO_DRIVER_OR_REDIS) == []
+    assert among(by_process["serve"], _SERVE_NEVER) == []
