@@ -79,13 +79,15 @@ def serve(state: State, mx_worker_fd: int | None, queue_worker: tuple[int, int] 
     from fwdmail.runtime import logsetup
     from fwdmail.runtime import serve as daemon
     from fwdmail.runtime.context import StartupError
-    from fwdmail.web.server import WebService
 
     rt = state.open(create=True)
     maintenance.close_store()
     loop_name, runner = _event_loop(rt.config.event_loop)
     # A worker (MX or queue) runs under the serving process, which holds the lock.
     worker = mx_worker_fd is not None or queue_worker is not None
+    web = None
+    if not worker:  # workers never serve HTTP: their memory holds no web server, templates or pages
+        from fwdmail.web.server import WebService as web
     lock = None if worker else datadir.lock_for_serve(rt.config)
     logsetup.setup(rt.config.log_level)
     log = logging.getLogger("fwdmail.serve")
@@ -94,7 +96,7 @@ def serve(state: State, mx_worker_fd: int | None, queue_worker: tuple[int, int] 
     if problem is not None:
         log.warning("%s", problem)
     try:
-        code = runner(daemon.run(rt, state.config_path, mx_worker_fd, web=WebService,
+        code = runner(daemon.run(rt, state.config_path, mx_worker_fd, web=web,
                                  queue_worker=queue_worker))
     except StartupError as exc:
         raise click.ClickException(visible(exc)) from None

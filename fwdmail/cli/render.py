@@ -15,15 +15,16 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.panel import Panel
-from rich.table import Table
-from rich.text import Text
 
 from fwdmail.app import HIDDEN_CHARS
+
+if TYPE_CHECKING:  # rich is imported where output is made: `fwdmail serve` and its workers never load it
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
 
 _KEPT = frozenset("\n\t")
 
@@ -47,6 +48,8 @@ def visible(value: object, *, multiline: bool = False) -> str:
 
 def text(value: object, *, multiline: bool = False) -> Text:
     """A rich Text (never parsed as markup, no emoji codes, no highlighting) of `visible(value)`."""
+    from rich.text import Text
+
     return Text(visible(value, multiline=multiline))
 
 
@@ -54,10 +57,14 @@ def console(*, stderr: bool = False) -> Console:
     """The console every table goes to; outside a terminal, as wide as COLUMNS (default 200)."""
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() else int(os.environ.get("COLUMNS", "200") or 200)
+    from rich.console import Console
+
     return Console(width=width, soft_wrap=False, stderr=stderr, markup=False, emoji=False, highlight=False)
 
 
 def new_table(title: str, columns: Sequence[str]) -> Table:
+    from rich.table import Table
+
     t = Table(title=text(title), title_justify="left")
     for c in columns:
         t.add_column(text(c), overflow="fold")
@@ -79,6 +86,8 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]],
 
 def panel(title: str, body: object, out: Console | None = None) -> None:
     """Print a multi-line text (a message's body) in a frame."""
+    from rich.panel import Panel
+
     (out or console()).print(Panel(text(body, multiline=True), title=text(title), title_align="left"))
 
 
@@ -112,6 +121,7 @@ def stream_table(title: str, columns: Sequence[tuple[str, int | None]], rows: It
     has the same column widths (a fixed width, or None for an equal share of the rest), so the chunks
     read as one table. Cells are `visible` text as in `table`. Returns the number of rows."""
     from rich import box
+    from rich.table import Table
 
     out = out or console()
     count = 0

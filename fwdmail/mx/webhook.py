@@ -18,14 +18,11 @@ import hashlib
 import hmac
 import logging
 import secrets
-import socket
 import ssl
 import time
 from typing import Any
 
-import aiohttp
 import yarl
-from aiohttp.abc import AbstractResolver, ResolveResult
 
 from fwdmail import store
 from fwdmail.auth.resolver import async_resolver
@@ -47,22 +44,6 @@ def signature(key: str, timestamp: int, body: bytes) -> str:
     """The X-Webhook-Signature value of `body` sent at `timestamp`."""
     mac = hmac.new(key.encode("utf-8"), f"{timestamp}.".encode("ascii") + body, hashlib.sha256)
     return f"t={timestamp},v1={mac.hexdigest()}"
-
-
-class _Pinned(AbstractResolver):
-    """Answers every lookup with the address `policy.ssrf` checked: aiohttp never resolves again."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET,
-                      ) -> list[ResolveResult]:
-        fam = socket.AF_INET6 if ":" in self.address else socket.AF_INET
-        return [ResolveResult(hostname=host, host=self.address, port=port, family=fam, proto=0,
-                              flags=socket.AI_NUMERICHOST)]
-
-    async def close(self) -> None:
-        return None
 
 
 class WebhookClient:
@@ -126,7 +107,11 @@ class WebhookClient:
 
     async def _request(self, target: yarl.URL, address: str, headers: dict[str, str],
                        body: bytes) -> SmtpError | None:
-        connector = aiohttp.TCPConnector(resolver=_Pinned(address), ssl=self.tls, limit=1,
+        import aiohttp  # here, not at the top: only a POST needs it (memory, see smtp.pinning)
+
+        from fwdmail.smtp.pinning import OneAddress
+
+        connector = aiohttp.TCPConnector(resolver=OneAddress(address), ssl=self.tls, limit=1,
                                          force_close=True, use_dns_cache=False)
         timeout = aiohttp.ClientTimeout(total=self.cfg.timeout)
         session_args: dict[str, Any] = {"connector": connector, "timeout": timeout, "trust_env": False,

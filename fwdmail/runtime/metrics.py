@@ -9,20 +9,21 @@ the same fixed sets before they count.
 Each `Metrics` has its own registry (never prometheus-client's global one). In an MX or queue worker
 process `relay` is set: every event becomes a short note sent to the serving process over the worker's
 pair (`mx.workers`, `queue.workers`), whose `Metrics.apply` counts it, so one scrape of the serving
-process sees all of them.
+process sees all of them; a worker never builds a registry, nor imports prometheus-client.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
-
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from fwdmail.smtp import client, replies
 from fwdmail.smtp.replies import SmtpError
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 __all__ = ["LISTENERS", "QUEUE_STATES", "SERVICES", "Metrics", "reason"]
 
@@ -93,6 +94,8 @@ class _Gauges:
         return []
 
     def collect(self) -> Iterable[Metric]:
+        from prometheus_client.metrics_core import GaugeMetricFamily  # only a scrape needs it (see _Series)
+
         m = self.metrics
         sessions = GaugeMetricFamily("fwdmail_sessions_open", "Open sessions (connections) per listener kind",
                                      labels=["listener"])
@@ -113,10 +116,13 @@ class _Gauges:
             yield family
 
 
-class Metrics:
-    """The counters every service bumps through `ctx.metrics`, and what a scrape reads."""
+class _Series:
+    """The registry and its counters and histograms; prometheus-client is imported here, on first use, so
+    that workers (which relay every event) never load it."""
 
-    def __init__(self) -> None:
+    def __init__(self, gauges: _Gauges) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
         self.registry = CollectorRegistry()
         r = self.registry
         self.forwarded = Counter("fwdmail_messages_forwarded", "Messages forwarded: MX messages answered 250 "
@@ -137,13 +143,23 @@ class Metrics:
                                        buckets=_LATENCY_BUCKETS, registry=r)
         self.queue_age = Histogram("fwdmail_queue_delivered_after_seconds", "From submission to delivery "
                                    "(per attempt that delivered)", buckets=_AGE_BUCKETS, registry=r)
+        r.register(gauges)
+
+
+class Metrics:
+    """The counters every service bumps through `ctx.metrics`, and what a scrape reads."""
+
+    def __init__(self) -> None:
         self.session_counts: dict[str, Callable[[], int]] = {}
         self.remote_sessions: dict[tuple[int, str], int] = {}
         self.depth = _Depth()
         self.relay: Callable[[bytes], None] | None = None
         self._reported: dict[str, int] = {}
         self._children: dict[tuple[str, ...], Any] = {}  # labelled series, looked up once each
-        r.register(_Gauges(self))
+
+    @cached_property
+    def series(self) -> _Series:
+        return _Series(_Gauges(self))
 
     # events
 
@@ -156,7 +172,7 @@ class Metrics:
         self._count(service, "forwarded", "", n)
 
     def queue(self) -> None:
-        self.queued.inc()
+        self.series.queued.inc()
 
     def mx_reply(self, reply: str, seconds: float) -> None:
         """The MX's reply after DATA (forwarded, refused or deferred by its reason), and how long it took."""
@@ -180,7 +196,7 @@ class Metrics:
         if self.relay is not None:
             self.relay(NOTE + f"a|{seconds:.3f}".encode())
         else:
-            self.queue_age.observe(max(0.0, seconds))
+            self.series.queue_age.observe(max(0.0, seconds))
 
     def track_sessions(self, listener: str, count: Callable[[], int]) -> None:
         """Read `count()` at each scrape as this process's open sessions of `listener`."""
@@ -212,12 +228,13 @@ class Metrics:
         key = (kind, first, second)
         child = self._children.get(key)
         if child is None:
+            series = self.series
             if kind == "seconds":
-                child = (self.mx_seconds if first == "mx" else self.queue_seconds).labels(second)
+                child = (series.mx_seconds if first == "mx" else series.queue_seconds).labels(second)
             elif kind == "forwarded":
-                child = self.forwarded.labels(first)
+                child = series.forwarded.labels(first)
             else:
-                child = (self.refused if kind == "refused" else self.deferred).labels(first, second)
+                child = (series.refused if kind == "refused" else series.deferred).labels(first, second)
             self._children[key] = child
         return child
 
@@ -253,5 +270,7 @@ class Metrics:
 
     def exposition(self, depth: dict[str, int] | None) -> bytes:
         """The text exposition format, with `depth` (None: unreadable) as the queue's depth."""
+        from prometheus_client import generate_latest  # only the serving process scrapes (see _Series)
+
         self.depth.by_state = depth
-        return generate_latest(self.registry)
+        return generate_latest(self.series.registry)

@@ -16,22 +16,22 @@ import gc
 import logging
 import signal
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fwdmail.mx.service import MxService
 from fwdmail.mx.workers import worker_command
 from fwdmail.policy.limits import AbusePolicy
 from fwdmail.policy.sender_auth import SenderAuthPolicy
 from fwdmail.policy.senderlists import SenderListPolicy
-from fwdmail.queue.service import QueueService
 from fwdmail.queue.workers import QueueWorkers, WorkerQueue
-from fwdmail.retention.scheduler import RetentionScheduler
 from fwdmail.runtime.context import Context, StartupError
 from fwdmail.runtime.datadir import Runtime
 from fwdmail.runtime.listeners import accepting, raise_fd_limit, session_caps
 from fwdmail.runtime.notify import Notifier
 from fwdmail.runtime.sharedstate import PersistentRedis, SharedState, SharedUnavailable, open_shared
-from fwdmail.submission.service import SubmissionService
+
+if TYPE_CHECKING:
+    from fwdmail.queue.service import QueueService
 
 log = logging.getLogger("fwdmail.serve")
 
@@ -91,6 +91,11 @@ def build_services(ctx: Context, config_file: str | None = None, mx_worker_fd: i
     policies = [senders, AbusePolicy(ctx, senders=senders.cache), SenderAuthPolicy(ctx)]
     if mx_worker_fd is not None:
         return [MxService(ctx, policies, inbox_fd=mx_worker_fd)]
+    # Only the serving process runs these (memory: a worker never imports them).
+    from fwdmail.queue.service import QueueService
+    from fwdmail.retention.scheduler import RetentionScheduler
+    from fwdmail.submission.service import SubmissionService
+
     # Its start() takes back claims of a crashed run, then delivers here or starts the queue workers.
     queue: QueueService | QueueWorkers = (QueueWorkers(ctx, worker_command(config_file))
                                           if ctx.config.queue.workers else QueueService(ctx))

@@ -14,18 +14,21 @@ import asyncio
 import ipaddress
 import logging
 import re
-import socket
 import ssl
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import aiohttp
-import aiohttp.abc
 import dns.asyncresolver
 import dns.exception
 
 from fwdmail.mail.ipranges import non_public
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from fwdmail.smtp.pinning import PerHost
 
 log = logging.getLogger("fwdmail.delivery")
 
@@ -91,28 +94,6 @@ def parse_policy(text: str) -> StsPolicy | None:
     return StsPolicy(mode, tuple(mx), min(int(age), MAX_AGE_LIMIT))
 
 
-class _Pinned(aiohttp.abc.AbstractResolver):
-    """Answers aiohttp's lookups with the addresses `StsFetcher` checked for that host: never resolves."""
-
-    def __init__(self) -> None:
-        self.addresses: dict[str, list[str]] = {}
-
-    async def resolve(self, host: str, port: int = 0,
-                      family: socket.AddressFamily = socket.AF_INET) -> list[aiohttp.abc.ResolveResult]:
-        out: list[aiohttp.abc.ResolveResult] = []
-        for address in self.addresses.get(host, ()):
-            fam = socket.AF_INET6 if ":" in address else socket.AF_INET
-            if family in (socket.AF_UNSPEC, fam):
-                out.append({"hostname": host, "host": address, "port": port, "family": fam, "proto": 0,
-                            "flags": socket.AI_NUMERICHOST})
-        if not out:
-            raise OSError(f"{host} has no checked address")
-        return out
-
-    async def close(self) -> None:
-        return None
-
-
 @dataclass
 class _Cached:
     policy: StsPolicy
@@ -131,7 +112,7 @@ class StsFetcher:
         self.timeout = timeout
         self.port = port
         self.allow_private = allow_private
-        self._pinned = _Pinned()
+        self._pinned: PerHost | None = None
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._fetching: dict[str, asyncio.Future[StsPolicy | None]] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -213,6 +194,12 @@ class StsFetcher:
                     log.warning("MTA-STS policy of %s: %s resolves to a %s address; not fetched "
                                 "([delivery] mta_sts_allow_private)", domain, host, why)
                     return None
+        import aiohttp  # here, not at the top: only a policy fetch needs it (memory, see smtp.pinning)
+
+        from fwdmail.smtp.pinning import PerHost
+
+        if self._pinned is None:
+            self._pinned = PerHost()
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(resolver=self._pinned, use_dns_cache=False, ssl=self.tls,
