@@ -5,10 +5,6 @@ Everything else calls these verbs; time-dependent verbs take `now` (naive UTC) a
 
 from __future__ import annotations
 
-from fwdmail.store import driver  # first: loads peewee without psycopg (see there)
-
-# isort: split
-
 from peewee import DatabaseError as DatabaseFailure
 
 from fwdmail.store.abuse import (

@@ -21,7 +21,6 @@ from typing import Any, ParamSpec, TypeVar
 import peewee as pw
 from playhouse import migrate as schema
 
-from fwdmail.store import driver
 from fwdmail.store.models import (
     ALL_MODELS,
     AccountLogin,
@@ -156,7 +155,6 @@ class _PostgresqlDatabase(pw.PostgresqlDatabase):
     """peewee's PostgresqlDatabase on psycopg 3 (peewee's own adapter for it)."""
 
     def __init__(self, url: str) -> None:
-        driver.load_psycopg()
         super().__init__(url, prefer_psycopg3=True, connect_timeout=10)
 
 
